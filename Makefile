@@ -1,0 +1,56 @@
+# labeltune — every target calls the same `labeltune` CLI (labeltune/cli.py) the notebook uses.
+#   make demo                         tiny model on the bundled sample, CPU, a few minutes
+#   make test                         fast test suite (what CI runs first)
+#   make train MODEL=tiny DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]
+#   make label RUN=runs/mine IN=posts.csv OUT=labelled.csv
+#   make eval RUN=runs/mine
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel by default (found locally on the project machines; elsewhere use
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
+# On a GPU box / Colab: make install TORCH=torch  (or keep the preinstalled torch, see README).
+TORCH ?= torch==2.13.0
+MODEL ?= tiny
+DATA ?= data/sample.csv
+RUN ?= runs/$(MODEL)
+CONFIG ?=
+IN ?= data/new_posts.csv
+OUT ?= $(RUN)/labelled.csv
+CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: install test test-slow demo train label eval clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m "slow and not gpu"
+
+demo: install
+	rm -rf runs/demo
+	$(BIN)/labeltune train --model tiny --data data/sample.csv --output runs/demo
+	$(BIN)/labeltune evaluate --run runs/demo
+	$(BIN)/labeltune label --run runs/demo --input data/new_posts.csv --output runs/demo/labelled.csv --overwrite
+	@echo "== runs/demo: metrics.json, report.md, labelled.csv =="
+
+train: install
+	$(BIN)/labeltune train --model $(MODEL) --data $(DATA) --output $(RUN) $(CONFIG_FLAG)
+
+eval: install
+	$(BIN)/labeltune evaluate --run $(RUN)
+
+label: install
+	$(BIN)/labeltune label --run $(RUN) --input $(IN) --output $(OUT)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,66 @@
+"""`labeltune <verb> [--config file.yaml] [--option value ...]`: the same functions the Makefile and
+the notebook call. Options come from the verb's config dataclass (labeltune/config.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from labeltune import config as config_mod
+
+VERBS = {
+    "train": (config_mod.TrainConfig, "LoRA SFT of a model on labelled data -> run directory"),
+    "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> metrics.json, report.md"),
+    "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labeltune", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (cls, help_text) in VERBS.items():
+        config_mod.add_arguments(sub.add_parser(verb, help=help_text, description=help_text), cls)
+    sub.add_parser("models", help="list model presets", description="list model presets")
+    sub.add_parser("templates", help="list prompt templates and tasks", description="list prompt templates and tasks")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    verb = args.pop("verb")
+    if verb == "models":
+        from labeltune.models import ALIASES, PRESETS
+
+        for p in PRESETS.values():
+            aliases = [a for a, target in ALIASES.items() if target == p.name]
+            print(f"{p.name:14s} {p.model_id or '(built locally)':40s} {p.description}" + (f" [alias: {', '.join(aliases)}]" if aliases else ""))
+        return 0
+    if verb == "templates":
+        from labeltune.prompts import available_templates
+        from labeltune.task import available_tasks
+
+        print("templates:", ", ".join(available_templates()))
+        print("tasks:", ", ".join(available_tasks()))
+        return 0
+    cls = VERBS[verb][0]
+    cfg = config_mod.resolve(cls, args.pop("config", None), args)
+    if verb == "train":
+        from labeltune.train import main
+    elif verb == "evaluate":
+        from labeltune.evaluate import main
+    else:
+        from labeltune.label import main
+    main(cfg)
+    return 0
+
+
+def main() -> None:
+    try:
+        sys.exit(run())
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"labeltune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Typed configs, one dataclass per verb: defaults < YAML (``--config``) < command line.
+
+Each field is documented once, in its ``help`` metadata, which is also its ``--help`` text.
+``choices`` metadata is checked wherever the value comes from. Unknown YAML keys are rejected with
+the list of valid ones. The resolved config is written into every run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def _f(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("tiny", "model preset (see `labeltune models`), Hugging Face id or local path")
+    backend: str = _f("auto", "auto = hf (transformers + PEFT)", ("auto", "hf"))
+    data: str = _f(
+        "data/sample.csv",
+        "labelled CSV/TSV/JSONL (split here), or a folder with train/dev/test files (splits as given)",
+    )
+    output: str = _f("runs/demo", "run directory to create (adapter, config, logs, splits)")
+    task: str = _f("sentiment_toxicity", "task spec name (tasks/*.yaml) or path")
+    template: str | None = _f(None, "prompt template name (prompts/*.jinja) or path; None = the task's default")
+    text_column: str = _f("text", "column holding the text")
+    label_column: str = _f("label", "column holding the gold label (value or alias from the task spec)")
+    score_column: str | None = _f("score", "column holding the gold score; None or absent = no score")
+    encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
+    split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios for a single data file")
+    leakage: str = _f(
+        "error",
+        "what to do when dev/test texts also appear in train: error = stop and list them, "
+        "drop = remove them from train, allow = train anyway (scores will be inflated)",
+        ("error", "drop", "allow"),
+    )
+    seed: int = _f(0, "seed for split, model init, LoRA init and data order")
+    epochs: float | None = _f(None, "training epochs; None = the preset's default")
+    max_steps: int = _f(-1, "stop after this many optimizer steps; -1 = run all epochs")
+    lr: float | None = _f(None, "peak learning rate; None = the preset's default (LoRA diverges above ~1e-3)")
+    batch_size: int | None = _f(None, "per-device batch size; None = the preset's default")
+    grad_accum: int | None = _f(None, "gradient accumulation steps; None = the preset's default")
+    warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    lora_r: int | None = _f(None, "LoRA rank; None = the preset's default")
+    lora_alpha: int | None = _f(None, "LoRA alpha; None = the preset's default")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end")
+    logging_steps: int = _f(10, "log every N optimizer steps")
+    limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all")
+
+
+@dataclass
+class EvalConfig:
+    run: str = _f("runs/demo", "run directory made by `labeltune train`")
+    split: str = _f("test", "which split of the run to evaluate", ("train", "dev", "test"))
+    data: str | None = _f(None, "evaluate this labelled file instead of the run's split")
+    base: bool = _f(True, "also evaluate the base model without the adapter (before/after table)")
+    batch_size: int = _f(16, "prompts per generation batch")
+    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
+    limit: int | None = _f(None, "evaluate only the first N rows; None = all")
+
+
+@dataclass
+class LabelConfig:
+    run: str = _f("runs/demo", "run directory made by `labeltune train`")
+    input: str = _f("data/new_posts.csv", "CSV/TSV/JSONL of texts to label")
+    output: str = _f("runs/demo/labelled.csv", "output CSV (UTF-8): the input's columns + predictions")
+    text_column: str = _f("text", "column holding the text")
+    encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
+    bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
+    batch_size: int = _f(16, "prompts per generation batch")
+    chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time")
+    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
+    overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")
+    progress: bool = _f(True, "show a progress bar on stderr")
+
+
+# ---------------------------------------------------------------- machinery
+
+
+def _hints(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    """(scalar or tuple type, optional?) of a field's annotation."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return inner, True
+    return hint, False
+
+
+def _coerce(name: str, hint, value):
+    kind, optional = _base_type(hint)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if not optional:
+            raise ValueError(f"{name}: a value is required")
+        return None
+    if typing.get_origin(kind) is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = typing.get_args(kind)
+        if len(items) != len(inner):
+            raise ValueError(f"{name}: expected {len(inner)} values, got {value!r}")
+        return tuple(t(x) for t, x in zip(inner, items))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--flag`` per field; defaults are SUPPRESSed so YAML values are not overridden silently."""
+    parser.add_argument("--config", help="YAML file with any of these options (command line wins)")
+    for f in dataclasses.fields(cls):
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata['help']} (default: {shown})"
+        if f.metadata.get("choices"):
+            help_text += f"; one of: {', '.join(f.metadata['choices'])}"
+        is_bool = _base_type(_hints(cls)[f.name])[0] is bool
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar="BOOL" if is_bool else "X",
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+        )
+
+
+def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
+    """Build a config: dataclass defaults < YAML file < overrides (e.g. parsed command-line flags)."""
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict = {}
+    if yaml_path:
+        loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping of option: value")
+        unknown = sorted(set(loaded) - set(names))
+        if unknown:
+            raise ValueError(f"{yaml_path}: unknown option(s) {unknown}; valid: {', '.join(names)}")
+        values.update(loaded)
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ValueError(f"unknown option {key!r}; valid: {', '.join(names)}")
+        values[key] = value
+    cfg = cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ValueError(f"{f.name}: {getattr(cfg, f.name)!r} is not one of: {', '.join(choices)}")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def load_saved(cls, path: str | Path):
+    """A config written by ``save`` (e.g. ``runs/<name>/config.yaml``)."""
+    return resolve(cls, str(path))

@@ -1,0 +1,196 @@
+"""labeltune evaluate: the untuned base model and the tuned model side by side on a split.
+
+    labeltune evaluate --run runs/demo [--split test] [--no base]
+
+Writes runs/<name>/metrics.json (keys: base, finetuned, majority_baseline, ...), report.md and one
+predictions CSV per system. Malformed answers count as wrong: they lower accuracy and the recall of
+their gold class, and are a false positive for no class. Score metrics (MAE, Spearman) use the rows
+with a gold score whose answer parsed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+MALFORMED = "malformed"
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def classification_metrics(gold: list[str], pred: list[str | None], labels: list[str]) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1, confusion matrix (gold rows x predicted cols)."""
+    if len(gold) != len(pred):
+        raise ValueError("gold and pred differ in length")
+    columns = [*labels, MALFORMED]
+    matrix = {g: {c: 0 for c in columns} for g in labels}
+    for g, p in zip(gold, pred):
+        matrix[g][p if p is not None else MALFORMED] += 1
+    per_class = {}
+    for lab in labels:
+        tp = matrix[lab][lab]
+        predicted = sum(matrix[g][lab] for g in labels)
+        support = sum(matrix[lab].values())
+        precision, recall = _div(tp, predicted), _div(tp, support)
+        per_class[lab] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": _div(2 * precision * recall, precision + recall),
+            "support": support,
+        }
+    n = len(gold)
+    return {
+        "n": n,
+        "accuracy": _div(sum(g == p for g, p in zip(gold, pred)), n),
+        "macro_precision": _div(sum(c["precision"] for c in per_class.values()), len(labels)),
+        "macro_recall": _div(sum(c["recall"] for c in per_class.values()), len(labels)),
+        "macro_f1": _div(sum(c["f1"] for c in per_class.values()), len(labels)),
+        "per_class": per_class,
+        "confusion": {"labels": labels, "columns": columns, "matrix": [[matrix[g][c] for c in columns] for g in labels]},
+        "malformed_rate": _div(sum(p is None for p in pred), n),
+    }
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties get their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho (Pearson correlation of average ranks); None when either side is constant."""
+    if len(x) != len(y) or len(x) < 2:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx and vy else None
+
+
+def score_metrics(gold: list[int | None], pred: list[int | None]) -> dict:
+    pairs = [(g, p) for g, p in zip(gold, pred) if g is not None and p is not None]
+    if not pairs:
+        return {"score_n": 0, "score_mae": None, "score_spearman": None}
+    return {
+        "score_n": len(pairs),
+        "score_mae": sum(abs(g - p) for g, p in pairs) / len(pairs),
+        "score_spearman": spearman([g for g, _ in pairs], [p for _, p in pairs]),
+    }
+
+
+def system_metrics(gold_labels, gold_scores, predictions, labels: list[str]) -> dict:
+    """All metrics of one system's predictions (decode.Prediction) against gold."""
+    out = classification_metrics(gold_labels, [p.label for p in predictions], labels)
+    out["malformed_reasons"] = dict(Counter(p.reason for p in predictions if not p.ok))
+    out.update(score_metrics(gold_scores, [p.score for p in predictions]))
+    return out
+
+
+def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str]) -> dict:
+    """Always predict the most frequent training label (ties: the task's label order)."""
+    counts = Counter(train_labels)
+    majority = max(labels, key=lambda lab: (counts[lab], -labels.index(lab)))
+    metrics = classification_metrics(gold, [majority] * len(gold), labels)
+    return {"label": majority, **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "malformed_rate")}}
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown before/after table."""
+    rows = [("majority class", metrics["majority_baseline"])]
+    rows += [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned")) if key in metrics]
+    lines = [
+        "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in rows:
+        mae = m.get("score_mae")
+        rho = m.get("score_spearman")
+        lines.append(
+            f"| {name} | {m['n']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['malformed_rate']:.1%} | "
+            f"{'-' if mae is None else f'{mae:.1f}'} | {'-' if rho is None else f'{rho:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def write_predictions(path: Path, examples, predictions) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated", "raw"])
+        for ex, p in zip(examples, predictions):
+            writer.writerow([ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.raw])
+
+
+def write_report(path: Path, metrics: dict) -> None:
+    lines = [f"# Evaluation of `{metrics['run']}` on {metrics['split']} (n={metrics['majority_baseline']['n']})", ""]
+    lines += [format_table(metrics), ""]
+    for key in ("base", "finetuned"):
+        if key not in metrics:
+            continue
+        m = metrics[key]
+        lines += [f"## {key}", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for lab, c in m["per_class"].items():
+            lines.append(f"| {lab} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+        conf = m["confusion"]
+        lines += ["", "Confusion (rows gold, columns predicted):", "", "| gold \\ pred | " + " | ".join(conf["columns"]) + " |"]
+        lines.append("|---" * (len(conf["columns"]) + 1) + "|")
+        lines += [f"| {g} | " + " | ".join(map(str, row)) + " |" for g, row in zip(conf["labels"], conf["matrix"])]
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(m["malformed_reasons"].items())) or "none"
+        lines += ["", f"Malformed answers: {reasons}", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(cfg) -> dict:
+    from labeltune.config import TrainConfig, load_saved
+    from labeltune.data import iter_rows, load_examples
+    from labeltune.decode import predict
+    from labeltune.features import Prompter
+    from labeltune.models import load_run
+    from labeltune.prompts import load_template
+    from labeltune.task import load_task
+
+    run_dir = Path(cfg.run)
+    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    task = load_task(train_cfg.task)
+    source = Path(cfg.data) if cfg.data else run_dir / "data" / f"{cfg.split}.jsonl"
+    examples, dropped = load_examples(
+        source, task, train_cfg.text_column if cfg.data else "text", train_cfg.label_column if cfg.data else "label",
+        train_cfg.score_column if cfg.data else "score",
+    )
+    if cfg.limit:
+        examples = examples[: cfg.limit]
+    if not examples:
+        raise ValueError(f"{source}: nothing to evaluate ({len(dropped)} rows dropped)")
+    model, tokenizer = load_run(run_dir)
+    prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
+    texts = [ex.text for ex in examples]
+    gold, gold_scores = [ex.label for ex in examples], [ex.score for ex in examples]
+    train_labels = [row["label"] for row in iter_rows(run_dir / "data" / "train.jsonl")]
+
+    metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "dropped_rows": len(dropped)}
+    metrics["majority_baseline"] = majority_baseline(train_labels, gold, task.label_values)
+    systems = {}
+    if cfg.base:
+        with model.disable_adapter():
+            systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size)
+    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size)
+    for key, predictions in systems.items():
+        metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values)
+        write_predictions(run_dir / f"predictions_{key}.csv", examples, predictions)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_report(run_dir / "report.md", metrics)
+    print(format_table(metrics))
+    return metrics

@@ -1,0 +1,85 @@
+"""Token ids for training and decoding, with the prompt/completion boundary made explicit.
+
+Prompt and completion are tokenised separately and concatenated, so the prompt's ids at training
+time are exactly the ids the model sees at inference (no merge across the boundary), and the loss
+mask covers exactly the completion plus EOS. Special-token strings inside user text
+(``<|end_of_text|>``, ``<eos>``) are split into ordinary tokens: text cannot end a sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jinja2
+
+from labeltune.prompts import render_prompt
+from labeltune.task import TaskSpec
+
+IGNORE_INDEX = -100
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """BOS (if the tokenizer adds one) + prompt ids; special-token strings in text stay plain text."""
+    return tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+
+
+def encode_completion(tokenizer, completion: str) -> list[int]:
+    """Answer ids followed by EOS."""
+    ids = tokenizer(completion, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids + [tokenizer.eos_token_id]
+
+
+def max_answer_tokens(tokenizer, task: TaskSpec) -> int:
+    """Length in tokens (with EOS) of the task's longest well-formed answer."""
+    return max(len(encode_completion(tokenizer, a)) for a in task.all_answers())
+
+
+@dataclass
+class Prompter:
+    """Renders and encodes prompts for one (tokenizer, template, task), keeping within `max_length`.
+
+    A text too long for the budget is cut (by tokens, at its end) before rendering, so the prompt
+    always keeps its instruction and answer header; `truncated` says which prompts were cut.
+    """
+
+    tokenizer: object
+    template: jinja2.Template
+    task: TaskSpec
+    max_length: int
+
+    def __post_init__(self):
+        self.answer_budget = max_answer_tokens(self.tokenizer, self.task)
+        overhead = len(encode_prompt(self.tokenizer, render_prompt(self.template, self.task, "")))
+        self.text_budget = self.max_length - self.answer_budget - overhead
+        if self.text_budget < 8:
+            raise ValueError(
+                f"max_length {self.max_length} leaves {self.text_budget} tokens for the text "
+                f"(template takes {overhead}, answer {self.answer_budget}); raise max_length"
+            )
+
+    def fit(self, text: str, budget: int | None = None) -> tuple[str, bool]:
+        """(text cut to `budget` tokens, default the text budget; whether it was cut)."""
+        budget = self.text_budget if budget is None else budget
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if len(ids) <= budget:
+            return text, False
+        cut = self.tokenizer.decode(ids[:budget], skip_special_tokens=False)
+        return cut.rstrip("\ufffd"), True  # drop a half character left by a byte-level cut
+
+    def prompt_ids(self, text: str) -> tuple[list[int], bool]:
+        """Ids of the rendered prompt within the budget, and whether the text was cut to get there."""
+        limit, budget = self.max_length - self.answer_budget, self.text_budget
+        while True:  # re-rendering a cut text can merge tokens differently: shrink until it fits
+            fitted, truncated = self.fit(text, budget)
+            ids = encode_prompt(self.tokenizer, render_prompt(self.template, self.task, fitted))
+            if len(ids) <= limit:
+                return ids, truncated
+            budget = max(0, budget - 4)
+
+    def training_features(self, text: str, answer: str) -> dict[str, list[int]]:
+        prompt_ids, _ = self.prompt_ids(text)
+        completion_ids = encode_completion(self.tokenizer, answer)
+        return {
+            "input_ids": prompt_ids + completion_ids,
+            "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+        }

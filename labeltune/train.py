@@ -1,0 +1,205 @@
+"""labeltune train: LoRA SFT of a causal LM on prompt -> answer, loss on the answer + EOS only.
+
+    labeltune train --model tiny --data data/sample.csv --output runs/demo
+    labeltune train --config run.yaml --lr 1e-4
+
+The run directory gets: config.yaml (resolved), model.json (base + backend), adapter/ (LoRA weights
+and the tokenizer), base/ (tiny only), data/{train,dev,test}.jsonl + data/summary.json (counts,
+dropped rows, leaks, fingerprint), train_log.jsonl, versions.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from labeltune import data as data_mod
+from labeltune.config import TrainConfig, save
+from labeltune.models import Preset, add_lora, build_tiny, load_base, resolve_preset
+from labeltune.prompts import load_template, render_prompt
+from labeltune.task import TaskSpec, load_task
+
+SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def with_preset_defaults(cfg: TrainConfig, preset: Preset) -> TrainConfig:
+    """Fill every None training field from the preset."""
+    fields = ("lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length")
+    return replace(cfg, **{f: getattr(preset, f) for f in fields if getattr(cfg, f) is None})
+
+
+def load_splits(cfg: TrainConfig, task: TaskSpec) -> tuple[dict[str, list[data_mod.Example]], list[dict]]:
+    """train/dev/test from a folder of split files, or a stratified split of one file; plus dropped rows."""
+    source = Path(cfg.data)
+    columns = dict(text_column=cfg.text_column, label_column=cfg.label_column, score_column=cfg.score_column)
+    if source.is_dir():
+        splits, dropped = {}, []
+        for name in data_mod.SPLITS:
+            files = [source / f"{name}{s}" for s in SPLIT_FILE_SUFFIXES if (source / f"{name}{s}").is_file()]
+            if not files:
+                raise FileNotFoundError(f"{source}: no {name}.csv/.tsv/.jsonl")
+            splits[name], rows = data_mod.load_examples(files[0], task, encoding=cfg.encoding, **columns)
+            dropped += [{"split": name, **r} for r in rows]
+        return splits, dropped
+    examples, dropped = data_mod.load_examples(source, task, encoding=cfg.encoding, **columns)
+    if not examples:
+        raise ValueError(f"{source}: no usable rows ({len(dropped)} dropped)")
+    return data_mod.split_examples(examples, cfg.split, cfg.seed), dropped
+
+
+def check_leakage(cfg: TrainConfig, splits: dict) -> tuple[dict, list]:
+    leaks = data_mod.find_leaks(splits)
+    if leaks and cfg.leakage == "error":
+        shown = "\n".join(f"  {lk.kind:10s} {lk.split}[{lk.index}] = train[{lk.train_index}]: {lk.text[:40]!r}" for lk in leaks[:10])
+        raise ValueError(
+            f"{len(leaks)} dev/test rows also appear in train (scores would be inflated):\n{shown}\n"
+            "Deduplicate the data, or pass --leakage drop (remove them from train) or --leakage allow."
+        )
+    if leaks and cfg.leakage == "drop":
+        splits = data_mod.drop_leaked_from_train(splits, leaks)
+    return splits, leaks
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("labeltune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def collate(batch: list[dict], pad_token_id: int) -> dict:
+    """Right-pad input_ids (pad id) and labels (-100); attention mask 1 on real tokens."""
+    import torch
+
+    width = max(len(row["input_ids"]) for row in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        n = len(row["input_ids"])
+        input_ids[i, :n] = torch.tensor(row["input_ids"])
+        labels[i, :n] = torch.tensor(row["labels"])
+        attention[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def main(cfg: TrainConfig) -> Path:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from labeltune.features import Prompter
+
+    preset = resolve_preset(cfg.model)
+    cfg = with_preset_defaults(cfg, preset)
+    task = load_task(cfg.task)
+    template_name = cfg.template or task.default_template
+    template = load_template(template_name)
+    cfg = replace(cfg, template=template_name)
+
+    run_dir = Path(cfg.output)
+    if (run_dir / "adapter").exists():
+        raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
+    splits, dropped = load_splits(cfg, task)
+    splits, leaks = check_leakage(cfg, splits)
+    if cfg.limit:
+        splits["train"] = splits["train"][: cfg.limit]
+    if not splits["train"]:
+        raise ValueError("no training examples")
+
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    save(cfg, run_dir / "config.yaml")
+    for name, examples in splits.items():
+        data_mod.write_jsonl(examples, run_dir / "data" / f"{name}.jsonl")
+    summary = {
+        "source": str(cfg.data),
+        "fingerprint": data_mod.fingerprint(splits),
+        "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
+        "dropped": dropped,
+        "leaks": [vars(lk) for lk in leaks],
+        "leakage_policy": cfg.leakage,
+    }
+    (run_dir / "data" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
+
+    if preset.model_id is None:  # tiny: build base model + tokenizer from the training texts
+        corpus = [ex.text for ex in splits["train"]]
+        corpus += [render_prompt(template, task, "")] * 50 + task.all_answers()
+        base = str(build_tiny(corpus, run_dir / "base", cfg.seed))
+        (run_dir / "model.json").write_text(json.dumps({"base": "base/", "backend": "hf"}), encoding="utf-8")
+    else:
+        base = preset.model_id
+        (run_dir / "model.json").write_text(json.dumps({"base": base, "backend": "hf"}), encoding="utf-8")
+
+    model, tokenizer = load_base(base, "hf")
+    prompter = Prompter(tokenizer, template, task, cfg.max_length)
+
+    def features(examples):
+        return Dataset.from_list(
+            [prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in examples]
+        )
+
+    train_ds, dev_ds = features(splits["train"]), features(splits["dev"]) if splits["dev"] else None
+    model = add_lora(
+        model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed, preset.modules_to_save
+    )
+
+    on_cuda = torch.cuda.is_available()
+    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="epoch" if dev_ds is not None else "no",
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        fp16=on_cuda and not bf16,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        max_length=None,
+        disable_tqdm=True,
+        gradient_checkpointing=preset.gradient_checkpointing,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        processing_class=tokenizer,
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+    )
+    started = time.time()
+    trainer.train()
+    seconds = time.time() - started
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
+    model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "adapter")
+    with open(run_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
+        for record in trainer.state.log_history:
+            f.write(json.dumps(record) + "\n")
+    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step, preset=preset.name)
+    (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s -> {run_dir}")
+    return run_dir

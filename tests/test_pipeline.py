@@ -1,0 +1,158 @@
+"""A short real training run of the tiny model, then label/evaluate with it (no mocks).
+
+One run is trained per test session (about a minute on 2 cores) and shared by these tests.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labeltune import evaluate, label, train
+from labeltune.config import EvalConfig, LabelConfig, TrainConfig, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample.csv"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 70, "logging_steps": 10})
+    train.main(cfg)
+    return out
+
+
+def _write_posts(path: Path, n: int, encoding: str = "utf-8") -> list[dict]:
+    rows = list(csv.DictReader(open(SAMPLE, encoding="utf-8", newline="")))[:n]
+    posts = [{"post_id": r["id"], "body": r["text"], "note": f"n{i}"} for i, r in enumerate(rows)]
+    posts[3]["body"] = ""  # an empty text still gets its row
+    with open(path, "w", encoding=encoding, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["post_id", "body", "note"])
+        writer.writeheader()
+        writer.writerows(posts)
+    return posts
+
+
+def test_run_directory_is_complete(run_dir):
+    for name in ("config.yaml", "model.json", "versions.json", "train_log.jsonl", "adapter", "base", "data"):
+        assert (run_dir / name).exists(), name
+    summary = json.loads((run_dir / "data" / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["fingerprint"]) == 64
+    assert sum(summary["counts"]["train"].values()) > 400
+    log = [json.loads(line) for line in open(run_dir / "train_log.jsonl")]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0] / 3  # it learned something
+    assert json.loads((run_dir / "versions.json").read_text())["torch"]
+
+
+def test_training_learns_the_format(run_dir):
+    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run_dir), "split": "dev"}))
+    assert metrics["base"]["malformed_rate"] >= 0.5  # the untuned (random) model cannot answer
+    assert metrics["finetuned"]["malformed_rate"] <= 0.1
+    assert (run_dir / "report.md").read_text(encoding="utf-8").startswith("# Evaluation")
+    saved = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert {"base", "finetuned", "majority_baseline"} <= set(saved)
+
+
+def test_refuses_to_overwrite_a_trained_run(run_dir):
+    with pytest.raises(FileExistsError):
+        train.main(resolve(TrainConfig, None, {"output": str(run_dir), "max_steps": 1}))
+
+
+def test_leaked_rows_stop_training(tmp_path):
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    rows = list(csv.DictReader(open(SAMPLE, encoding="utf-8", newline="")))
+    for name, part in (("train", rows[:50]), ("dev", rows[50:60]), ("test", rows[60:70] + rows[:2])):
+        with open(split_dir / f"{name}.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    with pytest.raises(ValueError, match="2 dev/test rows also appear in train"):
+        train.main(resolve(TrainConfig, None, {"data": str(split_dir), "output": str(tmp_path / "r")}))
+    assert not (tmp_path / "r" / "adapter").exists()
+
+
+def test_label_keeps_rows_columns_and_order(run_dir, tmp_path):
+    source = tmp_path / "posts_cp932.csv"
+    posts = _write_posts(source, 12, encoding="cp932")
+    out = tmp_path / "out.csv"
+    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body", "progress": False}))
+    raw = out.read_bytes()
+    assert not raw.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
+    assert [r["post_id"] for r in rows] == [p["post_id"] for p in posts]
+    assert [r["body"] for r in rows] == [p["body"] for p in posts]
+    assert list(rows[0]) == ["post_id", "body", "note", "label", "score", "ok", "reason", "truncated", "raw"]
+    assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
+    assert sum(r["ok"] == "True" for r in rows) >= 9
+    assert not out.with_name(out.name + ".progress.json").exists()
+    # a finished output is not silently replaced or appended to
+    with pytest.raises(FileExistsError):
+        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
+
+
+def test_label_missing_column_writes_nothing(run_dir, tmp_path):
+    source = tmp_path / "posts.csv"
+    _write_posts(source, 3)
+    out = tmp_path / "out.csv"
+    with pytest.raises(ValueError, match=r"no column 'text'.*post_id"):
+        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out)}))
+    assert not out.exists() and not out.with_name(out.name + ".progress.json").exists()
+
+
+def _label_cmd(run_dir, source, out, *extra):
+    code = "from labeltune.cli import main; main()"
+    return [sys.executable, "-c", code, "label", "--run", str(run_dir), "--input", str(source), "--output", str(out),
+            "--text-column", "body", "--chunk-size", "4", "--batch-size", "4", "--progress", "false", *extra]
+
+
+def test_resume_after_kill_is_byte_identical(run_dir, tmp_path):
+    source = tmp_path / "posts.csv"
+    _write_posts(source, 40)
+    reference, resumed = tmp_path / "reference.csv", tmp_path / "resumed.csv"
+    subprocess.run(_label_cmd(run_dir, source, reference), check=True, cwd=ROOT)
+
+    state = resumed.with_name(resumed.name + ".progress.json")
+    proc = subprocess.Popen(_label_cmd(run_dir, source, resumed), cwd=ROOT)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill -9 once a few chunks are on disk
+        if state.exists():
+            try:
+                if json.loads(state.read_text())["rows"] >= 12:
+                    break
+            except (json.JSONDecodeError, KeyError):
+                pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the run finished before it could be killed"
+    done = json.loads(state.read_text())["rows"]
+    assert 12 <= done < 40
+    with open(resumed, "ab") as f:  # a half-written row, as a kill in mid-write leaves it
+        f.write(b"p9999,half a row")
+    subprocess.run(_label_cmd(run_dir, source, resumed), check=True, cwd=ROOT)
+    assert resumed.read_bytes() == reference.read_bytes()
+    assert not state.exists()
+
+
+def test_refuses_to_append_to_foreign_partial_output(run_dir, tmp_path):
+    source = tmp_path / "posts.csv"
+    _write_posts(source, 8)
+    out = tmp_path / "out.csv"
+    state = out.with_name(out.name + ".progress.json")
+    out.write_text("a,b\n1,2\n", encoding="utf-8")
+    state.write_text(json.dumps({"identity": {"input_sha256": "other"}, "rows": 1, "bytes": 8}))
+    with pytest.raises(ValueError, match="refusing to append"):
+        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
+    assert out.read_text(encoding="utf-8") == "a,b\n1,2\n"
+    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out),
+                                           "text_column": "body", "overwrite": True, "progress": False}))
+    assert len(list(csv.DictReader(open(out, encoding="utf-8", newline="")))) == 8
