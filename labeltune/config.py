@@ -111,7 +111,10 @@ def _coerce(name: str, hint, value):
         inner = typing.get_args(kind)
         if len(items) != len(inner):
             raise ValueError(f"{name}: expected {len(inner)} values, got {value!r}")
-        return tuple(t(x) for t, x in zip(inner, items))
+        try:
+            return tuple(t(x) for t, x in zip(inner, items))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected {len(inner)} comma-separated numbers, got {value!r}") from None
     if kind is bool:
         if isinstance(value, bool):
             return value

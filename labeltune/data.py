@@ -83,9 +83,12 @@ def iter_rows(path: str | Path, encoding: str | None = None) -> Iterator[dict]:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield json.loads(line)
+                        record = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}:{lineno}: not a JSON object: {e}") from None
+                    if not isinstance(record, dict):
+                        raise ValueError(f"{path}:{lineno}: not a JSON object")
+                    yield record
         return
     with open(path, encoding=encoding, newline="") as f:
         reader = csv.DictReader(f, delimiter=_delimiter(path))
@@ -125,7 +128,8 @@ def load_examples(
     """Examples of a labelled file, and the dropped rows as ``{"row": i, "reason": ...}``.
 
     Missing text or label column is an error naming the columns found. A missing score column is
-    allowed (score None); a score present on a row must be an integer in the task's range.
+    allowed (score None); a score present on a row must be an integer in the task's range, and is
+    set to 0 on labels the task gives no score (outside its ``only_for``).
     """
     columns = read_columns(path, encoding)
     for needed in (text_column, label_column):
@@ -145,13 +149,18 @@ def load_examples(
         score = None
         if has_score and not _missing(row.get(score_column)):
             try:
-                score = int(float(row[score_column]))
-            except ValueError:
-                dropped.append({"row": i, "reason": f"score_not_a_number:{row[score_column]}"})
+                number = float(row[score_column])
+                if not number.is_integer():
+                    raise ValueError
+                score = int(number)
+            except (ValueError, OverflowError):
+                dropped.append({"row": i, "reason": f"score_not_an_integer:{row[score_column]}"})
                 continue
             if not task.score.min <= score <= task.score.max:
                 dropped.append({"row": i, "reason": f"score_out_of_range:{score}"})
                 continue
+            if not task.score_allowed(label):
+                score = 0  # the task spec: labels outside `only_for` have score 0
         meta = {k: v for k, v in row.items() if k not in (text_column, label_column, score_column)}
         examples.append(Example(text=str(text), label=label, score=score, meta=meta))
     return examples, dropped
@@ -191,15 +200,18 @@ def split_examples(
 ) -> dict[str, list[Example]]:
     """Deterministic stratified train/dev/test split.
 
-    Within each label, examples are grouped by normalised text (duplicates never straddle splits),
-    groups are ordered by a seeded hash of their key (independent of file order), and cut by the
-    ratios. Each split keeps the input order of its examples.
+    Examples are grouped by normalised text (duplicates never straddle splits, even with conflicting
+    labels); each group is stratified under the label of its first example; within a label, groups
+    are ordered by a seeded hash of their key (independent of file order) and cut by the ratios.
+    Each split keeps the input order of its examples.
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+    first_label: dict[str, str] = {}
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, ex in enumerate(examples):
-        groups[ex.label][normalize_text(ex.text)].append(i)
+        key = normalize_text(ex.text)
+        groups[first_label.setdefault(key, ex.label)][key].append(i)
     assignment: dict[int, str] = {}
     for label_groups in groups.values():
         keys = sorted(label_groups, key=lambda k: _rank(seed, k))

@@ -1,6 +1,6 @@
 """labeltune evaluate: the untuned base model and the tuned model side by side on a split.
 
-    labeltune evaluate --run runs/demo [--split test] [--no base]
+    labeltune evaluate --run runs/demo [--split test] [--base false]
 
 Writes runs/<name>/metrics.json (keys: base, finetuned, majority_baseline, ...), report.md and one
 predictions CSV per system. Malformed answers count as wrong: they lower accuracy and the recall of

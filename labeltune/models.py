@@ -84,12 +84,19 @@ def resolve_preset(name: str) -> Preset:
 
 def build_tiny_tokenizer(texts: list[str], vocab_size: int = 2000):
     """Byte-level BPE trained on `texts`, with <bos> added to every encoding and distinct <eos>/<pad>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<bos>", "<eos>", "<pad>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Merges may span spaces (so the fixed template lines become a few tokens and sequences stay short)
+    # but never newlines, digits or "-": text, template and each digit of an answer stay apart.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\n|[0-9]|-"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -30,7 +30,7 @@ REASONS = (
     "score_not_allowed",
     "extra_text",
 )
-_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def parse(text: str, task: TaskSpec) -> Parsed:
     if not body:
         return _fail("empty")
     lines = body.split("\n")
-    first = lines[0].rstrip()
+    first = lines[0]
     if not first.startswith("label : "):
         return _fail("missing_label")
     label = first[len("label : ") :]
@@ -58,9 +58,9 @@ def parse(text: str, task: TaskSpec) -> Parsed:
         return _fail("unknown_label")
     if task.score is None:
         return _fail("extra_text") if len(lines) > 1 else Parsed(label, None, True, "")
-    if len(lines) < 2 or not lines[1].rstrip().startswith("score : "):
+    if len(lines) < 2 or not lines[1].startswith("score : "):
         return _fail("missing_score")
-    raw_score = lines[1].rstrip()[len("score : ") :]
+    raw_score = lines[1][len("score : ") :]
     if not _INTEGER.fullmatch(raw_score):
         return _fail("score_not_integer")
     score = int(raw_score)

@@ -131,9 +131,8 @@ def main(cfg: TrainConfig) -> Path:
     (run_dir / "data" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
 
-    if preset.model_id is None:  # tiny: build base model + tokenizer from the training texts
-        corpus = [ex.text for ex in splits["train"]]
-        corpus += [render_prompt(template, task, "")] * 50 + task.all_answers()
+    if preset.model_id is None:  # tiny: base model + tokenizer built from the rendered training prompts
+        corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
         base = str(build_tiny(corpus, run_dir / "base", cfg.seed))
         (run_dir / "model.json").write_text(json.dumps({"base": "base/", "backend": "hf"}), encoding="utf-8")
     else:
@@ -178,6 +177,7 @@ def main(cfg: TrainConfig) -> Path:
         remove_unused_columns=False,
         max_length=None,
         disable_tqdm=True,
+        dataloader_pin_memory=on_cuda,
         gradient_checkpointing=preset.gradient_checkpointing,
     )
     trainer = SFTTrainer(

@@ -233,7 +233,7 @@ def test_dropped_rows_with_reasons(tmp_path):
         {"row": 4, "reason": "label_not_in_task:"},
         {"row": 5, "reason": "score_out_of_range:101"},
         {"row": 6, "reason": "score_out_of_range:-5"},
-        {"row": 7, "reason": "score_not_a_number:abc"},
+        {"row": 7, "reason": "score_not_an_integer:abc"},
     ]
 
 

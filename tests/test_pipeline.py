@@ -32,7 +32,8 @@ def run_dir(tmp_path_factory):
 def _write_posts(path: Path, n: int, encoding: str = "utf-8") -> list[dict]:
     rows = list(csv.DictReader(open(SAMPLE, encoding="utf-8", newline="")))[:n]
     posts = [{"post_id": r["id"], "body": r["text"], "note": f"n{i}"} for i, r in enumerate(rows)]
-    posts[3]["body"] = ""  # an empty text still gets its row
+    if n > 3:
+        posts[3]["body"] = ""  # an empty text still gets its row
     with open(path, "w", encoding=encoding, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["post_id", "body", "note"])
         writer.writeheader()
