@@ -2,8 +2,11 @@
 #   make demo                         tiny model on the bundled sample, CPU, a few minutes
 #   make test                         fast test suite (what CI runs first)
 #   make train MODEL=tiny DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]
+#   make train MODEL=gemma2           (Gemma 2 9B 4-bit; GPU)   MODEL=llama3.1 (Llama 3.1 8B 4-bit)
 #   make label RUN=runs/mine IN=posts.csv OUT=labelled.csv
 #   make eval RUN=runs/mine
+#   make export RUN=runs/mine FORMAT=adapter|merged16|gguf
+#   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +22,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow demo train label eval clean
+.PHONY: install test test-slow demo train label eval export check-deps clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +54,14 @@ eval: install
 
 label: install
 	$(BIN)/labeltune label --run $(RUN) --input $(IN) --output $(OUT)
+
+export: install
+	$(BIN)/labeltune export --run $(RUN) --format $(or $(FORMAT),merged16)
+
+# Core deps + the `gpu` extra resolve together (metadata only, nothing downloaded or installed).
+check-deps: install
+	$(BIN)/uv pip compile pyproject.toml --extra gpu --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --quiet -o - | grep -E '^(torch|transformers|trl|datasets|peft|unsloth|bitsandbytes)=='
 
 clean:
 	rm -rf runs .pytest_cache

@@ -23,7 +23,12 @@ def _f(default, help: str, choices: tuple | None = None):
 @dataclass
 class TrainConfig:
     model: str = _f("tiny", "model preset (see `labeltune models`), Hugging Face id or local path")
-    backend: str = _f("auto", "auto = hf (transformers + PEFT)", ("auto", "hf"))
+    backend: str = _f(
+        "auto",
+        "auto = unsloth when a CUDA GPU and unsloth are present, else hf (transformers + PEFT, "
+        "bitsandbytes 4-bit on CUDA)",
+        ("auto", "hf", "unsloth"),
+    )
     data: str = _f(
         "data/sample.csv",
         "labelled CSV/TSV/JSONL (split here), or a folder with train/dev/test files (splits as given)",
@@ -82,6 +87,18 @@ class LabelConfig:
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
     overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")
     progress: bool = _f(True, "show a progress bar on stderr")
+
+
+@dataclass
+class ExportConfig:
+    run: str = _f("runs/demo", "run directory made by `labeltune train`")
+    format: str = _f("adapter", "adapter = LoRA weights (+ tiny base); merged16 = LoRA merged into a 16-bit base; "
+                     "gguf = llama.cpp file through Unsloth (GPU)", ("adapter", "merged16", "gguf"))
+    output: str | None = _f(None, "output directory; None = <run>-<format> beside the run")
+    quant: str = _f("q4_k_m", "GGUF quantisation (q4_k_m, q8_0, f16, ...)")
+    dtype: str = _f("float16", "dtype of merged16 weights", ("float16", "bfloat16"))
+    push_to_hub: str | None = _f(None, "also upload to this Hugging Face repo (private), token from $HF_TOKEN")
+    overwrite: bool = _f(False, "write into a non-empty output directory")
 
 
 # ---------------------------------------------------------------- machinery

@@ -75,12 +75,14 @@ def main(cfg: LabelConfig) -> Path:
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {columns} (use --text-column)")
     header = output_columns(columns)
-    adapter = run_dir / "adapter" / "adapter_model.safetensors"
-    if not adapter.is_file():
-        raise FileNotFoundError(f"{run_dir}: no trained adapter (run `labeltune train` first)")
+    weights = run_dir / "adapter" / "adapter_model.safetensors"
+    if not weights.is_file():
+        weights = run_dir / "model" / "model.safetensors"  # a merged export
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
     identity = {
         "input_sha256": file_sha256(source),
-        "adapter_sha256": file_sha256(adapter),
+        "weights_sha256": file_sha256(weights),
         "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens")},
     }
     state_path = output.with_name(output.name + ".progress.json")

@@ -5,8 +5,11 @@ Llama-shaped model with random weights and a byte-level BPE tokenizer trained on
 so the whole pipeline runs with no network. Anything that is not a preset name is taken as a Hugging
 Face id or a local path.
 
-Backends: ``hf`` = transformers + PEFT LoRA (full precision on CPU). Heavy imports (torch,
-transformers, peft) happen inside the functions that need them.
+Backends: ``unsloth`` (FastLanguageModel 4-bit + Unsloth gradient checkpointing; CUDA only) and
+``hf`` (transformers + PEFT; bitsandbytes 4-bit on CUDA, full precision on CPU). ``auto`` picks
+unsloth when a CUDA GPU and the unsloth package are present. Heavy imports (torch, transformers,
+peft, unsloth, bitsandbytes) happen inside the functions that need them: ``import unsloth`` raises
+on a machine without a GPU, so it happens only on the unsloth backend.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+BACKENDS = ("auto", "hf", "unsloth")
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PAD_CANDIDATES = ("<pad>", "<|finetune_right_pad_id|>", "[PAD]", "<|pad|>", "<|reserved_special_token_0|>")
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    model_id: str | None  # Hugging Face id or path; None = built locally (tiny)
+    model_id: str | None  # Hugging Face id or path (4-bit on GPU presets); None = built locally (tiny)
     description: str
     lr: float
     epochs: float
@@ -33,6 +38,9 @@ class Preset:
     target_modules: str | tuple[str, ...] = "all-linear"
     modules_to_save: tuple[str, ...] = ()  # trained in full and saved with the adapter
     gradient_checkpointing: bool = True  # trade compute for memory (large models); off for tiny
+    full_id: str | None = None  # 16-bit weights of the same model (CPU loading, merged export)
+    params_b: float = 0.0  # size in billions of parameters; 0 = unknown
+    needs_gpu: bool = False  # refuse to start on a machine without CUDA (before any download)
 
 
 PRESETS: dict[str, Preset] = {
@@ -52,7 +60,50 @@ PRESETS: dict[str, Preset] = {
         gradient_checkpointing=False,
     ),
 }
-ALIASES: dict[str, str] = {}
+
+
+def _gpu_preset(name, model_id, full_id, description, params_b, batch_size, grad_accum, lr, **kw) -> Preset:
+    """A 4-bit LoRA preset with T4 (15 GB) defaults: short SNS posts fit in 512 tokens."""
+    return Preset(
+        name=name,
+        model_id=model_id,
+        full_id=full_id,
+        description=description,
+        params_b=params_b,
+        needs_gpu=params_b >= 4,
+        lr=lr,
+        epochs=kw.pop("epochs", 2),
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lora_r=kw.pop("lora_r", 16),
+        lora_alpha=kw.pop("lora_alpha", 16),
+        max_length=kw.pop("max_length", 512),
+        target_modules=LLAMA_TARGETS,
+        **kw,
+    )
+
+
+PRESETS.update(
+    {
+        p.name: p
+        for p in (
+            _gpu_preset("llama3.1-8b", "unsloth/Meta-Llama-3.1-8B-bnb-4bit", "unsloth/Meta-Llama-3.1-8B",
+                        "Llama 3.1 8B base, 4-bit (Unsloth); T4: ~7 GB for LoRA at 512 tokens", 8.0, 4, 4, 2e-4),
+            _gpu_preset("gemma2-9b", "unsloth/gemma-2-9b-bnb-4bit", "unsloth/gemma-2-9b",
+                        "Gemma 2 9B base, 4-bit (Unsloth); T4: ~9 GB; fp16 on T4", 9.2, 2, 8, 1e-4),
+            _gpu_preset("gemma2-2b", "unsloth/gemma-2-2b-bnb-4bit", "unsloth/gemma-2-2b",
+                        "Gemma 2 2B base, 4-bit (Unsloth)", 2.6, 8, 2, 2e-4),
+            _gpu_preset("llama3.2-1b", "unsloth/Llama-3.2-1B-bnb-4bit", "unsloth/Llama-3.2-1B",
+                        "Llama 3.2 1B base, 4-bit (Unsloth); also runs (slowly) on CPU from full_id", 1.2, 16, 1, 2e-4),
+            _gpu_preset("llama3.2-3b", "unsloth/Llama-3.2-3B-bnb-4bit", "unsloth/Llama-3.2-3B",
+                        "Llama 3.2 3B base, 4-bit (Unsloth)", 3.2, 8, 2, 2e-4),
+            _gpu_preset("swallow-8b", "tokyotech-llm/Llama-3.1-Swallow-8B-v0.2", "tokyotech-llm/Llama-3.1-Swallow-8B-v0.2",
+                        "Llama 3.1 Swallow 8B: Llama 3.1 with Japanese continued pre-training (quantised to 4-bit on load)",
+                        8.0, 4, 4, 2e-4),
+        )
+    }
+)
+ALIASES: dict[str, str] = {"llama3.1": "llama3.1-8b", "gemma2": "gemma2-9b"}
 
 
 def resolve_preset(name: str) -> Preset:
@@ -160,25 +211,114 @@ def ensure_pad_token(tokenizer, model=None) -> None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_base(path_or_id: str, backend: str = "hf"):
-    """(model, tokenizer) of a base model on the current device, full precision on CPU."""
+def cuda_available() -> bool:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if backend != "hf":
-        raise ValueError(f"unknown backend {backend!r}; available: hf")
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype).to(device)
+    return torch.cuda.is_available()
+
+
+def unsloth_installed() -> bool:
+    """Whether the unsloth package is installed, found without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def select_backend(requested: str, cuda: bool, has_unsloth: bool) -> str:
+    """The backend to use: auto = unsloth with a CUDA GPU and unsloth installed, else hf."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; available: {', '.join(BACKENDS)}")
+    if requested == "auto":
+        return "unsloth" if cuda and has_unsloth else "hf"
+    if requested == "unsloth" and not cuda:
+        raise ValueError("the unsloth backend needs a CUDA GPU; use --backend hf (or auto) on this machine")
+    if requested == "unsloth" and not has_unsloth:
+        raise ValueError("unsloth is not installed: pip install -e '.[gpu]' (or use --backend hf)")
+    return requested
+
+
+def select_precision(cuda: bool, bf16_supported: bool) -> str:
+    """bf16 where the GPU has it (Ampere+), fp16 on older GPUs (T4), fp32 on CPU."""
+    if not cuda:
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
+def check_fits_machine(preset: Preset, cuda: bool) -> None:
+    """Fail at once (before any download) when a GPU-only preset is asked for on a CPU machine."""
+    if preset.needs_gpu and not cuda:
+        raise ValueError(
+            f"{preset.name} ({preset.params_b:g}B parameters) needs a CUDA GPU and none is visible here. "
+            "On this machine use --model tiny (or a small model such as llama3.2-1b, slowly); "
+            "for this model use a GPU box or Colab (T4 or better): make train MODEL=" + preset.name
+        )
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None):
+    """(model, tokenizer) of a base model. hf: 4-bit (bitsandbytes) on CUDA unless load_in_4bit=False,
+    full precision on CPU. unsloth: FastLanguageModel 4-bit (import happens only here)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    load_in_4bit = cuda if load_in_4bit is None else load_in_4bit
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # noqa: PLC0415  (raises without a GPU)
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=path_or_id, max_seq_length=max_length, dtype=_torch_dtype(precision), load_in_4bit=load_in_4bit
+        )
+    elif backend == "hf":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        kwargs = {"dtype": _torch_dtype(precision)}
+        if cuda and load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=_torch_dtype(precision),
+            )
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+        if not (cuda and load_in_4bit):
+            model = model.to("cuda" if cuda else "cpu")
+    else:
+        raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: int, modules_to_save=()):
-    import torch
-    from peft import LoraConfig, get_peft_model
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: int, modules_to_save=(),
+             backend: str = "hf", gradient_checkpointing: bool = False):
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # noqa: PLC0415
 
+        return FastLanguageModel.get_peft_model(
+            model,
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
+            modules_to_save=list(modules_to_save) or None,
+            bias="none",
+            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+            random_state=seed,
+        )
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     torch.manual_seed(seed)
     config = LoraConfig(
         r=r,
@@ -197,17 +337,35 @@ def base_path(run_dir: str | Path) -> str:
     return str(Path(run_dir) / "base") if info["base"] == "base/" else info["base"]
 
 
-def load_run(run_dir: str | Path):
-    """(model with adapter, tokenizer) of a trained run, in eval mode."""
-    from peft import PeftModel
+def inference_backend(info: dict) -> str:
+    """Backend for labelling on this machine: the training backend where it can run, else hf."""
+    return select_backend("auto" if info.get("backend") == "unsloth" else "hf", cuda_available(), unsloth_installed())
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "adapter").is_dir():
-        raise FileNotFoundError(f"{run_dir}: no adapter/ (is this a run directory made by `labeltune train`?)")
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    model, _ = load_base(base_path(run_dir), info.get("backend", "hf"))
+
+def load_run(run_dir: str | Path):
+    """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
+
+    A run trained on a 4-bit base is loaded 4-bit on a GPU; on a CPU its 16-bit `full_id` is loaded
+    in full precision instead (or use `labeltune export --format merged16`).
+    """
+    from peft import PeftModel
     from transformers import AutoTokenizer
 
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.json (is this a run directory made by `labeltune train`?)")
+    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    if info.get("merged"):
+        model, tokenizer = load_base(str(run_dir / "model"), "hf")
+        model.eval()
+        return model, tokenizer
+    if not (run_dir / "adapter").is_dir():
+        raise FileNotFoundError(f"{run_dir}: no adapter/ (did `labeltune train` finish?)")
+    base = base_path(run_dir)
+    if not cuda_available() and info.get("full_id"):
+        base = info["full_id"]
+    four_bit = bool(info.get("load_in_4bit")) and cuda_available()
+    model, _ = load_base(base, inference_backend(info), info.get("max_length", 512), four_bit)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))

@@ -93,14 +93,20 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
 
 
 def main(cfg: TrainConfig) -> Path:
+    """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory."""
     import torch
+    from accelerate import PartialState
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from labeltune.features import Prompter
+    from labeltune.models import check_fits_machine, select_backend, select_precision, unsloth_installed
 
     preset = resolve_preset(cfg.model)
     cfg = with_preset_defaults(cfg, preset)
+    cuda = torch.cuda.is_available()
+    check_fits_machine(preset, cuda)  # before anything is downloaded or written
+    backend = select_backend(cfg.backend, cuda, unsloth_installed())
     task = load_task(cfg.task)
     template_name = cfg.template or task.default_template
     template = load_template(template_name)
@@ -116,30 +122,41 @@ def main(cfg: TrainConfig) -> Path:
     if not splits["train"]:
         raise ValueError("no training examples")
 
-    (run_dir / "data").mkdir(parents=True, exist_ok=True)
-    save(cfg, run_dir / "config.yaml")
-    for name, examples in splits.items():
-        data_mod.write_jsonl(examples, run_dir / "data" / f"{name}.jsonl")
-    summary = {
-        "source": str(cfg.data),
-        "fingerprint": data_mod.fingerprint(splits),
-        "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
-        "dropped": dropped,
-        "leaks": [vars(lk) for lk in leaks],
-        "leakage_policy": cfg.leakage,
+    state = PartialState(cpu=not cuda)  # one process, or one per rank (gloo on CPU) under accelerate launch
+    if state.num_processes > 1 and backend == "unsloth":
+        raise ValueError("multi-process training runs on the hf backend: add --backend hf")
+    is_main = state.is_main_process
+    info = {
+        "base": "base/" if preset.model_id is None else preset.model_id,
+        "full_id": preset.full_id,
+        "backend": backend,
+        "load_in_4bit": cuda and preset.model_id is not None,
+        "max_length": cfg.max_length,
+        "preset": preset.name,
+        "world_size": state.num_processes,
     }
-    (run_dir / "data" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-    (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
-
-    if preset.model_id is None:  # tiny: base model + tokenizer built from the rendered training prompts
-        corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
-        base = str(build_tiny(corpus, run_dir / "base", cfg.seed))
-        (run_dir / "model.json").write_text(json.dumps({"base": "base/", "backend": "hf"}), encoding="utf-8")
-    else:
-        base = preset.model_id
-        (run_dir / "model.json").write_text(json.dumps({"base": base, "backend": "hf"}), encoding="utf-8")
-
-    model, tokenizer = load_base(base, "hf")
+    with state.main_process_first():
+        if is_main:
+            (run_dir / "data").mkdir(parents=True, exist_ok=True)
+            save(cfg, run_dir / "config.yaml")
+            for name, examples in splits.items():
+                data_mod.write_jsonl(examples, run_dir / "data" / f"{name}.jsonl")
+            summary = {
+                "source": str(cfg.data),
+                "fingerprint": data_mod.fingerprint(splits),
+                "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
+                "dropped": dropped,
+                "leaks": [vars(lk) for lk in leaks],
+                "leakage_policy": cfg.leakage,
+            }
+            (run_dir / "data" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+            (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
+            if preset.model_id is None:  # tiny: base model + tokenizer built from the rendered training prompts
+                corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
+                build_tiny(corpus, run_dir / "base", cfg.seed)
+            (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    base = str(run_dir / "base") if preset.model_id is None else preset.model_id
+    model, tokenizer = load_base(base, backend, cfg.max_length, info["load_in_4bit"])
     prompter = Prompter(tokenizer, template, task, cfg.max_length)
 
     def features(examples):
@@ -149,11 +166,11 @@ def main(cfg: TrainConfig) -> Path:
 
     train_ds, dev_ds = features(splits["train"]), features(splits["dev"]) if splits["dev"] else None
     model = add_lora(
-        model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed, preset.modules_to_save
+        model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed,
+        preset.modules_to_save, backend, preset.gradient_checkpointing,
     )
 
-    on_cuda = torch.cuda.is_available()
-    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -171,14 +188,17 @@ def main(cfg: TrainConfig) -> Path:
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=bf16,
-        fp16=on_cuda and not bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         max_length=None,
         disable_tqdm=True,
-        dataloader_pin_memory=on_cuda,
-        gradient_checkpointing=preset.gradient_checkpointing,
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,
+        # unsloth applies its own checkpointing in get_peft_model; hf uses the Trainer's
+        gradient_checkpointing=preset.gradient_checkpointing and backend == "hf",
+        ddp_find_unused_parameters=False if state.num_processes > 1 else None,
     )
     trainer = SFTTrainer(
         model=model,
@@ -192,14 +212,15 @@ def main(cfg: TrainConfig) -> Path:
     trainer.train()
     seconds = time.time() - started
 
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
-    model.save_pretrained(run_dir / "adapter")
-    tokenizer.save_pretrained(run_dir / "adapter")
-    with open(run_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
-        for record in trainer.state.log_history:
-            f.write(json.dumps(record) + "\n")
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step, preset=preset.name)
-    (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-    print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s -> {run_dir}")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
+        model.save_pretrained(run_dir / "adapter")
+        tokenizer.save_pretrained(run_dir / "adapter")
+        with open(run_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
+            for record in trainer.state.log_history:
+                f.write(json.dumps(record) + "\n")
+        info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step, precision=precision)
+        (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {backend}/{precision} -> {run_dir}")
+    state.wait_for_everyone()
     return run_dir

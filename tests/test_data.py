@@ -412,7 +412,7 @@ def _leak_splits():
 
 def test_find_leaks():
     leaks = find_leaks(_leak_splits())
-    assert [(l.kind, l.split, l.index, l.train_index, l.text) for l in leaks] == [
+    assert [(lk.kind, lk.split, lk.index, lk.train_index, lk.text) for lk in leaks] == [
         ("exact", "dev", 0, 0, "今日は最高の一日！"),
         ("normalised", "dev", 2, 1, "abcです"),
         ("normalised", "test", 0, 2, "ラーメン 食べた"),

@@ -157,3 +157,37 @@ def test_refuses_to_append_to_foreign_partial_output(run_dir, tmp_path):
     label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out),
                                            "text_column": "body", "overwrite": True, "progress": False}))
     assert len(list(csv.DictReader(open(out, encoding="utf-8", newline="")))) == 8
+
+
+def test_export_adapter_and_merged_label_the_same(run_dir, tmp_path):
+    from labeltune import export
+    from labeltune.config import ExportConfig
+
+    source = tmp_path / "posts.csv"
+    _write_posts(source, 24)
+    outputs = {}
+    for fmt in ("adapter", "merged16"):
+        exported = export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": fmt, "output": str(tmp_path / fmt)}))
+        out = tmp_path / f"labelled-{fmt}.csv"
+        label.main(resolve(LabelConfig, None, {"run": str(exported), "input": str(source), "output": str(out),
+                                               "text_column": "body", "progress": False}))
+        outputs[fmt] = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
+    reference = tmp_path / "labelled-run.csv"
+    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(reference),
+                                           "text_column": "body", "progress": False}))
+    expected = [(r["label"], r["ok"]) for r in csv.DictReader(open(reference, encoding="utf-8", newline=""))]
+    assert [(r["label"], r["ok"]) for r in outputs["adapter"]] == expected
+    assert [(r["label"], r["ok"]) for r in outputs["merged16"]] == expected
+    assert json.loads((tmp_path / "merged16" / "model.json").read_text())["merged"] is True
+
+
+def test_export_gguf_without_gpu_says_what_to_do(run_dir, tmp_path):
+    import torch
+
+    from labeltune import export
+    from labeltune.config import ExportConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="merged16"):
+        export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": "gguf", "output": str(tmp_path / "g")}))

@@ -1,0 +1,125 @@
+"""Presets, backend and precision choice, fail-fast on CPU, and unsloth never imported on the CPU path."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labeltune.models import (
+    ALIASES,
+    PRESETS,
+    Preset,
+    check_fits_machine,
+    resolve_preset,
+    select_backend,
+    select_precision,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_presets_and_aliases():
+    for name in ("tiny", "llama3.1-8b", "gemma2-9b", "gemma2-2b", "llama3.2-1b", "llama3.2-3b", "swallow-8b"):
+        assert resolve_preset(name).name == name
+    assert resolve_preset("llama3.1") is PRESETS["llama3.1-8b"]
+    assert resolve_preset("gemma2") is PRESETS["gemma2-9b"]
+    assert set(ALIASES.values()) <= set(PRESETS)
+    for p in PRESETS.values():
+        assert 0 < p.lr <= 2e-3, "LoRA learning rates above ~1e-3 diverge on real models"
+        if p.model_id:
+            assert p.lr <= 1e-3 and p.full_id and p.max_length >= 256 and p.batch_size * p.grad_accum >= 8
+
+
+def test_any_hub_id_or_path_is_accepted(tmp_path):
+    assert resolve_preset("org/some-model").model_id == "org/some-model"
+    assert resolve_preset(str(tmp_path)).model_id == str(tmp_path)
+
+
+def test_unknown_model_lists_presets():
+    with pytest.raises(ValueError, match=r"unknown model 'llama9'.*gemma2-9b.*tiny"):
+        resolve_preset("llama9")
+
+
+@pytest.mark.parametrize(
+    "requested, cuda, has_unsloth, expected",
+    [
+        ("auto", True, True, "unsloth"),
+        ("auto", True, False, "hf"),
+        ("auto", False, True, "hf"),
+        ("auto", False, False, "hf"),
+        ("hf", True, True, "hf"),
+        ("unsloth", True, True, "unsloth"),
+    ],
+)
+def test_backend_selection(requested, cuda, has_unsloth, expected):
+    assert select_backend(requested, cuda, has_unsloth) == expected
+
+
+def test_backend_selection_errors():
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        select_backend("unsloth", False, True)
+    with pytest.raises(ValueError, match=r"pip install -e '\.\[gpu\]'"):
+        select_backend("unsloth", True, False)
+    with pytest.raises(ValueError, match="available: auto, hf, unsloth"):
+        select_backend("vllm", True, True)
+
+
+def test_precision_choice():
+    assert select_precision(cuda=False, bf16_supported=False) == "fp32"
+    assert select_precision(cuda=True, bf16_supported=False) == "fp16"  # T4
+    assert select_precision(cuda=True, bf16_supported=True) == "bf16"  # A100 / H100 / L4
+
+
+def test_big_model_on_cpu_fails_fast_with_advice():
+    check_fits_machine(PRESETS["gemma2-9b"], cuda=True)
+    check_fits_machine(PRESETS["tiny"], cuda=False)
+    with pytest.raises(ValueError, match=r"gemma2-9b \(9.2B parameters\) needs a CUDA GPU.*--model tiny"):
+        check_fits_machine(PRESETS["gemma2-9b"], cuda=False)
+
+
+def test_cli_train_gemma2_fails_fast_without_download(tmp_path):
+    """`labeltune train --model gemma2` on this CPU machine: exit 2 with the advice, nothing written."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from labeltune.cli import main; main()", "train", "--model", "gemma2", "--output", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert proc.returncode == 2
+    assert "needs a CUDA GPU" in proc.stderr and "--model tiny" in proc.stderr
+    assert not out.exists()
+
+
+def test_unsloth_never_imported_on_cpu_path(tmp_path):
+    """With an unsloth package present that raises on import (as the real one does without a GPU),
+    CPU training still picks hf and never imports it."""
+    fake = tmp_path / "site" / "unsloth"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise NotImplementedError("Unsloth cannot find any torch accelerator")\n')
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path / "site")!r})
+        from labeltune.models import unsloth_installed
+        assert unsloth_installed()
+        from labeltune import train
+        from labeltune.config import TrainConfig, resolve
+        cfg = resolve(TrainConfig, None, {{"output": {str(tmp_path / "run")!r}, "max_steps": 2, "limit": 32}})
+        train.main(cfg)
+        assert "unsloth" not in sys.modules, "unsloth was imported"
+        import json
+        assert json.load(open({str(tmp_path / "run" / "model.json")!r}))["backend"] == "hf"
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OK" in proc.stdout
+
+
+def test_generic_preset_defaults():
+    p = resolve_preset("org/x")
+    assert isinstance(p, Preset) and not p.needs_gpu and p.lr <= 1e-3
