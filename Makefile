@@ -28,7 +28,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
@@ -60,6 +59,7 @@ export: install
 
 # Core deps + the `gpu` extra resolve together (metadata only, nothing downloaded or installed).
 check-deps: install
+	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --extra gpu --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu --quiet -o - | grep -E '^(torch|transformers|trl|datasets|peft|unsloth|bitsandbytes)=='
 

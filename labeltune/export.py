@@ -61,12 +61,14 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
 
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     base = info.get("full_id") or base_path(run_dir)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    target = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    # tiny merges in fp32 then casts; real models load straight in 16-bit (an 8B in fp32 is 32 GB)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if info["base"] == "base/" else target)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     merged = PeftModel.from_pretrained(model, run_dir / "adapter").merge_and_unload()
-    merged = merged.to({"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype])
+    merged = merged.to(target)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
