@@ -1,0 +1,35 @@
+"""Every `labeltune <verb> --flag` the README shows exists in that verb's --help; the Makefile's
+targets named in the README exist; .ci/run calls the README's test command."""
+
+import re
+from pathlib import Path
+
+from labeltune.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _verb_flags() -> dict[str, set[str]]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    return {verb: {s for a in p._actions for s in a.option_strings} for verb, p in sub.choices.items()}
+
+
+def test_readme_flags_exist():
+    flags = _verb_flags()
+    used = re.findall(r"labeltune(?:\.cli)? +(train|evaluate|label|export|models|templates)\b([^\n`|]*)", README)
+    assert len(used) >= 6
+    for verb, rest in used:
+        for flag in re.findall(r"(--[a-z][a-z0-9-]*)", rest):
+            assert flag in flags[verb], f"README uses `labeltune {verb} {flag}`, not in its --help"
+
+
+def test_readme_first_lines_are_the_two_commands():
+    first = README.split("```bash", 1)[1].split("```", 1)[0]
+    assert re.search(r"^make demo\b", first, re.M) and re.search(r"^make test\b", first, re.M)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    for target in re.findall(r"\bmake ([a-z][a-z-]+)", README):
+        assert re.search(rf"^{target}:", makefile, re.M), f"README names `make {target}`, no such target"
