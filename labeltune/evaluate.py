@@ -180,13 +180,13 @@ def main(cfg) -> dict:
     gold, gold_scores = [ex.label for ex in examples], [ex.score for ex in examples]
     train_labels = [row["label"] for row in iter_rows(run_dir / "data" / "train.jsonl")]
 
-    metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "dropped_rows": len(dropped)}
+    metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode, "dropped_rows": len(dropped)}
     metrics["majority_baseline"] = majority_baseline(train_labels, gold, task.label_values)
     systems = {}
     if cfg.base:
         with model.disable_adapter():
-            systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size)
-    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size)
+            systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
+    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
     for key, predictions in systems.items():
         metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values)
         write_predictions(run_dir / f"predictions_{key}.csv", examples, predictions)

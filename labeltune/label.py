@@ -3,8 +3,9 @@
     labeltune label --run runs/demo --input posts.csv --output labelled.csv [--text-column text]
 
 Every input row yields exactly one output row, in input order, with all original columns kept and
-``label, score, ok, reason, truncated, raw`` added (prefixed ``pred_`` if the input already has one
-of those names). Output is UTF-8 (BOM with ``--bom``) whatever the input encoding.
+``label, score, ok, reason, truncated, raw, confidence`` and one ``p_<label name>`` probability
+column per label added (prefixed ``pred_`` if the input already has one of those names; confidence
+and probabilities are empty in ``generate`` mode, which has none). Output is UTF-8 (BOM with ``--bom``) whatever the input encoding.
 
 Rows are processed in chunks; after each chunk the output is flushed to disk and a sidecar
 ``<output>.progress.json`` records the rows and bytes done. A killed run, started again with the
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from labeltune.config import LabelConfig
 
-PREDICTION_COLUMNS = ("label", "score", "ok", "reason", "truncated", "raw")
+PREDICTION_COLUMNS = ("label", "score", "ok", "reason", "truncated", "raw", "confidence")
 
 
 def file_sha256(path: Path) -> str:
@@ -36,10 +37,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def output_columns(input_columns: list[str]) -> list[str]:
-    clash = set(PREDICTION_COLUMNS) & set(input_columns)
-    prefix = "pred_" if clash else ""
-    added = [prefix + c for c in PREDICTION_COLUMNS]
+def output_columns(input_columns: list[str], label_names: list[str]) -> list[str]:
+    """Input columns + predictions (`pred_`-prefixed if a name clashes) + one probability column per label."""
+    names = [*PREDICTION_COLUMNS, *(f"p_{n}" for n in label_names)]
+    prefix = "pred_" if set(names) & set(input_columns) else ""
+    added = [prefix + c for c in names]
     if set(added) & set(input_columns):
         raise ValueError(f"input already has columns {sorted(set(added) & set(input_columns))}; rename them")
     return [*input_columns, *added]
@@ -61,11 +63,16 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def _prob(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def main(cfg: LabelConfig) -> Path:
     from tqdm import tqdm
 
     from labeltune.config import TrainConfig, load_saved
     from labeltune.data import detect_encoding, iter_rows, read_columns
+    from labeltune.task import load_task
 
     run_dir, source, output = Path(cfg.run), Path(cfg.input), Path(cfg.output)
     if not source.is_file():
@@ -74,7 +81,9 @@ def main(cfg: LabelConfig) -> Path:
     columns = read_columns(source, encoding)
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {columns} (use --text-column)")
-    header = output_columns(columns)
+    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    task = load_task(train_cfg.task)
+    header = output_columns(columns, [lab.name for lab in task.labels])
     weights = run_dir / "adapter" / "adapter_model.safetensors"
     if not weights.is_file():
         weights = run_dir / "model" / "model.safetensors"  # a merged export
@@ -83,7 +92,7 @@ def main(cfg: LabelConfig) -> Path:
     identity = {
         "input_sha256": file_sha256(source),
         "weights_sha256": file_sha256(weights),
-        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens")},
+        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode")},
     }
     state_path = output.with_name(output.name + ".progress.json")
 
@@ -114,11 +123,9 @@ def main(cfg: LabelConfig) -> Path:
     from labeltune.features import Prompter
     from labeltune.models import load_run
     from labeltune.prompts import load_template
-    from labeltune.task import load_task
 
-    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
     model, tokenizer = load_run(run_dir)
-    prompter = Prompter(tokenizer, load_template(train_cfg.template), load_task(train_cfg.task), train_cfg.max_length)
+    prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
 
     total = sum(1 for _ in iter_rows(source, encoding))
     rows = islice(iter_rows(source, encoding), state["rows"], None)
@@ -129,11 +136,15 @@ def main(cfg: LabelConfig) -> Path:
         f.truncate()
         while chunk := list(islice(rows, cfg.chunk_size)):
             texts = [row.get(cfg.text_column) for row in chunk]
-            predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size)
+            predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
             lines = []
             for row, p in zip(chunk, predictions):
                 counts["ok" if p.ok else "failed"] += 1
-                lines.append([_cell(row.get(c)) for c in columns] + [_cell(p.label), _cell(p.score), p.ok, p.reason, p.truncated, p.raw])
+                probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
+                lines.append(
+                    [_cell(row.get(c)) for c in columns]
+                    + [_cell(p.label), _cell(p.score), p.ok, p.reason, p.truncated, p.raw, _prob(p.confidence), *probs]
+                )
             f.write(_csv_bytes(lines))
             f.flush()
             os.fsync(f.fileno())

@@ -91,7 +91,8 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path):
     rows = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
     assert [r["post_id"] for r in rows] == [p["post_id"] for p in posts]
     assert [r["body"] for r in rows] == [p["body"] for p in posts]
-    assert list(rows[0]) == ["post_id", "body", "note", "label", "score", "ok", "reason", "truncated", "raw"]
+    assert list(rows[0]) == ["post_id", "body", "note", "label", "score", "ok", "reason", "truncated", "raw",
+                             "confidence", "p_positive", "p_neutral", "p_negative"]
     assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
     assert sum(r["ok"] == "True" for r in rows) >= 9
     assert not out.with_name(out.name + ".progress.json").exists()
@@ -191,3 +192,31 @@ def test_export_gguf_without_gpu_says_what_to_do(run_dir, tmp_path):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="merged16"):
         export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": "gguf", "output": str(tmp_path / "g")}))
+
+
+def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir):
+    from labeltune.config import TrainConfig, load_saved
+    from labeltune.data import load_examples
+    from labeltune.decode import predict
+    from labeltune.features import Prompter
+    from labeltune.models import load_run
+    from labeltune.prompts import load_template
+    from labeltune.task import load_task
+
+    cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    task = load_task(cfg.task)
+    examples, _ = load_examples(run_dir / "data" / "dev.jsonl", task)
+    texts = [ex.text for ex in examples[:40]]
+    model, tokenizer = load_run(run_dir)
+    prompter = Prompter(tokenizer, load_template(cfg.template), task, cfg.max_length)
+    by_mode = {mode: predict(model, prompter, texts, batch_size=8, mode=mode) for mode in ("generate", "constrained", "score")}
+    for mode in ("constrained", "score"):
+        assert all(p.ok for p in by_mode[mode])
+    for p in by_mode["score"]:
+        assert abs(sum(p.probs.values()) - 1) < 1e-6 and p.confidence == max(p.probs.values())
+        assert p.raw == task.render_answer(p.label, p.score)
+    agree = [g.label == s.label == c.label for g, s, c in zip(by_mode["generate"], by_mode["score"], by_mode["constrained"]) if g.ok]
+    assert len(agree) >= 36 and sum(agree) / len(agree) >= 0.95
+    with model.disable_adapter():  # the untuned base: well-formed by construction, not by training
+        for mode in ("constrained", "score"):
+            assert all(p.ok for p in predict(model, prompter, texts, batch_size=8, mode=mode))

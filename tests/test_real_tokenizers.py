@@ -85,3 +85,24 @@ def test_long_text_truncated_by_tokens_keeps_answer_header(family):
     assert truncated
     assert len(ids) <= 256 - prompter.answer_budget
     assert tokenizer.decode(ids).endswith("### 応答:\n")
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
+@pytest.mark.parametrize("task_name", ["sentiment_toxicity", "posneg"])
+def test_answer_trie_is_the_task_language(family, task_name):
+    from labeltune.decode import AnswerTrie
+    from labeltune.parse import parse
+
+    tokenizer = _tokenizer(family)
+    task = load_task(task_name)
+    trie = AnswerTrie(tokenizer, task)
+    assert len(trie.answers) == len(task.all_answers())
+    assert set(trie.label_path) == set(task.label_values)
+    paths = list(trie.label_path.values())
+    assert all(p and not any(q != p and q[: len(p)] == p for q in paths) for p in paths)  # prefix-free
+    for ids, answer in trie.answers.items():  # every path spells a well-formed answer ending in EOS
+        assert ids[-1] == tokenizer.eos_token_id and parse(tokenizer.decode(list(ids[:-1])), task).ok
+        prefix = ()
+        for t in ids:
+            assert t in trie.allowed(prefix)
+            prefix += (t,)
