@@ -12,6 +12,7 @@ VERBS = {
     "train": (config_mod.TrainConfig, "LoRA SFT of a model on labelled data -> run directory"),
     "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> metrics.json, report.md"),
     "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)"),
+    "calibrate": (config_mod.CalibrateConfig, "fit a temperature for label probabilities on the dev split"),
     "export": (config_mod.ExportConfig, "export a run as adapter, merged 16-bit model or GGUF"),
 }
 
@@ -49,6 +50,8 @@ def run(argv: list[str] | None = None) -> int:
         from labeltune.train import main
     elif verb == "evaluate":
         from labeltune.evaluate import main
+    elif verb == "calibrate":
+        from labeltune.calibrate import main
     elif verb == "export":
         from labeltune.export import main
     else:

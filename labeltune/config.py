@@ -79,6 +79,7 @@ class EvalConfig:
     batch_size: int = _f(16, "prompts per generation batch")
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
     limit: int | None = _f(None, "evaluate only the first N rows; None = all")
+    calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
 
 
 @dataclass
@@ -100,7 +101,15 @@ class LabelConfig:
     chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time")
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
     overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")
+    calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
     progress: bool = _f(True, "show a progress bar on stderr")
+
+
+@dataclass
+class CalibrateConfig:
+    run: str = _f("runs/demo", "run directory made by `labeltune train`")
+    split: str = _f("dev", "split to fit the temperature on (never test)", ("train", "dev"))
+    batch_size: int = _f(16, "prompts per forward batch")
 
 
 @dataclass

@@ -198,8 +198,11 @@ def predict(
     model, prompter, texts: list, max_new_tokens: int | None = None, batch_size: int = 16,
     mode: str = "generate", temperature: float = 1.0,
 ) -> list[Prediction]:
-    """Label texts: render, decode in `mode`, parse. Empty texts get ok=False without decoding."""
+    """Label texts: render, decode in `mode`, parse. Empty texts get ok=False without decoding.
+    `temperature` rescales label probabilities (see labeltune.calibrate); labels are unaffected."""
     from labeltune.parse import parse
+
+    from labeltune.calibrate import apply_temperature
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
@@ -210,7 +213,7 @@ def predict(
     out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
     if mode == "score":
         trie = AnswerTrie(tokenizer, task)
-        dists = label_distribution(model, tokenizer, prompts, trie, batch_size, temperature)
+        dists = [apply_temperature(d, temperature) for d in label_distribution(model, tokenizer, prompts, trie, batch_size)]
         chosen = [max(d, key=d.get) for d in dists]
         answers = {}
         for label in trie.label_path:
@@ -229,10 +232,11 @@ def predict(
         return out
     trie = AnswerTrie(tokenizer, task) if mode == "constrained" else None
     max_new_tokens = max_new_tokens or prompter.answer_budget + 8
-    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, trie, temperature)
+    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, trie)
     for i, (_, truncated), gen in zip(todo, encoded, generations):
         parsed = parse(gen.text, task)
         reason = parsed.reason or ("" if gen.finished else "no_eos")
         ok = parsed.ok and gen.finished
-        out[i] = Prediction(parsed.label if ok else None, parsed.score if ok else None, ok, reason, gen.text, truncated, gen.label_probs)
+        probs = apply_temperature(gen.label_probs, temperature) if gen.label_probs else None
+        out[i] = Prediction(parsed.label if ok else None, parsed.score if ok else None, ok, reason, gen.text, truncated, probs)
     return out

@@ -113,15 +113,17 @@ def format_table(metrics: dict) -> str:
     rows = [("majority class", metrics["majority_baseline"])]
     rows += [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned")) if key in metrics]
     lines = [
-        "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman |",
-        "|---|---|---|---|---|---|---|",
+        "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman | ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in rows:
         mae = m.get("score_mae")
         rho = m.get("score_spearman")
+        ece = m.get("ece")
         lines.append(
             f"| {name} | {m['n']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['malformed_rate']:.1%} | "
-            f"{'-' if mae is None else f'{mae:.1f}'} | {'-' if rho is None else f'{rho:.3f}'} |"
+            f"{'-' if mae is None else f'{mae:.1f}'} | {'-' if rho is None else f'{rho:.3f}'} | "
+            f"{'-' if ece is None else f'{ece:.3f}'} |"
         )
     return "\n".join(lines)
 
@@ -129,9 +131,9 @@ def format_table(metrics: dict) -> str:
 def write_predictions(path: Path, examples, predictions) -> None:
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated", "raw"])
+        writer.writerow(["text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated", "confidence", "raw"])
         for ex, p in zip(examples, predictions):
-            writer.writerow([ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.raw])
+            writer.writerow([ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.confidence, p.raw])
 
 
 def write_report(path: Path, metrics: dict) -> None:
@@ -150,6 +152,9 @@ def write_report(path: Path, metrics: dict) -> None:
         lines += [f"| {g} | " + " | ".join(map(str, row)) + " |" for g, row in zip(conf["labels"], conf["matrix"])]
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(m["malformed_reasons"].items())) or "none"
         lines += ["", f"Malformed answers: {reasons}", ""]
+        if "ece" in m:
+            lines += [f"Expected calibration error {m['ece']:.3f} (temperature {m['temperature']:.3f}):", "",
+                      f"![reliability](reliability_{key}.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -174,6 +179,9 @@ def main(cfg) -> dict:
         examples = examples[: cfg.limit]
     if not examples:
         raise ValueError(f"{source}: nothing to evaluate ({len(dropped)} rows dropped)")
+    from labeltune.calibrate import expected_calibration_error, load_temperature, plot_reliability, reliability_bins
+
+    temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
     model, tokenizer = load_run(run_dir)
     prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
     texts = [ex.text for ex in examples]
@@ -186,9 +194,17 @@ def main(cfg) -> dict:
     if cfg.base:
         with model.disable_adapter():
             systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
-    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
+    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
     for key, predictions in systems.items():
         metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values)
+        scored = [(p.confidence, p.label == g) for p, g in zip(predictions, gold) if p.confidence is not None]
+        if scored:  # constrained / score modes: calibration of the label probabilities
+            confidence, correct = [c for c, _ in scored], [ok for _, ok in scored]
+            metrics[key]["ece"] = expected_calibration_error(confidence, correct)
+            metrics[key]["temperature"] = temperature if key == "finetuned" else 1.0
+            bins = reliability_bins(confidence, correct)
+            metrics[key]["reliability"] = bins
+            plot_reliability(bins, run_dir / f"reliability_{key}.png", f"{key} ({cfg.mode}), ECE {metrics[key]['ece']:.3f}")
         write_predictions(run_dir / f"predictions_{key}.csv", examples, predictions)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     write_report(run_dir / "report.md", metrics)

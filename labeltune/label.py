@@ -92,7 +92,8 @@ def main(cfg: LabelConfig) -> Path:
     identity = {
         "input_sha256": file_sha256(source),
         "weights_sha256": file_sha256(weights),
-        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode")},
+        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode", "calibrated")},
+        "calibration": (run_dir / "calibration.json").read_text(encoding="utf-8") if (run_dir / "calibration.json").is_file() else None,
     }
     state_path = output.with_name(output.name + ".progress.json")
 
@@ -124,6 +125,9 @@ def main(cfg: LabelConfig) -> Path:
     from labeltune.models import load_run
     from labeltune.prompts import load_template
 
+    from labeltune.calibrate import load_temperature
+
+    temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
     model, tokenizer = load_run(run_dir)
     prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
 
@@ -136,7 +140,7 @@ def main(cfg: LabelConfig) -> Path:
         f.truncate()
         while chunk := list(islice(rows, cfg.chunk_size)):
             texts = [row.get(cfg.text_column) for row in chunk]
-            predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
+            predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
             lines = []
             for row, p in zip(chunk, predictions):
                 counts["ok" if p.ok else "failed"] += 1

@@ -220,3 +220,28 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
     with model.disable_adapter():  # the untuned base: well-formed by construction, not by training
         for mode in ("constrained", "score"):
             assert all(p.ok for p in predict(model, prompter, texts, batch_size=8, mode=mode))
+
+
+def test_calibrate_then_label_applies_the_temperature(run_dir, tmp_path):
+    from labeltune import calibrate
+    from labeltune.calibrate import apply_temperature
+    from labeltune.config import CalibrateConfig
+
+    result = calibrate.main(resolve(CalibrateConfig, None, {"run": str(run_dir)}))
+    assert (run_dir / "calibration.json").is_file() and result["nll_after"] <= result["nll_before"] + 1e-9
+    source = tmp_path / "posts.csv"
+    _write_posts(source, 10)
+    rows = {}
+    for calibrated in (False, True):
+        out = tmp_path / f"out-{calibrated}.csv"
+        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body",
+                                               "mode": "score", "calibrated": calibrated, "progress": False}))
+        rows[calibrated] = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
+    names = {"p_positive": "1", "p_neutral": "0", "p_negative": "-1"}
+    for raw, cal in zip(rows[False], rows[True]):
+        assert raw["label"] == cal["label"]
+        if raw["ok"] == "True":
+            expected = apply_temperature({v: float(raw[k]) for k, v in names.items()}, result["temperature"])
+            assert [float(cal[k]) for k in names] == pytest.approx([expected[v] for v in names.values()], abs=1e-3)
+            assert float(cal["confidence"]) == pytest.approx(max(float(cal[k]) for k in names), abs=1e-4)
+    (run_dir / "calibration.json").unlink()  # leave the shared run as the other tests expect it
