@@ -6,6 +6,8 @@
 #   make label RUN=runs/mine IN=posts.csv OUT=labelled.csv
 #   make eval RUN=runs/mine
 #   make export RUN=runs/mine FORMAT=adapter|merged16|gguf
+#   make calibrate RUN=runs/mine      fit a temperature for label probabilities on the dev split
+#   make bench                        labelling throughput / memory table (scripts/bench.py)
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 PY ?= python3
 VENV ?= .venv
@@ -22,7 +24,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow demo train label eval export check-deps clean
+.PHONY: install test test-slow demo train label eval export calibrate bench check-deps clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +55,14 @@ eval: install
 
 label: install
 	$(BIN)/labeltune label --run $(RUN) --input $(IN) --output $(OUT)
+
+calibrate: install
+	$(BIN)/labeltune calibrate --run $(RUN)
+
+# Throughput and memory table (scripts/bench.py); trains the demo run first if it is missing.
+bench: install
+	test -f runs/demo/adapter/adapter_model.safetensors || $(MAKE) demo
+	$(BIN)/python scripts/bench.py --run runs/demo
 
 export: install
 	$(BIN)/labeltune export --run $(RUN) --format $(or $(FORMAT),merged16)

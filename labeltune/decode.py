@@ -8,11 +8,12 @@
 - ``score``: no generation for the label. One batched forward pass over prompt + the answer's fixed
   start (``label : ``) gives the distribution over the tokens where the labels diverge; a label's
   probability is the product of its tokens' probabilities renormalised over the trie's allowed
-  tokens at each node (multi-token labels scored as full continuations, extra forward passes only
-  where labels share a token). The score of a label that has one is then decoded greedily within the
-  trie (the most probable integer one token at a time, not the expected value: Llama 3 writes up to
-  three digits per token, so the expected value would need ~100 continuations per row). The answer
-  string is written by the task spec, so it is well-formed by construction.
+  tokens at each node (multi-token labels scored as full continuations: one cached step per node
+  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0"). The score of a label that has
+  one is then decoded greedily within the trie from the same KV cache (the most probable integer one
+  token at a time, not the expected value: Llama 3 writes up to three digits per token, so the
+  expected value would need ~100 continuations per row). The answer string is written by the task
+  spec, so it is well-formed by construction.
 """
 
 from __future__ import annotations
@@ -55,16 +56,15 @@ class AnswerTrie:
     def allowed(self, prefix: tuple) -> list[int]:
         return self.children.get(prefix, [self.eos])
 
-
-class SubTrie:
-    """The part of an AnswerTrie below `start` (e.g. the score after a chosen label)."""
-
-    def __init__(self, trie: AnswerTrie, start: tuple):
-        self.trie, self.start = trie, start
-        self.max_len = trie.max_len - len(start)
-
-    def allowed(self, prefix: tuple) -> list[int]:
-        return self.trie.allowed(self.start + prefix)
+    def forced(self, prefix: tuple) -> tuple | None:
+        """The rest of the answer if nothing branches below `prefix` (ends with EOS), else None."""
+        rest = ()
+        while (prefix + rest)[-1:] != (self.eos,):
+            nxt = self.children.get(prefix + rest, [])
+            if len(nxt) != 1:
+                return None
+            rest += (nxt[0],)
+        return rest
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _renormalised(logits_row, allowed: list[int], temperature: float) -> list[fl
 
 def generate(
     model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 16,
-    trie: AnswerTrie | SubTrie | None = None, temperature: float = 1.0,
+    trie: AnswerTrie | None = None,
 ) -> list[Generation]:
     """Greedy generation in input order; with a trie, constrained to the task's answers."""
     import torch
@@ -131,49 +131,122 @@ def generate(
                 one_step_labels = isinstance(trie, AnswerTrie) and all(len(p) == 1 for p in trie.label_path.values())
                 if one_step_labels and len(new) > len(trie.shared):
                     branch = trie.allowed(trie.shared)
-                    p = _renormalised(out.logits[len(trie.shared)][row], branch, temperature)
+                    p = _renormalised(out.logits[len(trie.shared)][row], branch, 1.0)
                     probs = {next(iter(trie.labels_under[trie.shared + (t,)])): q for t, q in zip(branch, p)}
                 results[i] = Generation(tokenizer.decode(new, skip_special_tokens=False), finished, probs)
     return results  # type: ignore[return-value]
 
 
-def label_distribution(
-    model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16, temperature: float = 1.0
-) -> list[dict[str, float]]:
-    """score mode: P(label | prompt) for every label, in input order, by forward passes only."""
+def score_decode(
+    model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16
+) -> tuple[list[dict[str, float]], list[tuple]]:
+    """score mode with one prefill per batch and the prompt's KV cache reused for everything after.
+
+    Per batch: (1) one forward over prompt + the answer's fixed start, keeping the cache; (2) one
+    cached step per internal node of the label trie (usually none or one), each visible only to its
+    descendants through the attention mask, giving every label's probability; (3) for the chosen
+    label, its remaining tokens and then the score, greedy within the trie, one cached step per
+    token. Returns label distributions and the chosen answers' token ids (after `shared`), in input order.
+    """
     import torch
 
     device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
     labels = list(trie.label_path)
-    logp = [dict.fromkeys(labels, 0.0) for _ in prompt_ids]
-    # group the label paths by their proper prefixes: each needs one forward pass (usually just `()`)
-    prefixes = sorted({path[:k] for path in trie.label_path.values() for k in range(len(path))}, key=len)
+    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
+    dists: list[dict | None] = [None] * len(prompt_ids)
+    answers: list[tuple | None] = [None] * len(prompt_ids)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+
+    def step(tokens, mask, positions, cache):
+        out = model(
+            input_ids=torch.tensor(tokens, dtype=torch.long, device=device).view(-1, 1),
+            attention_mask=mask.to(device), position_ids=positions.view(-1, 1).to(device),
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float().cpu(), out.past_key_values
+
     with torch.inference_mode():
-        for prefix in prefixes:
-            node = trie.shared + prefix
-            allowed = trie.allowed(node)
-            extended = [ids + list(node) for ids in prompt_ids]
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
-                input_ids, attention, _ = _padded(extended, index, tokenizer.pad_token_id)
-                position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-                logits = model(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                    position_ids=position_ids.to(device), use_cache=False, logits_to_keep=1,
-                ).logits[:, -1, :].float().cpu()
-                for row, i in enumerate(index):
-                    probs = dict(zip(allowed, _renormalised(logits[row], allowed, temperature)))
-                    for label, path in trie.label_path.items():
-                        if len(path) > len(prefix) and path[: len(prefix)] == prefix:
-                            logp[i][label] += math.log(max(probs[path[len(prefix)]], 1e-300))
-    out = []
-    for row in logp:
-        top = max(row.values())
-        exps = {k: math.exp(v - top) for k, v in row.items()}
-        total = sum(exps.values())
-        out.append({k: v / total for k, v in exps.items()})
-    return out
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            n = len(index)
+            input_ids, attention, _ = _padded([prompt_ids[i] + list(trie.shared) for i in index], list(range(n)), pad)
+            out = model(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                position_ids=(attention.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, logits_to_keep=1,
+            )
+            cache, base_len = out.past_key_values, attention.shape[1]
+            last_pos = attention.sum(-1) - 1
+            logits_at = {(): out.logits[:, -1, :].float().cpu()}
+            slots: dict[tuple, int] = {}  # fed label-trie prefix -> its column in the cache
+            columns = attention
+            for prefix in internal:  # (2) every row feeds this prefix's last token, seeing only its ancestors
+                visible = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
+                for anc, col in slots.items():
+                    if prefix[: len(anc)] == anc:
+                        visible[:, col - base_len] = 1
+                mask = torch.cat([attention, visible, torch.ones((n, 1), dtype=torch.long)], dim=1)
+                logits_at[prefix], cache = step([prefix[-1]] * n, mask, last_pos + len(prefix), cache)
+                slots[prefix] = columns.shape[1]
+                columns = mask
+            for row, i in enumerate(index):  # label probabilities from the recorded nodes
+                logp = dict.fromkeys(labels, 0.0)
+                for label, path in trie.label_path.items():
+                    for k, token in enumerate(path):
+                        allowed = trie.allowed(trie.shared + path[:k])
+                        probs = _renormalised(logits_at[path[:k]][row], allowed, 1.0)
+                        logp[label] += math.log(max(probs[allowed.index(token)], 1e-300))
+                top = max(logp.values())
+                exps = {k: math.exp(v - top) for k, v in logp.items()}
+                dists[i] = {k: v / sum(exps.values()) for k, v in exps.items()}
+            # (3) chosen label's remaining tokens, then greedy within the trie until EOS
+            chosen = [max(dists[i], key=dists[i].get) for i in index]
+            fed = [max((len(p) for p in slots if trie.label_path[c][: len(p)] == p), default=0) for c in chosen]
+            node = [trie.shared + trie.label_path[c][: f] for c, f in zip(chosen, fed)]
+            queue = [list(trie.label_path[c][f:]) for c, f in zip(chosen, fed)]
+            keep = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
+            for row, c in enumerate(chosen):
+                for anc, col in slots.items():
+                    if trie.label_path[c][: len(anc)] == anc:
+                        keep[row, col - base_len] = 1
+            mask = torch.cat([attention, keep], dim=1)
+            positions = last_pos + torch.tensor(fed)
+            done = [False] * n
+            logits = None
+            while True:
+                tokens, real = [], []
+                for row in range(n):
+                    if not queue[row] and not done[row] and (rest := trie.forced(node[row])) is not None:
+                        node[row] = node[row] + rest  # nothing left to choose: no model call needed
+                        done[row] = True
+                    if queue[row]:
+                        tok = queue[row].pop(0)
+                    elif not done[row] and logits is not None and node[row][-1:] != (trie.eos,):
+                        allowed = trie.allowed(node[row])
+                        tok = allowed[int(torch.argmax(logits[row, allowed]))] if len(allowed) > 1 else allowed[0]
+                    else:
+                        tok = None
+                    if tok is None or done[row]:
+                        done[row] = True
+                        tokens.append(pad)
+                        real.append(0)
+                        continue
+                    node[row] = node[row] + (tok,)
+                    if tok == trie.eos:
+                        done[row] = True  # nothing to feed after EOS
+                        tokens.append(pad)
+                        real.append(0)
+                        continue
+                    tokens.append(tok)
+                    real.append(1)
+                if not any(real):
+                    break
+                positions = positions + torch.tensor(real)
+                mask = torch.cat([mask, torch.tensor(real).view(-1, 1)], dim=1)
+                logits, cache = step(tokens, mask, positions, cache)
+            for row, i in enumerate(index):
+                answers[i] = node[row][len(trie.shared) :]
+    return dists, answers  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -213,17 +286,10 @@ def predict(
     out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
     if mode == "score":
         trie = AnswerTrie(tokenizer, task)
-        dists = [apply_temperature(d, temperature) for d in label_distribution(model, tokenizer, prompts, trie, batch_size)]
-        chosen = [max(d, key=d.get) for d in dists]
-        answers = {}
-        for label in trie.label_path:
-            rows = [k for k, lab in enumerate(chosen) if lab == label]
-            start = trie.shared + trie.label_path[label]
-            if not rows or len(trie.allowed(start)) == 1 and trie.allowed(start)[0] == trie.eos:
-                continue  # no score to decode after this label
-            sub = SubTrie(trie, start)
-            for k, gen in zip(rows, generate(model, tokenizer, [prompts[k] + list(start) for k in rows], 0, batch_size, sub)):
-                answers[k] = tokenizer.decode(list(start), skip_special_tokens=False) + gen.text
+        raw_dists, paths = score_decode(model, tokenizer, prompts, trie, batch_size)
+        dists = [apply_temperature(d, temperature) for d in raw_dists]
+        chosen = [max(d, key=d.get) for d in raw_dists]
+        answers = {k: tokenizer.decode(list(trie.shared + path[:-1]), skip_special_tokens=False) for k, path in enumerate(paths)}
         for k, (i, (_, truncated)) in enumerate(zip(todo, encoded)):
             parsed = parse(answers[k], task) if k in answers else None
             score = parsed.score if parsed is not None and parsed.ok else None

@@ -106,3 +106,54 @@ def test_answer_trie_is_the_task_language(family, task_name):
         for t in ids:
             assert t in trie.allowed(prefix)
             prefix += (t,)
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
+@pytest.mark.parametrize("task_name", ["sentiment_toxicity", "posneg"])
+def test_score_decode_matches_brute_force(family, task_name):
+    """The cached score decoder (one prefill, masked slots for shared label tokens) gives the same label
+    probabilities and answers as full forward passes over prompt + every label prefix, on a small
+    random model with the real tokenizer (whose labels share a leading space token)."""
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from labeltune.decode import AnswerTrie, score_decode
+
+    tokenizer = _tokenizer(family)
+    task = load_task(task_name)
+    trie = AnswerTrie(tokenizer, task)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # sharpen the random model so its choices are not ties
+        model.lm_head.weight.mul_(40)
+    prompter = Prompter(tokenizer, load_template(task.default_template), task, max_length=512)
+    texts = ["最高の一日だった", "電車が遅れて最悪", "明日は雨らしい", "あいつは本当に無能", "了解"]
+    prompts = [prompter.prompt_ids(t)[0] for t in texts]
+    dists, answers = score_decode(model, tokenizer, prompts, trie, batch_size=3)
+
+    def last_logits(ids):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
+
+    for ids, dist, answer in zip(prompts, dists, answers):
+        logp = {}
+        for label, path in trie.label_path.items():
+            total = 0.0
+            for k, token in enumerate(path):
+                node = trie.shared + path[:k]
+                allowed = trie.allowed(node)
+                row = torch.log_softmax(last_logits(ids + list(node))[allowed], -1)
+                total += float(row[allowed.index(token)])
+            logp[label] = total
+        norm = math.log(sum(math.exp(v) for v in logp.values()))
+        assert dist == pytest.approx({k: math.exp(v - norm) for k, v in logp.items()}, abs=1e-4)
+        chosen = max(dist, key=dist.get)
+        node = trie.shared + trie.label_path[chosen]  # greedy within the trie, brute force
+        while node[-1] != tokenizer.eos_token_id:
+            allowed = trie.allowed(node)
+            node += (allowed[int(torch.argmax(last_logits(ids + list(node))[allowed]))],)
+        assert trie.shared + answer == node

@@ -1,0 +1,159 @@
+"""Labelling throughput and memory benchmark (prints tables; no assertions).
+
+    make bench                                   # = python scripts/bench.py --run runs/demo
+    python scripts/bench.py --run runs/demo --rows 2000 --naive-rows 200 --rss-rows 2000,200000
+
+Texts: real SNS-style posts from ../shared/data (japanese-toxic-dataset, WRIME sample), repeated to
+--rows; data/sample.csv where ../shared is absent. Methods, all on the same prompts:
+  naive      one `generate` call per row, max_new_tokens=64 (how hand-made notebooks do it);
+             timed on --naive-rows rows, reported per post
+  generate   batched free generation + parser (labeltune predict, mode generate)
+  constrained batched generation limited to the task's answers
+  score      label probabilities from forward passes, spec-written answer
+  prefill    the limit: one batched forward over every prompt, no decoding
+Then peak RSS of `labeltune label --mode score` on files of --rss-rows rows (separate processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def real_texts(n: int) -> tuple[list[str], str]:
+    texts, source = [], []
+    toxic = SHARED / "japanese-toxic-dataset" / "data" / "subset.csv"
+    wrime = SHARED / "wrime-sample" / "sample.tsv"
+    if toxic.is_file():
+        texts += [r["text"] for r in csv.DictReader(open(toxic, encoding="utf-8", newline=""))]
+        source.append("japanese-toxic-dataset")
+    if wrime.is_file():
+        texts += [r["投稿本文"] for r in csv.DictReader(open(wrime, encoding="utf-8", newline=""), delimiter="\t")]
+        source.append("WRIME sample")
+    if not texts:
+        texts = [r["text"] for r in csv.DictReader(open(ROOT / "data" / "sample.csv", encoding="utf-8", newline=""))]
+        source.append("data/sample.csv (../shared absent)")
+    texts = [t for t in texts if t.strip()]
+    return [texts[i % len(texts)] for i in range(n)], " + ".join(source)
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def prefill_only(model, tokenizer, prompt_ids, batch_size):
+    import torch
+
+    from labeltune.decode import _padded
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            input_ids, attention, _ = _padded(prompt_ids, order[start : start + batch_size], tokenizer.pad_token_id)
+            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+            model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                  position_ids=position_ids.to(device), use_cache=False, logits_to_keep=1)
+
+
+def naive(model, tokenizer, prompt_ids):
+    import torch
+
+    with torch.inference_mode():
+        for ids in prompt_ids:
+            model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
+
+
+def peak_rss_label(run: str, texts: list[str], rows: int, mode: str) -> float:
+    """Peak RSS (MiB) of a `labeltune label` process over a file of `rows` rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, out = Path(tmp) / "in.csv", Path(tmp) / "out.csv"
+        with open(source, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "text"])
+            for i in range(rows):
+                writer.writerow([i, texts[i % len(texts)]])
+        code = (
+            "import resource, sys; from labeltune.cli import run; rc = run(sys.argv[1:]); "
+            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "label", "--run", run, "--input", str(source), "--output", str(out),
+             "--mode", mode, "--progress", "false", "--batch-size", "64", "--chunk-size", "512"],
+            capture_output=True, text=True, cwd=ROOT, check=True,
+        )
+        seconds = time.perf_counter() - started
+        kib = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("MAXRSS")))
+        return kib / 1024, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default="runs/demo", help="trained run (make demo makes runs/demo)")
+    parser.add_argument("--rows", type=int, default=2000, help="texts for the throughput table")
+    parser.add_argument("--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
+    parser.add_argument("--rss-rows", default="2000,200000", help="comma-separated row counts for peak RSS; '' skips")
+    args = parser.parse_args()
+
+    import torch
+
+    from labeltune.config import TrainConfig, load_saved
+    from labeltune.decode import predict
+    from labeltune.features import Prompter
+    from labeltune.models import load_run
+    from labeltune.prompts import load_template
+    from labeltune.task import load_task
+
+    if not (Path(args.run) / "model.json").is_file():
+        sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
+    texts, source = real_texts(args.rows)
+    cfg = load_saved(TrainConfig, Path(args.run) / "config.yaml")
+    model, tokenizer = load_run(args.run)
+    prompter = Prompter(tokenizer, load_template(cfg.template), load_task(cfg.task), cfg.max_length)
+    prompt_ids = [prompter.prompt_ids(t)[0] for t in texts]
+    print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
+          f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}\n")
+
+    seconds = {"naive": timed(lambda: naive(model, tokenizer, prompt_ids[: args.naive_rows])) * args.rows / args.naive_rows}
+    malformed = {}
+    for mode in ("generate", "constrained", "score"):
+        preds = []
+        seconds[mode] = timed(lambda m=mode: preds.extend(predict(model, prompter, texts, batch_size=args.batch_size, mode=m)))
+        malformed[mode] = sum(not p.ok for p in preds) / len(preds)
+    seconds["prefill"] = timed(lambda: prefill_only(model, tokenizer, prompt_ids, args.batch_size))
+
+    rate = {k: args.rows / v for k, v in seconds.items()}
+    print("| method | posts/s | x naive | fraction of prefill limit | malformed |")
+    print("|---|---|---|---|---|")
+    for k in ("naive", "generate", "constrained", "score", "prefill"):
+        note = " (timed on %d rows)" % args.naive_rows if k == "naive" else ""
+        bad = f"{malformed[k]:.1%}" if k in malformed else "-"
+        print(f"| {k}{note} | {rate[k]:.1f} | {rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | {bad} |")
+    print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
+
+    counts = [int(x) for x in args.rss_rows.split(",") if x.strip()]
+    if counts:
+        print("\n| rows labelled (score mode) | peak RSS MiB | seconds |\n|---|---|---|")
+        for n in counts:
+            rss, secs = peak_rss_label(args.run, texts, n, "score")
+            print(f"| {n} | {rss:.0f} | {secs:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
