@@ -74,6 +74,22 @@ class Generation:
     label_probs: dict | None = field(default=None)  # constrained mode: label -> probability
 
 
+TOKEN_BUDGET = 16384  # rows x padded width of one batch
+
+
+def length_batches(prompt_ids: list[list[int]], batch_size: int, token_budget: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Indices in batches of similar length: sorted by length, each batch at most `batch_size` rows
+    and `token_budget` padded tokens (a single longer prompt still gets its own batch)."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    batches, current = [], []
+    for i in order:  # sorted ascending, so the newest row sets the padded width
+        if current and (len(current) >= batch_size or (len(current) + 1) * len(prompt_ids[i]) > token_budget):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
 def _padded(prompt_ids: list[list[int]], index: list[int], pad: int):
     import torch
 
@@ -104,11 +120,9 @@ def generate(
 
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[Generation | None] = [None] * len(prompt_ids)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in length_batches(prompt_ids, batch_size):
             input_ids, attention, width = _padded(prompt_ids, index, pad)
             extra = {}
             if trie is not None:
@@ -156,7 +170,6 @@ def score_decode(
     internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
     dists: list[dict | None] = [None] * len(prompt_ids)
     answers: list[tuple | None] = [None] * len(prompt_ids)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
 
     def step(tokens, mask, positions, cache):
         out = model(
@@ -167,8 +180,7 @@ def score_decode(
         return out.logits[:, -1, :].float().cpu(), out.past_key_values
 
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in length_batches(prompt_ids, batch_size):
             n = len(index)
             input_ids, attention, _ = _padded([prompt_ids[i] + list(trie.shared) for i in index], list(range(n)), pad)
             out = model(

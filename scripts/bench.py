@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import resource
 import subprocess
 import sys
 import tempfile
@@ -56,13 +55,12 @@ def timed(fn) -> float:
 def prefill_only(model, tokenizer, prompt_ids, batch_size):
     import torch
 
-    from labeltune.decode import _padded
+    from labeltune.decode import _padded, length_batches
 
     device = next(model.parameters()).device
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            input_ids, attention, _ = _padded(prompt_ids, order[start : start + batch_size], tokenizer.pad_token_id)
+        for index in length_batches(prompt_ids, batch_size):
+            input_ids, attention, _ = _padded(prompt_ids, index, tokenizer.pad_token_id)
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
             model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                   position_ids=position_ids.to(device), use_cache=False, logits_to_keep=1)
