@@ -63,19 +63,20 @@ class TrainConfig:
     limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all")
 
 
+MODE_HELP = (
+    "generate = free generation + strict parser (measures format compliance); constrained = generation "
+    "limited to the task's answers; score = label probabilities from forward passes, answer written by "
+    "the task spec (both well-formed by construction)"
+)
+
+
 @dataclass
 class EvalConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
     split: str = _f("test", "which split of the run to evaluate", ("train", "dev", "test"))
     data: str | None = _f(None, "evaluate this labelled file instead of the run's split")
     base: bool = _f(True, "also evaluate the base model without the adapter (before/after table)")
-    mode: str = _f(
-        "generate",
-        "generate = free generation + strict parser (measures format compliance); constrained = generation "
-        "limited to the task's answers; score = label probabilities from forward passes, answer written by "
-        "the task spec (both well-formed by construction)",
-        ("generate", "constrained", "score"),
-    )
+    mode: str = _f("generate", MODE_HELP, ("generate", "constrained", "score"))
     batch_size: int = _f(16, "prompts per generation batch")
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
     limit: int | None = _f(None, "evaluate only the first N rows; None = all")
@@ -90,13 +91,7 @@ class LabelConfig:
     text_column: str = _f("text", "column holding the text")
     encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
-    mode: str = _f(
-        "generate",
-        "generate = free generation + strict parser (measures format compliance); constrained = generation "
-        "limited to the task's answers; score = label probabilities from forward passes, answer written by "
-        "the task spec (both well-formed by construction)",
-        ("generate", "constrained", "score"),
-    )
+    mode: str = _f("generate", MODE_HELP, ("generate", "constrained", "score"))
     batch_size: int = _f(16, "prompts per generation batch")
     chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time")
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
