@@ -159,14 +159,14 @@ def test_format_table():
         "base": {"n": 70, "accuracy": 0.1, "macro_f1": 0.05, "malformed_rate": 0.75, "score_mae": None,
                  "score_spearman": None},
         "finetuned": {"n": 70, "accuracy": 0.9, "macro_f1": 0.8888, "malformed_rate": 0.0143,
-                      "score_mae": 12.34, "score_spearman": 0.61234},
+                      "score_mae": 12.34, "score_spearman": 0.61234, "ece": 0.04567},
     }
     assert format_table(metrics).split("\n") == [
-        "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman |",
-        "|---|---|---|---|---|---|---|",
-        "| majority class | 70 | 0.343 | 0.170 | 0.0% | - | - |",
-        "| base (untuned) | 70 | 0.100 | 0.050 | 75.0% | - | - |",
-        "| fine-tuned | 70 | 0.900 | 0.889 | 1.4% | 12.3 | 0.612 |",
+        "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+        "| majority class | 70 | 0.343 | 0.170 | 0.0% | - | - | - |",
+        "| base (untuned) | 70 | 0.100 | 0.050 | 75.0% | - | - | - |",
+        "| fine-tuned | 70 | 0.900 | 0.889 | 1.4% | 12.3 | 0.612 | 0.046 |",
     ]
 
 
@@ -178,4 +178,4 @@ def test_format_table_without_base():
     }
     lines = format_table(metrics).split("\n")
     assert len(lines) == 4
-    assert lines[-1] == "| fine-tuned | 2 | 1.000 | 1.000 | 0.0% | 0.0 | - |"
+    assert lines[-1] == "| fine-tuned | 2 | 1.000 | 1.000 | 0.0% | 0.0 | - | - |"
