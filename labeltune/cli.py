@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (cls, help_text) in VERBS.items():
         config_mod.add_arguments(sub.add_parser(verb, help=help_text, description=help_text), cls)
+    data = sub.add_parser("data", help="dataset adapters", description="dataset adapters")
+    data_sub = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    config_mod.add_arguments(
+        data_sub.add_parser("prepare", help="a real dataset -> train/dev/test + data card"), config_mod.PrepareConfig
+    )
     sub.add_parser("models", help="list model presets", description="list model presets")
     sub.add_parser("templates", help="list prompt templates and tasks", description="list prompt templates and tasks")
     return parser
@@ -43,6 +48,12 @@ def run(argv: list[str] | None = None) -> int:
 
         print("templates:", ", ".join(available_templates()))
         print("tasks:", ", ".join(available_tasks()))
+        return 0
+    if verb == "data":
+        from labeltune.prepare import main as prepare
+
+        args.pop("data_verb")
+        prepare(config_mod.resolve(config_mod.PrepareConfig, args.pop("config", None), args))
         return 0
     cls = VERBS[verb][0]
     cfg = config_mod.resolve(cls, args.pop("config", None), args)

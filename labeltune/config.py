@@ -101,6 +101,24 @@ class LabelConfig:
 
 
 @dataclass
+class PrepareConfig:
+    source: str = _f("japanese-toxic", "dataset adapter", ("japanese-toxic", "wrime", "annotated-csv"))
+    path: str = _f("../shared/data/japanese-toxic-dataset", "the dataset's file or folder")
+    output: str = _f("data/prepared", "folder for train/dev/test.jsonl, card.json and README.md")
+    task: str = _f("sentiment_toxicity", "task spec for annotated-csv labels")
+    text_column: str = _f("text", "annotated-csv: text column")
+    label_column: str = _f("label", "annotated-csv: polarity column (values or aliases of the task)")
+    flag_columns: str | None = _f(None, "annotated-csv: comma-separated annotator flag columns")
+    flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))")
+    label_source: str = _f("readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer"))
+    drop_neutral: bool = _f(False, "wrime: drop sentiment-0 rows (2-class)")
+    balance: str = _f("none", "train class balance: none, downsample to the smallest, upsample to the largest",
+                      ("none", "downsample", "upsample"))
+    split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")
+    seed: int = _f(0, "seed for split and balancing")
+
+
+@dataclass
 class CalibrateConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
     split: str = _f("dev", "split to fit the temperature on (never test)", ("train", "dev"))

@@ -1,0 +1,268 @@
+"""labeltune data prepare: a real dataset -> train/dev/test files + a data card.
+
+    labeltune data prepare --source japanese-toxic --path ../shared/data/japanese-toxic-dataset --output data/jtox
+    labeltune data prepare --source wrime --path wrime-ver2.tsv --output data/wrime [--label-source writer]
+    labeltune data prepare --source annotated-csv --path crawl.csv --flag-columns a1,a2,a3 --output data/crawl
+
+Every input row is accounted for: kept (in one split) or dropped with a reason, in card.json and
+README.md. Duplicates: exact and normalised duplicates and near-duplicates (character 5-gram Jaccard
+>= 0.9) of dev/test rows are removed from train, never from dev/test; duplicates within a split are
+reported. `--balance` down- or up-samples train to the smallest / largest class (dev/test untouched).
+
+Sources and their rules (also written into each card):
+- japanese-toxic: score = round(100 * (0*NotToxic + 1/3*HardToSay + 2/3*Toxic + 1*VeryToxic) / annotation_num);
+  label -1 when (Toxic + VeryToxic) / annotation_num >= 0.5, else 0 ("not toxic": the dataset has no
+  sentiment, so 0 here means "not negative-toxic"); non-negative rows keep score 0 (the task's rule).
+  Category columns are kept as metadata (summed sub-category selections, not per-annotator flags).
+  No split in the file: stratified 80/10/10 with --seed.
+- wrime: WRIME ver2 TSV; polarity of `Avg. Readers_Sentiment` (or `Writer_Sentiment` with
+  --label-source writer): > 0 -> 1, < 0 -> -1, 0 -> 0 (dropped with --drop-neutral); the file's own
+  Train/Dev/Test column is the split; no score (WRIME has no toxicity).
+- annotated-csv: any CSV with a text column, a polarity column and N annotator flag columns
+  (levels 0..--flag-max); score = labeltune.data.score_from_flags (round(100 * mean / max)) for -1 rows.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from labeltune.data import SPLITS, Example, iter_rows, label_counts, normalize_text, score_from_flags, split_examples
+
+SOURCES = ("japanese-toxic", "wrime", "annotated-csv")
+LICENCES = {
+    "japanese-toxic": "Apache-2.0 (inspection-ai/japanese-toxic-dataset)",
+    "wrime": "CC BY-NC-ND 4.0 (ids-cv/wrime): non-commercial, no derivatives — keep prepared files private",
+    "annotated-csv": "the licence of your own data",
+}
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _int(value) -> int:
+    return int(float(value))
+
+
+def read_japanese_toxic(path: Path) -> tuple[list[Example], list[dict]]:
+    source = path / "data" / "subset.csv" if path.is_dir() else path
+    kept, dropped = [], []
+    for i, row in enumerate(iter_rows(source)):
+        text = (row.get("text") or "").strip()
+        try:
+            votes = [_int(row[k]) for k in ("Not Toxic", "Hard to Say", "Toxic", "Very Toxic")]
+            n = _int(row["annotation_num"])
+        except (KeyError, ValueError):
+            dropped.append({"row": i, "reason": "vote_columns_missing_or_not_numbers"})
+            continue
+        if not text:
+            dropped.append({"row": i, "reason": "empty_text"})
+            continue
+        if n <= 0 or sum(votes) != n:
+            dropped.append({"row": i, "reason": f"votes_do_not_sum_to_annotation_num:{sum(votes)}!={n}"})
+            continue
+        toxic = (votes[2] + votes[3]) / n >= 0.5
+        score = round(100 * (votes[1] / 3 + 2 * votes[2] / 3 + votes[3]) / n)
+        meta = {"source_id": row.get("id", ""), "annotation_num": n, "votes": votes}
+        meta.update({k: _int(v) for k, v in row.items() if k.startswith("category_") and str(v).strip()})
+        kept.append(Example(text=text, label="-1" if toxic else "0", score=score if toxic else 0, meta=meta))
+    return kept, dropped
+
+
+def read_wrime(path: Path, label_source: str, drop_neutral: bool) -> tuple[dict[str, list[Example]], list[dict]]:
+    column = "Avg. Readers_Sentiment" if label_source == "readers" else "Writer_Sentiment"
+    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    dropped = []
+    for i, row in enumerate(iter_rows(path)):
+        text = (row.get("Sentence") or "").strip()
+        split = (row.get("Train/Dev/Test") or "").strip().lower()
+        if column not in row or "Train/Dev/Test" not in row:
+            raise ValueError(f"{path}: not WRIME ver2 (needs 'Sentence', 'Train/Dev/Test', {column!r}); columns: {list(row)}")
+        if not text:
+            dropped.append({"row": i, "reason": "empty_text"})
+            continue
+        if split not in splits:
+            dropped.append({"row": i, "reason": f"unknown_split:{split}"})
+            continue
+        try:
+            value = float(row[column])
+        except ValueError:
+            dropped.append({"row": i, "reason": f"sentiment_not_a_number:{row[column]}"})
+            continue
+        label = "1" if value > 0 else "-1" if value < 0 else "0"
+        if label == "0" and drop_neutral:
+            dropped.append({"row": i, "reason": "neutral_dropped"})
+            continue
+        splits[split].append(Example(text=text, label=label, score=None, meta={"sentiment": value, "user": row.get("UserID", "")}))
+    return splits, dropped
+
+
+def read_annotated_csv(path: Path, task, text_column: str, label_column: str, flag_columns: list[str], flag_max: int):
+    kept, dropped = [], []
+    for i, row in enumerate(iter_rows(path)):
+        missing = [c for c in (text_column, label_column, *flag_columns) if c not in row]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {missing}; columns found: {list(row)}")
+        text = (row[text_column] or "").strip()
+        label = task.normalize_label(row[label_column])
+        if not text:
+            dropped.append({"row": i, "reason": "empty_text"})
+            continue
+        if label is None:
+            dropped.append({"row": i, "reason": f"label_not_in_task:{row[label_column]}"})
+            continue
+        try:
+            flags = [_int(row[c]) for c in flag_columns]
+            score = score_from_flags(flags, flag_max) if task.score_allowed(label) else 0
+        except ValueError as e:
+            dropped.append({"row": i, "reason": f"bad_flags:{e}"})
+            continue
+        kept.append(Example(text=text, label=label, score=score if task.score is not None else None,
+                            meta={c: row[c] for c in flag_columns}))
+    return kept, dropped
+
+
+# ---------------------------------------------------------------- duplicates and balance
+
+
+def _grams(text: str, n: int = 5) -> set[str]:
+    key = normalize_text(text)
+    return {key[i : i + n] for i in range(max(1, len(key) - n + 1))}
+
+
+def near_duplicates(train: list[Example], others: list[Example], threshold: float = 0.9) -> list[tuple[int, int, float]]:
+    """(train index, other index, Jaccard) of pairs with character 5-gram Jaccard >= threshold.
+
+    Candidates come from an inverted index over train's 5-grams; a pair can only reach the threshold if
+    the sizes are within the threshold ratio, which prunes most of them."""
+    train_grams = [_grams(ex.text) for ex in train]
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, grams in enumerate(train_grams):
+        for g in grams:
+            index[g].append(i)
+    pairs = []
+    for j, ex in enumerate(others):
+        grams = _grams(ex.text)
+        shared = Counter(i for g in grams for i in index.get(g, ()))
+        for i, common in shared.items():
+            a, b = len(grams), len(train_grams[i])
+            if min(a, b) / max(a, b) < threshold:
+                continue
+            jaccard = common / (a + b - common)
+            if jaccard >= threshold:
+                pairs.append((i, j, jaccard))
+    return pairs
+
+
+def deduplicate(splits: dict[str, list[Example]]) -> tuple[dict[str, list[Example]], list[dict]]:
+    """Remove from train every row that duplicates (exactly, normalised or near) a dev/test row;
+    report duplicates within each split."""
+    report = []
+    evaluation = splits["dev"] + splits["test"]
+    drop = set()
+    for i, j, jac in near_duplicates(splits["train"], evaluation):
+        kind = "exact" if splits["train"][i].text == evaluation[j].text else "normalised" if jac == 1.0 else "near"
+        drop.add(i)
+        report.append({"kind": kind, "train_text": splits["train"][i].text, "eval_text": evaluation[j].text,
+                       "jaccard": round(jac, 3), "action": "removed from train"})
+    for name in SPLITS:
+        seen: dict[str, int] = {}
+        for k, ex in enumerate(splits[name]):
+            key = normalize_text(ex.text)
+            if key in seen:
+                report.append({"kind": f"within_{name}", "text": ex.text, "first": seen[key], "again": k, "action": "reported"})
+            seen.setdefault(key, k)
+    kept_train = [ex for i, ex in enumerate(splits["train"]) if i not in drop]
+    return {**splits, "train": kept_train}, report
+
+
+def balance(examples: list[Example], how: str, seed: int) -> list[Example]:
+    if how == "none" or not examples:
+        return examples
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.label].append(ex)
+    rng = random.Random(seed)
+    target = (min if how == "downsample" else max)(len(v) for v in by_label.values())
+    out = []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        out += rng.sample(rows, target) if how == "downsample" else rows + [rng.choice(rows) for _ in range(target - len(rows))]
+    rng.shuffle(out)
+    return out
+
+
+# ---------------------------------------------------------------- card and main
+
+
+def _histogram(examples: list[Example]) -> dict[str, int]:
+    bins = Counter()
+    for ex in examples:
+        if ex.score is not None and ex.label == "-1":
+            bins["0" if ex.score == 0 else f"{min((ex.score - 1) // 10 * 10 + 1, 91)}-{min((ex.score - 1) // 10 * 10 + 10, 100)}"] += 1
+    return dict(sorted(bins.items(), key=lambda kv: int(kv[0].split("-")[0])))
+
+
+def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_by_balance: int) -> dict:
+    card = {
+        "source": cfg.source,
+        "path": str(cfg.path),
+        "licence": LICENCES[cfg.source],
+        "rules": __doc__.split("Sources and their rules (also written into each card):\n", 1)[1].strip(),
+        "input_rows": total,
+        "kept_rows": {name: len(rows) for name, rows in splits.items()},
+        "labels": {name: label_counts(rows) for name, rows in splits.items()},
+        "score_histogram_negative": {name: _histogram(rows) for name, rows in splits.items()},
+        "dropped": dict(Counter(d["reason"].split(":")[0] for d in dropped)),
+        "dropped_rows": dropped,
+        "duplicates": duplicates,
+        "balance": cfg.balance,
+        "train_rows_changed_by_balance": removed_by_balance,
+        "seed": cfg.seed,
+    }
+    (out / "card.json").write_text(json.dumps(card, ensure_ascii=False, indent=1), encoding="utf-8")
+    lines = [f"# Data card: {cfg.source}", "", f"Source: `{cfg.path}`; licence: {card['licence']}", "",
+             f"Input rows: {total}; kept: {sum(card['kept_rows'].values())}; dropped: {len(dropped)} "
+             f"({', '.join(f'{k}: {v}' for k, v in card['dropped'].items()) or 'none'}); "
+             f"duplicate rows removed from train: {sum(d['action'] == 'removed from train' for d in duplicates)}.", "",
+             "| split | rows | " + " | ".join(f"label {lab}" for lab in sorted({lab for c in card['labels'].values() for lab in c})) + " |"]
+    labels = sorted({lab for c in card["labels"].values() for lab in c})
+    lines.append("|---|---|" + "---|" * len(labels))
+    for name in SPLITS:
+        lines.append(f"| {name} | {card['kept_rows'][name]} | " + " | ".join(str(card["labels"][name].get(lab, 0)) for lab in labels) + " |")
+    lines += ["", "Score histogram of label -1 rows (train): " + json.dumps(card["score_histogram_negative"]["train"]), "",
+              "Rules:", "", card["rules"], ""]
+    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    return card
+
+
+def main(cfg) -> dict:
+    from labeltune.data import write_jsonl
+    from labeltune.task import load_task
+
+    path, out = Path(cfg.path), Path(cfg.output)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder)")
+    if cfg.source == "japanese-toxic":
+        examples, dropped = read_japanese_toxic(path)
+        splits = split_examples(examples, cfg.split, cfg.seed)
+    elif cfg.source == "wrime":
+        splits, dropped = read_wrime(path, cfg.label_source, cfg.drop_neutral)
+    else:
+        task = load_task(cfg.task)
+        flags = [c for c in (cfg.flag_columns or "").split(",") if c]
+        examples, dropped = read_annotated_csv(path, task, cfg.text_column, cfg.label_column, flags, cfg.flag_max)
+        splits = split_examples(examples, cfg.split, cfg.seed)
+    total = sum(len(v) for v in splits.values()) + len(dropped)
+    splits, duplicates = deduplicate(splits)
+    before = len(splits["train"])
+    splits["train"] = balance(splits["train"], cfg.balance, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        write_jsonl(rows, out / f"{name}.jsonl")
+    card = write_card(out, cfg, total, splits, dropped, duplicates, len(splits["train"]) - before)
+    print(f"{cfg.source}: {total} rows -> " + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
+          + f", dropped {len(dropped)} -> {out}")
+    return card
