@@ -102,7 +102,7 @@ class LabelConfig:
 
 @dataclass
 class PrepareConfig:
-    source: str = _f("japanese-toxic", "dataset adapter", ("japanese-toxic", "wrime", "annotated-csv"))
+    source: str = _f("japanese-toxic", "dataset adapter", ("japanese-toxic", "wrime", "annotated-csv", "livedoor"))
     path: str = _f("../shared/data/japanese-toxic-dataset", "the dataset's file or folder")
     output: str = _f("data/prepared", "folder for train/dev/test.jsonl, card.json and README.md")
     task: str = _f("sentiment_toxicity", "task spec for annotated-csv labels")
@@ -112,6 +112,7 @@ class PrepareConfig:
     flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))")
     label_source: str = _f("readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer"))
     drop_neutral: bool = _f(False, "wrime: drop sentiment-0 rows (2-class)")
+    per_label: int | None = _f(None, "livedoor: keep N articles per category (a subset); None = all")
     balance: str = _f("none", "train class balance: none, downsample to the smallest, upsample to the largest",
                       ("none", "downsample", "upsample"))
     split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")

@@ -18,6 +18,10 @@ Sources and their rules (also written into each card):
 - wrime: WRIME ver2 TSV; polarity of `Avg. Readers_Sentiment` (or `Writer_Sentiment` with
   --label-source writer): > 0 -> 1, < 0 -> -1, 0 -> 0 (dropped with --drop-neutral); the file's own
   Train/Dev/Test column is the split; no score (WRIME has no toxicity).
+- livedoor: the livedoor news corpus folder (text/<category>/<category>-<id>.txt: URL, date, title,
+  body); text = title + "\n" + body for the `livedoor_category` task (templates `alpaca_ja_livedoor`
+  and `livedoor_plain`); long articles are cut by tokens at training/labelling time (the model's
+  tokenizer, `--max-length`), never by characters here. `--per-label N` keeps a subset.
 - annotated-csv: any CSV with a text column, a polarity column and N annotator flag columns
   (levels 0..--flag-max); score = labeltune.data.score_from_flags (round(100 * mean / max)) for -1 rows.
 """
@@ -31,11 +35,12 @@ from pathlib import Path
 
 from labeltune.data import SPLITS, Example, iter_rows, label_counts, normalize_text, score_from_flags, split_examples
 
-SOURCES = ("japanese-toxic", "wrime", "annotated-csv")
+SOURCES = ("japanese-toxic", "wrime", "annotated-csv", "livedoor")
 LICENCES = {
     "japanese-toxic": "Apache-2.0 (inspection-ai/japanese-toxic-dataset)",
     "wrime": "CC BY-NC-ND 4.0 (ids-cv/wrime): non-commercial, no derivatives — keep prepared files private",
     "annotated-csv": "the licence of your own data",
+    "livedoor": "CC BY-ND 2.1 JP (livedoor news corpus, see each category's LICENSE.txt): no derivatives",
 }
 
 
@@ -124,6 +129,27 @@ def read_annotated_csv(path: Path, task, text_column: str, label_column: str, fl
     return kept, dropped
 
 
+def read_livedoor(path: Path, per_label: int | None, seed: int) -> tuple[list[Example], list[dict]]:
+    root = path / "text" if (path / "text").is_dir() else path
+    folders = sorted(d for d in root.iterdir() if d.is_dir())
+    if not folders:
+        raise ValueError(f"{root}: no category folders (expected text/<category>/*.txt)")
+    kept, dropped = [], []
+    for folder in folders:
+        files = sorted(f for f in folder.glob("*.txt") if f.name != "LICENSE.txt")
+        if per_label is not None:
+            files = sorted(random.Random(f"{seed}:{folder.name}").sample(files, min(per_label, len(files))))
+        for f in files:
+            lines = f.read_text(encoding="utf-8").splitlines()
+            title, body = (lines[2].strip() if len(lines) > 2 else ""), "\n".join(lines[3:]).strip()
+            if not title or not body:
+                dropped.append({"row": str(f.relative_to(root)), "reason": "no_title_or_body"})
+                continue
+            meta = {"url": lines[0].strip(), "date": lines[1].strip(), "title": title, "file": f.name}
+            kept.append(Example(text=f"{title}\n{body}", label=folder.name, score=None, meta=meta))
+    return kept, dropped
+
+
 # ---------------------------------------------------------------- duplicates and balance
 
 
@@ -135,30 +161,33 @@ def _grams(text: str, n: int = 5) -> set[str]:
 def near_duplicates(train: list[Example], others: list[Example], threshold: float = 0.9) -> list[tuple[int, int, float]]:
     """(train index, other index, Jaccard) of pairs with character 5-gram Jaccard >= threshold.
 
-    Candidates come from an inverted index over train's 5-grams; a pair can only reach the threshold if
-    the sizes are within the threshold ratio, which prunes most of them."""
+    Candidates are the train rows sharing at least one of a row's rarer 5-grams (an inverted index;
+    grams found in more than `common` rows, boilerplate, are not used to find candidates, since a
+    pair at J >= 0.9 shares many rare grams too); each candidate's Jaccard is then computed exactly."""
     train_grams = [_grams(ex.text) for ex in train]
     index: dict[str, list[int]] = defaultdict(list)
     for i, grams in enumerate(train_grams):
         for g in grams:
             index[g].append(i)
+    common = max(50, len(train) // 20)
     pairs = []
     for j, ex in enumerate(others):
         grams = _grams(ex.text)
-        shared = Counter(i for g in grams for i in index.get(g, ()))
-        for i, common in shared.items():
+        candidates = {i for g in grams if len(index.get(g, ())) <= common for i in index.get(g, ())}
+        for i in candidates:
             a, b = len(grams), len(train_grams[i])
             if min(a, b) / max(a, b) < threshold:
                 continue
-            jaccard = common / (a + b - common)
+            inter = len(grams & train_grams[i])
+            jaccard = inter / (a + b - inter)
             if jaccard >= threshold:
                 pairs.append((i, j, jaccard))
     return pairs
 
 
 def deduplicate(splits: dict[str, list[Example]]) -> tuple[dict[str, list[Example]], list[dict]]:
-    """Remove from train every row that duplicates (exactly, normalised or near) a dev/test row;
-    report duplicates within each split."""
+    """Remove from train every row that duplicates (exactly, normalised or near) a dev/test row and
+    repeats of a training row; report duplicates within dev and test (never removed there)."""
     report = []
     evaluation = splits["dev"] + splits["test"]
     drop = set()
@@ -172,7 +201,11 @@ def deduplicate(splits: dict[str, list[Example]]) -> tuple[dict[str, list[Exampl
         for k, ex in enumerate(splits[name]):
             key = normalize_text(ex.text)
             if key in seen:
-                report.append({"kind": f"within_{name}", "text": ex.text, "first": seen[key], "again": k, "action": "reported"})
+                in_train = name == "train" and k not in drop
+                if in_train:
+                    drop.add(k)  # a repeated training row only re-weights it
+                action = "removed from train" if in_train else "reported" if name != "train" else "already removed"
+                report.append({"kind": f"within_{name}", "text": ex.text, "first": seen[key], "again": k, "action": action})
             seen.setdefault(key, k)
     kept_train = [ex for i, ex in enumerate(splits["train"]) if i not in drop]
     return {**splits, "train": kept_train}, report
@@ -247,6 +280,9 @@ def main(cfg) -> dict:
         raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder)")
     if cfg.source == "japanese-toxic":
         examples, dropped = read_japanese_toxic(path)
+        splits = split_examples(examples, cfg.split, cfg.seed)
+    elif cfg.source == "livedoor":
+        examples, dropped = read_livedoor(path, cfg.per_label, cfg.seed)
         splits = split_examples(examples, cfg.split, cfg.seed)
     elif cfg.source == "wrime":
         splits, dropped = read_wrime(path, cfg.label_source, cfg.drop_neutral)

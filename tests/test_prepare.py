@@ -129,3 +129,58 @@ def test_train_and_evaluate_on_prepared_japanese_toxic(tmp_path):
     train.main(resolve(TrainConfig, None, {"data": str(tmp_path / "out"), "output": str(run), "epochs": 6}))
     metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run)}))
     assert metrics["finetuned"]["malformed_rate"] <= 0.05 and metrics["base"]["malformed_rate"] >= 0.5
+
+
+def test_duplicates_within_train_removed_within_test_reported():
+    train = [Example("同じ文です", "1"), Example("同じ 文です", "1"), Example("別の文", "0")]
+    test = [Example("テストの文", "0"), Example("テストの文", "0")]
+    splits, report = prepare.deduplicate({"train": train, "dev": [], "test": test})
+    assert [ex.text for ex in splits["train"]] == ["同じ文です", "別の文"] and len(splits["test"]) == 2
+    assert {(r["kind"], r["action"]) for r in report} == {("within_train", "removed from train"), ("within_test", "reported")}
+
+
+def test_livedoor_subset_real_corpus(tmp_path):
+    corpus = ROOT.parent / "shared" / "data" / "livedoor-news-corpus"
+    if not (corpus / "text").is_dir():
+        pytest.skip(f"{corpus} is absent")
+    card = _prepare(tmp_path, source="livedoor", path=str(corpus), per_label=6)
+    assert card["input_rows"] == 54 and set(card["labels"]["train"]) == {
+        "dokujo-tsushin", "it-life-hack", "kaden-channel", "livedoor-homme", "movie-enter", "peachy", "smax",
+        "sports-watch", "topic-news"}
+    first = json.loads(open(tmp_path / "out" / "train.jsonl", encoding="utf-8").readline())
+    assert first["text"].split("\n", 1)[0] == first["title"] and first["url"].startswith("http")
+
+
+def test_livedoor_long_articles_cut_by_tokens_keep_the_answer_header():
+    from labeltune.features import Prompter
+    from labeltune.models import build_tiny_tokenizer
+    from labeltune.prompts import load_template
+    from labeltune.task import load_task
+
+    from labeltune.prompts import render_prompt
+
+    task = load_task("livedoor_category")
+    template = load_template(task.default_template)
+    corpus = [render_prompt(template, task, "タイトル\n本文の文章です。" * 5)] * 20 + task.all_answers()
+    tokenizer = build_tiny_tokenizer(corpus, vocab_size=400)
+    prompter = Prompter(tokenizer, template, task, max_length=256)
+    ids, truncated = prompter.prompt_ids("長いタイトル\n" + "本文がとても長い記事です。" * 400)
+    assert truncated and len(ids) <= 256 - prompter.answer_budget
+    assert tokenizer.decode(ids).endswith("### 応答:\n")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_livedoor_subset(tmp_path):
+    corpus = ROOT.parent / "shared" / "data" / "livedoor-news-corpus"
+    if not (corpus / "text").is_dir():
+        pytest.skip(f"{corpus} is absent")
+    from labeltune import evaluate, train
+    from labeltune.config import EvalConfig, TrainConfig
+
+    _prepare(tmp_path, source="livedoor", path=str(corpus), per_label=30)
+    run = tmp_path / "run"
+    train.main(resolve(TrainConfig, None, {"data": str(tmp_path / "out"), "output": str(run), "task": "livedoor_category",
+                                           "max_length": 256, "epochs": 5}))
+    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run), "mode": "score"}))
+    assert metrics["finetuned"]["malformed_rate"] == 0.0
+    assert metrics["finetuned"]["accuracy"] > metrics["majority_baseline"]["accuracy"]
