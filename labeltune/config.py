@@ -102,12 +102,14 @@ class LabelConfig:
 
 @dataclass
 class PrepareConfig:
-    source: str = _f("japanese-toxic", "dataset adapter", ("japanese-toxic", "wrime", "annotated-csv", "livedoor"))
+    source: str = _f("japanese-toxic", "dataset adapter: japanese-toxic, wrime, annotated-csv, livedoor, or "
+                     "hf:<dataset id or local folder> (column mapping with --text-column/--label-column)")
     path: str = _f("../shared/data/japanese-toxic-dataset", "the dataset's file or folder")
     output: str = _f("data/prepared", "folder for train/dev/test.jsonl, card.json and README.md")
     task: str = _f("sentiment_toxicity", "task spec for annotated-csv labels")
     text_column: str = _f("text", "annotated-csv: text column")
     label_column: str = _f("label", "annotated-csv: polarity column (values or aliases of the task)")
+    score_column: str | None = _f(None, "hf: score column, if any")
     flag_columns: str | None = _f(None, "annotated-csv: comma-separated annotator flag columns")
     flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))")
     label_source: str = _f("readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer"))
@@ -117,6 +119,7 @@ class PrepareConfig:
                       ("none", "downsample", "upsample"))
     split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")
     seed: int = _f(0, "seed for split and balancing")
+    download: bool = _f(False, "fetch the source's file into --path first (where its licence allows; sha256-checked)")
 
 
 @dataclass

@@ -35,7 +35,19 @@ from pathlib import Path
 
 from labeltune.data import SPLITS, Example, iter_rows, label_counts, normalize_text, score_from_flags, split_examples
 
-SOURCES = ("japanese-toxic", "wrime", "annotated-csv", "livedoor")
+SOURCES = ("japanese-toxic", "wrime", "annotated-csv", "livedoor", "hf:<dataset id or local folder>")
+# Where the licence allows fetching the file as published; the checksum pins the exact file.
+DOWNLOADS = {
+    "japanese-toxic": (
+        "https://raw.githubusercontent.com/inspection-ai/japanese-toxic-dataset/main/data/subset.csv",
+        "9320c51c8528325d1bc9b89e847475dcc5adc2665a0fc56952a2ab9bd4736148",
+        "data/subset.csv",
+    ),
+}
+MANUAL = {
+    "wrime": "https://github.com/ids-cv/wrime (wrime-ver2.tsv; CC BY-NC-ND 4.0)",
+    "livedoor": "https://www.rondhuit.com/download.html (ldcc-20140209.tar.gz; CC BY-ND 2.1 JP)",
+}
 LICENCES = {
     "japanese-toxic": "Apache-2.0 (inspection-ai/japanese-toxic-dataset)",
     "wrime": "CC BY-NC-ND 4.0 (ids-cv/wrime): non-commercial, no derivatives — keep prepared files private",
@@ -150,6 +162,53 @@ def read_livedoor(path: Path, per_label: int | None, seed: int) -> tuple[list[Ex
     return kept, dropped
 
 
+def download(source: str, path: Path, url: str | None = None) -> Path:
+    """Fetch a source's file into `path` and check its sha256; a clear error when offline."""
+    import hashlib
+    import urllib.request
+
+    if source not in DOWNLOADS:
+        raise ValueError(f"no download for {source!r}: get it from {MANUAL.get(source, 'its publisher')} and pass --path")
+    default_url, checksum, relative = DOWNLOADS[source]
+    target = path / relative
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == checksum:
+        return target
+    try:
+        with urllib.request.urlopen(url or default_url, timeout=20) as response:
+            payload = response.read()
+    except OSError as e:  # URLError, timeouts, refused connections
+        raise ValueError(f"could not download {url or default_url} ({e}); offline? Download it by hand into "
+                         f"{target} and run again without --download") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != checksum:
+        raise ValueError(f"{url or default_url}: sha256 {digest} != expected {checksum}; not written")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(payload)
+    return target
+
+
+def read_hf(dataset: str, task, text_column: str, label_column: str, score_column: str | None):
+    """Any Hugging Face dataset (id, or a local folder of csv/json files) with column mapping."""
+    from datasets import load_dataset
+
+    loaded = load_dataset(dataset)
+    names = {"train": "train", "validation": "dev", "dev": "dev", "test": "test"}
+    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    dropped = []
+    for hf_name, rows in loaded.items():
+        for i, row in enumerate(rows):
+            if text_column not in row or label_column not in row:
+                raise ValueError(f"{dataset}[{hf_name}]: no column {text_column!r}/{label_column!r}; columns: {list(row)}")
+            text, label = str(row[text_column] or "").strip(), task.normalize_label(row[label_column])
+            if not text or label is None:
+                dropped.append({"row": f"{hf_name}:{i}", "reason": "empty_text" if not text else f"label_not_in_task:{row[label_column]}"})
+                continue
+            score = row.get(score_column) if score_column else None
+            score = int(score) if score is not None and task.score is not None and task.score_allowed(label) else (0 if task.score else None)
+            splits.setdefault(names.get(hf_name, hf_name), []).append(Example(text, label, score, {}))
+    return splits, dropped
+
+
 # ---------------------------------------------------------------- duplicates and balance
 
 
@@ -242,7 +301,7 @@ def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_
     card = {
         "source": cfg.source,
         "path": str(cfg.path),
-        "licence": LICENCES[cfg.source],
+        "licence": LICENCES.get(cfg.source, "see the dataset's card on the Hub"),
         "rules": __doc__.split("Sources and their rules (also written into each card):\n", 1)[1].strip(),
         "input_rows": total,
         "kept_rows": {name: len(rows) for name, rows in splits.items()},
@@ -276,9 +335,21 @@ def main(cfg) -> dict:
     from labeltune.task import load_task
 
     path, out = Path(cfg.path), Path(cfg.output)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder)")
-    if cfg.source == "japanese-toxic":
+    known = [s for s in SOURCES if not s.startswith("hf:")]
+    if cfg.source not in known and not cfg.source.startswith("hf:"):
+        raise ValueError(f"unknown source {cfg.source!r}; available: {', '.join(SOURCES)}")
+    if cfg.download:
+        download(cfg.source, path)
+    if not cfg.source.startswith("hf:") and not path.exists():
+        hint = " or pass --download" if cfg.source in DOWNLOADS else f"; get it from {MANUAL.get(cfg.source, 'your own files')}"
+        raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder{hint})")
+    if cfg.source.startswith("hf:"):
+        task = load_task(cfg.task)
+        splits, dropped = read_hf(cfg.source[3:], task, cfg.text_column, cfg.label_column, cfg.score_column)
+        if not splits["test"]:  # no test split published: split what there is
+            examples = [ex for rows in splits.values() for ex in rows]
+            splits = split_examples(examples, cfg.split, cfg.seed)
+    elif cfg.source == "japanese-toxic":
         examples, dropped = read_japanese_toxic(path)
         splits = split_examples(examples, cfg.split, cfg.seed)
     elif cfg.source == "livedoor":

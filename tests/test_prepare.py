@@ -184,3 +184,34 @@ def test_train_and_evaluate_on_a_livedoor_subset(tmp_path):
     metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run), "mode": "score"}))
     assert metrics["finetuned"]["malformed_rate"] == 0.0
     assert metrics["finetuned"]["accuracy"] > metrics["majority_baseline"]["accuracy"]
+
+
+def test_download_checks_the_checksum_and_fails_clearly(tmp_path):
+    src = JTOX / "data" / "subset.csv"
+    if not src.is_file():
+        pytest.skip(f"{JTOX} is absent")
+    target = prepare.download("japanese-toxic", tmp_path / "jtox", url=src.resolve().as_uri())  # the real code, a local URL
+    assert target.read_bytes() == src.read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,text\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="sha256"):
+        prepare.download("japanese-toxic", tmp_path / "other", url=bad.as_uri())
+    assert not (tmp_path / "other" / "data" / "subset.csv").exists()
+    with pytest.raises(ValueError, match="could not download"):
+        prepare.download("japanese-toxic", tmp_path / "missing", url=(tmp_path / "nope.csv").as_uri())
+    with pytest.raises(ValueError, match="rondhuit"):
+        prepare.download("livedoor", tmp_path / "ld")
+
+
+def test_hf_source_from_a_local_folder(tmp_path):
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    rows = [{"sentence": f"文{i}", "polarity": ["positive", "negative", "neutral"][i % 3]} for i in range(30)]
+    for name, part in (("train", rows[:20]), ("test", rows[20:])):
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+    card = _prepare(tmp_path, source=f"hf:{folder}", text_column="sentence", label_column="polarity")
+    assert card["kept_rows"] == {"train": 20, "dev": 0, "test": 10}
+    assert card["labels"]["test"] == {"1": 4, "-1": 3, "0": 3} or sum(card["labels"]["test"].values()) == 10
+    with pytest.raises(ValueError, match="unknown source"):
+        _prepare(tmp_path, source="wikipedia")
