@@ -13,12 +13,15 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def _verb_flags() -> dict[str, set[str]]:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "verb")
-    return {verb: {s for a in p._actions for s in a.option_strings} for verb, p in sub.choices.items()}
+    flags = {verb: {s for a in p._actions for s in a.option_strings} for verb, p in sub.choices.items()}
+    data = next(a for a in sub.choices["data"]._actions if a.dest == "data_verb")
+    flags["data"] = {s for a in data.choices["prepare"]._actions for s in a.option_strings}
+    return flags
 
 
 def test_readme_flags_exist():
     flags = _verb_flags()
-    used = re.findall(r"labeltune(?:\.cli)? +(train|evaluate|label|export|models|templates)\b([^\n`|]*)", README)
+    used = re.findall(r"labeltune(?:\.cli)? +(train|evaluate|label|export|calibrate|data|models|templates)\b([^\n`|]*)", README)
     assert len(used) >= 6
     for verb, rest in used:
         for flag in re.findall(r"(--[a-z][a-z0-9-]*)", rest):
