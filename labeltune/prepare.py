@@ -95,6 +95,11 @@ def read_wrime(path: Path, label_source: str, drop_neutral: bool) -> tuple[dict[
     for i, row in enumerate(iter_rows(path)):
         text = (row.get("Sentence") or "").strip()
         split = (row.get("Train/Dev/Test") or "").strip().lower()
+        if "投稿本文" in row:
+            raise ValueError(
+                f"{path}: this is the WRIME ver1 layout (投稿本文, 主観_*, 客観*_*), which has no sentiment polarity; "
+                "the wrime source needs wrime-ver2.tsv (Sentence, Train/Dev/Test, *_Sentiment): " + MANUAL["wrime"]
+            )
         if column not in row or "Train/Dev/Test" not in row:
             raise ValueError(f"{path}: not WRIME ver2 (needs 'Sentence', 'Train/Dev/Test', {column!r}); columns: {list(row)}")
         if not text:

@@ -215,3 +215,11 @@ def test_hf_source_from_a_local_folder(tmp_path):
     assert card["labels"]["test"] == {"0": 4, "1": 3, "-1": 3}  # rows 20..29, i % 3 = 2, 0, 1, 2, ...
     with pytest.raises(ValueError, match="unknown source"):
         _prepare(tmp_path, source="wikipedia")
+
+
+def test_wrime_ver1_sample_is_refused_with_the_reason(tmp_path):
+    sample = ROOT.parent / "shared" / "data" / "wrime-sample" / "sample.tsv"
+    if not sample.is_file():
+        pytest.skip(f"{sample} is absent")
+    with pytest.raises(ValueError, match="ver1 layout.*no sentiment polarity"):
+        _prepare(tmp_path, source="wrime", path=str(sample))
