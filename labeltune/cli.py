@@ -18,7 +18,9 @@ VERBS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labeltune", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="labeltune", description="Instruction-tune an LM to label texts, label CSVs, measure the labels."
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (cls, help_text) in VERBS.items():
         config_mod.add_arguments(sub.add_parser(verb, help=help_text, description=help_text), cls)

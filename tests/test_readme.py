@@ -36,3 +36,14 @@ def test_readme_first_lines_are_the_two_commands():
     makefile = (ROOT / "Makefile").read_text()
     for target in re.findall(r"\bmake ([a-z][a-z-]+)", README):
         assert re.search(rf"^{target}:", makefile, re.M), f"README names `make {target}`, no such target"
+
+
+def test_cli_reference_is_generated_from_the_real_help():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == module.reference(), (
+        "docs/cli.md is stale: run python scripts/cli_reference.py"
+    )
