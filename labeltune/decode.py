@@ -297,7 +297,7 @@ def predict(
     prompts = [ids for ids, _ in encoded]
     out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
     if mode == "score":
-        trie = AnswerTrie(tokenizer, task)
+        trie = prompter.answer_trie
         raw_dists, paths = score_decode(model, tokenizer, prompts, trie, batch_size)
         dists = [apply_temperature(d, temperature) for d in raw_dists]
         chosen = [max(d, key=d.get) for d in raw_dists]
@@ -308,7 +308,7 @@ def predict(
             answer = task.render_answer(chosen[k], score)
             out[i] = Prediction(chosen[k], score if task.score is not None else None, True, "", answer, truncated, dists[k])
         return out
-    trie = AnswerTrie(tokenizer, task) if mode == "constrained" else None
+    trie = prompter.answer_trie if mode == "constrained" else None
     max_new_tokens = max_new_tokens or prompter.answer_budget + 8
     generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, trie)
     for i, (_, truncated), gen in zip(todo, encoded, generations):

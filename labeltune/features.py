@@ -9,6 +9,7 @@ mask covers exactly the completion plus EOS. Special-token strings inside user t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import jinja2
 
@@ -56,6 +57,13 @@ class Prompter:
                 f"max_length {self.max_length} leaves {self.text_budget} tokens for the text "
                 f"(template takes {overhead}, answer {self.answer_budget}); raise max_length"
             )
+
+    @cached_property
+    def answer_trie(self):
+        """The task's answer language as token ids (constrained and score decoding), built once."""
+        from labeltune.decode import AnswerTrie
+
+        return AnswerTrie(self.tokenizer, self.task)
 
     def fit(self, text: str, budget: int | None = None) -> tuple[str, bool]:
         """(text cut to `budget` tokens, default the text budget; whether it was cut)."""
