@@ -14,6 +14,8 @@ VERBS = {
     "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)"),
     "calibrate": (config_mod.CalibrateConfig, "fit a temperature for label probabilities on the dev split"),
     "export": (config_mod.ExportConfig, "export a run as adapter, merged 16-bit model or GGUF"),
+    "sweep": (config_mod.SweepConfig, "grid of training runs, best by dev metric evaluated on test -> results table + plots"),
+    "compare": (config_mod.CompareConfig, "generative LLM vs classification head vs encoder vs baselines on one split"),
 }
 
 
@@ -67,6 +69,10 @@ def run(argv: list[str] | None = None) -> int:
         from labeltune.calibrate import main
     elif verb == "export":
         from labeltune.export import main
+    elif verb == "sweep":
+        from labeltune.sweep import main
+    elif verb == "compare":
+        from labeltune.compare import main
     else:
         from labeltune.label import main
     main(cfg)

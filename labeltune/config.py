@@ -8,6 +8,7 @@ the list of valid ones. The resolved config is written into every run directory.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ import yaml
 
 
 def _f(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)):  # mutable: a fresh copy per instance
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_of(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -61,6 +69,11 @@ class TrainConfig:
     max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end")
     logging_steps: int = _f(10, "log every N optimizer steps")
     limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all")
+    report_to: str = _f(
+        "none",
+        "experiment tracking: none, tensorboard, wandb, or a comma-separated list; a tracker that is not "
+        "installed is skipped with a warning (train_log.jsonl is always written)",
+    )
 
 
 MODE_HELP = (
@@ -81,6 +94,12 @@ class EvalConfig:
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
     limit: int | None = _f(None, "evaluate only the first N rows; None = all")
     calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
+    forgetting: str | None = _f(
+        "data/general_ja.txt",
+        "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl with "
+        "a text field, or a livedoor-news-corpus folder); None = skip",
+    )
+    forgetting_limit: int = _f(200, "forgetting check: at most this many texts")
 
 
 @dataclass
@@ -141,6 +160,50 @@ class ExportConfig:
     overwrite: bool = _f(False, "write into a non-empty output directory")
 
 
+@dataclass
+class SweepConfig:
+    output: str = _f("runs/sweep", "sweep directory: one run directory per trial + results.csv, results.md, plots")
+    train: dict = _f(
+        {}, "TrainConfig options shared by every trial (model, data, task, epochs, ...); YAML mapping"
+    )
+    grid: dict = _f(
+        {"lr": [5e-4, 1e-3], "lora_r": [8, 16]},
+        "TrainConfig option -> list of values; every combination is one trial (YAML mapping)",
+    )
+    mode: str = _f("score", MODE_HELP, ("generate", "constrained", "score"))
+    metric: str = _f("macro_f1", "dev metric that selects the best trial (higher is better)", ("macro_f1", "accuracy"))
+    batch_size: int = _f(16, "prompts per decoding batch")
+
+
+@dataclass
+class CompareConfig:
+    data: str = _f("data/sample.csv", "labelled data (file split here, or a folder with train/dev/test); same split for every system")
+    models: str = _f("tiny", "comma-separated model presets / ids for the LLM systems (generative and classification head)")
+    systems: str = _f(
+        "generative,cls_head,encoder,majority,zero_shot",
+        "comma-separated systems to compare: generative (LLM + LoRA SFT), cls_head (LLM + LoRA classification "
+        "head), encoder (BERT-style full fine-tune), majority, zero_shot (base LLM, no tuning)",
+    )
+    encoder: str = _f(
+        "auto",
+        "encoder model: auto = tohoku-nlp/bert-base-japanese-v3 on a GPU, a tiny locally built BERT on CPU; or an id/path",
+    )
+    encoder_lr: float | None = _f(
+        None, "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a pretrained one"
+    )
+    output: str = _f("runs/compare", "comparison directory: one sub-directory per system + results.csv/md, report.html")
+    train: dict = _f({}, "TrainConfig options shared by the trained systems (epochs, lr, task, ...); YAML mapping")
+    mode: str = _f("score", MODE_HELP, ("generate", "constrained", "score"))
+    split: str = _f("test", "split the table reports", ("dev", "test"))
+    batch_size: int = _f(16, "prompts per decoding batch")
+    forgetting: str | None = _f(
+        "data/general_ja.txt",
+        "forgetting check of the generative system: perplexity of base vs tuned on general text (see evaluate); "
+        "None = skip",
+    )
+    forgetting_limit: int = _f(200, "forgetting check: at most this many texts")
+
+
 # ---------------------------------------------------------------- machinery
 
 
@@ -163,6 +226,12 @@ def _coerce(name: str, hint, value):
         if not optional:
             raise ValueError(f"{name}: a value is required")
         return None
+    if kind is dict:
+        if isinstance(value, str):  # from the command line: a YAML/JSON mapping, e.g. '{lr: [1e-4, 2e-4]}'
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a mapping, got {value!r}")
+        return value
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = typing.get_args(kind)
@@ -190,7 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--flag`` per field; defaults are SUPPRESSed so YAML values are not overridden silently."""
     parser.add_argument("--config", help="YAML file with any of these options (command line wins)")
     for f in dataclasses.fields(cls):
-        default = f.default
+        default = default_of(f)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = f"{f.metadata['help']} (default: {shown})"
         if f.metadata.get("choices"):

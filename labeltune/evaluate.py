@@ -2,10 +2,11 @@
 
     labeltune evaluate --run runs/demo [--split test] [--base false]
 
-Writes runs/<name>/metrics.json (keys: base, finetuned, majority_baseline, ...), report.md and one
-predictions CSV per system. Malformed answers count as wrong: they lower accuracy and the recall of
-their gold class, and are a false positive for no class. Score metrics (MAE, Spearman) use the rows
-with a gold score whose answer parsed.
+Writes runs/<name>/metrics.json (keys: base, finetuned, majority_baseline, forgetting, ...), report.md
+and report.html with their plots (labeltune.report), and one predictions CSV per system. Malformed
+answers count as wrong: they lower accuracy and the recall of their gold class, and are a false
+positive for no class. Score metrics (MAE, Spearman) use the rows with a gold score whose answer
+parsed. The forgetting check (labeltune.perplexity) compares base and tuned perplexity on general text.
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ def system_metrics(gold_labels, gold_scores, predictions, labels: list[str]) -> 
     return out
 
 
+def calibration_metrics(predictions, gold: list[str], temperature: float = 1.0) -> dict:
+    """ECE and reliability bins of the label probabilities (constrained / score modes); {} without any."""
+    from labeltune.calibrate import expected_calibration_error, reliability_bins
+
+    scored = [(p.confidence, p.label == g) for p, g in zip(predictions, gold) if p.confidence is not None]
+    if not scored:
+        return {}
+    confidence, correct = [c for c, _ in scored], [ok for _, ok in scored]
+    return {
+        "ece": expected_calibration_error(confidence, correct),
+        "temperature": temperature,
+        "reliability": reliability_bins(confidence, correct),
+    }
+
+
 def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str]) -> dict:
     """Always predict the most frequent training label (ties: the task's label order)."""
     counts = Counter(train_labels)
@@ -108,24 +124,29 @@ def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str
     return {"label": majority, **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "malformed_rate")}}
 
 
+SUMMARY_HEADER = ["system", "n", "accuracy", "macro-F1", "malformed", "score MAE", "score Spearman", "ECE"]
+
+
+def summary_rows(metrics: dict) -> list[list[str]]:
+    """The before/after table's rows (majority class, base, fine-tuned), formatted, under SUMMARY_HEADER."""
+    systems = [("majority class", metrics["majority_baseline"])]
+    systems += [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned"))
+                if key in metrics]
+    rows = []
+    for name, m in systems:
+        mae, rho, ece = m.get("score_mae"), m.get("score_spearman"), m.get("ece")
+        rows.append([
+            name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['malformed_rate']:.1%}",
+            "-" if mae is None else f"{mae:.1f}", "-" if rho is None else f"{rho:.3f}",
+            "-" if ece is None else f"{ece:.3f}",
+        ])
+    return rows
+
+
 def format_table(metrics: dict) -> str:
     """Markdown before/after table."""
-    rows = [("majority class", metrics["majority_baseline"])]
-    rows += [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned")) if key in metrics]
-    lines = [
-        "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman | ECE |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in rows:
-        mae = m.get("score_mae")
-        rho = m.get("score_spearman")
-        ece = m.get("ece")
-        lines.append(
-            f"| {name} | {m['n']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['malformed_rate']:.1%} | "
-            f"{'-' if mae is None else f'{mae:.1f}'} | {'-' if rho is None else f'{rho:.3f}'} | "
-            f"{'-' if ece is None else f'{ece:.3f}'} |"
-        )
-    return "\n".join(lines)
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in summary_rows(metrics)])
 
 
 def write_predictions(path: Path, examples, predictions) -> None:
@@ -136,35 +157,16 @@ def write_predictions(path: Path, examples, predictions) -> None:
             writer.writerow([ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.confidence, p.raw])
 
 
-def write_report(path: Path, metrics: dict) -> None:
-    lines = [f"# Evaluation of `{metrics['run']}` on {metrics['split']} (n={metrics['majority_baseline']['n']})", ""]
-    lines += [format_table(metrics), ""]
-    for key in ("base", "finetuned"):
-        if key not in metrics:
-            continue
-        m = metrics[key]
-        lines += [f"## {key}", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        for lab, c in m["per_class"].items():
-            lines.append(f"| {lab} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-        conf = m["confusion"]
-        lines += ["", "Confusion (rows gold, columns predicted):", "", "| gold \\ pred | " + " | ".join(conf["columns"]) + " |"]
-        lines.append("|---" * (len(conf["columns"]) + 1) + "|")
-        lines += [f"| {g} | " + " | ".join(map(str, row)) + " |" for g, row in zip(conf["labels"], conf["matrix"])]
-        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(m["malformed_reasons"].items())) or "none"
-        lines += ["", f"Malformed answers: {reasons}", ""]
-        if "ece" in m:
-            lines += [f"Expected calibration error {m['ece']:.3f} (temperature {m['temperature']:.3f}):", "",
-                      f"![reliability](reliability_{key}.png)", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 def main(cfg) -> dict:
+    from labeltune.calibrate import load_temperature
     from labeltune.config import TrainConfig, load_saved
     from labeltune.data import iter_rows, load_examples
     from labeltune.decode import predict
     from labeltune.features import Prompter
     from labeltune.models import load_run
+    from labeltune.perplexity import forgetting_check, load_general_texts
     from labeltune.prompts import load_template
+    from labeltune.report import write_report
     from labeltune.task import load_task
 
     run_dir = Path(cfg.run)
@@ -179,7 +181,10 @@ def main(cfg) -> dict:
         examples = examples[: cfg.limit]
     if not examples:
         raise ValueError(f"{source}: nothing to evaluate ({len(dropped)} rows dropped)")
-    from labeltune.calibrate import expected_calibration_error, load_temperature, plot_reliability, reliability_bins
+    # loaded before the model so that a missing file fails at once
+    general_texts, general_source = (
+        load_general_texts(cfg.forgetting, cfg.forgetting_limit) if cfg.forgetting else ([], "")
+    )
 
     temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
     model, tokenizer = load_run(run_dir)
@@ -189,6 +194,10 @@ def main(cfg) -> dict:
     train_labels = [row["label"] for row in iter_rows(run_dir / "data" / "train.jsonl")]
 
     metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode, "dropped_rows": len(dropped)}
+    metrics["preset"] = json.loads((run_dir / "model.json").read_text(encoding="utf-8")).get("preset")
+    metrics["label_names"] = {lab.value: lab.name for lab in task.labels}
+    if task.score:
+        metrics["score_range"] = [task.score.min, task.score.max]
     metrics["majority_baseline"] = majority_baseline(train_labels, gold, task.label_values)
     systems = {}
     if cfg.base:
@@ -197,16 +206,12 @@ def main(cfg) -> dict:
     systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
     for key, predictions in systems.items():
         metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values)
-        scored = [(p.confidence, p.label == g) for p, g in zip(predictions, gold) if p.confidence is not None]
-        if scored:  # constrained / score modes: calibration of the label probabilities
-            confidence, correct = [c for c, _ in scored], [ok for _, ok in scored]
-            metrics[key]["ece"] = expected_calibration_error(confidence, correct)
-            metrics[key]["temperature"] = temperature if key == "finetuned" else 1.0
-            bins = reliability_bins(confidence, correct)
-            metrics[key]["reliability"] = bins
-            plot_reliability(bins, run_dir / f"reliability_{key}.png", f"{key} ({cfg.mode}), ECE {metrics[key]['ece']:.3f}")
+        metrics[key].update(calibration_metrics(predictions, gold, temperature if key == "finetuned" else 1.0))
         write_predictions(run_dir / f"predictions_{key}.csv", examples, predictions)
+    if general_texts and hasattr(model, "disable_adapter"):
+        check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
+        metrics["forgetting"] = {**check, "source": general_source}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
-    write_report(run_dir / "report.md", metrics)
+    write_report(run_dir, metrics, examples, systems)
     print(format_table(metrics))
     return metrics

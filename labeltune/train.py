@@ -5,7 +5,8 @@
 
 The run directory gets: config.yaml (resolved), model.json (base + backend), adapter/ (LoRA weights
 and the tokenizer), base/ (tiny only), data/{train,dev,test}.jsonl + data/summary.json (counts,
-dropped rows, leaks, fingerprint), train_log.jsonl, versions.json.
+dropped rows, leaks, fingerprint), train_log.jsonl, versions.json; with ``--report-to tensorboard``
+also tensorboard/ (event files: ``tensorboard --logdir runs/``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,48 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+TRACKERS = {"tensorboard": ("tensorboardX", "torch.utils.tensorboard"), "wandb": ("wandb",)}
+
+
+def trackers(report_to: str) -> list[str]:
+    """The requested trackers that are installed; a missing one is skipped with a warning (training
+    never fails for want of a tracker: train_log.jsonl is always written)."""
+    import importlib.util
+    import warnings
+
+    wanted = [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
+    unknown = [t for t in wanted if t not in TRACKERS]
+    if unknown:
+        raise ValueError(f"report_to: unknown tracker(s) {unknown}; available: none, {', '.join(TRACKERS)}")
+    found = []
+    for name in wanted:
+        modules = TRACKERS[name]
+        if any(_module_available(m, importlib.util) for m in modules):
+            found.append(name)
+        else:
+            warnings.warn(f"report_to={name}: not installed (pip install {modules[0]}); skipped", stacklevel=2)
+    return found
+
+
+def _module_available(module: str, util) -> bool:
+    try:
+        return util.find_spec(module) is not None
+    except ModuleNotFoundError:  # parent package missing (torch.utils.tensorboard needs `tensorboard`)
+        return False
+
+
+def tensorboard_callback(log_dir: Path):
+    """transformers' TensorBoardCallback writing into the run directory (its default is ./runs/<date>,
+    and where it looks differs between transformers versions, so the writer is made here)."""
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from tensorboardX import SummaryWriter
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
 
 
 def collate(batch: list[dict], pad_token_id: int) -> dict:
@@ -171,6 +214,7 @@ def main(cfg: TrainConfig) -> Path:
     )
 
     precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -185,7 +229,8 @@ def main(cfg: TrainConfig) -> Path:
         logging_steps=cfg.logging_steps,
         eval_strategy="epoch" if dev_ds is not None else "no",
         save_strategy="no",
-        report_to="none",
+        report_to=[t for t in tracking if t != "tensorboard"] or "none",
+        run_name=run_dir.name,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=precision == "bf16",
@@ -207,6 +252,7 @@ def main(cfg: TrainConfig) -> Path:
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        callbacks=[tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and is_main else None,
     )
     started = time.time()
     trainer.train()

@@ -8,7 +8,7 @@ import pytest
 
 from labeltune import config
 from labeltune.cli import VERBS, build_parser
-from labeltune.config import EvalConfig, LabelConfig, TrainConfig, resolve
+from labeltune.config import EvalConfig, LabelConfig, TrainConfig, default_of, resolve
 
 
 def _yaml(tmp_path, text: str, name: str = "run.yaml"):
@@ -227,7 +227,7 @@ def test_every_field_has_a_flag():
             value = "true" if f.type in ("bool",) else None
             argv = [verb, "--" + f.name.replace("_", "-")]
             if value is None:
-                default = f.default
+                default = default_of(f)
                 value = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
             args = vars(parser.parse_args(argv + [value]))
             assert f.name in args, (verb, f.name)

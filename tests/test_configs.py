@@ -16,6 +16,7 @@ CLASSES = {
     "calibrate": config_mod.CalibrateConfig,
     "export": config_mod.ExportConfig,
     "prepare": config_mod.PrepareConfig,
+    "sweep": config_mod.SweepConfig,
 }
 
 

@@ -1,0 +1,311 @@
+"""The evaluation report: report.md and report.html in the run directory, with their plots.
+
+Pure functions over the metrics dict of ``labeltune.evaluate`` and the systems' predictions; no model
+code. Plots hold ASCII only (no CJK font is guaranteed): a non-ASCII label is drawn as its task name
+(``names``) or its position. User texts appear only in the error sample, escaped for Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ticks(labels: list[str], names: dict[str, str] | None) -> list[str]:
+    """ASCII tick labels: the label itself, else its ASCII name in `names`, else its position (#1, #2, ...)."""
+    shown = [lab if lab.isascii() else (names or {}).get(lab, lab) for lab in labels]
+    return [s if s.isascii() else f"#{i + 1}" for i, s in enumerate(shown)]
+
+
+def _draw_confusion(ax, confusion: dict, title: str, names: dict[str, str] | None):
+    """Counts in the cells, colour = share of the gold row; returns the image for a colour bar."""
+    matrix = confusion["matrix"]
+    shares = [[n / sum(row) if sum(row) else 0.0 for n in row] for row in matrix]
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            colour = "white" if shares[i][j] > 0.5 else "black"
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color=colour)
+    columns = _ticks(confusion["columns"], names)
+    ax.set_xticks(range(len(columns)), columns, rotation=45 if max(map(len, columns)) > 3 else 0, ha="right")
+    ax.set_yticks(range(len(matrix)), _ticks(confusion["labels"], names))
+    ax.set(xlabel="predicted", ylabel="gold", title=title)
+    return image
+
+
+def plot_confusions(
+    confusions: dict[str, dict], path: str | Path, title: str = "", names: dict[str, str] | None = None
+) -> None:
+    """One confusion panel per system ({system: classification_metrics(...)["confusion"]}), side by side.
+
+    `names` maps non-ASCII label values to the ASCII names drawn instead (e.g. the task's label names);
+    one without a name is drawn as its position (#1, #2, ...)."""
+    plt = _pyplot()
+    n_cols = max(len(c["columns"]) for c in confusions.values())
+    n_rows = max(len(c["labels"]) for c in confusions.values())
+    side = 1.2 + 0.45 * n_cols
+    size = (side * len(confusions) + 0.8, 1.6 + 0.4 * n_rows)
+    fig, axes = plt.subplots(1, len(confusions), figsize=size, dpi=110, layout="constrained", squeeze=False)
+    for ax, (system, confusion) in zip(axes[0], confusions.items()):
+        image = _draw_confusion(ax, confusion, system, names)
+    fig.colorbar(image, ax=list(axes[0]), label="share of gold row", shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_scores(
+    gold: list[int | None], pred: list[int | None], score_range: list[int], path: str | Path, title: str
+) -> None:
+    """Gold vs predicted score (rows where both exist; marker area grows with repeats) and both histograms."""
+    from collections import Counter
+
+    plt = _pyplot()
+    lo, hi = score_range
+    pad = (hi - lo) * 0.05
+    pairs = Counter((g, p) for g, p in zip(gold, pred) if g is not None and p is not None)
+    fig, (scatter, hist) = plt.subplots(1, 2, figsize=(8.8, 3.9), dpi=110, layout="constrained")
+    scatter.scatter(
+        [g for g, _ in pairs], [p for _, p in pairs], s=[14 * n**0.5 for n in pairs.values()], alpha=0.5
+    )
+    scatter.plot([lo, hi], [lo, hi], "--", color="grey", label="perfect")
+    scatter.set(
+        xlim=(lo - pad, hi + pad),
+        ylim=(lo - pad, hi + pad),
+        xlabel="gold score",
+        ylabel="predicted score",
+        title=f"gold vs predicted (n={sum(pairs.values())})",
+    )
+    scatter.legend(loc="upper left", fontsize=8)
+    bins = [lo + (hi - lo) * i / 10 for i in range(11)]
+    hist.hist(
+        [[g for g in gold if g is not None], [p for p in pred if p is not None]],
+        bins=bins,
+        label=["gold", "predicted"],
+        color=["#999999", "#4c72b0"],
+    )
+    hist.set(xlabel="score", ylabel="rows", title="score histograms")
+    hist.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def share_at(scores: list[int | None], value: int) -> str:
+    """Share of the given scores equal to `value`, as a percentage ("-" without scores)."""
+    given = [s for s in scores if s is not None]
+    return f"{sum(s == value for s in given) / len(given):.0%}" if given else "-"
+
+
+def _answer(label: str, score: int | None) -> str:
+    return label if score is None else f"{label} / {score}"
+
+
+def error_sample(examples: list, predictions: list, k: int = 20, width: int = 200) -> list[dict]:
+    """Up to `k` wrong or malformed rows: wrong labels by confidence (highest first, none last), then
+    malformed answers; ties in input order. Texts are cut to `width` characters."""
+    pairs = list(zip(examples, predictions))
+    wrong = [i for i, (ex, p) in enumerate(pairs) if p.label is not None and p.label != ex.label]
+    wrong.sort(key=lambda i: (predictions[i].confidence is None, -(predictions[i].confidence or 0.0)))
+    malformed = [i for i, p in enumerate(predictions) if p.label is None]
+    rows = []
+    for i in (wrong + malformed)[:k]:
+        ex, p = examples[i], predictions[i]
+        rows.append({
+            "row": str(i),
+            "text": ex.text if len(ex.text) <= width else ex.text[:width] + "…",
+            "gold": _answer(ex.label, ex.score),
+            "predicted": f"malformed: {p.reason}" if p.label is None else _answer(p.label, p.score),
+            "confidence": "-" if p.confidence is None else f"{p.confidence:.3f}",
+        })
+    return rows
+
+
+def forgetting_sentence(forgetting: dict, preset: str | None) -> str:
+    """One sentence on the tuned/base perplexity ratio (+ a caveat for the random-init tiny preset)."""
+    ratio = forgetting["ratio"]
+    if ratio is None:
+        return "No base perplexity (the model has no adapter to switch off), so there is nothing to compare."
+    if ratio < 0.95:
+        verdict = "lower: tuning also fitted general Japanese text better"
+    elif ratio <= 1.05:
+        verdict = "within 5%: no sign that tuning hurt general ability"
+    elif ratio <= 1.25:
+        verdict = "mildly higher: some loss of general ability"
+    else:
+        verdict = (
+            "much higher: tuning has hurt general ability "
+            "(try a lower learning rate, fewer epochs or a smaller LoRA rank)"
+        )
+    sentence = f"Tuned perplexity is {ratio:.2f}x the base model's, {verdict}."
+    if preset == "tiny":
+        sentence += (
+            " The tiny preset's base model is random-init, so only the mechanism is meaningful here."
+        )
+    return sentence
+
+
+TITLES = {"base": "base (untuned)", "finetuned": "fine-tuned"}
+
+
+def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, predictions: list) -> dict:
+    """Write one system's plots; return what both report formats show for it (strings only)."""
+    from labeltune.calibrate import plot_reliability
+
+    m = metrics[key]
+    plot_confusions(
+        {TITLES[key]: m["confusion"]}, run_dir / f"confusion_{key}.png", names=metrics.get("label_names")
+    )
+    section = {
+        "key": key,
+        "title": TITLES[key],
+        "per_class": [
+            [lab, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
+            for lab, c in m["per_class"].items()
+        ],
+        "reasons": [
+            [reason, str(n)]
+            for reason, n in sorted(m["malformed_reasons"].items(), key=lambda r: (-r[1], r[0]))
+        ],
+        "confusion": m["confusion"],
+        "confusion_png": f"confusion_{key}.png",
+    }
+    if "score_range" in metrics and m["score_n"]:
+        gold, pred = [ex.score for ex in examples], [p.score for p in predictions]
+        title = f"{TITLES[key]} ({metrics['mode']})"
+        plot_scores(gold, pred, metrics["score_range"], run_dir / f"scores_{key}.png", title)
+        lo, hi = metrics["score_range"]
+        section["scores_png"] = f"scores_{key}.png"
+        section["scores_text"] = (
+            f"Predicted scores exactly {lo}: {share_at(pred, lo)}, exactly {hi}: {share_at(pred, hi)} "
+            f"(gold: {share_at(gold, lo)} and {share_at(gold, hi)}); a collapse to the ends of the range shows as "
+            "predicted shares well above the gold ones."
+        )
+    if "reliability" in m:
+        title = f"{TITLES[key]} ({metrics['mode']}), ECE {m['ece']:.3f}"
+        plot_reliability(m["reliability"], run_dir / f"reliability_{key}.png", title)
+        section["reliability_png"] = f"reliability_{key}.png"
+        section["reliability_text"] = (
+            f"Expected calibration error {m['ece']:.3f} (temperature {m['temperature']:.3f})."
+        )
+    return section
+
+
+def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[str, list]) -> dict:
+    """Everything report.md and report.html show (plots written on the way), as strings."""
+    from labeltune.evaluate import SUMMARY_HEADER, summary_rows
+
+    n = metrics["majority_baseline"]["n"]
+    context = {
+        "title": f"Evaluation of {metrics['run']} on {metrics['split']} (n={n}, mode {metrics['mode']})",
+        "summary_header": SUMMARY_HEADER,
+        "summary": summary_rows(metrics),
+        "systems": [
+            _system_section(run_dir, metrics, key, examples, systems[key]) for key in TITLES if key in systems
+        ],
+        "errors": error_sample(examples, systems["finetuned"]) if "finetuned" in systems else [],
+        "forgetting": None,
+    }
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        context["forgetting"] = {
+            "rows": [
+                ["base (untuned)", "-" if f["base_ppl"] is None else f"{f['base_ppl']:.2f}"],
+                ["fine-tuned", f"{f['tuned_ppl']:.2f}"],
+            ],
+            "source": f"{f['source']}: {f['n_texts']} texts, {f['n_tokens']} tokens",
+            "sentence": forgetting_sentence(f, metrics.get("preset")),
+        }
+    return context
+
+
+def md_cell(text: str) -> str:
+    """A Markdown table cell that stays one cell of one row: HTML-escaped, `|` as &#124;, line breaks as <br>."""
+    import html
+
+    return "<br>".join(html.escape(text, quote=False).replace("|", "&#124;").splitlines())
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(map(md_cell, row)) + " |" for row in rows]
+
+
+def render_markdown(context: dict) -> str:
+    lines = [f"# {context['title']}", "", *md_table(context["summary_header"], context["summary"]), ""]
+    if context["forgetting"]:
+        f = context["forgetting"]
+        lines += [
+            "## Forgetting check: perplexity on general Japanese text",
+            "",
+            *md_table(["model", "perplexity"], f["rows"]),
+            "",
+            f"{f['source']}. {f['sentence']}",
+            "",
+        ]
+    for s in context["systems"]:
+        conf = s["confusion"]
+        lines += [
+            f"## {s['title']}",
+            "",
+            *md_table(["class", "precision", "recall", "F1", "support"], s["per_class"]),
+            "",
+        ]
+        lines += ["Malformed answers: " + (", ".join(f"{r} {n}" for r, n in s["reasons"]) or "none"), ""]
+        lines += [
+            "Confusion (rows gold, columns predicted):",
+            "",
+            *md_table(
+                ["gold \\ pred", *conf["columns"]],
+                [[g, *map(str, row)] for g, row in zip(conf["labels"], conf["matrix"])],
+            ),
+            "",
+            f"![confusion]({s['confusion_png']})",
+            "",
+        ]
+        if "scores_png" in s:
+            lines += [s["scores_text"], "", f"![scores]({s['scores_png']})", ""]
+        if "reliability_png" in s:
+            lines += [s["reliability_text"], "", f"![reliability]({s['reliability_png']})", ""]
+    if context["errors"]:
+        lines += [
+            f"## Errors of the fine-tuned model ({len(context['errors'])} shown)",
+            "",
+            "Wrong labels by confidence (highest first), then malformed answers.",
+            "",
+            *md_table(
+                ["row", "text", "gold", "predicted", "confidence"],
+                [[e["row"], e["text"], e["gold"], e["predicted"], e["confidence"]] for e in context["errors"]],
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def render_html(context: dict) -> str:
+    """report.html from html/report.html.jinja; autoescaped, since texts are user data."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "html"), autoescape=True, undefined=StrictUndefined
+    )
+    return env.get_template("report.html.jinja").render(**context)
+
+
+def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list]) -> None:
+    """report.md, report.html and their PNGs (confusion_, scores_, reliability_<system>.png) in `run_dir`.
+
+    `examples` are the gold rows (data.Example) and `systems` each system's decode.Prediction list."""
+    run_dir = Path(run_dir)
+    context = report_context(run_dir, metrics, examples, systems)
+    (run_dir / "report.md").write_text(render_markdown(context), encoding="utf-8")
+    (run_dir / "report.html").write_text(render_html(context), encoding="utf-8")
