@@ -11,6 +11,8 @@ Texts: real SNS-style posts from ../shared/data (japanese-toxic-dataset, WRIME s
   constrained batched generation limited to the task's answers
   score      label probabilities from forward passes, spec-written answer
   prefill    the limit: one batched forward over every prompt, no decoding
+  prefill-shared  the same with the prompts' shared prefix (the template's instruction) computed
+             once and reused, as score mode does: the limit for a prefix-caching decoder
 Then peak RSS of `labeltune label --mode score` on files of --rss-rows rows (separate processes).
 """
 
@@ -64,6 +66,27 @@ def prefill_only(model, tokenizer, prompt_ids, batch_size):
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
             model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                   position_ids=position_ids.to(device), use_cache=False, logits_to_keep=1)
+
+
+def prefill_shared(model, tokenizer, prompt_ids, batch_size):
+    import copy
+
+    import torch
+
+    from labeltune.decode import _padded, _prefix_cache, common_prefix_length, length_batches
+
+    device = next(model.parameters()).device
+    k = common_prefix_length(prompt_ids)
+    with torch.inference_mode():
+        shared = _prefix_cache(model, prompt_ids[0][:k], device)
+        for index in length_batches(prompt_ids, batch_size):
+            own, attention, _ = _padded([prompt_ids[i][k:] for i in index], list(range(len(index))), tokenizer.pad_token_id)
+            cache = copy.deepcopy(shared)
+            cache.batch_repeat_interleave(len(index))
+            attention = torch.cat([torch.ones((len(index), k), dtype=torch.long), attention], dim=1)
+            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)[:, k:]
+            model(input_ids=own.to(device), attention_mask=attention.to(device), position_ids=position_ids.to(device),
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
 
 
 def naive(model, tokenizer, prompt_ids):
@@ -135,14 +158,19 @@ def main() -> None:
         seconds[mode] = timed(lambda m=mode: preds.extend(predict(model, prompter, texts, batch_size=args.batch_size, mode=m)))
         malformed[mode] = sum(not p.ok for p in preds) / len(preds)
     seconds["prefill"] = timed(lambda: prefill_only(model, tokenizer, prompt_ids, args.batch_size))
+    seconds["prefill-shared"] = timed(lambda: prefill_shared(model, tokenizer, prompt_ids, args.batch_size))
 
     rate = {k: args.rows / v for k, v in seconds.items()}
-    print("| method | posts/s | x naive | fraction of prefill limit | malformed |")
-    print("|---|---|---|---|---|")
-    for k in ("naive", "generate", "constrained", "score", "prefill"):
+    from labeltune.decode import common_prefix_length
+
+    print(f"shared prompt prefix: {common_prefix_length(prompt_ids)} tokens\n")
+    print("| method | posts/s | x naive | fraction of prefill limit | fraction of prefill-shared limit | malformed |")
+    print("|---|---|---|---|---|---|")
+    for k in ("naive", "generate", "constrained", "score", "prefill", "prefill-shared"):
         note = " (timed on %d rows)" % args.naive_rows if k == "naive" else ""
         bad = f"{malformed[k]:.1%}" if k in malformed else "-"
-        print(f"| {k}{note} | {rate[k]:.1f} | {rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | {bad} |")
+        print(f"| {k}{note} | {rate[k]:.1f} | {rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | "
+              f"{rate[k] / rate['prefill-shared']:.2f} | {bad} |")
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
 
     counts = [int(x) for x in args.rss_rows.split(",") if x.strip()]

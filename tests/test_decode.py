@@ -1,4 +1,6 @@
-"""Batching of prompts for decoding."""
+"""Batching of prompts for decoding, shared-prefix reuse in score mode."""
+
+import pytest
 
 from labeltune.decode import length_batches
 
@@ -13,3 +15,45 @@ def test_length_batches_respect_rows_and_token_budget():
         assert len(b) <= 3 and (len(b) * width <= 120 or len(b) == 1)
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat)  # length-sorted, so little padding
+
+
+def test_common_prefix_leaves_every_prompt_an_own_token():
+    from labeltune.decode import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 3, 4, 9]]) == 3
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # [1, 2, 3] keeps one token of its own
+    assert common_prefix_length([[7, 1], [8, 1]]) == 0
+    assert common_prefix_length([[1, 2, 3]]) == 0  # a single prompt: nothing to share
+
+
+def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch):
+    """Prefix caching changes the work, not the result: label probabilities and answers agree."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from labeltune import decode
+    from labeltune.features import Prompter
+    from labeltune.models import build_tiny_tokenizer
+    from labeltune.prompts import load_template, render_prompt
+    from labeltune.task import load_task
+
+    task = load_task("sentiment_toxicity")
+    template = load_template(task.default_template)
+    texts = ["最高の一日だった", "電車が遅れて最悪だ、もう二度と乗らない", "明日は雨らしい", "了解", "あいつは本当に無能すぎて話にならない"]
+    tokenizer = build_tiny_tokenizer([render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    prompter = Prompter(tokenizer, template, task, max_length=512)
+    prompts = [prompter.prompt_ids(t)[0] for t in texts]
+    assert decode.common_prefix_length(prompts) >= decode.MIN_SHARED_PREFIX
+    cached = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=2)
+    monkeypatch.setattr(decode, "MIN_SHARED_PREFIX", 10**9)  # every prompt prefilled whole
+    whole = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=2)
+    assert cached[1] == whole[1]
+    for a, b in zip(cached[0], whole[0]):
+        assert a == pytest.approx(b, abs=1e-5)

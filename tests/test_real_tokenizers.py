@@ -117,23 +117,30 @@ def test_score_decode_matches_brute_force(family, task_name):
     import math
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from labeltune.decode import AnswerTrie, score_decode
+    from labeltune.decode import AnswerTrie, common_prefix_length, score_decode
 
     tokenizer = _tokenizer(family)
     task = load_task(task_name)
     trie = AnswerTrie(tokenizer, task)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    model = LlamaForCausalLM(config).eval()
+    if family == "gemma2":  # Gemma 2's own architecture: hybrid sliding-window cache, logit soft-capping
+        config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                              sliding_window=4096)
+        model = Gemma2ForCausalLM(config).eval()
+    else:
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+        model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # sharpen the random model so its choices are not ties
         model.lm_head.weight.mul_(40)
     prompter = Prompter(tokenizer, load_template(task.default_template), task, max_length=512)
     texts = ["最高の一日だった", "電車が遅れて最悪", "明日は雨らしい", "あいつは本当に無能", "了解"]
     prompts = [prompter.prompt_ids(t)[0] for t in texts]
     dists, answers = score_decode(model, tokenizer, prompts, trie, batch_size=3)
+    assert common_prefix_length(prompts) >= 30  # the shared instruction's cache was reused
 
     def last_logits(ids):
         with torch.no_grad():
