@@ -16,6 +16,7 @@ CLASSES = {
     "calibrate": config_mod.CalibrateConfig,
     "export": config_mod.ExportConfig,
     "prepare": config_mod.PrepareConfig,
+    "compare": config_mod.CompareConfig,
     "sweep": config_mod.SweepConfig,
 }
 

@@ -1,0 +1,273 @@
+"""Classifier systems for `labeltune compare`: a head on a model instead of a generated answer.
+
+Two systems share this module:
+
+* cls_head: the LLM of the generative run loaded as ``AutoModelForSequenceClassification`` (Llama /
+  Gemma 2 pool the hidden state of the last non-pad token, found through ``config.pad_token_id``),
+  tuned with PEFT LoRA (``task_type="SEQ_CLS"``); the head itself is trained in full (modules_to_save).
+* encoder: a BERT-style encoder fine-tuned in full (pooled first token). On CPU a tiny BERT is built
+  here from a config, with a byte-level BPE trained on the training texts whose first token, <bos>,
+  plays [CLS]; on a GPU a pretrained Japanese BERT (or any id/path).
+
+Both have ``len(task.labels)`` label logits, plus, when the task has a score, one regression output
+predicting the score rescaled to 0..1 (loss: cross-entropy + MSE on the rows with a gold score).
+Input is the raw text (no prompt), cut to ``max_length`` tokens. ``predict`` returns
+``labeltune.decode.Prediction`` rows, so every system is measured by the same metric code.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+from labeltune.config import TrainConfig
+from labeltune.data import Example
+from labeltune.decode import Prediction
+from labeltune.task import TaskSpec
+
+PRETRAINED_ENCODER = "tohoku-nlp/bert-base-japanese-v3"
+TINY_ENCODER_LR = 5e-4  # a randomly initialised encoder needs a larger step than a pretrained one
+PRETRAINED_ENCODER_LR = 3e-5
+
+
+def n_outputs(task: TaskSpec) -> int:
+    """Label logits, plus one score output where the task has a score."""
+    return len(task.labels) + (1 if task.score is not None else 0)
+
+
+def _precision_dtype():
+    """Autocast dtype on CUDA as the generative training uses (bf16 where supported, else fp16); None on CPU."""
+    import torch
+
+    from labeltune.models import select_precision
+
+    cuda = torch.cuda.is_available()
+    precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- building
+
+
+def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modules, four_bit: bool):
+    """(PEFT LoRA sequence classifier, tokenizer) on the causal LM `base`; 4-bit (bitsandbytes) when
+    `four_bit` (CUDA only). The pad token is set on the model config: pooling looks for it."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from labeltune.models import ensure_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    kwargs = {}
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        dtype = _precision_dtype()
+        kwargs = {
+            "dtype": dtype,
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+            ),
+            "device_map": {"": torch.cuda.current_device()},
+        }
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), **kwargs)
+    ensure_pad_token(tokenizer, model)
+    if four_bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    lora = LoraConfig(
+        task_type="SEQ_CLS",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        modules_to_save=["score"],  # the classification head of *ForSequenceClassification LLMs
+    )
+    torch.manual_seed(cfg.seed)
+    return get_peft_model(model, lora), tokenizer
+
+
+def build_tiny_encoder(train_texts: list[str], task: TaskSpec, max_length: int, seed: int,
+                       hidden: int = 128, layers: int = 2):
+    """(random-init tiny BERT classifier, tokenizer trained on `train_texts`); no download.
+
+    The tokenizer puts <bos> first in every encoding; BERT pools that first position, so <bos> is its [CLS].
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from labeltune.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(train_texts)
+    tokenizer.cls_token = tokenizer.bos_token
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max(512, max_length),
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=n_outputs(task),
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+
+
+def load_encoder(name: str, task: TaskSpec, seed: int):
+    """(pretrained encoder with a new classification head, tokenizer), fully trainable, fp32 weights."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except ImportError as e:  # tohoku-nlp BERTs tokenise with MeCab through fugashi
+        raise ImportError(
+            f"{name}: its tokenizer needs extra packages ({e}); for Japanese BERTs: pip install fugashi unidic-lite"
+        ) from e
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=n_outputs(task))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+
+
+# ---------------------------------------------------------------- features and loss
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[tuple[list[int], bool]]:
+    """(ids cut to `max_length` with the tokenizer's special tokens kept, whether the text was cut).
+    Special-token strings inside a text (``<pad>``, ``[SEP]``) stay plain text, as in prompts."""
+    out = []
+    for text in texts:
+        full = tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+        cut = tokenizer(
+            text, add_special_tokens=True, split_special_tokens=True, truncation=True, max_length=max_length
+        )["input_ids"]
+        out.append((cut, len(full) > len(cut)))
+    return out
+
+
+def collate(ids: list[list[int]], pad_token_id: int) -> dict:
+    """Right-padded input_ids and attention_mask tensors."""
+    import torch
+
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}
+
+
+def targets(examples: list[Example], task: TaskSpec):
+    """(label index tensor, score tensor rescaled to 0..1 with NaN where a row has no gold score)."""
+    import torch
+
+    labels = torch.tensor([task.label_values.index(ex.label) for ex in examples], dtype=torch.long)
+    if task.score is None:
+        return labels, None
+    span = task.score.max - task.score.min
+    scores = [math.nan if ex.score is None else (ex.score - task.score.min) / span for ex in examples]
+    return labels, torch.tensor(scores, dtype=torch.float32)
+
+
+def classification_loss(logits, labels, scores, n_labels: int):
+    """Cross-entropy over the label logits + MSE of the score output on rows with a gold score."""
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    loss = F.cross_entropy(logits[:, :n_labels], labels)
+    if scores is None:
+        return loss
+    known = ~scores.isnan()
+    if known.any():
+        loss = loss + F.mse_loss(logits[known, n_labels], scores[known])
+    return loss
+
+
+# ---------------------------------------------------------------- training and prediction
+
+
+def fit(model, tokenizer, examples: list[Example], task: TaskSpec, cfg: TrainConfig, lr: float) -> dict:
+    """Train the trainable parameters of `model` (AdamW, warm-up + cosine, gradient accumulation)
+    for cfg.epochs (or cfg.max_steps optimizer steps); returns {"steps", "train_seconds", "losses"}."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    device = _device(model)
+    dtype = _precision_dtype()
+    encoded = [ids for ids, _ in encode(tokenizer, [ex.text for ex in examples], cfg.max_length)]
+    labels, scores = targets(examples, task)
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * len(examples) / per_step))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
+    scaler = torch.amp.GradScaler(enabled=dtype is torch.float16)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model.train()
+    order: list[int] = []
+    losses = []
+    started = time.time()
+    for _ in range(steps):
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            if len(order) < cfg.batch_size:  # a fresh shuffled epoch
+                order += rng.sample(range(len(examples)), len(examples))
+            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            inputs = {k: v.to(device) for k, v in collate([encoded[i] for i in batch], tokenizer.pad_token_id).items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(**inputs).logits
+            loss = classification_loss(
+                logits, labels[batch].to(device), None if scores is None else scores[batch].to(device), len(task.labels)
+            ) / cfg.grad_accum
+            scaler.scale(loss).backward()
+            total += loss.item()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+    model.eval()
+    return {"steps": steps, "train_seconds": round(time.time() - started, 1), "losses": losses}
+
+
+def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int, batch_size: int = 16) -> list[Prediction]:
+    """One Prediction per text, in input order: the most probable label, label probabilities (softmax),
+    and the score output mapped back to the task's range (0 for labels that carry no score)."""
+    import torch
+
+    device = _device(model)
+    dtype = _precision_dtype()
+    n_labels = len(task.labels)
+    encoded = encode(tokenizer, texts, max_length)
+    model.eval()
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        inputs = {k: v.to(device) for k, v in collate([ids for ids, _ in chunk], tokenizer.pad_token_id).items()}
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(**inputs).logits.float().cpu()
+        probs = logits[:, :n_labels].softmax(-1)
+        for row, p, (_, truncated) in zip(logits, probs, chunk):
+            label = task.label_values[int(p.argmax())]
+            score = None
+            if task.score is not None:
+                scaled = min(max(float(row[n_labels]), 0.0), 1.0)
+                span = task.score.max - task.score.min
+                score = round(task.score.min + scaled * span) if task.score_allowed(label) else 0
+            answer = task.render_answer(label, score)
+            out.append(Prediction(label, score, True, "", answer, truncated, dict(zip(task.label_values, p.tolist()))))
+    return out

@@ -1,0 +1,394 @@
+"""labeltune compare: every system trained and measured on one split, in one table.
+
+    labeltune compare --data data/sample.csv --models tiny --output runs/compare
+    labeltune compare --config configs/compare.yaml
+    labeltune compare --models gemma2-2b,llama3.2-1b --train '{epochs: 1}'      (GPU)
+
+Systems (``--systems``): generative (LLM + LoRA SFT: this project's main path), cls_head (the same
+base LLM + LoRA with a classification head, labeltune.classify), encoder (BERT-style full fine-tune),
+majority (the most frequent training label, with the median training score of that label) and
+zero_shot (the generative run's model with its adapter disabled, i.e. the untuned base; near chance
+for the random-init tiny preset). With several --models each model gets its generative, cls_head and
+zero_shot rows; the encoder takes its training settings (epochs, batch size, max_length, seed) from
+the first model.
+
+The split is written once to <output>/data/{train,dev,test}.jsonl (the splitting, leakage check and
+limit of `labeltune train`) and every system trains and is measured on it; each generative run is
+given that folder as its data. Outputs in <output>: one folder per system (system_metrics.json,
+predictions.csv, and its run, adapter or model), results.csv, results.md, confusions.png (one panel
+per system), report.html and metrics.json. A system whose folder holds system_metrics.json is not
+run again, so an interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from labeltune.config import CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
+from labeltune.data import Example, load_examples
+from labeltune.decode import Prediction
+from labeltune.models import Preset, resolve_preset
+from labeltune.task import TaskSpec, load_task
+
+SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")
+LLM_SYSTEMS = ("generative", "cls_head", "zero_shot")  # one row per model
+METRICS_FILE = "system_metrics.json"
+# Changing one of these makes finished systems stale; changing models or systems only adds or drops rows.
+RESULT_FIELDS = ("data", "train", "encoder", "encoder_lr", "mode", "split", "forgetting", "forgetting_limit")
+COLUMNS = (
+    "system", "model", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
+    "malformed_rate", "score_mae", "score_spearman", "train_seconds",
+)
+
+
+def parse_list(value: str, name: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """Items of a comma-separated option, in order; unknown ones rejected with the valid list."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"{name}: no value given")
+    unknown = [v for v in items if allowed and v not in allowed]
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; valid: {', '.join(allowed)}")
+    return items
+
+
+def slug(model: str) -> str:
+    """An ASCII folder-name form of a preset name, id or path."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
+
+
+def system_key(system: str, model: str | None) -> str:
+    """The system's folder name (and row key): <system>-<model> for LLM systems, else <system>."""
+    return f"{system}-{slug(model)}" if system in LLM_SYSTEMS else system
+
+
+def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> TrainConfig:
+    """TrainConfig of `model` from cfg.train (checked like a YAML file), preset defaults filled in."""
+    from labeltune.train import with_preset_defaults
+
+    reserved = sorted({"model", "data", "output"} & set(cfg.train))
+    if reserved:
+        raise ValueError(f"train: {reserved} are set by compare itself (use --models / --data / --output)")
+    tcfg = resolve(TrainConfig, None, {**cfg.train, "model": model, "output": str(output), "data": data})
+    return with_preset_defaults(tcfg, resolve_preset(model))
+
+
+def run_config(cfg: CompareConfig, model: str, out: Path) -> TrainConfig:
+    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by write_split)."""
+    tcfg = train_config(cfg, model, out / system_key("generative", model), str(out / "data"))
+    return replace(tcfg, text_column="text", label_column="label", score_column="score", encoding=None)
+
+
+def check_resume(cfg: CompareConfig, out: Path) -> None:
+    """Refuse to mix results: once `out` holds a split, the result-defining options must stay the same."""
+    saved_path = out / "config.yaml"
+    if not (out / "data" / "summary.json").is_file():
+        return
+    saved, now = to_dict(load_saved(CompareConfig, saved_path)), to_dict(cfg)
+    changed = [k for k in RESULT_FIELDS if saved[k] != now[k]]
+    if changed:
+        raise ValueError(f"{out} holds a comparison with other {changed}; choose another --output or delete it")
+
+
+def write_split(tcfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
+    """train/dev/test.jsonl + summary.json in `data_dir`, split as `labeltune train` splits (kept if
+    already there); returns the summary."""
+    from labeltune import data as data_mod
+    from labeltune.train import check_leakage, load_splits
+
+    if (data_dir / "summary.json").is_file():
+        return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
+    splits, dropped = load_splits(tcfg, task)
+    splits, leaks = check_leakage(tcfg, splits)
+    if tcfg.limit:
+        splits["train"] = splits["train"][: tcfg.limit]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, examples in splits.items():
+        data_mod.write_jsonl(examples, data_dir / f"{name}.jsonl")
+    summary = {
+        "source": str(tcfg.data),
+        "fingerprint": data_mod.fingerprint(splits),
+        "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
+        "dropped": dropped,
+        "leaks": [vars(lk) for lk in leaks],
+        "leakage_policy": tcfg.leakage,
+    }
+    (data_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    return summary
+
+
+def read_split(data_dir: Path, name: str, task: TaskSpec) -> list[Example]:
+    examples, _ = load_examples(data_dir / f"{name}.jsonl", task)
+    if not examples:
+        raise ValueError(f"{data_dir / name}.jsonl: no examples")
+    return examples
+
+
+# ---------------------------------------------------------------- systems
+
+
+def finished(system_dir: Path) -> dict | None:
+    """The saved result of a finished system, or None."""
+    path = system_dir / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examples: list[Example],
+                predictions: list[Prediction], **extra) -> None:
+    """Metrics (labeltune.evaluate.system_metrics, the same for every system) + predictions.csv."""
+    from labeltune.evaluate import system_metrics, write_predictions
+
+    system_dir.mkdir(parents=True, exist_ok=True)
+    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, task.label_values)
+    record = {"system": system, "model": model, "train_seconds": None, **extra, **metrics}
+    write_predictions(system_dir / "predictions.csv", examples, predictions)
+    (system_dir / METRICS_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"{system} ({model}): accuracy {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}")
+
+
+def ensure_run(tcfg: TrainConfig, preset: Preset, systems: list[str], out: Path) -> None:
+    """Train the model's generative run when a system still to do needs it: generative and zero_shot
+    decode with it, and the tiny preset's cls_head starts from the base the run built."""
+    from labeltune.train import main as train
+
+    users = [s for s in ("generative", "zero_shot") if s in systems]
+    if "cls_head" in systems and preset.model_id is None:
+        users.append("cls_head")
+    pending = [s for s in users if finished(out / system_key(s, tcfg.model)) is None]
+    if pending and not (Path(tcfg.output) / "adapter").is_dir():
+        train(tcfg)
+
+
+def forgetting(cfg: CompareConfig, model, tokenizer, max_length: int) -> dict | None:
+    """Perplexity of base vs tuned on general text (labeltune.perplexity); None when switched off."""
+    from labeltune.perplexity import forgetting_check, load_general_texts
+
+    if cfg.forgetting is None:
+        return None
+    texts, source = load_general_texts(cfg.forgetting, cfg.forgetting_limit)
+    return {"source": source, **forgetting_check(model, tokenizer, texts, max_length, cfg.batch_size)}
+
+
+def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task: TaskSpec,
+                   examples: list[Example], out: Path) -> None:
+    """generative and zero_shot rows of one model: decode the split with the run's adapter on and off."""
+    from labeltune.decode import predict
+    from labeltune.features import Prompter
+    from labeltune.models import load_run
+    from labeltune.prompts import load_template
+
+    run_dir = out / system_key("generative", model_name)
+    todo = [s for s in ("generative", "zero_shot") if s in systems and finished(out / system_key(s, model_name)) is None]
+    if not todo:
+        return
+    run_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    model, tokenizer = load_run(run_dir)
+    prompter = Prompter(tokenizer, load_template(run_cfg.template), task, run_cfg.max_length)
+    texts = [ex.text for ex in examples]
+    if "zero_shot" in todo:
+        with model.disable_adapter():
+            predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
+        save_result(out / system_key("zero_shot", model_name), "zero_shot", model_name, task, examples, predictions)
+    if "generative" in todo:
+        predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
+        info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+        check = forgetting(cfg, model, tokenizer, run_cfg.max_length)
+        save_result(run_dir, "generative", model_name, task, examples, predictions,
+                    train_seconds=info.get("train_seconds"), forgetting=check)
+
+
+def llm_base(preset: Preset, run_dir: Path, cuda: bool) -> tuple[str, bool]:
+    """(base model the generative run started from, load it 4-bit?), as `labeltune train` loads it;
+    on CPU a GPU preset's 16-bit full_id in full precision."""
+    if preset.model_id is None:
+        return str(run_dir / "base"), False
+    if not cuda:
+        return preset.full_id or preset.model_id, False
+    return preset.model_id, True
+
+
+def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
+                 examples: list[Example], out: Path, cuda: bool) -> None:
+    """LoRA + classification head on the generative run's base model; adapter saved in its folder."""
+    from labeltune import classify
+
+    system_dir = out / system_key("cls_head", tcfg.model)
+    if finished(system_dir) is not None:
+        return
+    preset = resolve_preset(tcfg.model)
+    base, four_bit = llm_base(preset, Path(tcfg.output), cuda)
+    model, tokenizer = classify.load_llm_classifier(base, task, tcfg, preset.target_modules, four_bit)
+    stats = classify.fit(model, tokenizer, train_ex, task, tcfg, tcfg.lr)
+    predictions = classify.predict(model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length, cfg.batch_size)
+    model.save_pretrained(system_dir / "adapter")
+    tokenizer.save_pretrained(system_dir / "adapter")
+    save_result(system_dir, "cls_head", tcfg.model, task, examples, predictions, base=base, lr=tcfg.lr, **stats)
+
+
+def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
+                examples: list[Example], out: Path, cuda: bool) -> None:
+    """Full fine-tune of an encoder classifier (tiny local BERT on CPU by default); model saved in its folder."""
+    from labeltune import classify
+
+    system_dir = out / "encoder"
+    if finished(system_dir) is not None:
+        return
+    tiny = cfg.encoder == "auto" and not cuda
+    if tiny:
+        name = "tiny-bert (built locally)"
+        model, tokenizer = classify.build_tiny_encoder([ex.text for ex in train_ex], task, tcfg.max_length, tcfg.seed)
+    else:
+        name = classify.PRETRAINED_ENCODER if cfg.encoder == "auto" else cfg.encoder
+        model, tokenizer = classify.load_encoder(name, task, tcfg.seed)
+    settings = replace(tcfg, max_length=min(tcfg.max_length, model.config.max_position_embeddings))
+    lr = cfg.encoder_lr or (classify.TINY_ENCODER_LR if tiny else classify.PRETRAINED_ENCODER_LR)
+    stats = classify.fit(model, tokenizer, train_ex, task, settings, lr)
+    texts = [ex.text for ex in examples]
+    predictions = classify.predict(model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
+    model.save_pretrained(system_dir / "model")
+    tokenizer.save_pretrained(system_dir / "model")
+    save_result(system_dir, "encoder", name, task, examples, predictions, lr=lr, **stats)
+
+
+def run_majority(task: TaskSpec, train_ex: list[Example], examples: list[Example], out: Path) -> None:
+    """The most frequent training label (labeltune.evaluate.majority_baseline) for every row, with the
+    median training score of that label; probabilities = the training label frequencies."""
+    from labeltune.evaluate import majority_baseline
+
+    system_dir = out / "majority"
+    if finished(system_dir) is not None:
+        return
+    train_labels = [ex.label for ex in train_ex]
+    label = majority_baseline(train_labels, [ex.label for ex in examples], task.label_values)["label"]
+    score = None
+    if task.score is not None:
+        known = [ex.score for ex in train_ex if ex.label == label and ex.score is not None]
+        score = round(statistics.median(known)) if known else None
+    counts = Counter(train_labels)
+    probs = {lab: counts[lab] / len(train_labels) for lab in task.label_values}
+    prediction = Prediction(label, score, True, "", task.render_answer(label, score), False, probs)
+    save_result(system_dir, "majority", "-", task, examples, [prediction] * len(examples))
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def collect(out: Path, systems: list[str], models: list[str]) -> dict[str, dict]:
+    """{folder name: saved result} in table order (the order of --systems, then of --models)."""
+    keys = [system_key(s, m) for s in systems for m in (models if s in LLM_SYSTEMS else [None])]
+    return {key: finished(out / key) for key in keys}
+
+
+def cell(column: str, value) -> str:
+    """A table cell: rates as %, scores/metrics to 3 places, MAE to 1, seconds whole."""
+    if value is None:
+        return "-"
+    if column == "malformed_rate":
+        return f"{value:.1%}"
+    if column == "score_mae":
+        return f"{value:.1f}"
+    if column == "train_seconds":
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in COLUMNS) + " |" for r in results.values()]
+    return "\n".join(lines)
+
+
+def forgetting_lines(results: dict[str, dict]) -> list[str]:
+    """One sentence per system that has a forgetting check."""
+    out = []
+    for key, r in results.items():
+        f = r.get("forgetting")
+        if f:
+            out.append(
+                f"{key}: perplexity on general text {f['base_ppl']:.1f} (base) -> {f['tuned_ppl']:.1f} (tuned), "
+                f"{f['n_texts']} texts / {f['n_tokens']} tokens from {f['source']}"
+            )
+    return out
+
+
+def write_csv(path: Path, results: dict[str, dict]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows([[r[c] for c in COLUMNS] for r in results.values()])
+
+
+def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, results: dict[str, dict]) -> None:
+    """report.html from labeltune/html/compare.html.jinja (autoescaped: labels and paths are data)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "html"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    rows = [[cell(c, r[c]) for c in COLUMNS] for r in results.values()]
+    html = env.get_template("compare.html.jinja").render(
+        cfg=to_dict(cfg), task=task, summary=summary, columns=COLUMNS, rows=rows, results=results,
+        forgetting=forgetting_lines(results), image="confusions.png",
+    )
+    path.write_text(html, encoding="utf-8")
+
+
+def write_outputs(cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, results: dict[str, dict]) -> str:
+    """results.csv/.md, confusions.png, report.html, metrics.json; returns the Markdown table."""
+    from labeltune.report import plot_confusions
+
+    table = markdown_table(results)
+    n = next(iter(results.values()))["n"]
+    notes = [f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",
+             *forgetting_lines(results)]
+    md = [f"# Comparison on {cfg.split} (n={n})", "", table, "", *[f"- {line}" for line in notes], "",
+          "![confusion matrices](confusions.png)", ""]
+    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
+    write_csv(out / "results.csv", results)
+    names = {lab.value: lab.name for lab in task.labels}
+    confusions = {key: r["confusion"] for key, r in results.items()}
+    plot_confusions(confusions, out / "confusions.png", f"{task.name}, {cfg.split} split (n={n})", names)
+    write_html(out / "report.html", cfg, task, summary, results)
+    metrics = {"config": to_dict(cfg), "task": task.name, "split": cfg.split, "data": summary, "systems": results}
+    (out / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
+    return table
+
+
+def main(cfg: CompareConfig) -> dict[str, dict]:
+    """Split once, run every requested system on it (skipping finished ones), write the tables and plots."""
+    import torch
+
+    systems = parse_list(cfg.systems, "systems", SYSTEMS)
+    models = parse_list(cfg.models, "models")
+    out = Path(cfg.output)
+    check_resume(cfg, out)
+    first = train_config(cfg, models[0], out / system_key("generative", models[0]), cfg.data)
+    task = load_task(first.task)
+    out.mkdir(parents=True, exist_ok=True)
+    save(cfg, out / "config.yaml")
+    summary = write_split(first, task, out / "data")
+    train_ex, examples = read_split(out / "data", "train", task), read_split(out / "data", cfg.split, task)
+    cuda = torch.cuda.is_available()
+    for model_name in models:
+        tcfg = run_config(cfg, model_name, out)
+        ensure_run(tcfg, resolve_preset(model_name), systems, out)
+        run_generative(cfg, model_name, systems, task, examples, out)
+        if "cls_head" in systems:
+            run_cls_head(cfg, tcfg, task, train_ex, examples, out, cuda)
+    if "encoder" in systems:
+        run_encoder(cfg, run_config(cfg, models[0], out), task, train_ex, examples, out, cuda)
+    if "majority" in systems:
+        run_majority(task, train_ex, examples, out)
+    results = collect(out, systems, models)
+    print(write_outputs(cfg, out, task, summary, results))
+    return results
