@@ -342,7 +342,7 @@ def predict(
         raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
     tokenizer, task = prompter.tokenizer, prompter.task
     todo = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
-    encoded = [prompter.prompt_ids(str(texts[i])) for i in todo]
+    encoded = prompter.prompt_ids_many([str(texts[i]) for i in todo])
     prompts = [ids for ids, _ in encoded]
     out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
     if mode == "score":

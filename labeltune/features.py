@@ -84,6 +84,21 @@ class Prompter:
                 return ids, truncated
             budget = max(0, budget - 4)
 
+    def prompt_ids_many(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        """``[prompt_ids(t) for t in texts]`` with the texts and prompts tokenised in two batched calls
+        (the fast tokenizer's batch path); only texts over the budget take the per-row cutting path."""
+        if not texts:
+            return []
+        kwargs = dict(split_special_tokens=True)
+        text_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, **kwargs)["input_ids"]]
+        prompts = [render_prompt(self.template, self.task, t) for t in texts]
+        encoded = self.tokenizer(prompts, add_special_tokens=True, **kwargs)["input_ids"]
+        limit = self.max_length - self.answer_budget
+        return [
+            (ids, False) if n <= self.text_budget and len(ids) <= limit else self.prompt_ids(text)
+            for text, n, ids in zip(texts, text_lengths, encoded)
+        ]
+
     def training_features(self, text: str, answer: str) -> dict[str, list[int]]:
         prompt_ids, _ = self.prompt_ids(text)
         completion_ids = encode_completion(self.tokenizer, answer)

@@ -147,7 +147,7 @@ def main() -> None:
     cfg = load_saved(TrainConfig, Path(args.run) / "config.yaml")
     model, tokenizer = load_run(args.run)
     prompter = Prompter(tokenizer, load_template(cfg.template), load_task(cfg.task), cfg.max_length)
-    prompt_ids = [prompter.prompt_ids(t)[0] for t in texts]
+    prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
     print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
           f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}\n")
 
