@@ -233,6 +233,6 @@ def main(cfg: SweepConfig) -> list[dict]:
     )
     plot_dev_metric(rows, cfg.grid, cfg.metric, out / f"dev_{cfg.metric}.png")
     print(table)
-    print(f"best: {best} (dev {cfg.metric} {{t[0]: t[3] for t in trials}[best][cfg.metric]:.3f}, "
-          f"test macro-F1 {test['macro_f1']:.3f}) -> {out}/results.md")
+    best_dev = next(dev for name, _, _, dev in trials if name == best)[cfg.metric]
+    print(f"best: {best} (dev {cfg.metric} {best_dev:.3f}, test macro-F1 {test['macro_f1']:.3f}) -> {out}/results.md")
     return rows
