@@ -8,6 +8,8 @@
 #   make export RUN=runs/mine FORMAT=adapter|merged16|gguf
 #   make calibrate RUN=runs/mine      fit a temperature for label probabilities on the dev split
 #   make bench                        labelling throughput / memory table (scripts/bench.py)
+#   make sweep [CONFIG=configs/sweep.yaml]     grid of runs, best by dev F1, test for the best
+#   make compare [CONFIG=configs/compare.yaml] generative vs classification head vs encoder vs baselines
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 PY ?= python3
 VENV ?= .venv
@@ -24,7 +26,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow demo train label eval export calibrate bench check-deps clean
+.PHONY: install test test-slow demo train label eval export calibrate bench sweep compare check-deps clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +65,12 @@ calibrate: install
 bench: install
 	test -f runs/demo/adapter/adapter_model.safetensors || $(MAKE) demo
 	$(BIN)/python scripts/bench.py --run runs/demo
+
+sweep: install
+	$(BIN)/labeltune sweep --config $(or $(CONFIG),configs/sweep.yaml)
+
+compare: install
+	$(BIN)/labeltune compare --config $(or $(CONFIG),configs/compare.yaml)
 
 export: install
 	$(BIN)/labeltune export --run $(RUN) --format $(or $(FORMAT),merged16)

@@ -154,20 +154,24 @@ def result_rows(trials: list[tuple[str, dict, TrainConfig, dict]], best: str, te
     return rows
 
 
-def _cell(value) -> str:
+def _cell(key: str, value) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "**best**" if value else ""
+    if key.endswith("malformed"):
+        return f"{value:.1%}"
+    if key == "train_seconds":
+        return f"{value:.0f}"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 0.01 or value >= 1000 else f"{value:.3f}"
+        return f"{value:.4g}" if key == "lr" else f"{value:.3f}"
     return str(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
     keys = [k for k in rows[0] if not k.startswith("grid.")]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_cell(row[k]) for k in keys) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(k, row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
 
 
