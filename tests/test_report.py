@@ -266,22 +266,26 @@ BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if 
 
 @pytest.mark.skipif(BROWSER is None, reason="no chromium / chromium-browser / google-chrome on PATH")
 def test_report_renders_in_headless_browser(report):
+    """The HTML opens in a real browser with every image decoded (a copy of the report gets a probe
+    script that counts loaded images), and the text stays escaped."""
     run_dir, _ = report
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    probe = (
+        "<script>window.addEventListener('load', () => document.body.setAttribute('data-loaded', "
+        "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length + '/' + "
+        "document.images.length));</script>"
+    )
+    check = run_dir / "report-check.html"
+    check.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
     dom = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--dump-dom",
-            (run_dir / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+         "--dump-dom", check.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
     ).stdout
-    assert "fine-tuned" in dom and "confusion_finetuned.png" in dom and "&lt;script&gt;" in dom
+    n_images = html.count("<img")
+    assert n_images >= 3
+    assert f'data-loaded="{n_images}/{n_images}"' in dom
+    assert "fine-tuned" in dom and "&lt;script&gt;" in dom
 
 
 def test_evaluate_fails_fast_on_missing_forgetting_text(tmp_path):
