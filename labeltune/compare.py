@@ -99,8 +99,7 @@ def check_resume(cfg: CompareConfig, out: Path) -> None:
 def write_split(tcfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
     """train/dev/test.jsonl + summary.json in `data_dir`, split as `labeltune train` splits (kept if
     already there); returns the summary."""
-    from labeltune import data as data_mod
-    from labeltune.train import check_leakage, load_splits
+    from labeltune.train import check_leakage, load_splits, write_splits
 
     if (data_dir / "summary.json").is_file():
         return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
@@ -108,19 +107,7 @@ def write_split(tcfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
     splits, leaks = check_leakage(tcfg, splits)
     if tcfg.limit:
         splits["train"] = splits["train"][: tcfg.limit]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, examples in splits.items():
-        data_mod.write_jsonl(examples, data_dir / f"{name}.jsonl")
-    summary = {
-        "source": str(tcfg.data),
-        "fingerprint": data_mod.fingerprint(splits),
-        "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
-        "dropped": dropped,
-        "leaks": [vars(lk) for lk in leaks],
-        "leakage_policy": tcfg.leakage,
-    }
-    (data_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-    return summary
+    return write_splits(tcfg, splits, dropped, leaks, data_dir)
 
 
 def read_split(data_dir: Path, name: str, task: TaskSpec) -> list[Example]:

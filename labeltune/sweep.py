@@ -63,21 +63,15 @@ def check_options(cfg: SweepConfig) -> None:
 
 def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
     """Split the data once into <output>/data; returns the shared TrainConfig pointing at it."""
-    from labeltune import data as data_mod
     from labeltune.task import load_task
-    from labeltune.train import check_leakage, load_splits
+    from labeltune.train import check_leakage, load_splits, write_splits
 
     base = resolve(TrainConfig, None, cfg.train)
     split_dir = out / "data"
-    if not all((split_dir / f"{name}.jsonl").is_file() for name in data_mod.SPLITS):
-        splits, _ = load_splits(base, load_task(base.task))
-        splits, _ = check_leakage(base, splits)
-        tmp = out / "data.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, examples in splits.items():
-            data_mod.write_jsonl(examples, tmp / f"{name}.jsonl")
-        tmp.rename(split_dir)
+    if not (split_dir / "summary.json").is_file():  # written last: a split cut short is made again
+        splits, dropped = load_splits(base, load_task(base.task))
+        splits, leaks = check_leakage(base, splits)
+        write_splits(base, splits, dropped, leaks, split_dir)
     return dataclasses.replace(base, data=str(split_dir), text_column="text", label_column="label", score_column="score")
 
 

@@ -77,6 +77,24 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: list, data_dir: Path) -> dict:
+    """train/dev/test.jsonl + summary.json (source, fingerprint, label counts, dropped rows, leaks) in
+    `data_dir`; summary.json is written last, so its presence means the split is complete."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, examples in splits.items():
+        data_mod.write_jsonl(examples, data_dir / f"{name}.jsonl")
+    summary = {
+        "source": str(cfg.data),
+        "fingerprint": data_mod.fingerprint(splits),
+        "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
+        "dropped": dropped,
+        "leaks": [vars(lk) for lk in leaks],
+        "leakage_policy": cfg.leakage,
+    }
+    (data_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    return summary
+
+
 TRACKERS = {"tensorboard": ("tensorboardX", "torch.utils.tensorboard"), "wandb": ("wandb",)}
 
 
@@ -182,17 +200,7 @@ def main(cfg: TrainConfig) -> Path:
         if is_main:
             (run_dir / "data").mkdir(parents=True, exist_ok=True)
             save(cfg, run_dir / "config.yaml")
-            for name, examples in splits.items():
-                data_mod.write_jsonl(examples, run_dir / "data" / f"{name}.jsonl")
-            summary = {
-                "source": str(cfg.data),
-                "fingerprint": data_mod.fingerprint(splits),
-                "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
-                "dropped": dropped,
-                "leaks": [vars(lk) for lk in leaks],
-                "leakage_policy": cfg.leakage,
-            }
-            (run_dir / "data" / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+            write_splits(cfg, splits, dropped, leaks, run_dir / "data")
             (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
             if preset.model_id is None:  # tiny: base model + tokenizer built from the rendered training prompts
                 corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
