@@ -258,16 +258,15 @@ def score_decode(
                 logits_at[prefix], cache = step([prefix[-1]] * n, mask, last_pos + len(prefix), cache)
                 slots[prefix] = columns.shape[1]
                 columns = mask
-            for row, i in enumerate(index):  # label probabilities from the recorded nodes
-                logp = dict.fromkeys(labels, 0.0)
-                for label, path in trie.label_path.items():
-                    for k, token in enumerate(path):
-                        allowed = trie.allowed(trie.shared + path[:k])
-                        probs = _renormalised(logits_at[path[:k]][row], allowed, 1.0)
-                        logp[label] += math.log(max(probs[allowed.index(token)], 1e-300))
-                top = max(logp.values())
-                exps = {k: math.exp(v - top) for k, v in logp.items()}
-                dists[i] = {k: v / sum(exps.values()) for k, v in exps.items()}
+            # label probabilities from the recorded nodes, for all rows at once: log p(label) = sum over
+            # its tokens of log softmax over the node's allowed tokens
+            logp = torch.zeros((n, len(labels)))
+            for j, path in enumerate(trie.label_path.values()):
+                for k, token in enumerate(path):
+                    allowed = trie.allowed(trie.shared + path[:k])
+                    logp[:, j] += torch.log_softmax(logits_at[path[:k]][:, allowed], dim=-1)[:, allowed.index(token)]
+            for row, probs in zip(index, torch.softmax(logp.double(), dim=-1).tolist()):
+                dists[row] = dict(zip(labels, probs))
             # (3) chosen label's remaining tokens, then greedy within the trie until EOS
             chosen = [max(dists[i], key=dists[i].get) for i in index]
             fed = [max((len(p) for p in slots if trie.label_path[c][: len(p)] == p), default=0) for c in chosen]

@@ -128,7 +128,7 @@ def main(cfg: LabelConfig) -> Path:
     from labeltune.calibrate import load_temperature
 
     temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
-    model, tokenizer = load_run(run_dir)
+    model, tokenizer = load_run(run_dir, merge=True)  # LoRA folded in: no adapter overhead per call
     prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
 
     total = sum(1 for _ in iter_rows(source, encoding))

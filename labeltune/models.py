@@ -342,11 +342,13 @@ def inference_backend(info: dict) -> str:
     return select_backend("auto" if info.get("backend") == "unsloth" else "hf", cuda_available(), unsloth_installed())
 
 
-def load_run(run_dir: str | Path):
+def load_run(run_dir: str | Path, merge: bool = False):
     """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
 
     A run trained on a 4-bit base is loaded 4-bit on a GPU; on a CPU its 16-bit `full_id` is loaded
-    in full precision instead (or use `labeltune export --format merged16`).
+    in full precision instead (or use `labeltune export --format merged16`). ``merge`` folds the LoRA
+    weights into the base weights (hf backend, 16/32-bit base only), so inference pays no adapter
+    overhead; ``disable_adapter()`` still gives the base model (PEFT unmerges first).
     """
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -372,4 +374,6 @@ def load_run(run_dir: str | Path):
     model = PeftModel.from_pretrained(model, run_dir / "adapter")
     ensure_pad_token(tokenizer, model)
     model.eval()
+    if merge and not four_bit and inference_backend(info) == "hf":
+        model.merge_adapter()
     return model, tokenizer

@@ -145,7 +145,7 @@ def main() -> None:
         sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
     texts, source = real_texts(args.rows)
     cfg = load_saved(TrainConfig, Path(args.run) / "config.yaml")
-    model, tokenizer = load_run(args.run)
+    model, tokenizer = load_run(args.run, merge=True)  # as `labeltune label` loads it
     prompter = Prompter(tokenizer, load_template(cfg.template), load_task(cfg.task), cfg.max_length)
     prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
     print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "

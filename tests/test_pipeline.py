@@ -245,3 +245,30 @@ def test_calibrate_then_label_applies_the_temperature(run_dir, tmp_path):
             assert [float(cal[k]) for k in names] == pytest.approx([expected[v] for v in names.values()], abs=1e-3)
             assert float(cal["confidence"]) == pytest.approx(max(float(cal[k]) for k in names), abs=1e-4)
     (run_dir / "calibration.json").unlink()  # leave the shared run as the other tests expect it
+
+
+def test_merged_adapter_labels_like_the_adapter_and_still_disables(run_dir):
+    """label loads the run with the LoRA weights folded in: same answers and probabilities as the
+    unmerged adapter, and disable_adapter() still gives the base model."""
+    from labeltune.config import TrainConfig, load_saved
+    from labeltune.decode import predict
+    from labeltune.features import Prompter
+    from labeltune.models import load_run
+    from labeltune.prompts import load_template
+    from labeltune.task import load_task
+
+    cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    texts = [r["text"] for r in csv.DictReader(open(SAMPLE, encoding="utf-8", newline=""))][:24]
+    tuned, base = {}, {}
+    for merge in (False, True):
+        model, tokenizer = load_run(run_dir, merge=merge)
+        assert any(getattr(m, "merged", False) for m in model.modules()) is merge
+        prompter = Prompter(tokenizer, load_template(cfg.template), load_task(cfg.task), cfg.max_length)
+        tuned[merge] = predict(model, prompter, texts, mode="score")  # merged weights, when merge
+        with model.disable_adapter():
+            base[merge] = predict(model, prompter, texts, mode="score")
+    for a_list, b_list in ((tuned[False], tuned[True]), (base[False], base[True])):
+        assert [(p.label, p.score) for p in a_list] == [(p.label, p.score) for p in b_list]
+        for a, b in zip(a_list, b_list):
+            assert a.probs == pytest.approx(b.probs, abs=1e-4)
+    assert [p.probs for p in tuned[True]] != [p.probs for p in base[True]]  # the adapter really acts
