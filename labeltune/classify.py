@@ -147,26 +147,17 @@ def load_encoder(name: str, task: TaskSpec, seed: int):
 def encode(tokenizer, texts: list[str], max_length: int) -> list[tuple[list[int], bool]]:
     """(ids cut to `max_length` with the tokenizer's special tokens kept, whether the text was cut).
     Special-token strings inside a text (``<pad>``, ``[SEP]``) stay plain text, as in prompts."""
-    out = []
-    for text in texts:
-        full = tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
-        cut = tokenizer(
-            text, add_special_tokens=True, split_special_tokens=True, truncation=True, max_length=max_length
-        )["input_ids"]
-        out.append((cut, len(full) > len(cut)))
-    return out
+    kwargs = dict(add_special_tokens=True, split_special_tokens=True)
+    full = tokenizer(texts, **kwargs)["input_ids"]
+    cut = tokenizer(texts, truncation=True, max_length=max_length, **kwargs)["input_ids"]
+    return [(c, len(f) > len(c)) for f, c in zip(full, cut)]
 
 
 def collate(ids: list[list[int]], pad_token_id: int) -> dict:
     """Right-padded input_ids and attention_mask tensors."""
-    import torch
+    from labeltune.features import pad_ids
 
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[i, : len(row)] = 1
+    input_ids, attention = pad_ids(ids, pad_token_id)
     return {"input_ids": input_ids, "attention_mask": attention}
 
 

@@ -80,9 +80,10 @@ def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> Tra
 
 
 def run_config(cfg: CompareConfig, model: str, out: Path) -> TrainConfig:
-    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by write_split)."""
-    tcfg = train_config(cfg, model, out / system_key("generative", model), str(out / "data"))
-    return replace(tcfg, text_column="text", label_column="label", score_column="score", encoding=None)
+    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by labeltune.train.split_once)."""
+    from labeltune.train import on_split_folder
+
+    return on_split_folder(train_config(cfg, model, out / system_key("generative", model), cfg.data), out / "data")
 
 
 def check_resume(cfg: CompareConfig, out: Path) -> None:
@@ -94,20 +95,6 @@ def check_resume(cfg: CompareConfig, out: Path) -> None:
     changed = [k for k in RESULT_FIELDS if saved[k] != now[k]]
     if changed:
         raise ValueError(f"{out} holds a comparison with other {changed}; choose another --output or delete it")
-
-
-def write_split(tcfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
-    """train/dev/test.jsonl + summary.json in `data_dir`, split as `labeltune train` splits (kept if
-    already there); returns the summary."""
-    from labeltune.train import check_leakage, load_splits, write_splits
-
-    if (data_dir / "summary.json").is_file():
-        return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
-    splits, dropped = load_splits(tcfg, task)
-    splits, leaks = check_leakage(tcfg, splits)
-    if tcfg.limit:
-        splits["train"] = splits["train"][: tcfg.limit]
-    return write_splits(tcfg, splits, dropped, leaks, data_dir)
 
 
 def read_split(data_dir: Path, name: str, task: TaskSpec) -> list[Example]:
@@ -272,25 +259,10 @@ def collect(out: Path, systems: list[str], models: list[str]) -> dict[str, dict]
     return {key: finished(out / key) for key in keys}
 
 
-def cell(column: str, value) -> str:
-    """A table cell: rates as %, scores/metrics to 3 places, MAE to 1, seconds whole."""
-    if value is None:
-        return "-"
-    if column == "malformed_rate":
-        return f"{value:.1%}"
-    if column == "score_mae":
-        return f"{value:.1f}"
-    if column == "train_seconds":
-        return f"{value:.0f}"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+def table_rows(results: dict[str, dict]) -> list[list[str]]:
+    from labeltune.report import format_cell
 
-
-def markdown_table(results: dict[str, dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(c, r[c]) for c in COLUMNS) + " |" for r in results.values()]
-    return "\n".join(lines)
+    return [[format_cell(c, r[c]) for c in COLUMNS] for r in results.values()]
 
 
 def forgetting_lines(results: dict[str, dict]) -> list[str]:
@@ -314,27 +286,21 @@ def write_csv(path: Path, results: dict[str, dict]) -> None:
 
 
 def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, results: dict[str, dict]) -> None:
-    """report.html from labeltune/html/compare.html.jinja (autoescaped: labels and paths are data)."""
-    import jinja2
+    """report.html from labeltune/html/compare.html.jinja."""
+    from labeltune.report import render_html
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "html"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    rows = [[cell(c, r[c]) for c in COLUMNS] for r in results.values()]
-    html = env.get_template("compare.html.jinja").render(
-        cfg=to_dict(cfg), task=task, summary=summary, columns=COLUMNS, rows=rows, results=results,
+    html = render_html("compare.html.jinja", dict(
+        cfg=to_dict(cfg), task=task, summary=summary, columns=COLUMNS, rows=table_rows(results), results=results,
         forgetting=forgetting_lines(results), image="confusions.png",
-    )
+    ))
     path.write_text(html, encoding="utf-8")
 
 
 def write_outputs(cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, results: dict[str, dict]) -> str:
     """results.csv/.md, confusions.png, report.html, metrics.json; returns the Markdown table."""
-    from labeltune.report import plot_confusions
+    from labeltune.report import md_table, plot_confusions
 
-    table = markdown_table(results)
+    table = "\n".join(md_table(list(COLUMNS), table_rows(results)))
     n = next(iter(results.values()))["n"]
     notes = [f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",
              *forgetting_lines(results)]
@@ -355,6 +321,8 @@ def main(cfg: CompareConfig) -> dict[str, dict]:
     """Split once, run every requested system on it (skipping finished ones), write the tables and plots."""
     import torch
 
+    from labeltune.train import split_once
+
     systems = parse_list(cfg.systems, "systems", SYSTEMS)
     models = parse_list(cfg.models, "models")
     out = Path(cfg.output)
@@ -363,7 +331,7 @@ def main(cfg: CompareConfig) -> dict[str, dict]:
     task = load_task(first.task)
     out.mkdir(parents=True, exist_ok=True)
     save(cfg, out / "config.yaml")
-    summary = write_split(first, task, out / "data")
+    summary = split_once(first, task, out / "data")
     train_ex, examples = read_split(out / "data", "train", task), read_split(out / "data", cfg.split, task)
     cuda = torch.cuda.is_available()
     for model_name in models:

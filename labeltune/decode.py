@@ -27,6 +27,8 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+from labeltune.features import pad_ids
+
 
 class AnswerTrie:
     """Token ids of every well-formed answer of a task (+ EOS), as prefix -> allowed next tokens."""
@@ -96,19 +98,6 @@ def length_batches(prompt_ids: list[list[int]], batch_size: int, token_budget: i
     return batches + ([current] if current else [])
 
 
-def _padded(prompt_ids: list[list[int]], index: list[int], pad: int):
-    import torch
-
-    width = max(len(prompt_ids[i]) for i in index)
-    input_ids = torch.full((len(index), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(index), width), dtype=torch.long)
-    for row, i in enumerate(index):
-        ids = prompt_ids[i]
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention[row, width - len(ids) :] = 1
-    return input_ids, attention, width
-
-
 MIN_SHARED_PREFIX = 8  # tokens; below this a separate prefix forward costs more than it saves
 
 
@@ -131,6 +120,22 @@ def _prefix_cache(model, prefix: list[int], device):
     return out.past_key_values
 
 
+def prefill_inputs(rows: list[list[int]], shared_len: int, shared_cache, pad: int):
+    """One batch's (input_ids, attention mask, position ids, cache) for prompts whose first `shared_len`
+    tokens are the shared prefix already in `shared_cache` (None: no sharing): the rows' own tokens,
+    left-padded, after a copy of that cache expanded to the batch; the mask spans prefix + own tokens."""
+    import torch
+
+    own, attention = pad_ids([r[shared_len:] for r in rows], pad, left=True)
+    cache = None
+    if shared_cache is not None:
+        cache = copy.deepcopy(shared_cache)
+        cache.batch_repeat_interleave(len(rows))
+        attention = torch.cat([torch.ones((len(rows), shared_len), dtype=torch.long), attention], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared_len:]
+    return own, attention, positions, cache
+
+
 def _renormalised(logits_row, allowed: list[int], temperature: float) -> list[float]:
     values = [float(logits_row[t]) / temperature for t in allowed]
     top = max(values)
@@ -151,7 +156,8 @@ def generate(
     results: list[Generation | None] = [None] * len(prompt_ids)
     with torch.inference_mode():
         for index in length_batches(prompt_ids, batch_size):
-            input_ids, attention, width = _padded(prompt_ids, index, pad)
+            input_ids, attention = pad_ids([prompt_ids[i] for i in index], pad, left=True)
+            width = input_ids.shape[1]
             extra = {}
             if trie is not None:
                 extra = dict(
@@ -199,23 +205,10 @@ def score_decode(
     dists: list[dict | None] = [None] * len(prompt_ids)
     answers: list[tuple | None] = [None] * len(prompt_ids)
 
-    def step(tokens, mask, positions, cache):
-        out = model(
-            input_ids=torch.tensor(tokens, dtype=torch.long, device=device).view(-1, 1),
-            attention_mask=mask.to(device), position_ids=positions.view(-1, 1).to(device),
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
-        )
-        return out.logits[:, -1, :].float().cpu(), out.past_key_values
-
     def multi_step(chunks: list[list[int]], mask, positions, cache):
         """Feed each row its own list of tokens (right-padded, pads masked) in one call; returns the
         logits after each row's last token, the cache, the grown mask and the rows' last positions."""
-        width = max(map(len, chunks))
-        tokens = torch.full((len(chunks), width), pad, dtype=torch.long)
-        real = torch.zeros((len(chunks), width), dtype=torch.long)
-        for row, chunk in enumerate(chunks):
-            tokens[row, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
-            real[row, : len(chunk)] = 1
+        tokens, real = pad_ids(chunks, pad)
         mask = torch.cat([mask, real], dim=1)
         out = model(
             input_ids=tokens.to(device), attention_mask=mask.to(device),
@@ -233,13 +226,8 @@ def score_decode(
         shared_cache = _prefix_cache(model, prompt_ids[0][:shared_len], device) if shared_len else None
         for index in length_batches(prompt_ids, batch_size):
             n = len(index)
-            own, attention, _ = _padded([prompt_ids[i][shared_len:] + list(trie.shared) for i in index], list(range(n)), pad)
-            cache = None
-            if shared_cache is not None:  # this batch's rows continue from (a copy of) the shared prefix's cache
-                cache = copy.deepcopy(shared_cache)
-                cache.batch_repeat_interleave(n)
-                attention = torch.cat([torch.ones((n, shared_len), dtype=torch.long), attention], dim=1)
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared_len:]
+            rows = [prompt_ids[i] + list(trie.shared) for i in index]
+            own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
             out = model(
                 input_ids=own.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
@@ -254,8 +242,8 @@ def score_decode(
                 for anc, col in slots.items():
                     if prefix[: len(anc)] == anc:
                         visible[:, col - base_len] = 1
-                mask = torch.cat([attention, visible, torch.ones((n, 1), dtype=torch.long)], dim=1)
-                logits_at[prefix], cache = step([prefix[-1]] * n, mask, last_pos + len(prefix), cache)
+                before = torch.cat([attention, visible], dim=1)
+                logits_at[prefix], cache, mask, _ = multi_step([[prefix[-1]]] * n, before, last_pos + len(prefix) - 1, cache)
                 slots[prefix] = columns.shape[1]
                 columns = mask
             # label probabilities from the recorded nodes, for all rows at once: log p(label) = sum over

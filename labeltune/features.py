@@ -30,6 +30,21 @@ def encode_completion(tokenizer, completion: str) -> list[int]:
     return ids + [tokenizer.eos_token_id]
 
 
+def pad_ids(rows: list[list[int]], value: int, left: bool = False):
+    """(ids tensor padded with `value` to the longest row, attention mask 1 on real tokens); pads on
+    the right (training, scoring) or the left (generation, so every row ends at the last column)."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
 def max_answer_tokens(tokenizer, task: TaskSpec) -> int:
     """Length in tokens (with EOS) of the task's longest well-formed answer."""
     return max(len(encode_completion(tokenizer, a)) for a in task.all_answers())

@@ -53,19 +53,15 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     """(token-weighted perplexity of `model` over `texts`, number of predicted tokens)."""
     import torch
 
+    from labeltune.features import pad_ids
+
     device = next(model.parameters()).device
-    encoded = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
+    encoded = [ids[:max_length] for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
     encoded = [ids for ids in encoded if len(ids) > 1]
     total_nll, total_tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, seq in enumerate(batch):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
+            ids, mask = pad_ids(encoded[start : start + batch_size], tokenizer.pad_token_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             target = ids[:, 1:].to(device)

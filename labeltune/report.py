@@ -291,14 +291,30 @@ def render_markdown(context: dict) -> str:
     return "\n".join(lines)
 
 
-def render_html(context: dict) -> str:
-    """report.html from html/report.html.jinja; autoescaped, since texts are user data."""
+def format_cell(column: str, value) -> str:
+    """A results-table cell (compare, sweep): None as "-", malformed rates as %, score MAE to 1 place,
+    seconds whole, learning rates short, other floats to 3 places."""
+    if value is None:
+        return "-"
+    if column.endswith("malformed") or column == "malformed_rate":
+        return f"{value:.1%}"
+    if column == "score_mae":
+        return f"{value:.1f}"
+    if column == "train_seconds":
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if column == "lr" else f"{value:.3f}"
+    return str(value)
+
+
+def render_html(template: str, context: dict) -> str:
+    """An HTML page from labeltune/html/<template>; autoescaped, since texts, labels and paths are data."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent / "html"), autoescape=True, undefined=StrictUndefined
     )
-    return env.get_template("report.html.jinja").render(**context)
+    return env.get_template(template).render(**context)
 
 
 def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list]) -> None:
@@ -308,4 +324,4 @@ def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: di
     run_dir = Path(run_dir)
     context = report_context(run_dir, metrics, examples, systems)
     (run_dir / "report.md").write_text(render_markdown(context), encoding="utf-8")
-    (run_dir / "report.html").write_text(render_html(context), encoding="utf-8")
+    (run_dir / "report.html").write_text(render_html("report.html.jinja", context), encoding="utf-8")

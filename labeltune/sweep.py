@@ -64,15 +64,11 @@ def check_options(cfg: SweepConfig) -> None:
 def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
     """Split the data once into <output>/data; returns the shared TrainConfig pointing at it."""
     from labeltune.task import load_task
-    from labeltune.train import check_leakage, load_splits, write_splits
+    from labeltune.train import on_split_folder, split_once
 
     base = resolve(TrainConfig, None, cfg.train)
-    split_dir = out / "data"
-    if not (split_dir / "summary.json").is_file():  # written last: a split cut short is made again
-        splits, dropped = load_splits(base, load_task(base.task))
-        splits, leaks = check_leakage(base, splits)
-        write_splits(base, splits, dropped, leaks, split_dir)
-    return dataclasses.replace(base, data=str(split_dir), text_column="text", label_column="label", score_column="score")
+    split_once(base, load_task(base.task), out / "data")
+    return on_split_folder(base, out / "data")
 
 
 def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
@@ -110,7 +106,7 @@ def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig
         return json.loads(done.read_text(encoding="utf-8"))
     if run_dir.exists():  # killed mid-training or mid-evaluation: start this trial over
         shutil.rmtree(run_dir)
-    overrides = {k: v for k, v in to_dict(shared).items()}
+    overrides = dict(to_dict(shared))
     overrides.update(params, output=str(run_dir))
     train.main(resolve(TrainConfig, None, overrides))
     metrics = dev_metrics(run_dir, cfg.mode, cfg.batch_size)
@@ -148,25 +144,12 @@ def result_rows(trials: list[tuple[str, dict, TrainConfig, dict]], best: str, te
     return rows
 
 
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "**best**" if value else ""
-    if key.endswith("malformed"):
-        return f"{value:.1%}"
-    if key == "train_seconds":
-        return f"{value:.0f}"
-    if isinstance(value, float):
-        return f"{value:.4g}" if key == "lr" else f"{value:.3f}"
-    return str(value)
-
-
 def markdown_table(rows: list[dict]) -> str:
+    from labeltune.report import format_cell, md_table
+
     keys = [k for k in rows[0] if not k.startswith("grid.")]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_cell(k, row[k]) for k in keys) + " |" for row in rows]
-    return "\n".join(lines)
+    cells = [["**best**" if row[k] is True else "" if k == "best" else format_cell(k, row[k]) for k in keys] for row in rows]
+    return "\n".join(md_table(keys, cells))
 
 
 def plot_dev_metric(rows: list[dict], grid: dict, metric: str, path: Path) -> None:

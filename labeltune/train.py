@@ -95,13 +95,30 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
     return summary
 
 
+def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
+    """Split `cfg.data` as `labeltune train` does (leakage policy, --limit) into `data_dir` unless a
+    complete split is already there; returns its summary. sweep and compare hand this folder to every
+    run (see on_split_folder), so all of them train and are measured on the same rows."""
+    if (data_dir / "summary.json").is_file():
+        return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
+    splits, dropped = load_splits(cfg, task)
+    splits, leaks = check_leakage(cfg, splits)
+    if cfg.limit:
+        splits["train"] = splits["train"][: cfg.limit]
+    return write_splits(cfg, splits, dropped, leaks, data_dir)
+
+
+def on_split_folder(cfg: TrainConfig, data_dir: Path) -> TrainConfig:
+    """`cfg` reading a folder written by split_once (jsonl files with text/label/score fields)."""
+    return replace(cfg, data=str(data_dir), text_column="text", label_column="label", score_column="score", encoding=None)
+
+
 TRACKERS = {"tensorboard": ("tensorboardX", "torch.utils.tensorboard"), "wandb": ("wandb",)}
 
 
 def trackers(report_to: str) -> list[str]:
     """The requested trackers that are installed; a missing one is skipped with a warning (training
     never fails for want of a tracker: train_log.jsonl is always written)."""
-    import importlib.util
     import warnings
 
     wanted = [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
@@ -111,16 +128,18 @@ def trackers(report_to: str) -> list[str]:
     found = []
     for name in wanted:
         modules = TRACKERS[name]
-        if any(_module_available(m, importlib.util) for m in modules):
+        if any(_installed(m) for m in modules):
             found.append(name)
         else:
             warnings.warn(f"report_to={name}: not installed (pip install {modules[0]}); skipped", stacklevel=2)
     return found
 
 
-def _module_available(module: str, util) -> bool:
+def _installed(module: str) -> bool:
+    import importlib.util
+
     try:
-        return util.find_spec(module) is not None
+        return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # parent package missing (torch.utils.tensorboard needs `tensorboard`)
         return False
 
@@ -139,17 +158,10 @@ def tensorboard_callback(log_dir: Path):
 
 def collate(batch: list[dict], pad_token_id: int) -> dict:
     """Right-pad input_ids (pad id) and labels (-100); attention mask 1 on real tokens."""
-    import torch
+    from labeltune.features import IGNORE_INDEX, pad_ids
 
-    width = max(len(row["input_ids"]) for row in batch)
-    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, row in enumerate(batch):
-        n = len(row["input_ids"])
-        input_ids[i, :n] = torch.tensor(row["input_ids"])
-        labels[i, :n] = torch.tensor(row["labels"])
-        attention[i, :n] = 1
+    input_ids, attention = pad_ids([row["input_ids"] for row in batch], pad_token_id)
+    labels, _ = pad_ids([row["labels"] for row in batch], IGNORE_INDEX)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 

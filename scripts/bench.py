@@ -54,39 +54,22 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def prefill_only(model, tokenizer, prompt_ids, batch_size):
+def prefill(model, tokenizer, prompt_ids, batch_size, shared: bool):
+    """One batched forward over every prompt (no decoding); with `shared`, the prompts' common prefix
+    is computed once and each batch continues from it, as score mode does."""
     import torch
 
-    from labeltune.decode import _padded, length_batches
+    from labeltune.decode import _prefix_cache, common_prefix_length, length_batches, prefill_inputs
 
     device = next(model.parameters()).device
+    k = common_prefix_length(prompt_ids) if shared else 0
     with torch.inference_mode():
+        shared_cache = _prefix_cache(model, prompt_ids[0][:k], device) if shared else None
         for index in length_batches(prompt_ids, batch_size):
-            input_ids, attention, _ = _padded(prompt_ids, index, tokenizer.pad_token_id)
-            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-            model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                  position_ids=position_ids.to(device), use_cache=False, logits_to_keep=1)
-
-
-def prefill_shared(model, tokenizer, prompt_ids, batch_size):
-    import copy
-
-    import torch
-
-    from labeltune.decode import _padded, _prefix_cache, common_prefix_length, length_batches
-
-    device = next(model.parameters()).device
-    k = common_prefix_length(prompt_ids)
-    with torch.inference_mode():
-        shared = _prefix_cache(model, prompt_ids[0][:k], device)
-        for index in length_batches(prompt_ids, batch_size):
-            own, attention, _ = _padded([prompt_ids[i][k:] for i in index], list(range(len(index))), tokenizer.pad_token_id)
-            cache = copy.deepcopy(shared)
-            cache.batch_repeat_interleave(len(index))
-            attention = torch.cat([torch.ones((len(index), k), dtype=torch.long), attention], dim=1)
-            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)[:, k:]
-            model(input_ids=own.to(device), attention_mask=attention.to(device), position_ids=position_ids.to(device),
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            own, attention, positions, cache = prefill_inputs([prompt_ids[i] for i in index], k, shared_cache,
+                                                              tokenizer.pad_token_id)
+            model(input_ids=own.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                  past_key_values=cache, use_cache=shared, logits_to_keep=1)
 
 
 def naive(model, tokenizer, prompt_ids):
@@ -157,8 +140,8 @@ def main() -> None:
         preds = []
         seconds[mode] = timed(lambda m=mode: preds.extend(predict(model, prompter, texts, batch_size=args.batch_size, mode=m)))
         malformed[mode] = sum(not p.ok for p in preds) / len(preds)
-    seconds["prefill"] = timed(lambda: prefill_only(model, tokenizer, prompt_ids, args.batch_size))
-    seconds["prefill-shared"] = timed(lambda: prefill_shared(model, tokenizer, prompt_ids, args.batch_size))
+    seconds["prefill"] = timed(lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=False))
+    seconds["prefill-shared"] = timed(lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=True))
 
     rate = {k: args.rows / v for k, v in seconds.items()}
     from labeltune.decode import common_prefix_length
