@@ -30,6 +30,21 @@ def encode_completion(tokenizer, completion: str) -> list[int]:
     return ids + [tokenizer.eos_token_id]
 
 
+def encode_many(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """``[tokenizer(t, add_special_tokens=..., split_special_tokens=True)["input_ids"] for t in texts]`` in
+    one call. A fast tokenizer goes straight to its Rust backend (``encode_batch_fast``: no offsets, no
+    per-row Python conversion into a BatchEncoding), which is what the transformers call runs too."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return tokenizer(texts, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = True  # = split_special_tokens
+    try:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    finally:
+        backend.encode_special_tokens = before
+
+
 def pad_ids(rows: list[list[int]], value: int, left: bool = False):
     """(ids tensor padded with `value` to the longest row, attention mask 1 on real tokens); pads on
     the right (training, scoring) or the left (generation, so every row ends at the last column)."""
@@ -101,13 +116,12 @@ class Prompter:
 
     def prompt_ids_many(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         """``[prompt_ids(t) for t in texts]`` with the texts and prompts tokenised in two batched calls
-        (the fast tokenizer's batch path); only texts over the budget take the per-row cutting path."""
+        (see `encode_many`); only texts over the budget take the per-row cutting path."""
         if not texts:
             return []
-        kwargs = dict(split_special_tokens=True)
-        text_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, **kwargs)["input_ids"]]
+        text_lengths = [len(ids) for ids in encode_many(self.tokenizer, texts, add_special_tokens=False)]
         prompts = [render_prompt(self.template, self.task, t) for t in texts]
-        encoded = self.tokenizer(prompts, add_special_tokens=True, **kwargs)["input_ids"]
+        encoded = encode_many(self.tokenizer, prompts, add_special_tokens=True)
         limit = self.max_length - self.answer_budget
         return [
             (ids, False) if n <= self.text_budget and len(ids) <= limit else self.prompt_ids(text)

@@ -5,14 +5,20 @@
 
 Texts: real SNS-style posts from ../shared/data (japanese-toxic-dataset, WRIME sample), repeated to
 --rows; data/sample.csv where ../shared is absent. Methods, all on the same prompts:
-  naive      one `generate` call per row, max_new_tokens=64 (how hand-made notebooks do it);
-             timed on --naive-rows rows, reported per post
+  naive      per row: render + tokenise the prompt, one `generate` call with max_new_tokens=64, decode,
+             parse (how hand-made notebooks do it); timed on --naive-rows rows spread evenly over the
+             texts, reported per post
   generate   batched free generation + parser (labeltune predict, mode generate)
   constrained batched generation limited to the task's answers
   score      label probabilities from forward passes, spec-written answer
   prefill    the limit: one batched forward over every prompt, no decoding
   prefill-shared  the same with the prompts' shared prefix (the template's instruction) computed
              once and reused, as score mode does: the limit for a prefix-caching decoder
+Each method runs once per round (--repeats rounds, methods interleaved) and its best round is
+reported, with every round's figure beside it: on a shared machine a slow spell then slows every
+method alike instead of whichever happened to run in it. The process raises glibc's malloc thresholds
+first (labeltune.decode.tune_cpu_allocator, what `predict` does on CPU), so every method runs under
+the same allocator.
 Then peak RSS of `labeltune label --mode score` on files of --rss-rows rows (separate processes).
 """
 
@@ -59,7 +65,7 @@ def prefill(model, tokenizer, prompt_ids, batch_size, shared: bool):
     is computed once and each batch continues from it, as score mode does."""
     import torch
 
-    from labeltune.decode import _prefix_cache, common_prefix_length, length_batches, prefill_inputs
+    from labeltune.decode import _prefix_cache, common_prefix_length, last_position, length_batches, prefill_inputs
 
     device = next(model.parameters()).device
     k = common_prefix_length(prompt_ids) if shared else 0
@@ -68,18 +74,25 @@ def prefill(model, tokenizer, prompt_ids, batch_size, shared: bool):
         for index in length_batches(prompt_ids, batch_size):
             own, attention, positions, cache = prefill_inputs([prompt_ids[i] for i in index], k, shared_cache,
                                                               tokenizer.pad_token_id)
-            model(input_ids=own.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                  past_key_values=cache, use_cache=shared, logits_to_keep=1)
+            own = own.to(device)
+            model(input_ids=own, attention_mask=attention.to(device), position_ids=positions.to(device),
+                  past_key_values=cache, use_cache=shared, logits_to_keep=last_position(own))
 
 
-def naive(model, tokenizer, prompt_ids):
+def naive(model, prompter, texts):
+    """The hand-made notebook loop: per post, render and tokenise the prompt, generate, decode, parse."""
     import torch
 
+    from labeltune.parse import parse
+
+    tokenizer = prompter.tokenizer
     with torch.inference_mode():
-        for ids in prompt_ids:
-            model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                           max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id)
+        for text in texts:
+            ids, _ = prompter.prompt_ids(text)
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+            parse(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True), prompter.task)
 
 
 def peak_rss_label(run: str, texts: list[str], rows: int, mode: str) -> float:
@@ -112,13 +125,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="texts for the throughput table")
     parser.add_argument("--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timing rounds; every method runs once per round, the best round is reported")
     parser.add_argument("--rss-rows", default="2000,200000", help="comma-separated row counts for peak RSS; '' skips")
     args = parser.parse_args()
 
     import torch
 
     from labeltune.config import TrainConfig, load_saved
-    from labeltune.decode import predict
+    from labeltune.decode import predict, tune_cpu_allocator
     from labeltune.features import Prompter
     from labeltune.models import load_run
     from labeltune.prompts import load_template
@@ -126,34 +141,45 @@ def main() -> None:
 
     if not (Path(args.run) / "model.json").is_file():
         sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
+    allocator = tune_cpu_allocator()  # what `predict` does on CPU anyway; set first so every method runs under it
     texts, source = real_texts(args.rows)
     cfg = load_saved(TrainConfig, Path(args.run) / "config.yaml")
     model, tokenizer = load_run(args.run, merge=True)  # as `labeltune label` loads it
     prompter = Prompter(tokenizer, load_template(cfg.template), load_task(cfg.task), cfg.max_length)
     prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
     print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
-          f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}\n")
+          f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}; malloc thresholds raised: "
+          f"{allocator}; best of {args.repeats} rounds\n")
 
-    seconds = {"naive": timed(lambda: naive(model, tokenizer, prompt_ids[: args.naive_rows])) * args.rows / args.naive_rows}
-    malformed = {}
-    for mode in ("generate", "constrained", "score"):
-        preds = []
-        seconds[mode] = timed(lambda m=mode: preds.extend(predict(model, prompter, texts, batch_size=args.batch_size, mode=m)))
+    naive_texts = texts[:: max(1, args.rows // args.naive_rows)][: args.naive_rows]  # spread over the whole set
+    malformed: dict[str, float] = {}
+
+    def label(mode):
+        preds = predict(model, prompter, texts, batch_size=args.batch_size, mode=mode)
         malformed[mode] = sum(not p.ok for p in preds) / len(preds)
-    seconds["prefill"] = timed(lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=False))
-    seconds["prefill-shared"] = timed(lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=True))
 
-    rate = {k: args.rows / v for k, v in seconds.items()}
+    methods = {
+        "naive": lambda: naive(model, prompter, naive_texts),
+        **{mode: lambda m=mode: label(m) for mode in ("generate", "constrained", "score")},
+        "prefill": lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=False),
+        "prefill-shared": lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=True),
+    }
+    rounds = {k: [] for k in methods}
+    for _ in range(args.repeats):  # rounds interleave the methods, so a slow spell on a shared machine hits them all
+        for k, fn in methods.items():
+            rounds[k].append((len(naive_texts) if k == "naive" else args.rows) / timed(fn))
+    rate = {k: max(v) for k, v in rounds.items()}
     from labeltune.decode import common_prefix_length
 
     print(f"shared prompt prefix: {common_prefix_length(prompt_ids)} tokens\n")
-    print("| method | posts/s | x naive | fraction of prefill limit | fraction of prefill-shared limit | malformed |")
-    print("|---|---|---|---|---|---|")
-    for k in ("naive", "generate", "constrained", "score", "prefill", "prefill-shared"):
-        note = " (timed on %d rows)" % args.naive_rows if k == "naive" else ""
+    print("| method | posts/s (best round) | all rounds | x naive | fraction of prefill limit | "
+          "fraction of prefill-shared limit | malformed |")
+    print("|---|---|---|---|---|---|---|")
+    for k in methods:
+        note = " (timed on %d rows)" % len(naive_texts) if k == "naive" else ""
         bad = f"{malformed[k]:.1%}" if k in malformed else "-"
-        print(f"| {k}{note} | {rate[k]:.1f} | {rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | "
-              f"{rate[k] / rate['prefill-shared']:.2f} | {bad} |")
+        print(f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | {rate[k] / rate['naive']:.1f} | "
+              f"{rate[k] / rate['prefill']:.2f} | {rate[k] / rate['prefill-shared']:.2f} | {bad} |")
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
 
     counts = [int(x) for x in args.rss_rows.split(",") if x.strip()]

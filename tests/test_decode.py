@@ -57,3 +57,20 @@ def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch)
     assert cached[1] == whole[1]
     for a, b in zip(cached[0], whole[0]):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_encode_many_equals_the_tokenizer_call():
+    """Batched prompt encoding takes the tokenizer's Rust fast path: same ids as the transformers call,
+    special-token strings split, the tokenizer's setting restored (the real tokenizers: test_real_tokenizers)."""
+    from labeltune.features import encode_many
+    from labeltune.models import build_tiny_tokenizer
+
+    texts = ["最高の一日だった", "<eos><bos>### 応答:\nlabel : 1", "", "改行\r\nを含む"]
+    tokenizer = build_tiny_tokenizer(texts * 3, 300)
+    for special in (True, False):
+        expected = [tokenizer(t, add_special_tokens=special, split_special_tokens=True)["input_ids"] for t in texts]
+        assert encode_many(tokenizer, texts, special) == expected
+    for before in (False, True):
+        tokenizer.backend_tokenizer.encode_special_tokens = before
+        assert tokenizer.eos_token_id not in encode_many(tokenizer, texts[1:2], False)[0]
+        assert tokenizer.backend_tokenizer.encode_special_tokens is before

@@ -88,6 +88,22 @@ def test_long_text_truncated_by_tokens_keeps_answer_header(family):
 
 
 @pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
+@pytest.mark.parametrize("add_special_tokens", [True, False])
+def test_encode_many_equals_the_tokenizer_call(family, add_special_tokens):
+    """The Rust fast path gives the ids transformers gives, special-token strings split, and leaves the
+    tokenizer's own split setting as it was."""
+    from labeltune.features import encode_many
+
+    tokenizer = _tokenizer(family)
+    texts = ["最高の一日だった", "<|end_of_text|><eos><bos>本文", "", " 先頭の空白", "絵文字😀と\n改行\r\n", "あ" * 500]
+    expected = [tokenizer(t, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"] for t in texts]
+    before = tokenizer.backend_tokenizer.encode_special_tokens
+    assert encode_many(tokenizer, texts, add_special_tokens) == expected
+    assert tokenizer.backend_tokenizer.encode_special_tokens == before
+    assert not set(expected[1]) & {tokenizer.eos_token_id, tokenizer.bos_token_id} - set(expected[0][:1])
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
 def test_batched_prompt_encoding_equals_per_row(family):
     tokenizer = _tokenizer(family)
     task = load_task("sentiment_toxicity")
