@@ -216,8 +216,8 @@ def score_decode(
     Per batch: (1) one forward over prompt + the answer's fixed start, keeping the cache; (2) one
     cached step per internal node of the label trie (usually none or one), each visible only to its
     descendants through the attention mask, giving every label's probability; (3) for the chosen
-    label, its remaining tokens and then the score, greedy within the trie, one cached step per
-    token. Returns label distributions and the chosen answers' token ids (after `shared`), in input order.
+    label, its remaining tokens and then the score, greedy within the trie: one cached call per choice,
+    fed every token decided since the last one, with finished rows dropped from the cache. Returns label distributions and the chosen answers' token ids (after `shared`), in input order.
     """
     import torch
 
@@ -292,13 +292,14 @@ def score_decode(
             mask = torch.cat([attention, keep], dim=1)
             positions = last_pos + torch.tensor(fed)  # of each row's last token in the cache
             done = [False] * n
-            logits = None
+            logits, alive = None, list(range(n))  # the batch rows in the cache, in cache order
             while True:  # each call feeds every row's decided tokens up to its next real choice
                 chunks: list[list[int]] = []
+                at = {row: k for k, row in enumerate(alive)}
                 for row in range(n):
                     if not done[row] and not queue[row]:  # choose the next token from the last call's logits
                         allowed = trie.allowed(node[row])
-                        tok = allowed[int(torch.argmax(logits[row, allowed]))] if len(allowed) > 1 else allowed[0]
+                        tok = allowed[int(torch.argmax(logits[at[row], allowed]))] if len(allowed) > 1 else allowed[0]
                         queue[row].append(tok)
                     if not done[row]:
                         node[row] = node[row] + tuple(queue[row])
@@ -313,9 +314,14 @@ def score_decode(
                                 queue[row].append(nxt[0])
                     chunks.append(queue[row])
                     queue[row] = []
-                if not any(chunks):
+                live = [row for row in range(n) if chunks[row]]  # finished rows have nothing left to feed
+                if not live:
                     break
-                logits, cache, mask, positions = multi_step(chunks, mask, positions, cache)
+                if len(live) < len(alive):  # drop finished rows from the cache: later calls cost only what is left
+                    keep = torch.tensor([at[row] for row in live])
+                    cache.batch_select_indices(keep.to(device))
+                    mask, positions, alive = mask[keep], positions[keep], live
+                logits, cache, mask, positions = multi_step([chunks[row] for row in alive], mask, positions, cache)
             for row, i in enumerate(index):
                 answers[i] = node[row][len(trie.shared) :]
     return dists, answers  # type: ignore[return-value]

@@ -51,13 +51,14 @@ def pad_ids(rows: list[list[int]], value: int, left: bool = False):
     import torch
 
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
+    gaps = [width - len(row) for row in rows]
+    if left:
+        ids = [[value] * gap + list(row) for gap, row in zip(gaps, rows)]
+        mask = [[0] * gap + [1] * len(row) for gap, row in zip(gaps, rows)]
+    else:
+        ids = [list(row) + [value] * gap for gap, row in zip(gaps, rows)]
+        mask = [[1] * len(row) + [0] * gap for gap, row in zip(gaps, rows)]
+    return torch.tensor(ids, dtype=torch.long).view(len(rows), width), torch.tensor(mask, dtype=torch.long).view(len(rows), width)
 
 
 def max_answer_tokens(tokenizer, task: TaskSpec) -> int:

@@ -74,3 +74,13 @@ def test_encode_many_equals_the_tokenizer_call():
         tokenizer.backend_tokenizer.encode_special_tokens = before
         assert tokenizer.eos_token_id not in encode_many(tokenizer, texts[1:2], False)[0]
         assert tokenizer.backend_tokenizer.encode_special_tokens is before
+
+
+def test_pad_ids_left_and_right():
+    from labeltune.features import pad_ids
+
+    ids, mask = pad_ids([[5, 6, 7], [8], []], 0, left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    ids, mask = pad_ids([(5, 6), [8]], -100)
+    assert ids.tolist() == [[5, 6], [8, -100]] and mask.tolist() == [[1, 1], [1, 0]]
+    assert pad_ids([[], []], 0)[0].shape == (2, 0)
