@@ -181,6 +181,8 @@ def main() -> None:
         print(f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | {rate[k] / rate['naive']:.1f} | "
               f"{rate[k] / rate['prefill']:.2f} | {rate[k] / rate['prefill-shared']:.2f} | {bad} |")
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
+    by_round = [s / n for s, n in zip(rounds["score"], rounds["naive"])]
+    print(f"score / naive within each round: {' / '.join(f'{r:.1f}' for r in by_round)}")
 
     counts = [int(x) for x in args.rss_rows.split(",") if x.strip()]
     if counts:
