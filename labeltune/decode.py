@@ -217,7 +217,8 @@ def score_decode(
     cached step per internal node of the label trie (usually none or one), each visible only to its
     descendants through the attention mask, giving every label's probability; (3) for the chosen
     label, its remaining tokens and then the score, greedy within the trie: one cached call per choice,
-    fed every token decided since the last one, with finished rows dropped from the cache. Returns label distributions and the chosen answers' token ids (after `shared`), in input order.
+    fed every token decided since the last one, with finished rows dropped from the cache. Returns
+    label distributions and the chosen answers' token ids (after `shared`), in input order.
     """
     import torch
 
@@ -317,7 +318,8 @@ def score_decode(
                 live = [row for row in range(n) if chunks[row]]  # finished rows have nothing left to feed
                 if not live:
                     break
-                if len(live) < len(alive):  # drop finished rows from the cache: later calls cost only what is left
+                if len(live) < len(alive) and hasattr(cache, "batch_select_indices"):
+                    # drop finished rows from the cache: later calls cost only what is left
                     keep = torch.tensor([at[row] for row in live])
                     cache.batch_select_indices(keep.to(device))
                     mask, positions, alive = mask[keep], positions[keep], live

@@ -58,7 +58,8 @@ def pad_ids(rows: list[list[int]], value: int, left: bool = False):
     else:
         ids = [list(row) + [value] * gap for gap, row in zip(gaps, rows)]
         mask = [[1] * len(row) + [0] * gap for gap, row in zip(gaps, rows)]
-    return torch.tensor(ids, dtype=torch.long).view(len(rows), width), torch.tensor(mask, dtype=torch.long).view(len(rows), width)
+    shape = (len(rows), width)  # view: a batch of empty rows stays 2-D
+    return torch.tensor(ids, dtype=torch.long).view(shape), torch.tensor(mask, dtype=torch.long).view(shape)
 
 
 def max_answer_tokens(tokenizer, task: TaskSpec) -> int:
