@@ -121,12 +121,16 @@ def last_position(input_ids):
     return torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
 
 
-def _prefix_cache(model, prefix: list[int], device):
-    """KV cache of the shared prompt prefix (batch 1)."""
+def shared_prefix(model, prompt_ids: list[list[int]], device) -> tuple[int, object]:
+    """(length, batch-1 KV cache) of the prompts' common prefix; (0, None) when it is shorter than
+    MIN_SHARED_PREFIX."""
     import torch
 
-    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    k = common_prefix_length(prompt_ids)
+    if k < MIN_SHARED_PREFIX:
+        return 0, None
+    out = model(input_ids=torch.tensor([prompt_ids[0][:k]], device=device), use_cache=True, logits_to_keep=1)
+    return k, out.past_key_values
 
 
 def _expanded(shared_cache, n: int):
@@ -244,10 +248,7 @@ def score_decode(
         return out.logits[:, -1].float().cpu(), out.past_key_values, mask, positions + real.sum(-1)
 
     with torch.inference_mode():
-        shared_len = common_prefix_length(prompt_ids)
-        if shared_len < MIN_SHARED_PREFIX:
-            shared_len = 0
-        shared_cache = _prefix_cache(model, prompt_ids[0][:shared_len], device) if shared_len else None
+        shared_len, shared_cache = shared_prefix(model, prompt_ids, device)
         for index in length_batches(prompt_ids, batch_size):
             n = len(index)
             rows = [prompt_ids[i] + list(trie.shared) for i in index]

@@ -95,17 +95,22 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
     return summary
 
 
+def make_splits(cfg: TrainConfig, task: TaskSpec) -> tuple[dict, list[dict], list]:
+    """(splits, dropped rows, leaks) of `cfg.data`: loaded, leakage policy applied, train cut to --limit."""
+    splits, dropped = load_splits(cfg, task)
+    splits, leaks = check_leakage(cfg, splits)
+    if cfg.limit:
+        splits["train"] = splits["train"][: cfg.limit]
+    return splits, dropped, leaks
+
+
 def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
     """Split `cfg.data` as `labeltune train` does (leakage policy, --limit) into `data_dir` unless a
     complete split is already there; returns its summary. sweep and compare hand this folder to every
     run (see on_split_folder), so all of them train and are measured on the same rows."""
     if (data_dir / "summary.json").is_file():
         return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
-    splits, dropped = load_splits(cfg, task)
-    splits, leaks = check_leakage(cfg, splits)
-    if cfg.limit:
-        splits["train"] = splits["train"][: cfg.limit]
-    return write_splits(cfg, splits, dropped, leaks, data_dir)
+    return write_splits(cfg, *make_splits(cfg, task), data_dir)
 
 
 def on_split_folder(cfg: TrainConfig, data_dir: Path) -> TrainConfig:
@@ -188,10 +193,7 @@ def main(cfg: TrainConfig) -> Path:
     run_dir = Path(cfg.output)
     if (run_dir / "adapter").exists():
         raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
-    splits, dropped = load_splits(cfg, task)
-    splits, leaks = check_leakage(cfg, splits)
-    if cfg.limit:
-        splits["train"] = splits["train"][: cfg.limit]
+    splits, dropped, leaks = make_splits(cfg, task)
     if not splits["train"]:
         raise ValueError("no training examples")
 

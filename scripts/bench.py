@@ -65,18 +65,17 @@ def prefill(model, tokenizer, prompt_ids, batch_size, shared: bool):
     is computed once and each batch continues from it, as score mode does."""
     import torch
 
-    from labeltune.decode import _prefix_cache, common_prefix_length, last_position, length_batches, prefill_inputs
+    from labeltune.decode import last_position, length_batches, prefill_inputs, shared_prefix
 
     device = next(model.parameters()).device
-    k = common_prefix_length(prompt_ids) if shared else 0
     with torch.inference_mode():
-        shared_cache = _prefix_cache(model, prompt_ids[0][:k], device) if shared else None
+        k, shared_cache = shared_prefix(model, prompt_ids, device) if shared else (0, None)
         for index in length_batches(prompt_ids, batch_size):
             own, attention, positions, cache = prefill_inputs([prompt_ids[i] for i in index], k, shared_cache,
                                                               tokenizer.pad_token_id)
             own = own.to(device)
             model(input_ids=own, attention_mask=attention.to(device), position_ids=positions.to(device),
-                  past_key_values=cache, use_cache=shared, logits_to_keep=last_position(own))
+                  past_key_values=cache, use_cache=shared_cache is not None, logits_to_keep=last_position(own))
 
 
 def naive(model, prompter, texts):
@@ -133,7 +132,7 @@ def main() -> None:
     import torch
 
     from labeltune.config import TrainConfig, load_saved
-    from labeltune.decode import predict, tune_cpu_allocator
+    from labeltune.decode import common_prefix_length, predict, tune_cpu_allocator
     from labeltune.features import Prompter
     from labeltune.models import load_run
     from labeltune.prompts import load_template
@@ -169,8 +168,6 @@ def main() -> None:
         for k, fn in methods.items():
             rounds[k].append((len(naive_texts) if k == "naive" else args.rows) / timed(fn))
     rate = {k: max(v) for k, v in rounds.items()}
-    from labeltune.decode import common_prefix_length
-
     print(f"shared prompt prefix: {common_prefix_length(prompt_ids)} tokens\n")
     print("| method | posts/s (best round) | all rounds | x naive | fraction of prefill limit | "
           "fraction of prefill-shared limit | malformed |")
