@@ -13,10 +13,18 @@
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 PY ?= python3
 VENV ?= .venv
-BIN := $(VENV)/bin
+# Where labeltune runs:
+#  - Colab, or any environment you installed labeltune into yourself (`pip install -e '.[gpu]'`):
+#    that environment, as it is: no venv is made and torch is never reinstalled;
+#  - otherwise $(VENV), made by `make install`: CUDA torch + the gpu extra where `nvidia-smi` sees a
+#    GPU (one resolution, so torch fits unsloth's pin), the CPU torch wheel + dev tools elsewhere.
+INSTALLED := $(shell cd / && $(PY) -c "import importlib.metadata as m; m.version('labeltune')" >/dev/null 2>&1 && echo yes)
+USE_CURRENT := $(if $(wildcard $(VENV)/bin/python),,$(INSTALLED))
+PYTHON := $(if $(USE_CURRENT),$(PY),$(VENV)/bin/python)
+LT := $(PYTHON) -m labeltune.cli
+GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
 # CPU wheel by default (found locally on the project machines; elsewhere use
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
-# On a GPU box / Colab: make install TORCH=torch  (or keep the preinstalled torch, see README).
 TORCH ?= torch==2.13.0
 MODEL ?= tiny
 DATA ?= data/sample.csv
@@ -28,58 +36,67 @@ CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: install test test-slow demo train label eval export calibrate bench sweep compare check-deps clean
 
+ifeq ($(USE_CURRENT),yes)
+install:
+	@echo "labeltune is installed in the environment of $(PY): using it as it is (no venv, torch kept)"
+else
 install: $(VENV)/.installed
+endif
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+ifeq ($(GPU),yes)
+	$(VENV)/bin/python -m pip install -q -e '.[dev,gpu]'
+else
+	$(VENV)/bin/python -m pip install -q $(TORCH)
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+endif
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(PYTHON) -m pytest -q -m "not slow and not gpu"
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m "slow and not gpu"
+	$(PYTHON) -m pytest -q -m "slow and not gpu"
 
 demo: install
 	rm -rf runs/demo
-	$(BIN)/labeltune train --model tiny --data data/sample.csv --output runs/demo
-	$(BIN)/labeltune evaluate --run runs/demo
-	$(BIN)/labeltune label --run runs/demo --input data/new_posts.csv --output runs/demo/labelled.csv --overwrite
+	$(LT) train --model tiny --data data/sample.csv --output runs/demo
+	$(LT) evaluate --run runs/demo
+	$(LT) label --run runs/demo --input data/new_posts.csv --output runs/demo/labelled.csv --overwrite
 	@echo "== runs/demo: metrics.json, report.md, labelled.csv =="
 
 train: install
-	$(BIN)/labeltune train --model $(MODEL) --data $(DATA) --output $(RUN) $(CONFIG_FLAG)
+	$(LT) train --model $(MODEL) --data $(DATA) --output $(RUN) $(CONFIG_FLAG)
 
 eval: install
-	$(BIN)/labeltune evaluate --run $(RUN)
+	$(LT) evaluate --run $(RUN)
 
 label: install
-	$(BIN)/labeltune label --run $(RUN) --input $(IN) --output $(OUT)
+	$(LT) label --run $(RUN) --input $(IN) --output $(OUT)
 
 calibrate: install
-	$(BIN)/labeltune calibrate --run $(RUN)
+	$(LT) calibrate --run $(RUN)
 
 # Throughput and memory table (scripts/bench.py); trains the demo run first if it is missing.
 bench: install
 	test -f runs/demo/adapter/adapter_model.safetensors || $(MAKE) demo
-	$(BIN)/python scripts/bench.py --run runs/demo
+	$(PYTHON) scripts/bench.py --run runs/demo
 
 sweep: install
-	$(BIN)/labeltune sweep --config $(or $(CONFIG),configs/sweep.yaml)
+	$(LT) sweep --config $(or $(CONFIG),configs/sweep.yaml)
 
 compare: install
-	$(BIN)/labeltune compare --config $(or $(CONFIG),configs/compare.yaml)
+	$(LT) compare --config $(or $(CONFIG),configs/compare.yaml)
 
 export: install
-	$(BIN)/labeltune export --run $(RUN) --format $(or $(FORMAT),merged16)
+	$(LT) export --run $(RUN) --format $(or $(FORMAT),merged16)
 
-# Core deps + the `gpu` extra resolve together (metadata only, nothing downloaded or installed).
+# Core deps + the `gpu` extra resolve together (metadata only, nothing downloaded or installed), and
+# whether the torch already installed here (Colab's) would be kept by `pip install -e '.[gpu]'`.
 check-deps: install
-	$(BIN)/python -m pip install -q uv
-	$(BIN)/uv pip compile pyproject.toml --extra gpu --python-version 3.11 \
-	  --python-platform x86_64-unknown-linux-gnu --quiet -o - | grep -E '^(torch|transformers|trl|datasets|peft|unsloth|bitsandbytes)=='
+	$(PYTHON) -m pip install -q uv
+	$(PYTHON) scripts/check_deps.py
 
 clean:
 	rm -rf runs .pytest_cache

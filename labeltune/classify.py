@@ -37,14 +37,13 @@ def n_outputs(task: TaskSpec) -> int:
 
 
 def _precision_dtype():
-    """Autocast dtype on CUDA as the generative training uses (bf16 where supported, else fp16); None on CPU."""
+    """Autocast dtype on CUDA as the generative training uses (bf16 from compute capability 8, else
+    fp16); None on CPU."""
     import torch
 
-    from labeltune.models import select_precision
+    from labeltune.models import device_precision
 
-    cuda = torch.cuda.is_available()
-    precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[device_precision()]
 
 
 def _device(model):
@@ -61,21 +60,10 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from labeltune.models import ensure_pad_token
+    from labeltune.models import ensure_pad_token, gpu_capability, hf_load_kwargs
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    kwargs = {}
-    if four_bit:
-        from transformers import BitsAndBytesConfig
-
-        dtype = _precision_dtype()
-        kwargs = {
-            "dtype": dtype,
-            "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-            ),
-            "device_map": {"": torch.cuda.current_device()},
-        }
+    kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), **kwargs)
     ensure_pad_token(tokenizer, model)

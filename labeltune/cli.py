@@ -62,6 +62,12 @@ def run(argv: list[str] | None = None) -> int:
     cls = VERBS[verb][0]
     cfg = config_mod.resolve(cls, args.pop("config", None), args)
     if verb == "train":
+        from labeltune.models import prepare_backend
+
+        # Unsloth patches trl/transformers/peft when imported: resolve the backend (and import unsloth
+        # when it is the one) before the verb imports any of them. sweep and compare train through
+        # labeltune.train.spawn, which runs this same path in a child process.
+        prepare_backend(cfg.backend)
         from labeltune.train import main
     elif verb == "evaluate":
         from labeltune.evaluate import main

@@ -128,15 +128,17 @@ def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examp
 
 def ensure_run(tcfg: TrainConfig, preset: Preset, systems: list[str], out: Path) -> None:
     """Train the model's generative run when a system still to do needs it: generative and zero_shot
-    decode with it, and the tiny preset's cls_head starts from the base the run built."""
-    from labeltune.train import main as train
+    decode with it, and the tiny preset's cls_head starts from the base the run built. It trains in a
+    child process (labeltune.train.spawn): training on the unsloth backend patches transformers' model
+    classes process-wide, and this process goes on to decode and to build a classification model."""
+    from labeltune.train import spawn
 
     users = [s for s in ("generative", "zero_shot") if s in systems]
     if "cls_head" in systems and preset.model_id is None:
         users.append("cls_head")
     pending = [s for s in users if finished(out / system_key(s, tcfg.model)) is None]
     if pending and not (Path(tcfg.output) / "adapter").is_dir():
-        train(tcfg)
+        spawn(tcfg)
 
 
 def forgetting(cfg: CompareConfig, model, tokenizer, max_length: int) -> dict | None:

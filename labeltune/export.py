@@ -51,29 +51,100 @@ def export_adapter(run_dir: Path, out: Path) -> None:
     (out / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
 
 
-def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
-    """Merge LoRA into a 16-bit copy of the base (the 16-bit `full_id` for 4-bit presets)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+GIB = 1 << 30
 
+
+def available_ram() -> int | None:
+    """Bytes of memory this machine can still give (Linux MemAvailable); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _existing(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def free_disk(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def hub_cache() -> Path:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE)
+
+
+def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
+    """Refuse a merged16 export this machine cannot hold, before anything is downloaded or loaded, saying
+    what it needs: RAM for the streamed merge (labeltune.merge) and disk for the merged checkpoint (plus
+    the 16-bit base's download when it is not a local folder)."""
+    from labeltune.merge import base_files, needs_for_files, needs_for_params
+    from labeltune.models import resolve_preset
+
+    local = Path(base).is_dir()
+    if local:
+        needs = needs_for_files(base_files(Path(base)), dtype)
+        download = 0
+    else:
+        params_b = resolve_preset(info["preset"]).params_b if info.get("preset") else 0.0
+        if not params_b:
+            return  # a model of unknown size: nothing to check against
+        # the largest tensor (the embeddings of a 256k vocabulary) is at most ~10% of these models
+        needs = needs_for_params(params_b * 1e9, params_b * 1e8, dtype)
+        download = int(params_b * 1e9 * 2)  # the 16-bit base (bf16 safetensors)
+    problems = []
+    ram = available_ram()
+    if ram is not None and ram < needs.ram:
+        problems.append(f"{needs.ram / GIB:.1f} GiB of free RAM (this machine has {ram / GIB:.1f} GiB available)")
+    disk_out, disk_need = free_disk(out), needs.disk
+    if download:  # the base's download and the merged copy may share one filesystem
+        cache = hub_cache()
+        if _existing(cache).stat().st_dev == _existing(out).stat().st_dev:
+            disk_need += download
+        elif free_disk(cache) < download:
+            problems.append(f"{download / GIB:.1f} GiB of free disk in {cache} for the 16-bit base {base}"
+                            f" (free: {free_disk(cache) / GIB:.1f} GiB)")
+    if disk_out < disk_need:
+        what = " for the merged model" + (" and the 16-bit base's download" if disk_need > needs.disk else "")
+        problems.append(f"{disk_need / GIB:.1f} GiB of free disk at {out}{what} (free: {disk_out / GIB:.1f} GiB)")
+    if problems:
+        raise ValueError(
+            f"merged16 export of {info.get('preset') or base} needs " + " and ".join(problems)
+            + "; free some, export on a larger machine, or use --format adapter (a few MB; labels the same)"
+        )
+
+
+def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
+    """Merge LoRA into a 16-bit copy of the base (the 16-bit `full_id` for 4-bit presets), streamed
+    tensor by tensor (labeltune.merge): the 8B/9B presets merge in a few GiB of RAM. Checks the
+    machine first (check_merge_fits), then downloads the base's safetensors when it is a hub id."""
+    from transformers import AutoTokenizer
+
+    from labeltune.merge import files_sha256, merge_lora
     from labeltune.models import base_path
 
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     base = info.get("full_id") or base_path(run_dir)
-    target = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    # tiny merges in fp32 then casts; real models load straight in 16-bit (an 8B in fp32 is 32 GB)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if info["base"] == "base/" else target)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    merged = PeftModel.from_pretrained(model, run_dir / "adapter").merge_and_unload()
-    merged = merged.to(target)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    check_merge_fits(info, base, out, dtype)
+    base_dir = Path(base)
+    if not base_dir.is_dir():
+        from huggingface_hub import snapshot_download
+
+        base_dir = Path(snapshot_download(base, allow_patterns=["*.safetensors", "*.json"]))
+    written = merge_lora(base_dir, run_dir / "adapter", out / "model", dtype)
+    AutoTokenizer.from_pretrained(run_dir / "adapter").save_pretrained(out / "model")
     _copy_run_files(run_dir, out)
-    merged_info = {**info, "base": "model/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False}
+    merged_info = {**info, "base": "model/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False,
+                   "weights_sha256": files_sha256(written)}
     (out / "model.json").write_text(json.dumps(merged_info, indent=1), encoding="utf-8")
 
 
@@ -86,8 +157,9 @@ def export_gguf(run_dir: Path, out: Path, quant: str) -> None:
             "`pip install -e '.[gpu]'`. Here: export --format merged16, then run llama.cpp's "
             "convert_hf_to_gguf.py and llama-quantize on <output>/model."
         )
-    from unsloth import FastLanguageModel  # noqa: PLC0415  (GPU only)
+    from labeltune.models import import_unsloth
 
+    FastLanguageModel = import_unsloth().FastLanguageModel  # GPU only
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(run_dir / "adapter"), max_seq_length=info.get("max_length", 512), load_in_4bit=True

@@ -37,6 +37,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(run_dir: Path) -> str:
+    """Digest of the run's trained weights: its adapter, or a merged export's (recorded at export time,
+    where the weights may be many shards)."""
+    weights = run_dir / "adapter" / "adapter_model.safetensors"
+    if weights.is_file():
+        return file_sha256(weights)
+    info_path = run_dir / "model.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    if info.get("merged") and info.get("weights_sha256"):
+        return info["weights_sha256"]
+    if (run_dir / "model" / "model.safetensors").is_file():  # a merged export of an earlier version
+        return file_sha256(run_dir / "model" / "model.safetensors")
+    raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
+
+
 def output_columns(input_columns: list[str], label_names: list[str]) -> list[str]:
     """Input columns + predictions (`pred_`-prefixed if a name clashes) + one probability column per label."""
     names = [*PREDICTION_COLUMNS, *(f"p_{n}" for n in label_names)]
@@ -84,14 +99,9 @@ def main(cfg: LabelConfig) -> Path:
     train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
     task = load_task(train_cfg.task)
     header = output_columns(columns, [lab.name for lab in task.labels])
-    weights = run_dir / "adapter" / "adapter_model.safetensors"
-    if not weights.is_file():
-        weights = run_dir / "model" / "model.safetensors"  # a merged export
-    if not weights.is_file():
-        raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
     identity = {
         "input_sha256": file_sha256(source),
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": weights_sha256(run_dir),
         "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode", "calibrated")},
         "calibration": (run_dir / "calibration.json").read_text(encoding="utf-8") if (run_dir / "calibration.json").is_file() else None,
     }

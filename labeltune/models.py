@@ -5,11 +5,15 @@ Llama-shaped model with random weights and a byte-level BPE tokenizer trained on
 so the whole pipeline runs with no network. Anything that is not a preset name is taken as a Hugging
 Face id or a local path.
 
-Backends: ``unsloth`` (FastLanguageModel 4-bit + Unsloth gradient checkpointing; CUDA only) and
-``hf`` (transformers + PEFT; bitsandbytes 4-bit on CUDA, full precision on CPU). ``auto`` picks
-unsloth when a CUDA GPU and the unsloth package are present. Heavy imports (torch, transformers,
-peft, unsloth, bitsandbytes) happen inside the functions that need them: ``import unsloth`` raises
-on a machine without a GPU, so it happens only on the unsloth backend.
+Training backends: ``unsloth`` (FastLanguageModel 4-bit + Unsloth gradient checkpointing; CUDA only)
+and ``hf`` (transformers + PEFT; bitsandbytes 4-bit on CUDA, full precision on CPU). ``auto`` picks
+unsloth when a CUDA GPU and the unsloth package are present. Inference (load_run) always uses hf.
+Heavy imports (torch, transformers, peft, unsloth, bitsandbytes) happen inside the functions that
+need them. ``import unsloth`` raises on a machine without a GPU, and patches trl/transformers/peft
+when imported, so it happens only on the unsloth backend and first (prepare_backend).
+
+Precision is decided once, from the GPU's compute capability (select_precision); the device probes
+are gpu_capability and cuda_available, which tests patch to simulate a T4 or an A100.
 """
 
 from __future__ import annotations
@@ -217,6 +221,16 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def gpu_capability() -> tuple[int, int] | None:
+    """(major, minor) CUDA compute capability of the current GPU, or None without one. The one place
+    labeltune asks the device what it can do (tests simulate a T4 or an A100 by patching the probes)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(torch.cuda.current_device()))
+
+
 def unsloth_installed() -> bool:
     """Whether the unsloth package is installed, found without importing it."""
     import importlib.util
@@ -237,11 +251,68 @@ def select_backend(requested: str, cuda: bool, has_unsloth: bool) -> str:
     return requested
 
 
-def select_precision(cuda: bool, bf16_supported: bool) -> str:
-    """bf16 where the GPU has it (Ampere+), fp16 on older GPUs (T4), fp32 on CPU."""
-    if not cuda:
+PATCHED_BY_UNSLOTH = ("trl", "transformers", "peft")  # Unsloth rebinds names in these at import
+
+
+def import_unsloth():
+    """``import unsloth``, which must come before trl, transformers and peft in a process: it patches
+    them at import (its SFTTrainer, fused loss, gradient-accumulation fix). Raises on a machine
+    without a GPU. A late import still works but trains with unpatched TRL: warn, naming the culprits."""
+    import sys
+    import warnings
+
+    if "unsloth" not in sys.modules:
+        early = [m for m in PATCHED_BY_UNSLOTH if m in sys.modules]
+        if early:
+            warnings.warn(
+                f"{', '.join(early)} imported before unsloth in this process, so Unsloth cannot patch them; "
+                "start a new process (restart the runtime) and run `labeltune train` (or call "
+                "labeltune.train.spawn) before importing them",
+                stacklevel=2,
+            )
+    import unsloth  # noqa: PLC0415  (raises without a GPU)
+
+    return unsloth
+
+
+def prepare_backend(requested: str) -> str:
+    """Resolve the training backend on this machine and, for unsloth, import it now: call this before
+    anything imports trl, transformers or peft (the CLI does, before it imports the verb)."""
+    backend = select_backend(requested, cuda_available(), unsloth_installed())
+    if backend == "unsloth":
+        import_unsloth()
+    return backend
+
+
+def select_precision(capability: tuple[int, int] | None) -> str:
+    """fp32 on CPU; bf16 from compute capability 8 (Ampere: A100, L4, RTX 30xx) up; fp16 below (T4, V100).
+
+    Decided from the capability, not ``torch.cuda.is_bf16_supported()``: that answers True on a T4 too
+    (it emulates bf16, slowly), and Unsloth loads fp16 there, so a bf16 trainer would meet an fp16 model."""
+    if capability is None:
         return "fp32"
-    return "bf16" if bf16_supported else "fp16"
+    return "bf16" if capability[0] >= 8 else "fp16"
+
+
+def device_precision() -> str:
+    """select_precision of this machine's GPU (fp32 without one)."""
+    return select_precision(gpu_capability())
+
+
+DTYPE_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def precision_of(model) -> str:
+    """The precision a loaded model computes in, read off its (never quantised) input embeddings: how
+    the trainer learns what Unsloth chose with ``dtype=None``."""
+    return DTYPE_PRECISION[str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")]
+
+
+def trainer_precision(backend: str, model) -> str:
+    """Precision of the trainer's autocast (its bf16/fp16 flags), which must match the loaded model:
+    unsloth chose it when it loaded the model (dtype=None: fp16 below compute capability 8, and on
+    every GPU when any visible one is older), so it is read back; hf loaded in device_precision()."""
+    return precision_of(model) if backend == "unsloth" else device_precision()
 
 
 def check_fits_machine(preset: Preset, cuda: bool) -> None:
@@ -254,44 +325,76 @@ def check_fits_machine(preset: Preset, cuda: bool) -> None:
         )
 
 
+def check_one_gpu(visible_gpus: int, processes: int) -> None:
+    """Refuse several visible GPUs in a single training process (before any download): the Trainer would
+    wrap the model in nn.DataParallel, which TRL's SFTTrainer refuses (after the model has loaded)."""
+    if visible_gpus > 1 and processes == 1:
+        raise ValueError(
+            f"{visible_gpus} GPUs are visible to one training process. Train on one: "
+            "CUDA_VISIBLE_DEVICES=0 labeltune train ... ; or on all of them (hf backend): "
+            f"accelerate launch --num_processes {visible_gpus} -m labeltune.cli train --backend hf ..."
+        )
+
+
+MIN_CPU_TRL = "1.16"  # TRL 1.15's SFT loss needs a CUDA device (triton does not help); 1.16 trains on CPU
+
+
+def check_trainer_supports(cuda: bool, trl_version: str) -> None:
+    """Refuse, before anything is loaded, a TRL that cannot train on this device."""
+    from packaging.version import Version
+
+    if not cuda and Version(trl_version) < Version(MIN_CPU_TRL):
+        raise ValueError(
+            f"trl {trl_version} cannot train on a CPU (its SFT loss needs a CUDA device; installing triton does "
+            f"not help): pip install 'trl>={MIN_CPU_TRL}' (the gpu extra's unsloth pins trl<=1.15, so do not "
+            "install the gpu extra on a CPU machine)"
+        )
+
+
 def _torch_dtype(precision: str):
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
+def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, device_index: int = 0) -> dict:
+    """from_pretrained kwargs of the hf backend on the GPU of `capability` (None: the CPU): 4-bit NF4
+    (bitsandbytes) when asked, computing in the device's precision (fp16 on a T4, bf16 on Ampere+, fp32
+    on CPU); else the model in that precision."""
+    dtype = _torch_dtype(select_precision(capability))
+    kwargs: dict = {"dtype": dtype}
+    if load_in_4bit:  # bitsandbytes quantises on CPU too (tests run the 4-bit path there)
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    kwargs["device_map"] = {"": device_index if capability is not None else "cpu"}
+    return kwargs
+
+
 def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None):
     """(model, tokenizer) of a base model. hf: 4-bit (bitsandbytes) on CUDA unless load_in_4bit=False,
-    full precision on CPU. unsloth: FastLanguageModel 4-bit (import happens only here)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
-    load_in_4bit = cuda if load_in_4bit is None else load_in_4bit
+    full precision on CPU. unsloth: FastLanguageModel 4-bit in the precision Unsloth picks for the GPU
+    (``dtype=None``: fp16 below compute capability 8); read it back with precision_of(model)."""
+    capability = gpu_capability()
+    load_in_4bit = capability is not None if load_in_4bit is None else load_in_4bit
     if backend == "unsloth":
-        from unsloth import FastLanguageModel  # noqa: PLC0415  (raises without a GPU)
+        FastLanguageModel = import_unsloth().FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=path_or_id, max_seq_length=max_length, dtype=_torch_dtype(precision), load_in_4bit=load_in_4bit
+            model_name=path_or_id, max_seq_length=max_length, dtype=None, load_in_4bit=load_in_4bit
         )
     elif backend == "hf":
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-        kwargs = {"dtype": _torch_dtype(precision)}
-        if cuda and load_in_4bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=_torch_dtype(precision),
-            )
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
-        if not (cuda and load_in_4bit):
-            model = model.to("cuda" if cuda else "cpu")
+        index = torch.cuda.current_device() if capability is not None else 0
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, **hf_load_kwargs(capability, load_in_4bit, index))
     else:
         raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")
     ensure_pad_token(tokenizer, model)
@@ -337,18 +440,28 @@ def base_path(run_dir: str | Path) -> str:
     return str(Path(run_dir) / "base") if info["base"] == "base/" else info["base"]
 
 
-def inference_backend(info: dict) -> str:
-    """Backend for labelling on this machine: the training backend where it can run, else hf."""
-    return select_backend("auto" if info.get("backend") == "unsloth" else "hf", cuda_available(), unsloth_installed())
+def check_not_patched_by_unsloth(model) -> None:
+    """Refuse to decode with a model class whose forward Unsloth replaced: Unsloth patches transformers'
+    model classes process-wide when it loads a model, and its forward returns legacy tuple caches and
+    takes its own single-token path, which score mode's cache and mask handling is not built for."""
+    forward = getattr(type(model), "forward", None)
+    if (getattr(forward, "__module__", "") or "").startswith("unsloth"):
+        raise ValueError(
+            f"{type(model).__name__} was patched by Unsloth in this process (it trained here); label, "
+            "evaluate and calibrate in a new process (the CLI, or restart the runtime), and train with "
+            "`labeltune train` / labeltune.train.spawn so the notebook's process never imports Unsloth"
+        )
 
 
 def load_run(run_dir: str | Path, merge: bool = False):
     """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
 
-    A run trained on a 4-bit base is loaded 4-bit on a GPU; on a CPU its 16-bit `full_id` is loaded
-    in full precision instead (or use `labeltune export --format merged16`). ``merge`` folds the LoRA
-    weights into the base weights (hf backend, 16/32-bit base only), so inference pays no adapter
-    overhead; ``disable_adapter()`` still gives the base model (PEFT unmerges first).
+    Always through the hf backend (transformers + PEFT; bitsandbytes 4-bit on a GPU for a run trained
+    on a 4-bit base), whatever backend trained it: an Unsloth adapter is a plain PEFT adapter, and every
+    decode mode is tested on this backend. On a CPU a 4-bit preset's 16-bit `full_id` is loaded in full
+    precision instead (or use `labeltune export --format merged16`). A merged export is loaded as saved
+    (16-bit, never re-quantised). ``merge`` folds the LoRA weights into the base weights (16/32-bit base
+    only), so inference pays no adapter overhead; ``disable_adapter()`` still gives the base model.
     """
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -358,7 +471,8 @@ def load_run(run_dir: str | Path, merge: bool = False):
         raise FileNotFoundError(f"{run_dir}: no model.json (is this a run directory made by `labeltune train`?)")
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     if info.get("merged"):
-        model, tokenizer = load_base(str(run_dir / "model"), "hf")
+        model, tokenizer = load_base(str(run_dir / "model"), "hf", load_in_4bit=False)
+        check_not_patched_by_unsloth(model)
         model.eval()
         return model, tokenizer
     if not (run_dir / "adapter").is_dir():
@@ -367,13 +481,15 @@ def load_run(run_dir: str | Path, merge: bool = False):
     if not cuda_available() and info.get("full_id"):
         base = info["full_id"]
     four_bit = bool(info.get("load_in_4bit")) and cuda_available()
-    model, _ = load_base(base, inference_backend(info), info.get("max_length", 512), four_bit)
+    model, _ = load_base(base, "hf", info.get("max_length", 512), four_bit)
+    check_not_patched_by_unsloth(model)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model = PeftModel.from_pretrained(model, run_dir / "adapter")
+    check_not_patched_by_unsloth(model)
     ensure_pad_token(tokenizer, model)
     model.eval()
-    if merge and not four_bit and inference_backend(info) == "hf":
+    if merge and not four_bit:
         model.merge_adapter()
     return model, tokenizer

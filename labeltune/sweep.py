@@ -108,7 +108,7 @@ def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig
         shutil.rmtree(run_dir)
     overrides = dict(to_dict(shared))
     overrides.update(params, output=str(run_dir))
-    train.main(resolve(TrainConfig, None, overrides))
+    train.spawn(resolve(TrainConfig, None, overrides))  # own process: GPU memory freed, no Unsloth patches here
     metrics = dev_metrics(run_dir, cfg.mode, cfg.batch_size)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")

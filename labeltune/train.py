@@ -170,21 +170,46 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def main(cfg: TrainConfig) -> Path:
-    """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory."""
+def check_machine(cfg: TrainConfig, preset: Preset, processes: int = 1) -> None:
+    """Everything about this machine that would stop training, checked before anything is imported
+    for training, downloaded or written: GPU-only preset on a CPU, several GPUs in one process, a TRL
+    that cannot train on this device."""
+    from importlib.metadata import version
+
     import torch
+
+    from labeltune.models import check_fits_machine, check_one_gpu, check_trainer_supports
+
+    cuda = torch.cuda.is_available()
+    check_fits_machine(preset, cuda)
+    if cuda:
+        check_one_gpu(torch.cuda.device_count(), processes)
+    check_trainer_supports(cuda, version("trl"))
+
+
+def main(cfg: TrainConfig) -> Path:
+    """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory.
+
+    With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
+    at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
+    import os
+
+    import torch
+
+    from labeltune.models import prepare_backend, trainer_precision
+
+    preset = resolve_preset(cfg.model)
+    cfg = with_preset_defaults(cfg, preset)
+    cuda = torch.cuda.is_available()
+    check_machine(cfg, preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
+    backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
+
     from accelerate import PartialState
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from labeltune.features import Prompter
-    from labeltune.models import check_fits_machine, select_backend, select_precision, unsloth_installed
 
-    preset = resolve_preset(cfg.model)
-    cfg = with_preset_defaults(cfg, preset)
-    cuda = torch.cuda.is_available()
-    check_fits_machine(preset, cuda)  # before anything is downloaded or written
-    backend = select_backend(cfg.backend, cuda, unsloth_installed())
     task = load_task(cfg.task)
     template_name = cfg.template or task.default_template
     template = load_template(template_name)
@@ -235,7 +260,7 @@ def main(cfg: TrainConfig) -> Path:
         preset.modules_to_save, backend, preset.gradient_checkpointing,
     )
 
-    precision = select_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    precision = trainer_precision(backend, model)  # matches the model unsloth/hf loaded
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
@@ -292,3 +317,34 @@ def main(cfg: TrainConfig) -> Path:
         print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {backend}/{precision} -> {run_dir}")
     state.wait_for_everyone()
     return run_dir
+
+
+def spawn(cfg: TrainConfig) -> Path:
+    """`labeltune train` for `cfg` in a child process (its output streamed here, line by line): the
+    way to train from a notebook, a sweep or a comparison. The child imports Unsloth (when it is the
+    backend) before trl/transformers/peft whatever this process has imported, this process never gets
+    Unsloth's process-wide patches of transformers' classes (so it can decode and build other models
+    afterwards), and the GPU memory of each training run is freed when its process ends.
+    A refusal in the child (bad option, existing run) is raised here as the same ValueError."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "train.yaml"
+        save(cfg, config)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labeltune.cli", "train", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+        )
+        tail: list[str] = []
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            tail = (tail + [line.rstrip("\n")])[-20:]
+        code = proc.wait()
+    if code != 0:
+        refusal = next((t for t in reversed(tail) if t.startswith("labeltune: error: ")), None)
+        if refusal is not None:
+            raise ValueError(refusal.removeprefix("labeltune: error: "))
+        raise RuntimeError(f"labeltune train exited with {code}:\n" + "\n".join(tail))
+    return Path(cfg.output)
