@@ -1,10 +1,10 @@
 """Fold a LoRA adapter into a 16-bit copy of its base, one tensor at a time (no model is built).
 
 PEFT's ``merge_and_unload`` needs the whole base in memory: ~16 GB for Llama 3.1 8B, ~18.5 GB for
-Gemma 2 9B, more than a free Colab VM's ~12.7 GB of RAM. Here the base's safetensors shards are read
-tensor by tensor (memory-mapped), each LoRA target gets ``W + scale * B @ A`` (in fp32, then cast),
-every other tensor is cast and copied, and the result is written in shards of at most ``shard_bytes``.
-Peak memory is about one output shard plus the largest tensor in fp32, whatever the model's size.
+Gemma 2 9B, more than a free Colab VM's ~12.7 GB of RAM. Here the output shards are planned from the
+base's safetensors headers, then every tensor is read, merged (each LoRA target gets
+``W + scale * B @ A`` in fp32), cast, written straight into its shard file and freed. Peak memory is
+the tensor in hand (the embeddings, for these models) plus the process, whatever the model's size.
 
 The result is a standard Hugging Face checkpoint (config.json, model*.safetensors and, when sharded,
 model.safetensors.index.json) that transformers (and vLLM) load as they load the base.
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SHARD_BYTES = 1 << 30  # output shard size: bounds the memory of the merge
+SHARD_BYTES = 2 << 30  # output shard size (files are written tensor by tensor: no memory cost)
 ADAPTER_PREFIX = "base_model.model."
 DTYPES = ("float16", "bfloat16")
 BYTES_PER_PARAM = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -41,32 +41,44 @@ def base_files(base_dir: Path) -> list[Path]:
     return files
 
 
+def _header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(size))
+
+
 def tensor_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """name -> (shape, dtype) of every tensor in `files`, read from the headers only."""
+    """name -> (shape, safetensors dtype) of every tensor in `files`, in file order, from the headers only."""
     shapes = {}
     for path in files:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        for name, meta in header.items():
+        for name, meta in _header(path).items():
             if name != "__metadata__":
                 shapes[name] = (tuple(meta["shape"]), meta["dtype"])
     return shapes
 
 
-def needs_for_params(n_params: float, largest_tensor: float, dtype: str, shard_bytes: int = SHARD_BYTES) -> MergeNeeds:
-    """Memory and disk of a streamed merge of a model with `n_params` parameters whose largest tensor has
-    `largest_tensor` elements: one output shard + the largest tensor in fp32 (+ its copy while cast)
-    + working room for the Python process and the adapter."""
+SAFETENSORS_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+SAFETENSORS_DTYPE = {"float16": "F16", "bfloat16": "BF16"}
+LORA_TARGET_SUFFIXES = ("_proj.weight",)  # the linear layers LoRA targets in Llama / Gemma 2 checkpoints
+PROCESS_BYTES = 1 << 30  # Python, torch and the adapter
+
+
+def needs_for_params(n_params: float, largest: float, largest_target: float, dtype: str,
+                     source_bytes: int = 2) -> MergeNeeds:
+    """Memory and disk of a streamed merge of a model with `n_params` parameters, whose largest tensor has
+    `largest` elements and largest LoRA target `largest_target`: the tensor in hand (a copied one: read +
+    cast; a merged one: read + fp32 copy + cast) plus the process."""
     out_bytes = BYTES_PER_PARAM[dtype]
-    ram = shard_bytes + int(largest_tensor) * (4 + 4 + out_bytes) + (1 << 30)
-    return MergeNeeds(ram=ram, disk=int(n_params * out_bytes))
+    in_hand = max(largest * (source_bytes + out_bytes), largest_target * (source_bytes + 4 + out_bytes))
+    return MergeNeeds(ram=int(in_hand + PROCESS_BYTES), disk=int(n_params * out_bytes))
 
 
-def needs_for_files(files: list[Path], dtype: str, shard_bytes: int = SHARD_BYTES) -> MergeNeeds:
+def needs_for_files(files: list[Path], dtype: str) -> MergeNeeds:
     shapes = tensor_shapes(files)
-    sizes = [math.prod(shape) for shape, _ in shapes.values()]
-    return needs_for_params(sum(sizes), max(sizes), dtype, shard_bytes)
+    sizes = {name: math.prod(shape) for name, (shape, _) in shapes.items()}
+    targets = [n for name, n in sizes.items() if name.endswith(LORA_TARGET_SUFFIXES)] or [max(sizes.values())]
+    source_bytes = max(SAFETENSORS_BYTES.get(kind, 4) for _, kind in shapes.values())
+    return needs_for_params(sum(sizes.values()), max(sizes.values()), max(targets), dtype, source_bytes)
 
 
 def _adapter_scales(config: dict) -> float:
@@ -105,98 +117,107 @@ def read_adapter(adapter_dir: Path) -> tuple[dict, dict, float]:
     return {name: (p["lora_A"], p["lora_B"]) for name, p in pairs.items()}, full, scale
 
 
-class _ShardWriter:
-    """Writes tensors into numbered safetensors shards of at most `limit` bytes, then names them."""
+def plan_shards(sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Tensor names (in order) grouped into shards of at most `limit` bytes (a larger tensor: its own)."""
+    shards: list[list[str]] = []
+    used = 0
+    for name, size in sizes.items():
+        if not shards or (used + size > limit and shards[-1]):
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
 
-    def __init__(self, out_dir: Path, limit: int):
-        self.out_dir, self.limit = out_dir, limit
-        self.current: dict = {}
-        self.current_bytes = 0
-        self.written: list[tuple[Path, list[str]]] = []
-        self.total = 0
 
-    def add(self, name: str, tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.current and self.current_bytes + size > self.limit:
-            self.flush()
-        self.current[name] = tensor.contiguous()
-        self.current_bytes += size
-        self.total += size
+def _write_shard(path: Path, names: list[str], shapes: dict, dtype: str, tensor_of) -> None:
+    """A safetensors file of `names` in `dtype`, its header written first (from the planned shapes), then
+    each tensor as `tensor_of(name)` makes it, written and dropped one at a time."""
+    import torch
 
-    def flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.current:
-            return
-        path = self.out_dir / f"part-{len(self.written):05d}.safetensors.tmp"
-        save_file(self.current, str(path), metadata={"format": "pt"})
-        self.written.append((path, list(self.current)))
-        self.current, self.current_bytes = {}, 0
-
-    def finish(self) -> list[Path]:
-        """Final names (model.safetensors, or model-0000i-of-0000n.safetensors + index); returns them."""
-        self.flush()
-        n = len(self.written)
-        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        weight_map = {}
-        for (tmp, tensors), name in zip(self.written, names):
-            os.replace(tmp, self.out_dir / name)
-            weight_map.update({t: name for t in tensors})
-        if n > 1:
-            index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
-            (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-        return [self.out_dir / name for name in names]
+    itemsize = BYTES_PER_PARAM[dtype]
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name in names:
+        size = math.prod(shapes[name]) * itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPE[dtype], "shape": list(shapes[name]), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    target = getattr(torch, dtype)
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for name in names:
+            tensor = tensor_of(name).to(target).contiguous()
+            if tuple(tensor.shape) != tuple(shapes[name]):
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)}, planned {shapes[name]}")
+            f.write(memoryview(tensor.view(torch.uint8).numpy()))
+            del tensor
 
 
 def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "float16",
                shard_bytes: int = SHARD_BYTES) -> list[Path]:
     """Write base + LoRA merged, cast to `dtype`, as a checkpoint in `out_dir` (config.json and weights;
     the tokenizer is the caller's); returns the weight files. Every LoRA pair must find its base tensor."""
-    import torch
     from safetensors import safe_open
 
     if dtype not in DTYPES:
         raise ValueError(f"merge dtype {dtype!r}; available: {', '.join(DTYPES)}")
-    target = getattr(torch, dtype)
     files = base_files(base_dir)
     pairs, full, scale = read_adapter(adapter_dir)
-    shapes = tensor_shapes(files)
+    source = {name: path for path in files for name in _header(path) if name != "__metadata__"}
+    shapes = {name: shape for name, (shape, _) in tensor_shapes(files).items()}
     missing = sorted(set(pairs) - set(shapes))
     if missing:
         raise ValueError(f"{adapter_dir}: LoRA targets not in the base checkpoint {base_dir}: {missing[:3]}")
-    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     for name, tensor in full.items():
-        if name in shapes and tuple(tensor.shape) != shapes[name][0]:
+        if name in shapes and tuple(tensor.shape) != shapes[name]:
             raise ValueError(
-                f"{adapter_dir}: {name} has shape {tuple(tensor.shape)}, the base has {shapes[name][0]} "
+                f"{adapter_dir}: {name} has shape {tuple(tensor.shape)}, the base has {shapes[name]} "
                 "(a resized vocabulary); export --format adapter instead"
             )
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    for name in full:  # e.g. a trained lm_head of a model that ties it to its embeddings
+        if name not in shapes:
+            shapes[name] = tuple(full[name].shape)
+            if name == "lm_head.weight":
+                config["tie_word_embeddings"] = False
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = _ShardWriter(out_dir, shard_bytes)
-    for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                if name in full:
-                    tensor = full[name]
-                elif name in pairs:
-                    a, b = pairs[name]
-                    weight = f.get_tensor(name).float()
-                    tensor = weight.addmm_(b.float(), a.float(), alpha=scale)
-                else:
-                    tensor = f.get_tensor(name)
-                writer.add(name, tensor.to(target))
-    for name in sorted(set(full) - set(shapes)):  # e.g. a trained lm_head of a model that ties it to embeddings
-        writer.add(name, full[name].to(target))
-        if name == "lm_head.weight":
-            config["tie_word_embeddings"] = False
-    written = writer.finish()
+    opened: dict = {}  # one source file mapped at a time: the planned order follows the files' order
+
+    def tensor_of(name: str):
+        if name in full:
+            return full[name]
+        path = source[name]
+        if path not in opened:
+            opened.clear()  # unmaps the previous file: its pages stop counting against this process
+            opened[path] = safe_open(str(path), framework="pt")
+        weight = opened[path].get_tensor(name)
+        if name in pairs:
+            a, b = pairs[name]
+            weight = weight.float().addmm_(b.float(), a.float(), alpha=scale)
+        return weight
+
+    shards = plan_shards({name: math.prod(shape) * BYTES_PER_PARAM[dtype] for name, shape in shapes.items()}, shard_bytes)
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for shard, name in zip(shards, names):
+        tmp = out_dir / (name + ".tmp")
+        _write_shard(tmp, shard, shapes, dtype, tensor_of)
+        os.replace(tmp, out_dir / name)
+    opened.clear()
+    if n > 1:
+        weight_map = {tensor: name for shard, name in zip(shards, names) for tensor in shard}
+        total = sum(math.prod(shape) * BYTES_PER_PARAM[dtype] for shape in shapes.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
     config.pop("quantization_config", None)
-    config["dtype"] = dtype
     config.pop("torch_dtype", None)
+    config["dtype"] = dtype
     (out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     if (base_dir / "generation_config.json").is_file():
         (out_dir / "generation_config.json").write_bytes((base_dir / "generation_config.json").read_bytes())
-    return written
+    return [out_dir / name for name in names]
 
 
 def files_sha256(files: list[Path]) -> str:

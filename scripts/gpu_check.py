@@ -7,6 +7,10 @@ weights are downloaded. Prints a Markdown table and writes it to --out.
                                                                         # stretch: 8B-shaped, T4 budget
     python scripts/gpu_check.py --cpu-smoke                             # CPU: the code path, tiny shapes
 
+Each (model, backend) pair runs in its own process (this script again, with --one): Unsloth patches
+transformers' model classes process-wide when it loads a model, so an hf row measured in a process
+that ran the unsloth backend would not be plain hf.
+
 Needs ../shared/tokenizers/{llama3.1,gemma2} and, on a GPU, `pip install -e '.[gpu]'`.
 """
 
@@ -64,17 +68,19 @@ def posts(path: Path, n: int) -> Path:
     return path
 
 
-def check(model_dir: Path, backend: str, work: Path, steps: int, rows: int, max_length: int) -> dict:
+def _peak_gib() -> float:
     import torch
 
-    from labeltune import label, train
-    from labeltune.config import LabelConfig, TrainConfig, resolve
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def check_train(model_dir: Path, backend: str, work: Path, steps: int, max_length: int) -> dict:
+    """Train `steps` LoRA steps on `backend` (this process does nothing else)."""
+    from labeltune import train
+    from labeltune.config import TrainConfig, resolve
 
     run = work / f"run-{model_dir.name}-{backend}"
     shutil.rmtree(run, ignore_errors=True)
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     cfg = resolve(TrainConfig, None, {
         "model": str(model_dir), "backend": backend, "output": str(run), "max_steps": steps,
         "batch_size": 4, "grad_accum": 1, "max_length": max_length, "logging_steps": 1,
@@ -83,22 +89,46 @@ def check(model_dir: Path, backend: str, work: Path, steps: int, rows: int, max_
     info = json.loads((run / "model.json").read_text())
     log = [json.loads(line) for line in open(run / "train_log.jsonl")]
     tokens = max(r.get("num_tokens", 0) for r in log)
-    train_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    return {
+        "model": model_dir.name, "backend": backend, "precision": info.get("precision"), "steps": info["steps"],
+        "s_per_step": info["train_seconds"] / max(info["steps"], 1), "train_tokens_per_s": tokens / info["train_seconds"],
+        "train_peak_gib": _peak_gib(),
+    }
+
+
+def check_label(model_dir: Path, backend: str, work: Path, rows: int) -> dict:
+    """Label `rows` posts with the run trained on `backend` (loaded through hf, as `labeltune label` does)."""
+    from labeltune import label
+    from labeltune.config import LabelConfig, resolve
+
+    run = work / f"run-{model_dir.name}-{backend}"
     source = posts(work / "posts.csv", rows)
     started = time.time()
     label.main(resolve(LabelConfig, None, {"run": str(run), "input": str(source), "output": str(run / "labelled.csv"),
                                            "overwrite": True, "progress": False, "batch_size": 64}))
-    label_seconds = time.time() - started
-    return {
-        "model": model_dir.name, "backend": backend, "precision": info.get("precision"), "steps": info["steps"],
-        "s_per_step": info["train_seconds"] / max(info["steps"], 1), "train_tokens_per_s": tokens / info["train_seconds"],
-        "train_peak_gib": train_peak,
-        "label_posts_per_s": rows / label_seconds,
-        "label_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-    }
+    return {"label_posts_per_s": rows / (time.time() - started), "label_peak_gib": _peak_gib()}
+
+
+def run_child(args, one: str) -> dict:
+    """One phase (MODEL_DIR:BACKEND:train|label) in a fresh process; its output streamed here."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", one, "--steps", str(args.steps), "--rows", str(args.rows),
+           "--max-length", str(args.max_length), "--work", args.work]
+    if args.cpu_smoke:
+        cmd.append("--cpu-smoke")
+    if args.memory_cap_gib:
+        cmd += ["--memory-cap-gib", str(args.memory_cap_gib)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    result = None
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+        else:
+            print(line, end="", flush=True)
+    if proc.wait() != 0 or result is None:
+        sys.exit(f"gpu_check: {one} failed (exit {proc.returncode})")
+    return result
 
 
 def table(results: list[dict]) -> str:
@@ -124,6 +154,7 @@ def main() -> None:
     parser.add_argument("--work", default="runs/gpu-check", help="where models and runs go")
     parser.add_argument("--out", default=None, help="also write the Markdown report here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes, 2 steps, 16 rows, hf on CPU")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # MODEL_DIR:BACKEND, run by this script in a child
     args = parser.parse_args()
 
     import torch
@@ -133,18 +164,31 @@ def main() -> None:
         args.steps, args.rows, args.layers, args.max_length = 2, 16, 1, 256
     elif not cuda:
         sys.exit("no CUDA GPU visible: run with --cpu-smoke to check the code path on CPU")
-    if args.memory_cap_gib and cuda:
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib / total))
     backends = (args.backends or ("unsloth,hf" if cuda else "hf")).split(",")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.one:  # a child: one phase of one (model, backend) pair, its result as JSON on a RESULT line
+        model_dir, backend, phase = args.one.rsplit(":", 2)
+        if phase == "train" and backend == "unsloth":
+            from labeltune.models import import_unsloth
+
+            import_unsloth()  # first, before trl/transformers/peft
+        if args.memory_cap_gib and cuda:
+            total = torch.cuda.get_device_properties(0).total_memory / 2**30
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib / total))
+        if phase == "train":
+            result = check_train(Path(model_dir), backend, work, args.steps, args.max_length)
+        else:
+            result = check_label(Path(model_dir), backend, work, args.rows)
+        print("RESULT " + json.dumps(result))
+        return
     results = []
     for family in args.families.split(","):
         layers = FULL_LAYERS[family] if args.full_size else args.layers
         model_dir = build_model(family, layers, work / f"{family}-{layers}l", Path(args.tokenizers), args.cpu_smoke)
         for backend in backends:
-            results.append(check(model_dir, backend, work, args.steps, args.rows, args.max_length))
+            result = run_child(args, f"{model_dir}:{backend}:train")
+            results.append({**result, **run_child(args, f"{model_dir}:{backend}:label")})
             print(table(results[-1:]), flush=True)
     import platform
 

@@ -67,9 +67,10 @@ def test_backend_selection_errors():
 
 
 def test_precision_choice():
-    assert select_precision(cuda=False, bf16_supported=False) == "fp32"
-    assert select_precision(cuda=True, bf16_supported=False) == "fp16"  # T4
-    assert select_precision(cuda=True, bf16_supported=True) == "bf16"  # A100 / H100 / L4
+    """From compute capability (simulated devices and both backends' flags: test_gpu_journeys)."""
+    assert select_precision(None) == "fp32"  # CPU
+    assert select_precision((7, 5)) == "fp16"  # T4
+    assert select_precision((8, 0)) == "bf16"  # A100; L4 (8, 9), H100 (9, 0)
 
 
 def test_big_model_on_cpu_fails_fast_with_advice():
