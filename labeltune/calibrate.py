@@ -94,7 +94,7 @@ def load_temperature(run_dir: str | Path) -> float:
 
 
 def main(cfg) -> dict:
-    from labeltune.config import TrainConfig, load_saved
+    from labeltune.config import load_run_config
     from labeltune.data import load_examples
     from labeltune.decode import predict
     from labeltune.features import Prompter
@@ -103,7 +103,7 @@ def main(cfg) -> dict:
     from labeltune.task import load_task
 
     run_dir = Path(cfg.run)
-    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    train_cfg = load_run_config(run_dir)
     task = load_task(train_cfg.task)
     examples, _ = load_examples(run_dir / "data" / f"{cfg.split}.jsonl", task)
     if len(examples) < 10:

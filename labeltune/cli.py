@@ -86,11 +86,20 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    """The console entry: every anticipated error is one line on stderr and exit status 2; Ctrl-C ends
+    with exit status 130 (verbs that can resume say how, labeltune.label)."""
     try:
         sys.exit(run())
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"labeltune: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # permission denied, a directory where a file is expected, disk full, ...
+        where = f": {e.filename}" if e.filename else ""
+        print(f"labeltune: error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("labeltune: stopped (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

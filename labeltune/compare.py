@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from labeltune.config import CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
+from labeltune.config import CompareConfig, TrainConfig, load_run_config, load_saved, resolve, save, to_dict
 from labeltune.data import Example, load_examples
 from labeltune.decode import Prediction
 from labeltune.models import Preset, resolve_preset
@@ -163,7 +163,7 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
     todo = [s for s in ("generative", "zero_shot") if s in systems and finished(out / system_key(s, model_name)) is None]
     if not todo:
         return
-    run_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    run_cfg = load_run_config(run_dir)
     model, tokenizer = load_run(run_dir)
     prompter = Prompter(tokenizer, load_template(run_cfg.template), task, run_cfg.max_length)
     texts = [ex.text for ex in examples]

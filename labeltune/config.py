@@ -17,8 +17,15 @@ from pathlib import Path
 import yaml
 
 
-def _f(default, help: str, choices: tuple | None = None):
-    meta = {"help": help, "choices": choices}
+POSITIVE = (lambda v: v > 0, "> 0")
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _f(default, help: str, choices: tuple | None = None, valid: tuple | None = None):
+    """A config field: its default, its --help text, allowed values, and a (predicate, "description")
+    that every value it takes (default, YAML or command line; None exempt) must satisfy."""
+    meta = {"help": help, "choices": choices, "valid": valid}
     if isinstance(default, (dict, list)):  # mutable: a fresh copy per instance
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,20 +62,25 @@ class TrainConfig:
         "drop = remove them from train, allow = train anyway (scores will be inflated)",
         ("error", "drop", "allow"),
     )
+    allow_incomplete: bool = _f(
+        False,
+        "train even when the data cannot give meaningful results: a task label missing from the training "
+        "split, or an empty dev or test split (refused otherwise)",
+    )
     seed: int = _f(0, "seed for split, model init, LoRA init and data order")
-    epochs: float | None = _f(None, "training epochs; None = the preset's default")
-    max_steps: int = _f(-1, "stop after this many optimizer steps; -1 = run all epochs")
-    lr: float | None = _f(None, "peak learning rate; None = the preset's default (LoRA diverges above ~1e-3)")
-    batch_size: int | None = _f(None, "per-device batch size; None = the preset's default")
-    grad_accum: int | None = _f(None, "gradient accumulation steps; None = the preset's default")
-    warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    lora_r: int | None = _f(None, "LoRA rank; None = the preset's default")
-    lora_alpha: int | None = _f(None, "LoRA alpha; None = the preset's default")
-    lora_dropout: float = _f(0.0, "LoRA dropout")
-    max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end")
-    logging_steps: int = _f(10, "log every N optimizer steps")
-    limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all")
+    epochs: float | None = _f(None, "training epochs; None = the preset's default", valid=POSITIVE)
+    max_steps: int = _f(-1, "stop after this many optimizer steps; -1 = run all epochs", valid=(lambda v: v == -1 or v >= 1, "-1 or >= 1"))
+    lr: float | None = _f(None, "peak learning rate; None = the preset's default (LoRA diverges above ~1e-3)", valid=(lambda v: 0 < v < 1, "in (0, 1)"))
+    batch_size: int | None = _f(None, "per-device batch size; None = the preset's default", valid=AT_LEAST_1)
+    grad_accum: int | None = _f(None, "gradient accumulation steps; None = the preset's default", valid=AT_LEAST_1)
+    warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up", valid=FRACTION)
+    weight_decay: float = _f(0.0, "AdamW weight decay", valid=(lambda v: v >= 0, ">= 0"))
+    lora_r: int | None = _f(None, "LoRA rank; None = the preset's default", valid=AT_LEAST_1)
+    lora_alpha: int | None = _f(None, "LoRA alpha; None = the preset's default", valid=AT_LEAST_1)
+    lora_dropout: float = _f(0.0, "LoRA dropout", valid=FRACTION)
+    max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end", valid=(lambda v: v >= 32, ">= 32"))
+    logging_steps: int = _f(10, "log every N optimizer steps", valid=AT_LEAST_1)
+    limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all", valid=AT_LEAST_1)
     report_to: str = _f(
         "none",
         "experiment tracking: none, tensorboard, wandb, or a comma-separated list; a tracker that is not "
@@ -90,16 +102,16 @@ class EvalConfig:
     data: str | None = _f(None, "evaluate this labelled file instead of the run's split")
     base: bool = _f(True, "also evaluate the base model without the adapter (before/after table)")
     mode: str = _f("generate", MODE_HELP, ("generate", "constrained", "score"))
-    batch_size: int = _f(16, "prompts per generation batch")
-    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
-    limit: int | None = _f(None, "evaluate only the first N rows; None = all")
+    batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
+    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
+    limit: int | None = _f(None, "evaluate only the first N rows; None = all", valid=AT_LEAST_1)
     calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
     forgetting: str | None = _f(
         "data/general_ja.txt",
         "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl with "
         "a text field, or a livedoor-news-corpus folder); None = skip",
     )
-    forgetting_limit: int = _f(200, "forgetting check: at most this many texts")
+    forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -111,9 +123,9 @@ class LabelConfig:
     encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
     mode: str = _f("generate", MODE_HELP, ("generate", "constrained", "score"))
-    batch_size: int = _f(16, "prompts per generation batch")
-    chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time")
-    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens")
+    batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
+    chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time", valid=AT_LEAST_1)
+    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
     overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")
     calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
     progress: bool = _f(True, "show a progress bar on stderr")
@@ -130,10 +142,10 @@ class PrepareConfig:
     label_column: str = _f("label", "annotated-csv: polarity column (values or aliases of the task)")
     score_column: str | None = _f(None, "hf: score column, if any")
     flag_columns: str | None = _f(None, "annotated-csv: comma-separated annotator flag columns")
-    flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))")
+    flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))", valid=AT_LEAST_1)
     label_source: str = _f("readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer"))
     drop_neutral: bool = _f(False, "wrime: drop sentiment-0 rows (2-class)")
-    per_label: int | None = _f(None, "livedoor: keep N articles per category (a subset); None = all")
+    per_label: int | None = _f(None, "livedoor: keep N articles per category (a subset); None = all", valid=AT_LEAST_1)
     balance: str = _f("none", "train class balance: none, downsample to the smallest, upsample to the largest",
                       ("none", "downsample", "upsample"))
     split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")
@@ -145,7 +157,7 @@ class PrepareConfig:
 class CalibrateConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
     split: str = _f("dev", "split to fit the temperature on (never test)", ("train", "dev"))
-    batch_size: int = _f(16, "prompts per forward batch")
+    batch_size: int = _f(16, "prompts per forward batch", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -172,7 +184,7 @@ class SweepConfig:
     )
     mode: str = _f("score", MODE_HELP, ("generate", "constrained", "score"))
     metric: str = _f("macro_f1", "dev metric that selects the best trial (higher is better)", ("macro_f1", "accuracy"))
-    batch_size: int = _f(16, "prompts per decoding batch")
+    batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -195,13 +207,13 @@ class CompareConfig:
     train: dict = _f({}, "TrainConfig options shared by the trained systems (epochs, lr, task, ...); YAML mapping")
     mode: str = _f("score", MODE_HELP, ("generate", "constrained", "score"))
     split: str = _f("test", "split the table reports", ("dev", "test"))
-    batch_size: int = _f(16, "prompts per decoding batch")
+    batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
     forgetting: str | None = _f(
         "data/general_ja.txt",
         "forgetting check of the generative system: perplexity of base vs tuned on general text (see evaluate); "
         "None = skip",
     )
-    forgetting_limit: int = _f(200, "forgetting check: at most this many texts")
+    forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 
 
 # ---------------------------------------------------------------- machinery
@@ -282,7 +294,15 @@ def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
     names = [f.name for f in dataclasses.fields(cls)]
     values: dict = {}
     if yaml_path:
-        loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+        if not Path(yaml_path).is_file():
+            raise FileNotFoundError(f"no such config file: {yaml_path}")
+        try:
+            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f":{where.line + 1}:{where.column + 1}" if where else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{yaml_path}{at}: not valid YAML ({problem})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of option: value")
         unknown = sorted(set(loaded) - set(names))
@@ -295,9 +315,13 @@ def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
         values[key] = value
     cfg = cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
     for f in dataclasses.fields(cls):
+        value = getattr(cfg, f.name)
         choices = f.metadata.get("choices")
-        if choices and getattr(cfg, f.name) not in choices:
-            raise ValueError(f"{f.name}: {getattr(cfg, f.name)!r} is not one of: {', '.join(choices)}")
+        if choices and value not in choices:
+            raise ValueError(f"{f.name}: {value!r} is not one of: {', '.join(choices)}")
+        valid = f.metadata.get("valid")
+        if valid and value is not None and not valid[0](value):
+            raise ValueError(f"--{f.name.replace('_', '-')}: {value!r} is not valid; it must be {valid[1]}")
     return cfg
 
 
@@ -312,3 +336,13 @@ def save(cfg, path: str | Path) -> None:
 def load_saved(cls, path: str | Path):
     """A config written by ``save`` (e.g. ``runs/<name>/config.yaml``)."""
     return resolve(cls, str(path))
+
+
+def load_run_config(run_dir: str | Path) -> "TrainConfig":
+    """The TrainConfig a run directory was trained with; a path that is not a run says so."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--run {run_dir}: no such directory (runs are made by `labeltune train --output ...`)")
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"--run {run_dir}: not a labeltune run directory (no config.yaml in it)")
+    return load_saved(TrainConfig, run_dir / "config.yaml")

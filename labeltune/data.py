@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import re
+import sys
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -35,52 +36,168 @@ class Example:
 
 # ---------------------------------------------------------------- reading
 
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # posts longer than the csv module's 131,072 default
+
+SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
+
+
+@dataclass
+class ReadReport:
+    """What reading a file changed or doubted, for the warnings at the end of a command."""
+
+    path: str
+    short_rows: list[int] = field(default_factory=list)  # lines of rows with fewer cells than the header (filled)
+    long_cells: list[int] = field(default_factory=list)  # lines where one cell spans lines that look like rows
+    replaced: int = 0  # characters not decodable in the given --encoding, replaced by U+FFFD
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.short_rows:
+            out.append(f"{self.path}: {len(self.short_rows)} rows have fewer cells than the header (lines "
+                       f"{_lines(self.short_rows)}); their missing cells were read as empty")
+        if self.long_cells:
+            out.append(f"{self.path}: {len(self.long_cells)} cells run over several lines that look like rows (lines "
+                       f"{_lines(self.long_cells)}): a quote may be unbalanced there, merging rows into one cell")
+        if self.replaced:
+            out.append(f"{self.path}: {self.replaced} characters could not be decoded in the given encoding and were "
+                       "replaced by U+FFFD")
+        return out
+
+
+def _lines(numbers: list[int], shown: int = 5) -> str:
+    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
+
+
+def check_input_file(path: str | Path) -> Path:
+    """The path of a readable text table; spreadsheets, compressed files and folders are refused with
+    what to do instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a CSV, TSV or JSONL file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix.lower() in SPREADSHEET_SUFFIXES or head.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        raise ValueError(f"{path} is a spreadsheet or zip file, not a text table: save it as CSV UTF-8 "
+                         "(Excel: File > Save As > CSV UTF-8) and pass the .csv file")
+    for magic, kind in COMPRESSED.items():
+        if head.startswith(magic):
+            raise ValueError(f"{path} is {kind}-compressed: decompress it first (e.g. gunzip -k {path}) and pass the result")
+    return path
+
+
+def _first_non_utf8_lines(path: Path) -> tuple[int | None, int | None]:
+    """(first line that is not valid UTF-8, first non-ASCII line that is), 1-based; None where none."""
+    bad = good = None
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.isascii():
+                continue
+            try:
+                line.decode("utf-8")
+                good = good or lineno
+            except UnicodeDecodeError:
+                bad = bad or lineno
+            if bad and good:
+                break
+    return bad, good
+
 
 def detect_encoding(path: str | Path) -> str:
-    """BOM if present, else UTF-8 if the whole file decodes as UTF-8, else CP932 if it decodes."""
+    """BOM if present; else UTF-8 if the whole file decodes as UTF-8; else CP932 if every non-ASCII line
+    fails UTF-8 and the file decodes as CP932. A file that mixes encodings (some lines UTF-8, some
+    not) is refused with the first line of each kind: decoding it either way would garble rows."""
+    path = check_input_file(path)
     with open(path, "rb") as f:
         head = f.read(4)
-        for bom, name in _BOMS:
-            if head.startswith(bom):
-                return name
-        f.seek(0)
-        for encoding in ("utf-8", "cp932"):
-            decoder = codecs.getincrementaldecoder(encoding)()
-            f.seek(0)
-            try:
-                while chunk := f.read(1 << 20):
-                    decoder.decode(chunk)
-                decoder.decode(b"", final=True)
-                return encoding
-            except UnicodeDecodeError:
-                continue
-    raise ValueError(f"{path}: not UTF-8, UTF-16 or CP932; pass --encoding")
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    if _decodes(path, "utf-8"):
+        return "utf-8"
+    bad, good = _first_non_utf8_lines(path)
+    if good is not None:
+        raise ValueError(
+            f"{path}: mixed encodings: line {bad} is not UTF-8 but line {good} is; fix line {bad} (or save the "
+            "whole file as UTF-8), or pass --encoding to read it in one encoding with undecodable characters replaced"
+        )
+    if _decodes(path, "cp932"):
+        return "cp932"
+    raise ValueError(f"{path}: line {bad} is not UTF-8, UTF-16 or CP932; pass --encoding")
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as f:
+        try:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def _delimiter(path: Path) -> str:
     return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
 
 
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".json")
+
+
+def _open_text(path: Path, encoding: str | None):
+    """(text file, whether the encoding was given): a given encoding reads with replacement (counted)."""
+    if encoding:
+        return open(path, encoding=encoding, errors="replace", newline="" if not _is_jsonl(path) else None), True
+    return open(path, encoding=detect_encoding(path), newline="" if not _is_jsonl(path) else None), False
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    empty = [i + 1 for i, name in enumerate(header) if not name.strip()]
+    if empty:
+        raise ValueError(f"{path}: column {empty[0]} of the header has no name; name every column "
+                         "(from pandas: to_csv(..., index=False))")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, 1):
+        if name in seen:
+            raise ValueError(f"{path}: columns {seen[name]} and {i} are both named {name!r}; rename one "
+                             "(their cells would be merged)")
+        seen[name] = i
+
+
 def read_columns(path: str | Path, encoding: str | None = None) -> list[str]:
-    """Column names of a CSV/TSV (header) or JSONL (keys of the first record)."""
-    path = Path(path)
-    if path.suffix.lower() in (".jsonl", ".json"):
+    """Column names of a CSV/TSV (its header, checked: named, unique) or JSONL (every key of every
+    record, in first-seen order)."""
+    path = check_input_file(path)
+    if _is_jsonl(path):
+        columns: dict[str, None] = {}
         for row in iter_rows(path, encoding):
-            return list(row)
-        return []
-    with open(path, encoding=encoding or detect_encoding(path), newline="") as f:
-        return next(csv.reader(f, delimiter=_delimiter(path)), [])
+            columns.update(dict.fromkeys(row))
+        return list(columns)
+    f, _ = _open_text(path, encoding)
+    with f:
+        header = next(csv.reader(f, delimiter=_delimiter(path)), [])
+    _check_header(path, header)
+    return header
 
 
-def iter_rows(path: str | Path, encoding: str | None = None) -> Iterator[dict]:
-    """Stream rows as dicts of strings (CSV/TSV) or JSON values (JSONL), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    encoding = encoding or detect_encoding(path)
-    if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding=encoding) as f:
+def iter_rows(path: str | Path, encoding: str | None = None, report: ReadReport | None = None) -> Iterator[dict]:
+    """Stream rows as dicts of strings (CSV/TSV) or JSON values (JSONL), in file order.
+
+    A CSV row with more cells than the header is an error naming its line (its extra cells would be
+    lost); one with fewer is read with empty cells and noted in `report`, as are cells that run over
+    lines looking like rows (a likely unbalanced quote) and characters replaced in a given encoding."""
+    path = check_input_file(path)
+    report = report if report is not None else ReadReport(str(path))
+    f, given = _open_text(path, encoding)
+    with f:
+        if _is_jsonl(path):
             for lineno, line in enumerate(f, 1):
+                if given and "\ufffd" in line:
+                    report.replaced += line.count("\ufffd")
                 if line.strip():
                     try:
                         record = json.loads(line)
@@ -89,12 +206,36 @@ def iter_rows(path: str | Path, encoding: str | None = None) -> Iterator[dict]:
                     if not isinstance(record, dict):
                         raise ValueError(f"{path}:{lineno}: not a JSON object")
                     yield record
-        return
-    with open(path, encoding=encoding, newline="") as f:
-        reader = csv.DictReader(f, delimiter=_delimiter(path))
-        for row in reader:
-            row.pop(None, None)  # extra unnamed cells of a ragged row
-            yield {k: ("" if v is None else v) for k, v in row.items()}
+            return
+        delimiter = _delimiter(path)
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            return
+        _check_header(path, header)
+        width, start = len(header), reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not cells:  # a blank line
+                continue
+            if len(cells) > width:
+                raise ValueError(f"{path}:{line}: {len(cells)} cells but the header has {width}; quote cells that "
+                                 "contain the delimiter, or fix the row (its extra cells would be lost)")
+            if len(cells) < width:
+                report.short_rows.append(line)
+                cells = cells + [""] * (width - len(cells))
+            if reader.line_num > line and any(_looks_like_rows(c, delimiter, width) for c in cells):
+                report.long_cells.append(line)
+            if given:
+                report.replaced += sum(c.count("\ufffd") for c in cells)
+            yield dict(zip(header, cells))
+
+
+def _looks_like_rows(cell: str, delimiter: str, width: int) -> bool:
+    """Whether a multi-line cell holds two or more lines with the delimiter count of a whole row."""
+    if width < 2 or "\n" not in cell:
+        return False
+    return sum(line.count(delimiter) >= width - 1 for line in cell.split("\n")[1:]) >= 2
 
 
 # ---------------------------------------------------------------- examples
@@ -124,12 +265,14 @@ def load_examples(
     label_column: str = "label",
     score_column: str | None = "score",
     encoding: str | None = None,
+    report: ReadReport | None = None,
 ) -> tuple[list[Example], list[dict]]:
     """Examples of a labelled file, and the dropped rows as ``{"row": i, "reason": ...}``.
 
     Missing text or label column is an error naming the columns found. A missing score column is
     allowed (score None); a score present on a row must be an integer in the task's range, and is
-    set to 0 on labels the task gives no score (outside its ``only_for``).
+    set to 0 on labels the task gives no score (outside its ``only_for``). What reading changed or
+    doubted (filled short rows, replaced characters) goes into `report`.
     """
     columns = read_columns(path, encoding)
     for needed in (text_column, label_column):
@@ -137,7 +280,7 @@ def load_examples(
             raise ValueError(f"{path}: no column {needed!r}; columns found: {columns}")
     has_score = task.score is not None and score_column is not None and score_column in columns
     examples, dropped = [], []
-    for i, row in enumerate(iter_rows(path, encoding)):
+    for i, row in enumerate(iter_rows(path, encoding, report)):
         text, raw_label = row.get(text_column), row.get(label_column)
         if _missing(text):
             dropped.append({"row": i, "reason": "empty_text"})
@@ -260,3 +403,22 @@ def drop_leaked_from_train(splits: dict[str, list[Example]], leaks: list[Leak]) 
 
 def label_counts(examples: list[Example]) -> dict[str, int]:
     return dict(Counter(ex.label for ex in examples))
+
+
+def check_output_folder(out: Path, marker: str, verb: str) -> None:
+    """Refuse to write into an existing folder that holds files and is not one of ours (it has no
+    `marker`, the file our verb writes first): the user's files there would be overwritten."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; {verb} writes a folder: choose another --output")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ValueError(f"--output {out} already holds files that {verb} did not write ({shown}); choose a new "
+                         "or empty folder (labeltune never writes into a folder of yours)")
+
+
+def dropped_summary(dropped: list[dict], total: int | None = None) -> str:
+    """One line: how many rows were dropped and why, e.g. '3 rows dropped: 2 empty_text, 1 label_not_in_task'."""
+    reasons = Counter(d["reason"].split(":")[0] for d in dropped)
+    of = f" of {total}" if total is not None else ""
+    return f"{len(dropped)}{of} rows dropped: " + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -159,8 +160,8 @@ def write_predictions(path: Path, examples, predictions) -> None:
 
 def main(cfg) -> dict:
     from labeltune.calibrate import load_temperature
-    from labeltune.config import TrainConfig, load_saved
-    from labeltune.data import iter_rows, load_examples
+    from labeltune.config import load_run_config
+    from labeltune.data import ReadReport, dropped_summary, iter_rows, load_examples
     from labeltune.decode import predict
     from labeltune.features import Prompter
     from labeltune.models import load_run
@@ -170,17 +171,21 @@ def main(cfg) -> dict:
     from labeltune.task import load_task
 
     run_dir = Path(cfg.run)
-    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    train_cfg = load_run_config(run_dir)
     task = load_task(train_cfg.task)
     source = Path(cfg.data) if cfg.data else run_dir / "data" / f"{cfg.split}.jsonl"
+    report = ReadReport(str(source))
     examples, dropped = load_examples(
         source, task, train_cfg.text_column if cfg.data else "text", train_cfg.label_column if cfg.data else "label",
-        train_cfg.score_column if cfg.data else "score",
+        train_cfg.score_column if cfg.data else "score", report=report,
     )
+    warnings = report.warnings()
+    if dropped:
+        warnings.append(dropped_summary(dropped, len(examples) + len(dropped)) + " (not evaluated)")
     if cfg.limit:
         examples = examples[: cfg.limit]
     if not examples:
-        raise ValueError(f"{source}: nothing to evaluate ({len(dropped)} rows dropped)")
+        raise ValueError(f"{source}: nothing to evaluate ({dropped_summary(dropped)})")
     # loaded before the model so that a missing file fails at once
     general_texts, general_source = (
         load_general_texts(cfg.forgetting, cfg.forgetting_limit) if cfg.forgetting else ([], "")
@@ -214,4 +219,6 @@ def main(cfg) -> dict:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     write_report(run_dir, metrics, examples, systems)
     print(format_table(metrics))
+    for warning in warnings:
+        print(f"labeltune: warning: {warning}", file=sys.stderr)
     return metrics

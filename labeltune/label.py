@@ -7,11 +7,20 @@ Every input row yields exactly one output row, in input order, with all original
 column per label added (prefixed ``pred_`` if the input already has one of those names; confidence
 and probabilities are empty in ``generate`` mode, which has none). Output is UTF-8 (BOM with ``--bom``) whatever the input encoding.
 
-Rows are processed in chunks; after each chunk the output is flushed to disk and a sidecar
-``<output>.progress.json`` records the rows and bytes done. A killed run, started again with the
-same arguments, cuts the output back to the last recorded chunk and continues: the finished file is
-byte-identical to an uninterrupted run. The sidecar is removed when the file is complete. An output
-file that belongs to another run or input is never appended to (``--overwrite`` replaces it).
+The output is written to ``<output>.partial`` and moved into place only when every row is in it, so
+an existing file at ``--output`` (replaced only with ``--overwrite``) stays intact until then. Rows
+are processed in chunks; after each chunk the partial file is flushed to disk and a sidecar
+``<output>.labeltune.json`` records the rows and bytes done. A killed or interrupted run, started
+again with the same arguments, cuts the partial file back to the last recorded chunk and continues:
+the finished file is byte-identical to an uninterrupted run. When the file is complete the sidecar
+says so (with the run, input and settings that made it), so the same command again is a no-op. A
+partial output of another run, input or setting is never appended to. The input is never written:
+an ``--output`` that is the input file is refused before anything is opened for writing.
+
+With ``--bom`` (Excel-bound output) cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR and are
+not numbers get a leading ``'``, so a post such as ``=HYPERLINK(...)`` is shown as text instead of
+running as a formula (CSV injection); the count is reported. Plain UTF-8 output is written verbatim.
+JSON inputs' nested values are written as JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from itertools import islice
 from pathlib import Path
 
@@ -75,28 +85,62 @@ def _write_state(path: Path, state: dict) -> None:
 
 
 def _cell(value) -> str:
-    return "" if value is None else str(value)
+    """A CSV cell of an input value: strings as they are, nested JSON values and booleans as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _prob(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise_formula(cell: str) -> str:
+    """A cell Excel would run as a formula, made text with a leading apostrophe (OWASP CSV injection);
+    numbers such as -1 are left as they are."""
+    if cell.startswith(FORMULA_START) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def check_paths(source: Path, output: Path) -> None:
+    """Refuse, before anything is written: an output that is the input (also through `..` or a link), an
+    output that is a folder, a folder that cannot be written."""
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output / 'labelled.csv'}")
+    same = output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source))
+    if same:
+        raise ValueError(f"--output {output} is the input file {source}; labeltune never writes its input: "
+                         "choose another output file")
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {output}: cannot write in {parent} (permission denied); choose another folder")
+
+
 def main(cfg: LabelConfig) -> Path:
+    import sys
+
     from tqdm import tqdm
 
-    from labeltune.config import TrainConfig, load_saved
-    from labeltune.data import detect_encoding, iter_rows, read_columns
+    from labeltune.config import load_run_config
+    from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns
     from labeltune.task import load_task
 
     run_dir, source, output = Path(cfg.run), Path(cfg.input), Path(cfg.output)
-    if not source.is_file():
-        raise FileNotFoundError(f"no such input file: {source}")
-    encoding = cfg.encoding or detect_encoding(source)
-    columns = read_columns(source, encoding)
+    check_input_file(source)
+    check_paths(source, output)
+    columns = read_columns(source, cfg.encoding)
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {columns} (use --text-column)")
-    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    train_cfg = load_run_config(run_dir)
     task = load_task(train_cfg.task)
     header = output_columns(columns, [lab.name for lab in task.labels])
     identity = {
@@ -105,67 +149,99 @@ def main(cfg: LabelConfig) -> Path:
         "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode", "calibrated")},
         "calibration": (run_dir / "calibration.json").read_text(encoding="utf-8") if (run_dir / "calibration.json").is_file() else None,
     }
-    state_path = output.with_name(output.name + ".progress.json")
+    state_path = output.with_name(output.name + ".labeltune.json")
+    partial = output.with_name(output.name + ".partial")
 
-    state = None
-    if state_path.exists() and not cfg.overwrite:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        if state["identity"] != identity:
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
+    if state is not None and state.get("complete"):
+        done = output.is_file() and output.stat().st_size == state["bytes"]
+        if done and state["identity"] == identity and not cfg.overwrite:
+            print(f"{output} is already complete ({state['rows']} rows, same run, input and settings): nothing to do")
+            return output
+        state = None  # made by another command, changed since, or to be replaced: not ours to resume
+    elif state is not None and state["identity"] != identity:
+        if not cfg.overwrite:
             raise ValueError(
-                f"{output} is a partial output of a different run, input or settings; "
-                "refusing to append (pass --overwrite to start it again)"
+                f"{partial} is a partial output of a different run, input or settings; refusing to append "
+                "(pass --overwrite to start it again)"
             )
-    elif output.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-    if state is not None and (not output.exists() or output.stat().st_size < state["bytes"]):
-        state = None  # the output was removed or cut by hand: start it again
+        state = None
+    if state is None and output.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it (it is replaced only once the new "
+                              "output is complete), or choose another --output")
+    if state is not None and (not partial.is_file() or partial.stat().st_size < state["bytes"]):
+        state = None  # the partial file was removed or cut by hand: start again
+    report = ReadReport(str(source))
+    total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # also checks the whole file's shape first
     output.parent.mkdir(parents=True, exist_ok=True)
     if state is None or state["rows"] == 0:
-        state = {"identity": identity, "rows": 0, "bytes": 0}
-        _write_state(state_path, state)  # before the output, so a kill at any point is resumable
-        with open(output, "wb") as f:
+        state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False, "output": output.name}
+        _write_state(state_path, state)  # before the partial file, so a kill at any point is resumable
+        with open(partial, "wb") as f:
             f.write(("\ufeff" if cfg.bom else "").encode("utf-8") + _csv_bytes([header]))
             f.flush()
             os.fsync(f.fileno())
             state["bytes"] = f.tell()
         _write_state(state_path, state)
 
+    from labeltune.calibrate import load_temperature
     from labeltune.decode import predict
     from labeltune.features import Prompter
     from labeltune.models import load_run
     from labeltune.prompts import load_template
 
-    from labeltune.calibrate import load_temperature
-
     temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
     model, tokenizer = load_run(run_dir, merge=True)  # LoRA folded in: no adapter overhead per call
     prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
 
-    total = sum(1 for _ in iter_rows(source, encoding))
-    rows = islice(iter_rows(source, encoding), state["rows"], None)
+    rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
-    counts = {"ok": 0, "failed": 0}
-    with open(output, "r+b") as f:
-        f.seek(state["bytes"])
-        f.truncate()
-        while chunk := list(islice(rows, cfg.chunk_size)):
-            texts = [row.get(cfg.text_column) for row in chunk]
-            predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
-            lines = []
-            for row, p in zip(chunk, predictions):
-                counts["ok" if p.ok else "failed"] += 1
-                probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
-                lines.append(
-                    [_cell(row.get(c)) for c in columns]
-                    + [_cell(p.label), _cell(p.score), p.ok, p.reason, p.truncated, p.raw, _prob(p.confidence), *probs]
-                )
-            f.write(_csv_bytes(lines))
-            f.flush()
-            os.fsync(f.fileno())
-            state.update(rows=state["rows"] + len(chunk), bytes=f.tell())
-            _write_state(state_path, state)
-            bar.update(len(chunk))
+    counts = {"ok": 0, "failed": 0, "neutralised": 0}
+
+    def cell(value) -> str:
+        text = _cell(value)
+        if cfg.bom and text.startswith(FORMULA_START):
+            safe = neutralise_formula(text)
+            counts["neutralised"] += safe != text
+            return safe
+        return text
+
+    try:
+        with open(partial, "r+b") as f:
+            f.seek(state["bytes"])
+            f.truncate()
+            while chunk := list(islice(rows, cfg.chunk_size)):
+                texts = [row.get(cfg.text_column) for row in chunk]
+                predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
+                lines = []
+                for row, p in zip(chunk, predictions):
+                    counts["ok" if p.ok else "failed"] += 1
+                    probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
+                    lines.append(
+                        [cell(row.get(c)) for c in columns]
+                        + [_cell(p.label), _cell(p.score), p.ok, p.reason, p.truncated, cell(p.raw), _prob(p.confidence), *probs]
+                    )
+                f.write(_csv_bytes(lines))
+                f.flush()
+                os.fsync(f.fileno())
+                state.update(rows=state["rows"] + len(chunk), bytes=f.tell())
+                _write_state(state_path, state)
+                bar.update(len(chunk))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to continue",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     bar.close()
-    state_path.unlink()
+    if state["rows"] != total:
+        raise RuntimeError(f"{source}: {total} rows counted but {state['rows']} read; the file changed while labelling")
+    os.replace(partial, output)
+    state["complete"] = True
+    _write_state(state_path, state)
     print(f"labelled {state['rows']} rows -> {output} (this session: {counts['ok']} ok, {counts['failed']} not ok)")
+    for warning in report.warnings():
+        print(f"labeltune: warning: {warning}", file=sys.stderr)
+    if counts["neutralised"]:
+        print(f"labeltune: note: {counts['neutralised']} cells starting with =, +, -, @ were prefixed with ' so Excel "
+              "shows them as text (--bom output)", file=sys.stderr)
     return output

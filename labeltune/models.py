@@ -440,13 +440,21 @@ def base_path(run_dir: str | Path) -> str:
     return str(Path(run_dir) / "base") if info["base"] == "base/" else info["base"]
 
 
+class RunError(ValueError):
+    """A run directory that cannot be used as it is, said in labeltune's own words."""
+
+
+class MissingRunFile(RunError, FileNotFoundError):
+    pass
+
+
 def check_not_patched_by_unsloth(model) -> None:
     """Refuse to decode with a model class whose forward Unsloth replaced: Unsloth patches transformers'
     model classes process-wide when it loads a model, and its forward returns legacy tuple caches and
     takes its own single-token path, which score mode's cache and mask handling is not built for."""
     forward = getattr(type(model), "forward", None)
     if (getattr(forward, "__module__", "") or "").startswith("unsloth"):
-        raise ValueError(
+        raise RunError(
             f"{type(model).__name__} was patched by Unsloth in this process (it trained here); label, "
             "evaluate and calibrate in a new process (the CLI, or restart the runtime), and train with "
             "`labeltune train` / labeltune.train.spawn so the notebook's process never imports Unsloth"
@@ -454,6 +462,21 @@ def check_not_patched_by_unsloth(model) -> None:
 
 
 def load_run(run_dir: str | Path, merge: bool = False):
+    """load_run_files with a damaged run (a truncated or corrupted weight file, missing tokenizer files or
+    base/) reported in one line naming the run and what to do, not a traceback from deep in a library."""
+    try:
+        return load_run_files(run_dir, merge)
+    except RunError:
+        raise
+    except Exception as e:  # safetensors, tokenizers, transformers, json, OSError ... on files of the run
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(
+            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the run's "
+            "files are complete (train it again if they are damaged) and that a Hugging Face base can be downloaded"
+        ) from e
+
+
+def load_run_files(run_dir: str | Path, merge: bool = False):
     """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
 
     Always through the hf backend (transformers + PEFT; bitsandbytes 4-bit on a GPU for a run trained
@@ -468,7 +491,7 @@ def load_run(run_dir: str | Path, merge: bool = False):
 
     run_dir = Path(run_dir)
     if not (run_dir / "model.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: no model.json (is this a run directory made by `labeltune train`?)")
+        raise MissingRunFile(f"{run_dir}: no model.json (is this a run directory made by `labeltune train`?)")
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     if info.get("merged"):
         model, tokenizer = load_base(str(run_dir / "model"), "hf", load_in_4bit=False)
@@ -476,7 +499,7 @@ def load_run(run_dir: str | Path, merge: bool = False):
         model.eval()
         return model, tokenizer
     if not (run_dir / "adapter").is_dir():
-        raise FileNotFoundError(f"{run_dir}: no adapter/ (did `labeltune train` finish?)")
+        raise MissingRunFile(f"{run_dir}: no adapter/ (did `labeltune train` finish?)")
     base = base_path(run_dir)
     if not cuda_available() and info.get("full_id"):
         base = info["full_id"]

@@ -29,11 +29,24 @@ Sources and their rules (also written into each card):
 from __future__ import annotations
 
 import json
+import math
 import random
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from labeltune.data import SPLITS, Example, iter_rows, label_counts, normalize_text, score_from_flags, split_examples
+from labeltune.data import (
+    SPLITS,
+    Example,
+    check_output_folder,
+    dropped_summary,
+    iter_rows,
+    label_counts,
+    normalize_text,
+    read_columns,
+    score_from_flags,
+    split_examples,
+)
 
 SOURCES = ("japanese-toxic", "wrime", "annotated-csv", "livedoor", "hf:<dataset id or local folder>")
 # Where the licence allows fetching the file as published; the checksum pins the exact file.
@@ -60,19 +73,30 @@ LICENCES = {
 
 
 def _int(value) -> int:
-    return int(float(value))
+    """A whole, finite, non-negative count (votes, flags); anything else raises ValueError."""
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or not number.is_integer():
+        raise ValueError(f"not a count: {value!r}")
+    return int(number)
+
+
+JT_VOTES = ("Not Toxic", "Hard to Say", "Toxic", "Very Toxic")
 
 
 def read_japanese_toxic(path: Path) -> tuple[list[Example], list[dict]]:
     source = path / "data" / "subset.csv" if path.is_dir() else path
     kept, dropped = [], []
+    missing = [c for c in ("text", *JT_VOTES, "annotation_num") if c not in read_columns(source)]
+    if missing:
+        raise ValueError(f"{source}: no column(s) {missing}; columns found: {read_columns(source)} "
+                         "(is this the japanese-toxic-dataset's subset.csv?)")
     for i, row in enumerate(iter_rows(source)):
         text = (row.get("text") or "").strip()
         try:
-            votes = [_int(row[k]) for k in ("Not Toxic", "Hard to Say", "Toxic", "Very Toxic")]
+            votes = [_int(row[k]) for k in JT_VOTES]
             n = _int(row["annotation_num"])
-        except (KeyError, ValueError):
-            dropped.append({"row": i, "reason": "vote_columns_missing_or_not_numbers"})
+        except ValueError:
+            dropped.append({"row": i, "reason": "votes_not_counts"})
             continue
         if not text:
             dropped.append({"row": i, "reason": "empty_text"})
@@ -122,6 +146,14 @@ def read_wrime(path: Path, label_source: str, drop_neutral: bool) -> tuple[dict[
 
 
 def read_annotated_csv(path: Path, task, text_column: str, label_column: str, flag_columns: list[str], flag_max: int):
+    if task.score is not None and not flag_columns:
+        raise ValueError(
+            f"annotated-csv: the task {task.name!r} scores its {', '.join(task.score.only_for or task.label_values)} rows "
+            "from annotator flags: pass --flag-columns a1,a2,... (without them every such row would be dropped)"
+        )
+    missing = [c for c in (text_column, label_column, *flag_columns) if c not in read_columns(path)]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; columns found: {read_columns(path)}")
     kept, dropped = [], []
     for i, row in enumerate(iter_rows(path)):
         missing = [c for c in (text_column, label_column, *flag_columns) if c not in row]
@@ -371,10 +403,15 @@ def main(cfg) -> dict:
     splits, duplicates = deduplicate(splits)
     before = len(splits["train"])
     splits["train"] = balance(splits["train"], cfg.balance, cfg.seed)
+    check_output_folder(out, "card.json", "data prepare")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "card.json").write_text('{"complete": false}\n', encoding="utf-8")  # ours from now on; replaced at the end
     for name, rows in splits.items():
         write_jsonl(rows, out / f"{name}.jsonl")
     card = write_card(out, cfg, total, splits, dropped, duplicates, len(splits["train"]) - before)
     print(f"{cfg.source}: {total} rows -> " + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
           + f", dropped {len(dropped)} -> {out}")
+    if dropped:
+        print(f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in {out / 'card.json'})",
+              file=sys.stderr)
     return card

@@ -73,7 +73,7 @@ def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
 
 def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
     """The fine-tuned model's metrics on the run's dev split."""
-    from labeltune.config import load_saved
+    from labeltune.config import load_run_config
     from labeltune.data import load_examples
     from labeltune.decode import predict
     from labeltune.evaluate import system_metrics
@@ -82,7 +82,7 @@ def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
     from labeltune.prompts import load_template
     from labeltune.task import load_task
 
-    train_cfg = load_saved(TrainConfig, run_dir / "config.yaml")
+    train_cfg = load_run_config(run_dir)
     task = load_task(train_cfg.task)
     examples, _ = load_examples(run_dir / "data" / "dev.jsonl", task)
     if not examples:
@@ -181,7 +181,7 @@ def plot_dev_metric(rows: list[dict], grid: dict, metric: str, path: Path) -> No
 
 
 def main(cfg: SweepConfig) -> list[dict]:
-    from labeltune.config import load_saved
+    from labeltune.config import load_run_config, load_saved
 
     check_options(cfg)
     out = Path(cfg.output)
@@ -197,7 +197,7 @@ def main(cfg: SweepConfig) -> list[dict]:
     for index, params in enumerate(expand_grid(cfg.grid)):
         run_dir = out / "trials" / trial_name(index, params)
         dev = run_trial(shared, params, run_dir, cfg)
-        trials.append((run_dir.name, params, load_saved(TrainConfig, run_dir / "config.yaml"), dev))
+        trials.append((run_dir.name, params, load_run_config(run_dir), dev))
         print(f"sweep: {run_dir.name}: dev {cfg.metric} {dev[cfg.metric]:.3f}")
     best = max(trials, key=lambda t: t[3][cfg.metric])[0]  # ties: the first trial
     test = evaluate_best(out / "trials" / best, cfg)

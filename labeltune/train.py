@@ -33,22 +33,29 @@ def with_preset_defaults(cfg: TrainConfig, preset: Preset) -> TrainConfig:
     return replace(cfg, **{f: getattr(preset, f) for f in fields if getattr(cfg, f) is None})
 
 
-def load_splits(cfg: TrainConfig, task: TaskSpec) -> tuple[dict[str, list[data_mod.Example]], list[dict]]:
-    """train/dev/test from a folder of split files, or a stratified split of one file; plus dropped rows."""
+def load_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None,
+                ) -> tuple[dict[str, list[data_mod.Example]], list[dict]]:
+    """train/dev/test from a folder of split files, or a stratified split of one file; plus dropped rows.
+    What reading changed or doubted (short rows, replaced characters) is appended to `warnings`."""
     source = Path(cfg.data)
     columns = dict(text_column=cfg.text_column, label_column=cfg.label_column, score_column=cfg.score_column)
+    warnings = warnings if warnings is not None else []
     if source.is_dir():
         splits, dropped = {}, []
         for name in data_mod.SPLITS:
             files = [source / f"{name}{s}" for s in SPLIT_FILE_SUFFIXES if (source / f"{name}{s}").is_file()]
             if not files:
                 raise FileNotFoundError(f"{source}: no {name}.csv/.tsv/.jsonl")
-            splits[name], rows = data_mod.load_examples(files[0], task, encoding=cfg.encoding, **columns)
+            report = data_mod.ReadReport(str(files[0]))
+            splits[name], rows = data_mod.load_examples(files[0], task, encoding=cfg.encoding, report=report, **columns)
             dropped += [{"split": name, **r} for r in rows]
+            warnings += report.warnings()
         return splits, dropped
-    examples, dropped = data_mod.load_examples(source, task, encoding=cfg.encoding, **columns)
+    report = data_mod.ReadReport(str(source))
+    examples, dropped = data_mod.load_examples(source, task, encoding=cfg.encoding, report=report, **columns)
+    warnings += report.warnings()
     if not examples:
-        raise ValueError(f"{source}: no usable rows ({len(dropped)} dropped)")
+        raise ValueError(f"{source}: no usable rows ({data_mod.dropped_summary(dropped)})")
     return data_mod.split_examples(examples, cfg.split, cfg.seed), dropped
 
 
@@ -95,13 +102,32 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
     return summary
 
 
-def make_splits(cfg: TrainConfig, task: TaskSpec) -> tuple[dict, list[dict], list]:
-    """(splits, dropped rows, leaks) of `cfg.data`: loaded, leakage policy applied, train cut to --limit."""
-    splits, dropped = load_splits(cfg, task)
+def make_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None) -> tuple[dict, list[dict], list]:
+    """(splits, dropped rows, leaks) of `cfg.data`: loaded, leakage policy applied, train cut to --limit,
+    checked to give meaningful results (check_splits)."""
+    splits, dropped = load_splits(cfg, task, warnings)
     splits, leaks = check_leakage(cfg, splits)
     if cfg.limit:
         splits["train"] = splits["train"][: cfg.limit]
+    check_splits(splits, task, cfg.allow_incomplete)
     return splits, dropped, leaks
+
+
+def check_splits(splits: dict, task: TaskSpec, allow_incomplete: bool) -> None:
+    """Refuse data whose results would mean nothing: no training rows, a task label the model never sees
+    in training, an empty dev or test split (evaluation and model choice need them); with
+    allow_incomplete the last two are warnings."""
+    import sys
+
+    if not splits["train"]:
+        raise ValueError("no training examples (every row was dropped, or the train split is empty)")
+    counts = data_mod.label_counts(splits["train"])
+    problems = [f"label {v} ({task.label_name(v)}) has no training rows" for v in task.label_values if v not in counts]
+    problems += [f"the {name} split is empty" for name in ("dev", "test") if not splits[name]]
+    if problems and not allow_incomplete:
+        raise ValueError("; ".join(problems) + " (more data, other split ratios, or --allow-incomplete to train anyway)")
+    for problem in problems:
+        print(f"labeltune: warning: {problem} (--allow-incomplete)", file=sys.stderr)
 
 
 def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
@@ -193,6 +219,7 @@ def main(cfg: TrainConfig) -> Path:
     With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
     at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
     import os
+    import sys
 
     import torch
 
@@ -218,9 +245,15 @@ def main(cfg: TrainConfig) -> Path:
     run_dir = Path(cfg.output)
     if (run_dir / "adapter").exists():
         raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
-    splits, dropped, leaks = make_splits(cfg, task)
-    if not splits["train"]:
-        raise ValueError("no training examples")
+    data_mod.check_output_folder(run_dir, "model.json", "train")  # a folder of the user's is never written into
+    warnings: list[str] = []
+    splits, dropped, leaks = make_splits(cfg, task, warnings)
+    if dropped:
+        warnings.append(data_mod.dropped_summary(dropped, sum(map(len, splits.values())) + len(dropped))
+                        + f" (each with its reason in {run_dir / 'data' / 'summary.json'})")
+    if leaks and cfg.leakage != "error":
+        what = "removed from train" if cfg.leakage == "drop" else "left in train (--leakage allow)"
+        warnings.append(f"{len(leaks)} dev/test rows duplicate training rows: {what}")
 
     state = PartialState(cpu=not cuda)  # one process, or one per rank (gloo on CPU) under accelerate launch
     if state.num_processes > 1 and backend == "unsloth":
@@ -238,6 +271,7 @@ def main(cfg: TrainConfig) -> Path:
     with state.main_process_first():
         if is_main:
             (run_dir / "data").mkdir(parents=True, exist_ok=True)
+            (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")  # first: a run of ours
             save(cfg, run_dir / "config.yaml")
             write_splits(cfg, splits, dropped, leaks, run_dir / "data")
             (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
@@ -315,6 +349,8 @@ def main(cfg: TrainConfig) -> Path:
         info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step, precision=precision)
         (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
         print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {backend}/{precision} -> {run_dir}")
+        for warning in warnings:
+            print(f"labeltune: warning: {warning}", file=sys.stderr)
     state.wait_for_everyone()
     return run_dir
 

@@ -118,9 +118,18 @@ def test_tsv(tmp_path):
 
 
 def test_ragged_rows(tmp_path):
+    """A short row is read with empty cells and reported with its line; a long one (its extra cells would
+    be lost) is refused with its line."""
+    from labeltune.data import ReadReport
+
     path = tmp_path / "ragged.csv"
-    path.write_text("text,label\n短い\n長い,1,余分\n", encoding="utf-8")
-    assert list(iter_rows(path)) == [{"text": "短い", "label": ""}, {"text": "長い", "label": "1"}]
+    path.write_text("text,label\n短い\n普通,0\n", encoding="utf-8")
+    report = ReadReport(str(path))
+    assert list(iter_rows(path, report=report)) == [{"text": "短い", "label": ""}, {"text": "普通", "label": "0"}]
+    assert report.short_rows == [2] and "1 rows have fewer cells than the header (lines 2)" in report.warnings()[0]
+    path.write_text("text,label\n普通,0\n長い,1,余分\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"ragged\.csv:3: 3 cells but the header has 2"):
+        list(iter_rows(path))
 
 
 def test_jsonl(tmp_path):

@@ -20,7 +20,11 @@ T4, A100 = (7, 5), (8, 0)
 
 
 def simulate_gpu(monkeypatch, capability, count: int = 1):
-    """Patch the torch.cuda probes as a machine with `count` GPUs of `capability` answers them."""
+    """Patch the torch.cuda probes as a machine with `count` GPUs of `capability` answers them. bitsandbytes
+    (and peft, which imports it) are imported first, on the real probes: it loads CUDA kernels when it
+    sees a GPU."""
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -194,8 +198,8 @@ def test_label_of_an_unsloth_run_on_a_gpu_never_imports_unsloth(unsloth_run, tmp
                           "--output", str(tmp_path / "out.csv"), "--mode", "score"], site, T4, tmp_path)
     assert not record.exists(), f"unsloth was imported for inference: {record.read_text()}"
     assert "fake unsloth" not in proc.stderr
-    # it stopped where the hf backend puts the model on the GPU this CPU machine does not have
-    assert proc.returncode != 0 and "hf_load_kwargs(capability" in proc.stderr, proc.stderr[-2000:]
+    # it stopped where the hf backend puts the model on the GPU this CPU machine does not have (said in one line)
+    assert proc.returncode == 2 and "its model cannot be loaded (RuntimeError" in proc.stderr, proc.stderr[-2000:]
     assert "accelerator" in proc.stderr or "CUDA" in proc.stderr
 
 
@@ -343,8 +347,9 @@ def test_merged_export_on_a_gpu_is_not_requantised(monkeypatch, tmp_path):
     simulate_gpu(monkeypatch, T4)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: None)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
-    with pytest.raises(Loaded):
+    with pytest.raises(ValueError, match="cannot be loaded") as raised:
         models.load_run(run)
+    assert isinstance(raised.value.__cause__, Loaded)
     import torch
 
     assert "quantization_config" not in seen and seen["dtype"] == torch.float16

@@ -95,10 +95,16 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path):
                              "confidence", "p_positive", "p_neutral", "p_negative"]
     assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
     assert sum(r["ok"] == "True" for r in rows) >= 9
-    assert not out.with_name(out.name + ".progress.json").exists()
-    # a finished output is not silently replaced or appended to
+    assert not out.with_name(out.name + ".partial").exists()
+    assert json.loads(out.with_name(out.name + ".labeltune.json").read_text())["complete"] is True
+    # the same command again: already complete, nothing rewritten
+    before = out.stat().st_mtime_ns
+    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
+    assert out.stat().st_mtime_ns == before
+    # other settings: a finished output is not silently replaced or appended to
     with pytest.raises(FileExistsError):
-        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
+        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body",
+                                               "mode": "score"}))
 
 
 def test_label_missing_column_writes_nothing(run_dir, tmp_path):
@@ -107,7 +113,7 @@ def test_label_missing_column_writes_nothing(run_dir, tmp_path):
     out = tmp_path / "out.csv"
     with pytest.raises(ValueError, match=r"no column 'text'.*post_id"):
         label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out)}))
-    assert not out.exists() and not out.with_name(out.name + ".progress.json").exists()
+    assert not out.exists() and not out.with_name(out.name + ".labeltune.json").exists()
 
 
 def _label_cmd(run_dir, source, out, *extra):
@@ -122,7 +128,8 @@ def test_resume_after_kill_is_byte_identical(run_dir, tmp_path):
     reference, resumed = tmp_path / "reference.csv", tmp_path / "resumed.csv"
     subprocess.run(_label_cmd(run_dir, source, reference), check=True, cwd=ROOT)
 
-    state = resumed.with_name(resumed.name + ".progress.json")
+    state = resumed.with_name(resumed.name + ".labeltune.json")
+    partial = resumed.with_name(resumed.name + ".partial")
     proc = subprocess.Popen(_label_cmd(run_dir, source, resumed), cwd=ROOT)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill -9 once a few chunks are on disk
@@ -138,23 +145,25 @@ def test_resume_after_kill_is_byte_identical(run_dir, tmp_path):
     assert state.exists(), "the run finished before it could be killed"
     done = json.loads(state.read_text())["rows"]
     assert 12 <= done < 40
-    with open(resumed, "ab") as f:  # a half-written row, as a kill in mid-write leaves it
+    assert not resumed.exists()  # the output appears only when complete
+    with open(partial, "ab") as f:  # a half-written row, as a kill in mid-write leaves it
         f.write(b"p9999,half a row")
     subprocess.run(_label_cmd(run_dir, source, resumed), check=True, cwd=ROOT)
     assert resumed.read_bytes() == reference.read_bytes()
-    assert not state.exists()
+    assert json.loads(state.read_text())["complete"] and not partial.exists()
 
 
 def test_refuses_to_append_to_foreign_partial_output(run_dir, tmp_path):
     source = tmp_path / "posts.csv"
     _write_posts(source, 8)
     out = tmp_path / "out.csv"
-    state = out.with_name(out.name + ".progress.json")
-    out.write_text("a,b\n1,2\n", encoding="utf-8")
+    state = out.with_name(out.name + ".labeltune.json")
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text("a,b\n1,2\n", encoding="utf-8")
     state.write_text(json.dumps({"identity": {"input_sha256": "other"}, "rows": 1, "bytes": 8}))
     with pytest.raises(ValueError, match="refusing to append"):
         label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
-    assert out.read_text(encoding="utf-8") == "a,b\n1,2\n"
+    assert partial.read_text(encoding="utf-8") == "a,b\n1,2\n"
     label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out),
                                            "text_column": "body", "overwrite": True, "progress": False}))
     assert len(list(csv.DictReader(open(out, encoding="utf-8", newline="")))) == 8
