@@ -4,19 +4,22 @@ the notebook call. Options come from the verb's config dataclass (labeltune/conf
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from labeltune import config as config_mod
 
+# verb -> (its config, its help, the module whose main(cfg) runs it): one table for parser and dispatch
 VERBS = {
-    "train": (config_mod.TrainConfig, "LoRA SFT of a model on labelled data -> run directory"),
-    "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> metrics.json, report.md"),
-    "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)"),
-    "calibrate": (config_mod.CalibrateConfig, "fit a temperature for label probabilities on the dev split"),
-    "export": (config_mod.ExportConfig, "export a run as adapter, merged 16-bit model or GGUF"),
-    "sweep": (config_mod.SweepConfig, "grid of training runs, best by dev metric evaluated on test -> results table + plots"),
-    "compare": (config_mod.CompareConfig, "generative LLM vs classification head vs encoder vs baselines on one split"),
+    "train": (config_mod.TrainConfig, "LoRA SFT of a model on labelled data -> run directory", "train"),
+    "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> metrics.json, report.md", "evaluate"),
+    "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)", "label"),
+    "calibrate": (config_mod.CalibrateConfig, "fit a temperature for label probabilities on the dev split", "calibrate"),
+    "export": (config_mod.ExportConfig, "export a run as adapter, merged 16-bit model or GGUF", "export"),
+    "sweep": (config_mod.SweepConfig, "grid of training runs, best by dev metric evaluated on test -> results table + plots", "sweep"),
+    "compare": (config_mod.CompareConfig, "generative LLM vs classification head vs encoder vs baselines on one split", "compare"),
 }
+DECODING_VERBS = ("evaluate", "label", "calibrate", "sweep", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="labeltune", description="Instruction-tune an LM to label texts, label CSVs, measure the labels."
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, (cls, help_text) in VERBS.items():
+    for verb, (cls, help_text, _) in VERBS.items():
         config_mod.add_arguments(sub.add_parser(verb, help=help_text, description=help_text), cls)
     data = sub.add_parser("data", help="dataset adapters", description="dataset adapters")
     data_sub = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
@@ -59,7 +62,7 @@ def run(argv: list[str] | None = None) -> int:
         args.pop("data_verb")
         prepare(config_mod.resolve(config_mod.PrepareConfig, args.pop("config", None), args))
         return 0
-    cls = VERBS[verb][0]
+    cls, _, module = VERBS[verb]
     cfg = config_mod.resolve(cls, args.pop("config", None), args)
     if verb == "train":
         from labeltune.models import prepare_backend
@@ -68,20 +71,11 @@ def run(argv: list[str] | None = None) -> int:
         # when it is the one) before the verb imports any of them. sweep and compare train through
         # labeltune.train.spawn, which runs this same path in a child process.
         prepare_backend(cfg.backend)
-        from labeltune.train import main
-    elif verb == "evaluate":
-        from labeltune.evaluate import main
-    elif verb == "calibrate":
-        from labeltune.calibrate import main
-    elif verb == "export":
-        from labeltune.export import main
-    elif verb == "sweep":
-        from labeltune.sweep import main
-    elif verb == "compare":
-        from labeltune.compare import main
-    else:
-        from labeltune.label import main
-    main(cfg)
+    if verb in DECODING_VERBS:
+        from labeltune.decode import tune_cpu_allocator
+
+        tune_cpu_allocator()  # process-wide malloc tuning for CPU decoding: here, at the entry point only
+    importlib.import_module(f"labeltune.{module}").main(cfg)
     return 0
 
 

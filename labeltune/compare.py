@@ -30,10 +30,15 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from labeltune.config import CompareConfig, TrainConfig, load_run_config, load_saved, resolve, save, to_dict
+from labeltune.config import CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
 from labeltune.data import Example, load_examples
-from labeltune.decode import Prediction
-from labeltune.models import Preset, resolve_preset
+from labeltune.decode import Prediction, predict
+from labeltune.metrics import majority_baseline, system_metrics
+from labeltune.report import write_predictions
+from labeltune.run import open_run
+from labeltune.splits import on_split_folder, split_once
+from labeltune.train import spawn
+from labeltune.models import Preset, resolve_preset, with_preset_defaults
 from labeltune.task import TaskSpec, load_task
 
 SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")
@@ -70,8 +75,6 @@ def system_key(system: str, model: str | None) -> str:
 
 def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> TrainConfig:
     """TrainConfig of `model` from cfg.train (checked like a YAML file), preset defaults filled in."""
-    from labeltune.train import with_preset_defaults
-
     reserved = sorted({"model", "data", "output"} & set(cfg.train))
     if reserved:
         raise ValueError(f"train: {reserved} are set by compare itself (use --models / --data / --output)")
@@ -80,9 +83,7 @@ def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> Tra
 
 
 def run_config(cfg: CompareConfig, model: str, out: Path) -> TrainConfig:
-    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by labeltune.train.split_once)."""
-    from labeltune.train import on_split_folder
-
+    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by labeltune.splits.split_once)."""
     return on_split_folder(train_config(cfg, model, out / system_key("generative", model), cfg.data), out / "data")
 
 
@@ -115,9 +116,7 @@ def finished(system_dir: Path) -> dict | None:
 
 def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examples: list[Example],
                 predictions: list[Prediction], **extra) -> None:
-    """Metrics (labeltune.evaluate.system_metrics, the same for every system) + predictions.csv."""
-    from labeltune.evaluate import system_metrics, write_predictions
-
+    """Metrics (labeltune.metrics.system_metrics, the same for every system) + predictions.csv."""
     system_dir.mkdir(parents=True, exist_ok=True)
     metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, task.label_values)
     record = {"system": system, "model": model, "train_seconds": None, **extra, **metrics}
@@ -131,8 +130,6 @@ def ensure_run(tcfg: TrainConfig, preset: Preset, systems: list[str], out: Path)
     decode with it, and the tiny preset's cls_head starts from the base the run built. It trains in a
     child process (labeltune.train.spawn): training on the unsloth backend patches transformers' model
     classes process-wide, and this process goes on to decode and to build a classification model."""
-    from labeltune.train import spawn
-
     users = [s for s in ("generative", "zero_shot") if s in systems]
     if "cls_head" in systems and preset.model_id is None:
         users.append("cls_head")
@@ -154,18 +151,12 @@ def forgetting(cfg: CompareConfig, model, tokenizer, max_length: int) -> dict | 
 def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task: TaskSpec,
                    examples: list[Example], out: Path) -> None:
     """generative and zero_shot rows of one model: decode the split with the run's adapter on and off."""
-    from labeltune.decode import predict
-    from labeltune.features import Prompter
-    from labeltune.models import load_run
-    from labeltune.prompts import load_template
-
     run_dir = out / system_key("generative", model_name)
     todo = [s for s in ("generative", "zero_shot") if s in systems and finished(out / system_key(s, model_name)) is None]
     if not todo:
         return
-    run_cfg = load_run_config(run_dir)
-    model, tokenizer = load_run(run_dir)
-    prompter = Prompter(tokenizer, load_template(run_cfg.template), task, run_cfg.max_length)
+    run = open_run(run_dir)
+    model, prompter = run.load()
     texts = [ex.text for ex in examples]
     if "zero_shot" in todo:
         with model.disable_adapter():
@@ -173,10 +164,9 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
         save_result(out / system_key("zero_shot", model_name), "zero_shot", model_name, task, examples, predictions)
     if "generative" in todo:
         predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
-        info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-        check = forgetting(cfg, model, tokenizer, run_cfg.max_length)
+        check = forgetting(cfg, model, prompter.tokenizer, run.config.max_length)
         save_result(run_dir, "generative", model_name, task, examples, predictions,
-                    train_seconds=info.get("train_seconds"), forgetting=check)
+                    train_seconds=run.info.get("train_seconds"), forgetting=check)
 
 
 def llm_base(preset: Preset, run_dir: Path, cuda: bool) -> tuple[str, bool]:
@@ -233,10 +223,8 @@ def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex:
 
 
 def run_majority(task: TaskSpec, train_ex: list[Example], examples: list[Example], out: Path) -> None:
-    """The most frequent training label (labeltune.evaluate.majority_baseline) for every row, with the
+    """The most frequent training label (labeltune.metrics.majority_baseline) for every row, with the
     median training score of that label; probabilities = the training label frequencies."""
-    from labeltune.evaluate import majority_baseline
-
     system_dir = out / "majority"
     if finished(system_dir) is not None:
         return
@@ -322,8 +310,6 @@ def write_outputs(cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, 
 def main(cfg: CompareConfig) -> dict[str, dict]:
     """Split once, run every requested system on it (skipping finished ones), write the tables and plots."""
     import torch
-
-    from labeltune.train import split_once
 
     systems = parse_list(cfg.systems, "systems", SYSTEMS)
     models = parse_list(cfg.models, "models")

@@ -49,8 +49,8 @@ class TrainConfig:
         "labelled CSV/TSV/JSONL (split here), or a folder with train/dev/test files (splits as given)",
     )
     output: str = _f("runs/demo", "run directory to create (adapter, config, logs, splits)")
-    task: str = _f("sentiment_toxicity", "task spec name (tasks/*.yaml) or path")
-    template: str | None = _f(None, "prompt template name (prompts/*.jinja) or path; None = the task's default")
+    task: str = _f("sentiment_toxicity", "task spec name (labeltune/tasks/*.yaml) or path")
+    template: str | None = _f(None, "prompt template name (labeltune/templates/*.jinja) or path; None = the task's default")
     text_column: str = _f("text", "column holding the text")
     label_column: str = _f("label", "column holding the gold label (value or alias from the task spec)")
     score_column: str | None = _f("score", "column holding the gold score; None or absent = no score")
@@ -88,6 +88,7 @@ class TrainConfig:
     )
 
 
+MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
 MODE_HELP = (
     "generate = free generation + strict parser (measures format compliance); constrained = generation "
     "limited to the task's answers; score = label probabilities from forward passes, answer written by "
@@ -101,13 +102,13 @@ class EvalConfig:
     split: str = _f("test", "which split of the run to evaluate", ("train", "dev", "test"))
     data: str | None = _f(None, "evaluate this labelled file instead of the run's split")
     base: bool = _f(True, "also evaluate the base model without the adapter (before/after table)")
-    mode: str = _f("generate", MODE_HELP, ("generate", "constrained", "score"))
+    mode: str = _f("generate", MODE_HELP, MODES)
     batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
     limit: int | None = _f(None, "evaluate only the first N rows; None = all", valid=AT_LEAST_1)
     calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
     forgetting: str | None = _f(
-        "data/general_ja.txt",
+        "general_ja.txt",
         "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl with "
         "a text field, or a livedoor-news-corpus folder); None = skip",
     )
@@ -122,7 +123,7 @@ class LabelConfig:
     text_column: str = _f("text", "column holding the text")
     encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
-    mode: str = _f("generate", MODE_HELP, ("generate", "constrained", "score"))
+    mode: str = _f("generate", MODE_HELP, MODES)
     batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
     chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time", valid=AT_LEAST_1)
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
@@ -182,7 +183,7 @@ class SweepConfig:
         {"lr": [5e-4, 1e-3], "lora_r": [8, 16]},
         "TrainConfig option -> list of values; every combination is one trial (YAML mapping)",
     )
-    mode: str = _f("score", MODE_HELP, ("generate", "constrained", "score"))
+    mode: str = _f("score", MODE_HELP, MODES)
     metric: str = _f("macro_f1", "dev metric that selects the best trial (higher is better)", ("macro_f1", "accuracy"))
     batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
 
@@ -205,11 +206,11 @@ class CompareConfig:
     )
     output: str = _f("runs/compare", "comparison directory: one sub-directory per system + results.csv/md, report.html")
     train: dict = _f({}, "TrainConfig options shared by the trained systems (epochs, lr, task, ...); YAML mapping")
-    mode: str = _f("score", MODE_HELP, ("generate", "constrained", "score"))
+    mode: str = _f("score", MODE_HELP, MODES)
     split: str = _f("test", "split the table reports", ("dev", "test"))
     batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
     forgetting: str | None = _f(
-        "data/general_ja.txt",
+        "general_ja.txt",
         "forgetting check of the generative system: perplexity of base vs tuned on general text (see evaluate); "
         "None = skip",
     )
@@ -336,13 +337,3 @@ def save(cfg, path: str | Path) -> None:
 def load_saved(cls, path: str | Path):
     """A config written by ``save`` (e.g. ``runs/<name>/config.yaml``)."""
     return resolve(cls, str(path))
-
-
-def load_run_config(run_dir: str | Path) -> "TrainConfig":
-    """The TrainConfig a run directory was trained with; a path that is not a run says so."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"--run {run_dir}: no such directory (runs are made by `labeltune train --output ...`)")
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"--run {run_dir}: not a labeltune run directory (no config.yaml in it)")
-    return load_saved(TrainConfig, run_dir / "config.yaml")

@@ -27,52 +27,10 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-from labeltune.features import pad_ids
-
-
-class AnswerTrie:
-    """Token ids of every well-formed answer of a task (+ EOS), as prefix -> allowed next tokens."""
-
-    def __init__(self, tokenizer, task):
-        from labeltune.features import encode_completion
-
-        self.eos = tokenizer.eos_token_id
-        self.children: dict[tuple, list[int]] = {}
-        self.labels_under: dict[tuple, set[str]] = {}
-        self.answers: dict[tuple, str] = {}
-        for answer in task.all_answers():
-            ids = tuple(encode_completion(tokenizer, answer))
-            self.answers[ids] = answer
-            label = answer.split("\n")[0][len("label : ") :]
-            for k in range(len(ids)):
-                nxt = self.children.setdefault(ids[:k], [])
-                if ids[k] not in nxt:
-                    nxt.append(ids[k])
-                self.labels_under.setdefault(ids[:k], set()).add(label)
-        self.max_len = max(len(a) for a in self.answers)
-        self.shared = ()  # the fixed start of every answer ("label : ")
-        while len(self.children.get(self.shared, ())) == 1 and len(self.labels_under[self.shared]) > 1:
-            self.shared += (self.children[self.shared][0],)
-        # the label's own tokens: from `shared` down to where only one label remains
-        self.label_path: dict[str, tuple] = {}
-        for ids in self.answers:
-            k = len(self.shared)
-            while len(self.labels_under[ids[:k]]) > 1:
-                k += 1
-            self.label_path.setdefault(next(iter(self.labels_under[ids[:k]])), ids[len(self.shared) : k])
-
-    def allowed(self, prefix: tuple) -> list[int]:
-        return self.children.get(prefix, [self.eos])
-
-    def forced(self, prefix: tuple) -> tuple | None:
-        """The rest of the answer if nothing branches below `prefix` (ends with EOS), else None."""
-        rest = ()
-        while (prefix + rest)[-1:] != (self.eos,):
-            nxt = self.children.get(prefix + rest, [])
-            if len(nxt) != 1:
-                return None
-            rest += (nxt[0],)
-        return rest
+from labeltune.config import MODES
+from labeltune.features import AnswerTrie, pad_ids
+from labeltune.metrics import apply_temperature
+from labeltune.parse import parse
 
 
 @dataclass(frozen=True)
@@ -345,7 +303,6 @@ class Prediction:
         return None if self.probs is None or self.label is None else self.probs[self.label]
 
 
-MODES = ("generate", "constrained", "score")
 
 _ALLOCATOR_TUNED = False
 
@@ -357,7 +314,8 @@ def tune_cpu_allocator() -> bool:
     batch; by default glibc serves them with fresh mmap pages and unmaps them on free, so every one is
     page-faulted and zeroed again by the kernel. Raising the mmap and trim thresholds serves them from
     the heap instead (about 10% faster score mode here; peak RSS unchanged). Skipped when the user has
-    set MALLOC_* variables. Returns whether the thresholds were set."""
+    set MALLOC_* variables. Process-wide, so it is called by entry points (the CLI's decoding verbs, the
+    bench), never by the library's predict. Returns whether the thresholds were set."""
     import ctypes
     import os
     import sys
@@ -382,14 +340,9 @@ def predict(
 ) -> list[Prediction]:
     """Label texts: render, decode in `mode`, parse. Empty texts get ok=False without decoding.
     `temperature` rescales label probabilities (see labeltune.calibrate); labels are unaffected."""
-    from labeltune.parse import parse
-
-    from labeltune.calibrate import apply_temperature
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
-    if next(model.parameters()).device.type == "cpu":
-        tune_cpu_allocator()
     tokenizer, task = prompter.tokenizer, prompter.task
     todo = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
     encoded = prompter.prompt_ids_many([str(texts[i]) for i in todo])
@@ -398,14 +351,10 @@ def predict(
     if mode == "score":
         trie = prompter.answer_trie
         raw_dists, paths = score_decode(model, tokenizer, prompts, trie, batch_size)
-        dists = [apply_temperature(d, temperature) for d in raw_dists]
-        chosen = [max(d, key=d.get) for d in raw_dists]
-        answers = {k: tokenizer.decode(list(trie.shared + path[:-1]), skip_special_tokens=False) for k, path in enumerate(paths)}
-        for k, (i, (_, truncated)) in enumerate(zip(todo, encoded)):
-            parsed = parse(answers[k], task) if k in answers else None
-            score = parsed.score if parsed is not None and parsed.ok else None
-            answer = task.render_answer(chosen[k], score)
-            out[i] = Prediction(chosen[k], score if task.score is not None else None, True, "", answer, truncated, dists[k])
+        for i, (_, truncated), dist, path in zip(todo, encoded, raw_dists, paths):
+            label, score = trie.answers[trie.shared + path]  # the chosen path is one of the task's answers
+            answer = task.render_answer(label, score)
+            out[i] = Prediction(label, score, True, "", answer, truncated, apply_temperature(dist, temperature))
         return out
     trie = prompter.answer_trie if mode == "constrained" else None
     max_new_tokens = max_new_tokens or prompter.answer_budget + 8

@@ -11,13 +11,14 @@ so `labeltune label --run <export>` and `labeltune evaluate --run <export>` work
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
+from labeltune.run import ADAPTER, BASE, CONFIG, DATA, INFO, MERGED, VERSIONS, base_path, read_info, write_info
+
 FORMATS = ("adapter", "merged16", "gguf")
-RUN_FILES = ("config.yaml", "versions.json", "data")
+RUN_FILES = (CONFIG, VERSIONS, DATA)
 
 
 def _copy_run_files(run_dir: Path, out: Path) -> None:
@@ -44,11 +45,11 @@ def _push(out: Path, repo_id: str) -> None:
 def export_adapter(run_dir: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _copy_run_files(run_dir, out)
-    shutil.copytree(run_dir / "adapter", out / "adapter", dirs_exist_ok=True)
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    if info["base"] == "base/":  # tiny: the base travels with the adapter
-        shutil.copytree(run_dir / "base", out / "base", dirs_exist_ok=True)
-    (out / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    shutil.copytree(run_dir / ADAPTER, out / ADAPTER, dirs_exist_ok=True)
+    info = read_info(run_dir)
+    if info["base"] == BASE + "/":  # tiny: the base travels with the adapter
+        shutil.copytree(run_dir / BASE, out / BASE, dirs_exist_ok=True)
+    write_info(out, info)
 
 
 GIB = 1 << 30
@@ -131,9 +132,8 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
     from transformers import AutoTokenizer
 
     from labeltune.merge import files_sha256, merge_lora
-    from labeltune.models import base_path
 
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    info = read_info(run_dir)
     base = info.get("full_id") or base_path(run_dir)
     check_merge_fits(info, base, out, dtype)
     base_dir = Path(base)
@@ -141,12 +141,11 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
         from huggingface_hub import snapshot_download
 
         base_dir = Path(snapshot_download(base, allow_patterns=["*.safetensors", "*.json"]))
-    written = merge_lora(base_dir, run_dir / "adapter", out / "model", dtype)
-    AutoTokenizer.from_pretrained(run_dir / "adapter").save_pretrained(out / "model")
+    written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype)
+    AutoTokenizer.from_pretrained(run_dir / ADAPTER).save_pretrained(out / MERGED)
     _copy_run_files(run_dir, out)
-    merged_info = {**info, "base": "model/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False,
-                   "weights_sha256": files_sha256(written)}
-    (out / "model.json").write_text(json.dumps(merged_info, indent=1), encoding="utf-8")
+    write_info(out, {**info, "base": MERGED + "/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False,
+                     "weights_sha256": files_sha256(written)})
 
 
 def export_gguf(run_dir: Path, out: Path, quant: str) -> None:
@@ -161,9 +160,9 @@ def export_gguf(run_dir: Path, out: Path, quant: str) -> None:
     from labeltune.models import import_unsloth
 
     FastLanguageModel = import_unsloth().FastLanguageModel  # GPU only
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    info = read_info(run_dir)
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(run_dir / "adapter"), max_seq_length=info.get("max_length", 512), load_in_4bit=True
+        model_name=str(run_dir / ADAPTER), max_seq_length=info.get("max_length", 512), load_in_4bit=True
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained_gguf(str(out), tokenizer, quantization_method=quant)
@@ -171,8 +170,8 @@ def export_gguf(run_dir: Path, out: Path, quant: str) -> None:
 
 def main(cfg) -> Path:
     run_dir = Path(cfg.run)
-    if not (run_dir / "model.json").is_file() or not (run_dir / "adapter").is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a trained run (no model.json / adapter/)")
+    if not (run_dir / INFO).is_file() or not (run_dir / ADAPTER).is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a trained run (no {INFO} / {ADAPTER}/)")
     out = Path(cfg.output) if cfg.output else run_dir.parent / f"{run_dir.name}-{cfg.format}"
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --output")

@@ -93,8 +93,6 @@ class Prompter:
     @cached_property
     def answer_trie(self):
         """The task's answer language as token ids (constrained and score decoding), built once."""
-        from labeltune.decode import AnswerTrie
-
         return AnswerTrie(self.tokenizer, self.task)
 
     def fit(self, text: str, budget: int | None = None) -> tuple[str, bool]:
@@ -137,3 +135,45 @@ class Prompter:
             "input_ids": prompt_ids + completion_ids,
             "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
         }
+
+
+class AnswerTrie:
+    """Token ids of every well-formed answer of a task (+ EOS), as prefix -> allowed next tokens."""
+
+    def __init__(self, tokenizer, task):
+        self.eos = tokenizer.eos_token_id
+        self.children: dict[tuple, list[int]] = {}
+        self.labels_under: dict[tuple, set[str]] = {}
+        self.answers: dict[tuple, tuple[str, int | None]] = {}  # token ids (+ EOS) -> (label, score)
+        for label, score in task.answer_pairs():
+            ids = tuple(encode_completion(tokenizer, task.render_answer(label, score)))
+            self.answers[ids] = (label, score)
+            for k in range(len(ids)):
+                nxt = self.children.setdefault(ids[:k], [])
+                if ids[k] not in nxt:
+                    nxt.append(ids[k])
+                self.labels_under.setdefault(ids[:k], set()).add(label)
+        self.max_len = max(len(a) for a in self.answers)
+        self.shared = ()  # the fixed start of every answer ("label : ")
+        while len(self.children.get(self.shared, ())) == 1 and len(self.labels_under[self.shared]) > 1:
+            self.shared += (self.children[self.shared][0],)
+        # the label's own tokens: from `shared` down to where only one label remains
+        self.label_path: dict[str, tuple] = {}
+        for ids in self.answers:
+            k = len(self.shared)
+            while len(self.labels_under[ids[:k]]) > 1:
+                k += 1
+            self.label_path.setdefault(next(iter(self.labels_under[ids[:k]])), ids[len(self.shared) : k])
+
+    def allowed(self, prefix: tuple) -> list[int]:
+        return self.children.get(prefix, [self.eos])
+
+    def forced(self, prefix: tuple) -> tuple | None:
+        """The rest of the answer if nothing branches below `prefix` (ends with EOS), else None."""
+        rest = ()
+        while (prefix + rest)[-1:] != (self.eos,):
+            nxt = self.children.get(prefix + rest, [])
+            if len(nxt) != 1:
+                return None
+            rest += (nxt[0],)
+        return rest

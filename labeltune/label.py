@@ -26,7 +26,6 @@ JSON inputs' nested values are written as JSON.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -35,31 +34,11 @@ from itertools import islice
 from pathlib import Path
 
 from labeltune.config import LabelConfig
+from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns
+from labeltune.decode import predict
+from labeltune.run import CALIBRATION, file_sha256, load_temperature, open_run, weights_sha256
 
 PREDICTION_COLUMNS = ("label", "score", "ok", "reason", "truncated", "raw", "confidence")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(run_dir: Path) -> str:
-    """Digest of the run's trained weights: its adapter, or a merged export's (recorded at export time,
-    where the weights may be many shards)."""
-    weights = run_dir / "adapter" / "adapter_model.safetensors"
-    if weights.is_file():
-        return file_sha256(weights)
-    info_path = run_dir / "model.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    if info.get("merged") and info.get("weights_sha256"):
-        return info["weights_sha256"]
-    if (run_dir / "model" / "model.safetensors").is_file():  # a merged export of an earlier version
-        return file_sha256(run_dir / "model" / "model.safetensors")
-    raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
 
 
 def output_columns(input_columns: list[str], label_names: list[str]) -> list[str]:
@@ -130,9 +109,6 @@ def main(cfg: LabelConfig) -> Path:
 
     from tqdm import tqdm
 
-    from labeltune.config import load_run_config
-    from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns
-    from labeltune.task import load_task
 
     run_dir, source, output = Path(cfg.run), Path(cfg.input), Path(cfg.output)
     check_input_file(source)
@@ -140,14 +116,14 @@ def main(cfg: LabelConfig) -> Path:
     columns = read_columns(source, cfg.encoding)
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {columns} (use --text-column)")
-    train_cfg = load_run_config(run_dir)
-    task = load_task(train_cfg.task)
+    run = open_run(run_dir)
+    task = run.task
     header = output_columns(columns, [lab.name for lab in task.labels])
     identity = {
         "input_sha256": file_sha256(source),
         "weights_sha256": weights_sha256(run_dir),
         "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode", "calibrated")},
-        "calibration": (run_dir / "calibration.json").read_text(encoding="utf-8") if (run_dir / "calibration.json").is_file() else None,
+        "calibration": (run_dir / CALIBRATION).read_text(encoding="utf-8") if (run_dir / CALIBRATION).is_file() else None,
     }
     state_path = output.with_name(output.name + ".labeltune.json")
     partial = output.with_name(output.name + ".partial")
@@ -184,15 +160,8 @@ def main(cfg: LabelConfig) -> Path:
             state["bytes"] = f.tell()
         _write_state(state_path, state)
 
-    from labeltune.calibrate import load_temperature
-    from labeltune.decode import predict
-    from labeltune.features import Prompter
-    from labeltune.models import load_run
-    from labeltune.prompts import load_template
-
     temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
-    model, tokenizer = load_run(run_dir, merge=True)  # LoRA folded in: no adapter overhead per call
-    prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
+    model, prompter = run.load(merge=True)  # LoRA folded in: no adapter overhead per call
 
     rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")

@@ -18,8 +18,7 @@ are gpu_capability and cuda_available, which tests patch to simulate a T4 or an 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 BACKENDS = ("auto", "hf", "unsloth")
@@ -66,47 +65,40 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _gpu_preset(name, model_id, full_id, description, params_b, batch_size, grad_accum, lr, **kw) -> Preset:
-    """A 4-bit LoRA preset with T4 (15 GB) defaults: short SNS posts fit in 512 tokens."""
-    return Preset(
-        name=name,
-        model_id=model_id,
-        full_id=full_id,
-        description=description,
-        params_b=params_b,
-        needs_gpu=params_b >= 4,
-        lr=lr,
-        epochs=kw.pop("epochs", 2),
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lora_r=kw.pop("lora_r", 16),
-        lora_alpha=kw.pop("lora_alpha", 16),
-        max_length=kw.pop("max_length", 512),
-        target_modules=LLAMA_TARGETS,
-        **kw,
-    )
+def _gpu_preset(**kw) -> Preset:
+    """A 4-bit LoRA preset with T4 (15 GB) defaults (2 epochs, r = alpha = 16, 512 tokens: short SNS posts
+    fit); needs a GPU from 4B parameters. Keyword arguments only: name, model_id, full_id, description,
+    params_b, batch_size, grad_accum, lr, and any default to override."""
+    defaults = dict(epochs=2, lora_r=16, lora_alpha=16, max_length=512, target_modules=LLAMA_TARGETS)
+    return Preset(**{**defaults, "needs_gpu": kw["params_b"] >= 4, **kw})
 
 
 PRESETS.update(
     {
         p.name: p
         for p in (
-            _gpu_preset("llama3.1-8b", "unsloth/Meta-Llama-3.1-8B-bnb-4bit", "unsloth/Meta-Llama-3.1-8B",
-                        "Llama 3.1 8B base, 4-bit (Unsloth); T4: ~7 GB for LoRA at 512 tokens", 8.0, 4, 4, 2e-4),
-            _gpu_preset("gemma2-9b", "unsloth/gemma-2-9b-bnb-4bit", "unsloth/gemma-2-9b",
-                        "Gemma 2 9B base, 4-bit (Unsloth); T4: ~9 GB; fp16 on T4", 9.2, 2, 8, 1e-4),
-            _gpu_preset("gemma2-2b", "unsloth/gemma-2-2b-bnb-4bit", "unsloth/gemma-2-2b",
-                        "Gemma 2 2B base, 4-bit (Unsloth)", 2.6, 8, 2, 2e-4),
-            _gpu_preset("llama3.2-1b", "unsloth/Llama-3.2-1B-bnb-4bit", "unsloth/Llama-3.2-1B",
-                        "Llama 3.2 1B base, 4-bit (Unsloth); also runs (slowly) on CPU from full_id", 1.2, 16, 1, 2e-4),
-            _gpu_preset("llama3.2-3b", "unsloth/Llama-3.2-3B-bnb-4bit", "unsloth/Llama-3.2-3B",
-                        "Llama 3.2 3B base, 4-bit (Unsloth)", 3.2, 8, 2, 2e-4),
-            _gpu_preset("swallow-8b", "tokyotech-llm/Llama-3.1-Swallow-8B-v0.2", "tokyotech-llm/Llama-3.1-Swallow-8B-v0.2",
-                        "Llama 3.1 Swallow 8B: Llama 3.1 with Japanese continued pre-training (quantised to 4-bit on load)",
-                        8.0, 4, 4, 2e-4),
+            _gpu_preset(name="llama3.1-8b", model_id="unsloth/Meta-Llama-3.1-8B-bnb-4bit", full_id="unsloth/Meta-Llama-3.1-8B",
+                        description="Llama 3.1 8B base, 4-bit (Unsloth); T4: ~7 GB for LoRA at 512 tokens",
+                        params_b=8.0, batch_size=4, grad_accum=4, lr=2e-4),
+            _gpu_preset(name="gemma2-9b", model_id="unsloth/gemma-2-9b-bnb-4bit", full_id="unsloth/gemma-2-9b",
+                        description="Gemma 2 9B base, 4-bit (Unsloth); T4: ~9 GB; fp16 on T4",
+                        params_b=9.2, batch_size=2, grad_accum=8, lr=1e-4),
+            _gpu_preset(name="gemma2-2b", model_id="unsloth/gemma-2-2b-bnb-4bit", full_id="unsloth/gemma-2-2b",
+                        description="Gemma 2 2B base, 4-bit (Unsloth)", params_b=2.6, batch_size=8, grad_accum=2, lr=2e-4),
+            _gpu_preset(name="llama3.2-1b", model_id="unsloth/Llama-3.2-1B-bnb-4bit", full_id="unsloth/Llama-3.2-1B",
+                        description="Llama 3.2 1B base, 4-bit (Unsloth); also runs (slowly) on CPU from full_id",
+                        params_b=1.2, batch_size=16, grad_accum=1, lr=2e-4),
+            _gpu_preset(name="llama3.2-3b", model_id="unsloth/Llama-3.2-3B-bnb-4bit", full_id="unsloth/Llama-3.2-3B",
+                        description="Llama 3.2 3B base, 4-bit (Unsloth)", params_b=3.2, batch_size=8, grad_accum=2, lr=2e-4),
+            _gpu_preset(name="swallow-8b", model_id="tokyotech-llm/Llama-3.1-Swallow-8B-v0.2",
+                        full_id="tokyotech-llm/Llama-3.1-Swallow-8B-v0.2",
+                        description="Llama 3.1 Swallow 8B: Llama 3.1 with Japanese continued pre-training (quantised to 4-bit on load)",
+                        params_b=8.0, batch_size=4, grad_accum=4, lr=2e-4),
         )
     }
 )
+
+
 ALIASES: dict[str, str] = {"llama3.1": "llama3.1-8b", "gemma2": "gemma2-9b"}
 
 
@@ -132,6 +124,12 @@ def resolve_preset(name: str) -> Preset:
         f"unknown model {name!r}; presets: {', '.join(sorted([*PRESETS, *ALIASES]))} "
         "(or give a Hugging Face id like org/name or a local path)"
     )
+
+
+def with_preset_defaults(cfg, preset: Preset):
+    """Fill every None training field from the preset."""
+    fields = ("lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length")
+    return replace(cfg, **{f: getattr(preset, f) for f in fields if getattr(cfg, f) is None})
 
 
 # ---------------------------------------------------------------- tiny model
@@ -432,87 +430,3 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: in
         modules_to_save=list(modules_to_save) or None,
     )
     return get_peft_model(model, config)
-
-
-def base_path(run_dir: str | Path) -> str:
-    """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time."""
-    info = json.loads((Path(run_dir) / "model.json").read_text(encoding="utf-8"))
-    return str(Path(run_dir) / "base") if info["base"] == "base/" else info["base"]
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used as it is, said in labeltune's own words."""
-
-
-class MissingRunFile(RunError, FileNotFoundError):
-    pass
-
-
-def check_not_patched_by_unsloth(model) -> None:
-    """Refuse to decode with a model class whose forward Unsloth replaced: Unsloth patches transformers'
-    model classes process-wide when it loads a model, and its forward returns legacy tuple caches and
-    takes its own single-token path, which score mode's cache and mask handling is not built for."""
-    forward = getattr(type(model), "forward", None)
-    if (getattr(forward, "__module__", "") or "").startswith("unsloth"):
-        raise RunError(
-            f"{type(model).__name__} was patched by Unsloth in this process (it trained here); label, "
-            "evaluate and calibrate in a new process (the CLI, or restart the runtime), and train with "
-            "`labeltune train` / labeltune.train.spawn so the notebook's process never imports Unsloth"
-        )
-
-
-def load_run(run_dir: str | Path, merge: bool = False):
-    """load_run_files with a damaged run (a truncated or corrupted weight file, missing tokenizer files or
-    base/) reported in one line naming the run and what to do, not a traceback from deep in a library."""
-    try:
-        return load_run_files(run_dir, merge)
-    except RunError:
-        raise
-    except Exception as e:  # safetensors, tokenizers, transformers, json, OSError ... on files of the run
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ValueError(
-            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the run's "
-            "files are complete (train it again if they are damaged) and that a Hugging Face base can be downloaded"
-        ) from e
-
-
-def load_run_files(run_dir: str | Path, merge: bool = False):
-    """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
-
-    Always through the hf backend (transformers + PEFT; bitsandbytes 4-bit on a GPU for a run trained
-    on a 4-bit base), whatever backend trained it: an Unsloth adapter is a plain PEFT adapter, and every
-    decode mode is tested on this backend. On a CPU a 4-bit preset's 16-bit `full_id` is loaded in full
-    precision instead (or use `labeltune export --format merged16`). A merged export is loaded as saved
-    (16-bit, never re-quantised). ``merge`` folds the LoRA weights into the base weights (16/32-bit base
-    only), so inference pays no adapter overhead; ``disable_adapter()`` still gives the base model.
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.json").is_file():
-        raise MissingRunFile(f"{run_dir}: no model.json (is this a run directory made by `labeltune train`?)")
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    if info.get("merged"):
-        model, tokenizer = load_base(str(run_dir / "model"), "hf", load_in_4bit=False)
-        check_not_patched_by_unsloth(model)
-        model.eval()
-        return model, tokenizer
-    if not (run_dir / "adapter").is_dir():
-        raise MissingRunFile(f"{run_dir}: no adapter/ (did `labeltune train` finish?)")
-    base = base_path(run_dir)
-    if not cuda_available() and info.get("full_id"):
-        base = info["full_id"]
-    four_bit = bool(info.get("load_in_4bit")) and cuda_available()
-    model, _ = load_base(base, "hf", info.get("max_length", 512), four_bit)
-    check_not_patched_by_unsloth(model)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(model, run_dir / "adapter")
-    check_not_patched_by_unsloth(model)
-    ensure_pad_token(tokenizer, model)
-    model.eval()
-    if merge and not four_bit:
-        model.merge_adapter()
-    return model, tokenizer

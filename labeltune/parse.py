@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from labeltune.task import TaskSpec
+from labeltune.task import LABEL_PREFIX, SCORE_PREFIX, TaskSpec
 
 REASONS = (
     "empty",
@@ -51,16 +51,16 @@ def parse(text: str, task: TaskSpec) -> Parsed:
         return _fail("empty")
     lines = body.split("\n")
     first = lines[0]
-    if not first.startswith("label : "):
+    if not first.startswith(LABEL_PREFIX):
         return _fail("missing_label")
-    label = first[len("label : ") :]
+    label = first[len(LABEL_PREFIX) :]
     if label not in task.label_values:
         return _fail("unknown_label")
     if task.score is None:
         return _fail("extra_text") if len(lines) > 1 else Parsed(label, None, True, "")
-    if len(lines) < 2 or not lines[1].startswith("score : "):
+    if len(lines) < 2 or not lines[1].startswith(SCORE_PREFIX):
         return _fail("missing_score")
-    raw_score = lines[1][len("score : ") :]
+    raw_score = lines[1][len(SCORE_PREFIX) :]
     if not _INTEGER.fullmatch(raw_score):
         return _fail("score_not_integer")
     score = int(raw_score)

@@ -3,7 +3,8 @@
 Instruction tuning on one narrow task can degrade what the model knew. Perplexity on held-out
 general text (not posts, not prompts) is a cheap signal: if the tuned model's perplexity is much
 higher than the base model's, the adapter has overwritten general ability. Texts come from a .txt
-file (paragraphs separated by blank lines; data/general_ja.txt is bundled, written for the project),
+file (paragraphs separated by blank lines; general_ja.txt is bundled in labeltune/texts/, written for
+the project),
 a .jsonl file with a ``text`` field, or the livedoor news corpus folder (title + body of articles
 sampled evenly across categories).
 
@@ -17,18 +18,19 @@ import json
 import math
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from labeltune.data import read_livedoor
+from labeltune.features import pad_ids
+
+BUNDLED_TEXTS = Path(__file__).resolve().parent / "texts"  # package data: general_ja.txt
 
 
 def load_general_texts(path: str | Path, limit: int = 200) -> tuple[list[str], str]:
     """(at most `limit` texts, a description of the source). A relative path that does not exist from
-    the working directory is looked up in the project (where data/general_ja.txt is bundled)."""
+    the working directory is looked up among the texts bundled with the package (general_ja.txt)."""
     path = Path(path)
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    if not path.is_absolute() and not path.exists() and (BUNDLED_TEXTS / path.name).exists():
+        path = BUNDLED_TEXTS / path.name
     if path.is_dir():
-        from labeltune.prepare import read_livedoor
-
         per_category = max(1, limit // 9 + 1)
         examples, _ = read_livedoor(path, per_category, seed=0)
         texts = [ex.text for ex in examples]
@@ -52,8 +54,6 @@ def load_general_texts(path: str | Path, limit: int = 200) -> tuple[list[str], s
 def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8) -> tuple[float, int]:
     """(token-weighted perplexity of `model` over `texts`, number of predicted tokens)."""
     import torch
-
-    from labeltune.features import pad_ids
 
     device = next(model.parameters()).device
     encoded = [ids[:max_length] for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]

@@ -44,6 +44,7 @@ from labeltune.data import (
     label_counts,
     normalize_text,
     read_columns,
+    read_livedoor,
     score_from_flags,
     split_examples,
 )
@@ -175,27 +176,6 @@ def read_annotated_csv(path: Path, task, text_column: str, label_column: str, fl
             continue
         kept.append(Example(text=text, label=label, score=score if task.score is not None else None,
                             meta={c: row[c] for c in flag_columns}))
-    return kept, dropped
-
-
-def read_livedoor(path: Path, per_label: int | None, seed: int) -> tuple[list[Example], list[dict]]:
-    root = path / "text" if (path / "text").is_dir() else path
-    folders = sorted(d for d in root.iterdir() if d.is_dir())
-    if not folders:
-        raise ValueError(f"{root}: no category folders (expected text/<category>/*.txt)")
-    kept, dropped = [], []
-    for folder in folders:
-        files = sorted(f for f in folder.glob("*.txt") if f.name != "LICENSE.txt")
-        if per_label is not None:
-            files = sorted(random.Random(f"{seed}:{folder.name}").sample(files, min(per_label, len(files))))
-        for f in files:
-            lines = f.read_text(encoding="utf-8").splitlines()
-            title, body = (lines[2].strip() if len(lines) > 2 else ""), "\n".join(lines[3:]).strip()
-            if not title or not body:
-                dropped.append({"row": str(f.relative_to(root)), "reason": "no_title_or_body"})
-                continue
-            meta = {"url": lines[0].strip(), "date": lines[1].strip(), "title": title, "file": f.name}
-            kept.append(Example(text=f"{title}\n{body}", label=folder.name, score=None, meta=meta))
     return kept, dropped
 
 

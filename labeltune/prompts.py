@@ -1,4 +1,4 @@
-"""Prompt rendering from Jinja2 templates in ``prompts/*.jinja``.
+"""Prompt rendering from Jinja2 templates in ``labeltune/templates/*.jinja``.
 
 Training and inference render the prompt with the same function; the completion (the answer) is
 never part of a template, it comes from ``TaskSpec.render_answer``.
@@ -18,7 +18,7 @@ import jinja2
 
 from labeltune.task import TaskSpec
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent / "templates"  # package data (pyproject: tool.setuptools.package-data)
 
 
 def available_templates() -> list[str]:
@@ -36,7 +36,7 @@ def _environment(directory: str) -> jinja2.Environment:
 
 
 def load_template(name_or_path: str) -> jinja2.Template:
-    """A template by name (``prompts/<name>.jinja``) or by path to a ``.jinja`` file."""
+    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file."""
     path = Path(name_or_path)
     if path.suffix == ".jinja" and path.is_file():
         return _environment(str(path.resolve().parent)).get_template(path.name)

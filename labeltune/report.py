@@ -1,12 +1,13 @@
 """The evaluation report: report.md and report.html in the run directory, with their plots.
 
-Pure functions over the metrics dict of ``labeltune.evaluate`` and the systems' predictions; no model
+Pure functions over the metrics dict of ``labeltune.evaluate`` (computed by labeltune.metrics) and the systems' predictions; no model
 code. Plots hold ASCII only (no CJK font is guaranteed): a non-ASCII label is drawn as its task name
 (``names``) or its position. User texts appear only in the error sample, escaped for Markdown and HTML.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 
@@ -159,7 +160,6 @@ TITLES = {"base": "base (untuned)", "finetuned": "fine-tuned"}
 
 def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, predictions: list) -> dict:
     """Write one system's plots; return what both report formats show for it (strings only)."""
-    from labeltune.calibrate import plot_reliability
 
     m = metrics[key]
     plot_confusions(
@@ -202,7 +202,6 @@ def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, pred
 
 def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[str, list]) -> dict:
     """Everything report.md and report.html show (plots written on the way), as strings."""
-    from labeltune.evaluate import SUMMARY_HEADER, summary_rows
 
     n = metrics["majority_baseline"]["n"]
     context = {
@@ -325,3 +324,55 @@ def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: di
     context = report_context(run_dir, metrics, examples, systems)
     (run_dir / "report.md").write_text(render_markdown(context), encoding="utf-8")
     (run_dir / "report.html").write_text(render_html("report.html.jinja", context), encoding="utf-8")
+
+def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    ax.bar(centers, [b["acc"] if b["n"] else 0 for b in bins], width=0.09, color="#4c72b0", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for x, b in zip(centers, bins):
+        if b["n"]:
+            ax.text(x, 0.02, str(b["n"]), ha="center", fontsize=7, color="white")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+SUMMARY_HEADER = ["system", "n", "accuracy", "macro-F1", "malformed", "score MAE", "score Spearman", "ECE"]
+
+
+def summary_rows(metrics: dict) -> list[list[str]]:
+    """The before/after table's rows (majority class, base, fine-tuned), formatted, under SUMMARY_HEADER."""
+    systems = [("majority class", metrics["majority_baseline"])]
+    systems += [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned"))
+                if key in metrics]
+    rows = []
+    for name, m in systems:
+        mae, rho, ece = m.get("score_mae"), m.get("score_spearman"), m.get("ece")
+        rows.append([
+            name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['malformed_rate']:.1%}",
+            "-" if mae is None else f"{mae:.1f}", "-" if rho is None else f"{rho:.3f}",
+            "-" if ece is None else f"{ece:.3f}",
+        ])
+    return rows
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown before/after table."""
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in summary_rows(metrics)])
+
+
+def write_predictions(path: Path, examples, predictions) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated", "confidence", "raw"])
+        for ex, p in zip(examples, predictions):
+            writer.writerow([ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.confidence, p.raw])

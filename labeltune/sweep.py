@@ -26,7 +26,14 @@ import json
 import shutil
 from pathlib import Path
 
-from labeltune.config import EvalConfig, SweepConfig, TrainConfig, resolve, save, to_dict
+from labeltune import train
+from labeltune.config import EvalConfig, SweepConfig, TrainConfig, load_saved, resolve, save, to_dict
+from labeltune.data import load_examples
+from labeltune.decode import predict
+from labeltune.metrics import system_metrics
+from labeltune.run import load_config, open_run
+from labeltune.splits import on_split_folder, split_once
+from labeltune.task import load_task
 
 SHARED_ONLY = ("data", "output", "text_column", "label_column", "score_column", "encoding", "split")
 
@@ -63,9 +70,6 @@ def check_options(cfg: SweepConfig) -> None:
 
 def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
     """Split the data once into <output>/data; returns the shared TrainConfig pointing at it."""
-    from labeltune.task import load_task
-    from labeltune.train import on_split_folder, split_once
-
     base = resolve(TrainConfig, None, cfg.train)
     split_once(base, load_task(base.task), out / "data")
     return on_split_folder(base, out / "data")
@@ -73,33 +77,19 @@ def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
 
 def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
     """The fine-tuned model's metrics on the run's dev split."""
-    from labeltune.config import load_run_config
-    from labeltune.data import load_examples
-    from labeltune.decode import predict
-    from labeltune.evaluate import system_metrics
-    from labeltune.features import Prompter
-    from labeltune.models import load_run
-    from labeltune.prompts import load_template
-    from labeltune.task import load_task
-
-    train_cfg = load_run_config(run_dir)
-    task = load_task(train_cfg.task)
-    examples, _ = load_examples(run_dir / "data" / "dev.jsonl", task)
+    run = open_run(run_dir)
+    examples, _ = load_examples(run.split("dev"), run.task)
     if not examples:
         raise ValueError(f"{run_dir}: the dev split is empty; a sweep selects on dev (use a larger split ratio)")
-    model, tokenizer = load_run(run_dir)
-    prompter = Prompter(tokenizer, load_template(train_cfg.template), task, train_cfg.max_length)
+    model, prompter = run.load()
     predictions = predict(model, prompter, [ex.text for ex in examples], None, batch_size, mode)
-    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, task.label_values)
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    metrics["train_seconds"] = info.get("train_seconds")
+    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, run.task.label_values)
+    metrics["train_seconds"] = run.info.get("train_seconds")
     return metrics
 
 
 def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig) -> dict:
     """Train + dev-evaluate one trial, or load it when it is already done."""
-    from labeltune import train
-
     done = run_dir / "dev_metrics.json"
     if done.is_file():
         print(f"sweep: {run_dir.name} done before, not trained again")
@@ -181,8 +171,6 @@ def plot_dev_metric(rows: list[dict], grid: dict, metric: str, path: Path) -> No
 
 
 def main(cfg: SweepConfig) -> list[dict]:
-    from labeltune.config import load_run_config, load_saved
-
     check_options(cfg)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +185,7 @@ def main(cfg: SweepConfig) -> list[dict]:
     for index, params in enumerate(expand_grid(cfg.grid)):
         run_dir = out / "trials" / trial_name(index, params)
         dev = run_trial(shared, params, run_dir, cfg)
-        trials.append((run_dir.name, params, load_run_config(run_dir), dev))
+        trials.append((run_dir.name, params, load_config(run_dir), dev))
         print(f"sweep: {run_dir.name}: dev {cfg.metric} {dev[cfg.metric]:.3f}")
     best = max(trials, key=lambda t: t[3][cfg.metric])[0]  # ties: the first trial
     test = evaluate_best(out / "trials" / best, cfg)

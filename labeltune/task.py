@@ -1,6 +1,6 @@
 """TaskSpec: the one place that knows what a well-formed answer looks like.
 
-A task is data (``tasks/<name>.yaml``): its label values, an optional integer score range with the
+A task is data (``labeltune/tasks/<name>.yaml``): its label values, an optional integer score range with the
 labels allowed a non-zero score, and the template used by default. The answer is always written as
 ``key : value`` lines, ``label`` first, then ``score`` when the task has one::
 
@@ -17,7 +17,11 @@ from pathlib import Path
 
 import yaml
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # package data (pyproject: tool.setuptools.package-data)
+
+
+# The answer format, written by TaskSpec.render_answer and read by labeltune.parse (nowhere else):
+LABEL_PREFIX, SCORE_PREFIX = "label : ", "score : "  # "label : -1\nscore : 85"
 
 
 @dataclass(frozen=True)
@@ -65,23 +69,29 @@ class TaskSpec:
         """The exact completion the model is trained to write (without EOS)."""
         if label not in self.label_values:
             raise ValueError(f"label {label!r} is not one of {self.label_values}")
-        lines = [f"label : {label}"]
+        lines = [f"{LABEL_PREFIX}{label}"]
         if self.score is not None:
             score = 0 if score is None or not self.score_allowed(label) else int(score)
             if not self.score.min <= score <= self.score.max:
                 raise ValueError(f"score {score} outside {self.score.min}..{self.score.max}")
-            lines.append(f"score : {score}")
+            lines.append(f"{SCORE_PREFIX}{score}")
         return "\n".join(lines)
+
+    def answer_pairs(self) -> list[tuple[str, int | None]]:
+        """(label, score) of every well-formed answer (score None for a task without one)."""
+        out: list[tuple[str, int | None]] = []
+        for value in self.label_values:
+            if self.score is None:
+                out.append((value, None))
+            elif self.score_allowed(value):
+                out += [(value, s) for s in range(self.score.min, self.score.max + 1)]
+            else:
+                out.append((value, 0))
+        return out
 
     def all_answers(self) -> list[str]:
         """Every well-formed answer (the task's finite answer language)."""
-        out = []
-        for value in self.label_values:
-            if self.score is not None and self.score_allowed(value):
-                out += [self.render_answer(value, s) for s in range(self.score.min, self.score.max + 1)]
-            else:
-                out.append(self.render_answer(value, 0))
-        return out
+        return [self.render_answer(label, score) for label, score in self.answer_pairs()]
 
 
 def available_tasks() -> list[str]:
@@ -89,7 +99,7 @@ def available_tasks() -> list[str]:
 
 
 def load_task(name_or_path: str) -> TaskSpec:
-    """Load a task by name (``tasks/<name>.yaml``) or from a YAML path."""
+    """Load a task by name (``labeltune/tasks/<name>.yaml``) or from a YAML path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = TASKS_DIR / f"{name_or_path}.yaml"

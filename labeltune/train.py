@@ -20,57 +20,11 @@ from pathlib import Path
 
 from labeltune import data as data_mod
 from labeltune.config import TrainConfig, save
-from labeltune.models import Preset, add_lora, build_tiny, load_base, resolve_preset
+from labeltune.models import Preset, add_lora, build_tiny, load_base, resolve_preset, with_preset_defaults
 from labeltune.prompts import load_template, render_prompt
-from labeltune.task import TaskSpec, load_task
-
-SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
-
-
-def with_preset_defaults(cfg: TrainConfig, preset: Preset) -> TrainConfig:
-    """Fill every None training field from the preset."""
-    fields = ("lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length")
-    return replace(cfg, **{f: getattr(preset, f) for f in fields if getattr(cfg, f) is None})
-
-
-def load_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None,
-                ) -> tuple[dict[str, list[data_mod.Example]], list[dict]]:
-    """train/dev/test from a folder of split files, or a stratified split of one file; plus dropped rows.
-    What reading changed or doubted (short rows, replaced characters) is appended to `warnings`."""
-    source = Path(cfg.data)
-    columns = dict(text_column=cfg.text_column, label_column=cfg.label_column, score_column=cfg.score_column)
-    warnings = warnings if warnings is not None else []
-    if source.is_dir():
-        splits, dropped = {}, []
-        for name in data_mod.SPLITS:
-            files = [source / f"{name}{s}" for s in SPLIT_FILE_SUFFIXES if (source / f"{name}{s}").is_file()]
-            if not files:
-                raise FileNotFoundError(f"{source}: no {name}.csv/.tsv/.jsonl")
-            report = data_mod.ReadReport(str(files[0]))
-            splits[name], rows = data_mod.load_examples(files[0], task, encoding=cfg.encoding, report=report, **columns)
-            dropped += [{"split": name, **r} for r in rows]
-            warnings += report.warnings()
-        return splits, dropped
-    report = data_mod.ReadReport(str(source))
-    examples, dropped = data_mod.load_examples(source, task, encoding=cfg.encoding, report=report, **columns)
-    warnings += report.warnings()
-    if not examples:
-        raise ValueError(f"{source}: no usable rows ({data_mod.dropped_summary(dropped)})")
-    return data_mod.split_examples(examples, cfg.split, cfg.seed), dropped
-
-
-def check_leakage(cfg: TrainConfig, splits: dict) -> tuple[dict, list]:
-    leaks = data_mod.find_leaks(splits)
-    if leaks and cfg.leakage == "error":
-        shown = "\n".join(f"  {lk.kind:10s} {lk.split}[{lk.index}] = train[{lk.train_index}]: {lk.text[:40]!r}" for lk in leaks[:10])
-        raise ValueError(
-            f"{len(leaks)} dev/test rows also appear in train (scores would be inflated):\n{shown}\n"
-            "Deduplicate the data, or pass --leakage drop (remove them from train) or --leakage allow."
-        )
-    if leaks and cfg.leakage == "drop":
-        splits = data_mod.drop_leaked_from_train(splits, leaks)
-    return splits, leaks
-
+from labeltune import run as run_files
+from labeltune.splits import make_splits, write_splits
+from labeltune.task import load_task
 
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -82,66 +36,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: list, data_dir: Path) -> dict:
-    """train/dev/test.jsonl + summary.json (source, fingerprint, label counts, dropped rows, leaks) in
-    `data_dir`; summary.json is written last, so its presence means the split is complete."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, examples in splits.items():
-        data_mod.write_jsonl(examples, data_dir / f"{name}.jsonl")
-    summary = {
-        "source": str(cfg.data),
-        "fingerprint": data_mod.fingerprint(splits),
-        "counts": {name: data_mod.label_counts(ex) for name, ex in splits.items()},
-        "dropped": dropped,
-        "leaks": [vars(lk) for lk in leaks],
-        "leakage_policy": cfg.leakage,
-    }
-    (data_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-    return summary
-
-
-def make_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None) -> tuple[dict, list[dict], list]:
-    """(splits, dropped rows, leaks) of `cfg.data`: loaded, leakage policy applied, train cut to --limit,
-    checked to give meaningful results (check_splits)."""
-    splits, dropped = load_splits(cfg, task, warnings)
-    splits, leaks = check_leakage(cfg, splits)
-    if cfg.limit:
-        splits["train"] = splits["train"][: cfg.limit]
-    check_splits(splits, task, cfg.allow_incomplete)
-    return splits, dropped, leaks
-
-
-def check_splits(splits: dict, task: TaskSpec, allow_incomplete: bool) -> None:
-    """Refuse data whose results would mean nothing: no training rows, a task label the model never sees
-    in training, an empty dev or test split (evaluation and model choice need them); with
-    allow_incomplete the last two are warnings."""
-    import sys
-
-    if not splits["train"]:
-        raise ValueError("no training examples (every row was dropped, or the train split is empty)")
-    counts = data_mod.label_counts(splits["train"])
-    problems = [f"label {v} ({task.label_name(v)}) has no training rows" for v in task.label_values if v not in counts]
-    problems += [f"the {name} split is empty" for name in ("dev", "test") if not splits[name]]
-    if problems and not allow_incomplete:
-        raise ValueError("; ".join(problems) + " (more data, other split ratios, or --allow-incomplete to train anyway)")
-    for problem in problems:
-        print(f"labeltune: warning: {problem} (--allow-incomplete)", file=sys.stderr)
-
-
-def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
-    """Split `cfg.data` as `labeltune train` does (leakage policy, --limit) into `data_dir` unless a
-    complete split is already there; returns its summary. sweep and compare hand this folder to every
-    run (see on_split_folder), so all of them train and are measured on the same rows."""
-    if (data_dir / "summary.json").is_file():
-        return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
-    return write_splits(cfg, *make_splits(cfg, task), data_dir)
-
-
-def on_split_folder(cfg: TrainConfig, data_dir: Path) -> TrainConfig:
-    """`cfg` reading a folder written by split_once (jsonl files with text/label/score fields)."""
-    return replace(cfg, data=str(data_dir), text_column="text", label_column="label", score_column="score", encoding=None)
 
 
 TRACKERS = {"tensorboard": ("tensorboardX", "torch.utils.tensorboard"), "wandb": ("wandb",)}
@@ -243,9 +137,9 @@ def main(cfg: TrainConfig) -> Path:
     cfg = replace(cfg, template=template_name)
 
     run_dir = Path(cfg.output)
-    if (run_dir / "adapter").exists():
+    if (run_dir / run_files.ADAPTER).exists():
         raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
-    data_mod.check_output_folder(run_dir, "model.json", "train")  # a folder of the user's is never written into
+    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
     warnings: list[str] = []
     splits, dropped, leaks = make_splits(cfg, task, warnings)
     if dropped:
@@ -260,7 +154,7 @@ def main(cfg: TrainConfig) -> Path:
         raise ValueError("multi-process training runs on the hf backend: add --backend hf")
     is_main = state.is_main_process
     info = {
-        "base": "base/" if preset.model_id is None else preset.model_id,
+        "base": run_files.BASE + "/" if preset.model_id is None else preset.model_id,
         "full_id": preset.full_id,
         "backend": backend,
         "load_in_4bit": cuda and preset.model_id is not None,
@@ -270,16 +164,16 @@ def main(cfg: TrainConfig) -> Path:
     }
     with state.main_process_first():
         if is_main:
-            (run_dir / "data").mkdir(parents=True, exist_ok=True)
-            (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")  # first: a run of ours
+            (run_dir / run_files.DATA).mkdir(parents=True, exist_ok=True)
+            run_files.write_info(run_dir, info)  # first: the folder is a run of ours from now on
             save(cfg, run_dir / "config.yaml")
-            write_splits(cfg, splits, dropped, leaks, run_dir / "data")
-            (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
+            write_splits(cfg, splits, dropped, leaks, run_dir / run_files.DATA)
+            (run_dir / run_files.VERSIONS).write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
             if preset.model_id is None:  # tiny: base model + tokenizer built from the rendered training prompts
                 corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
-                build_tiny(corpus, run_dir / "base", cfg.seed)
-            (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-    base = str(run_dir / "base") if preset.model_id is None else preset.model_id
+                build_tiny(corpus, run_dir / run_files.BASE, cfg.seed)
+            run_files.write_info(run_dir, info)
+    base = str(run_dir / run_files.BASE) if preset.model_id is None else preset.model_id
     model, tokenizer = load_base(base, backend, cfg.max_length, info["load_in_4bit"])
     prompter = Prompter(tokenizer, template, task, cfg.max_length)
 
@@ -341,13 +235,13 @@ def main(cfg: TrainConfig) -> Path:
 
     if trainer.is_world_process_zero():
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
-        model.save_pretrained(run_dir / "adapter")
-        tokenizer.save_pretrained(run_dir / "adapter")
-        with open(run_dir / "train_log.jsonl", "w", encoding="utf-8") as f:
+        model.save_pretrained(run_dir / run_files.ADAPTER)
+        tokenizer.save_pretrained(run_dir / run_files.ADAPTER)
+        with open(run_dir / run_files.TRAIN_LOG, "w", encoding="utf-8") as f:
             for record in trainer.state.log_history:
                 f.write(json.dumps(record) + "\n")
         info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step, precision=precision)
-        (run_dir / "model.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        run_files.write_info(run_dir, info)
         print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {backend}/{precision} -> {run_dir}")
         for warning in warnings:
             print(f"labeltune: warning: {warning}", file=sys.stderr)

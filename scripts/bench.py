@@ -131,20 +131,17 @@ def main() -> None:
 
     import torch
 
-    from labeltune.config import TrainConfig, load_saved
     from labeltune.decode import common_prefix_length, predict, tune_cpu_allocator
-    from labeltune.features import Prompter
-    from labeltune.models import load_run
-    from labeltune.prompts import load_template
-    from labeltune.task import load_task
+    from labeltune.run import open_run
 
-    if not (Path(args.run) / "model.json").is_file():
+    try:
+        run = open_run(args.run)
+    except FileNotFoundError:
         sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
-    allocator = tune_cpu_allocator()  # what `predict` does on CPU anyway; set first so every method runs under it
+    allocator = tune_cpu_allocator()  # what `labeltune label` does at its entry point; set first so every method runs under it
     texts, source = real_texts(args.rows)
-    cfg = load_saved(TrainConfig, Path(args.run) / "config.yaml")
-    model, tokenizer = load_run(args.run, merge=True)  # as `labeltune label` loads it
-    prompter = Prompter(tokenizer, load_template(cfg.template), load_task(cfg.task), cfg.max_length)
+    model, prompter = run.load(merge=True)  # as `labeltune label` loads it
+    tokenizer = prompter.tokenizer
     prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
     print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
           f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}; malloc thresholds raised: "

@@ -78,6 +78,7 @@ def check_train(model_dir: Path, backend: str, work: Path, steps: int, max_lengt
     """Train `steps` LoRA steps on `backend` (this process does nothing else)."""
     from labeltune import train
     from labeltune.config import TrainConfig, resolve
+    from labeltune.run import TRAIN_LOG, read_info
 
     run = work / f"run-{model_dir.name}-{backend}"
     shutil.rmtree(run, ignore_errors=True)
@@ -86,8 +87,8 @@ def check_train(model_dir: Path, backend: str, work: Path, steps: int, max_lengt
         "batch_size": 4, "grad_accum": 1, "max_length": max_length, "logging_steps": 1,
     })
     train.main(cfg)
-    info = json.loads((run / "model.json").read_text())
-    log = [json.loads(line) for line in open(run / "train_log.jsonl")]
+    info = read_info(run)
+    log = [json.loads(line) for line in open(run / TRAIN_LOG)]
     tokens = max(r.get("num_tokens", 0) for r in log)
     return {
         "model": model_dir.name, "backend": backend, "precision": info.get("precision"), "steps": info["steps"],

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from labeltune.calibrate import (
+from labeltune.metrics import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,

@@ -21,7 +21,7 @@ from labeltune.data import Example, iter_rows, load_examples
 from labeltune.models import build_tiny, resolve_preset
 from labeltune.parse import parse
 from labeltune.task import load_task
-from labeltune.train import with_preset_defaults
+from labeltune.models import with_preset_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"

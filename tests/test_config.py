@@ -222,7 +222,7 @@ def test_cli_defaults_do_not_override_yaml(tmp_path):
 
 def test_every_field_has_a_flag():
     parser = build_parser()
-    for verb, (cls, _) in VERBS.items():
+    for verb, (cls, _, _) in VERBS.items():
         for f in dataclasses.fields(cls):
             value = "true" if f.type in ("bool",) else None
             argv = [verb, "--" + f.name.replace("_", "-")]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from labeltune import models
+from labeltune import run as run_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 T4, A100 = (7, 5), (8, 0)
@@ -233,7 +234,7 @@ def test_a_model_class_patched_by_unsloth_is_refused_for_decoding(unsloth_run, m
     forward.__module__ = "unsloth.models.llama"
     monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
     with pytest.raises(ValueError, match="patched by Unsloth in this process.*new process"):
-        models.load_run(unsloth_run)
+        run_mod.load_run(unsloth_run)
 
 
 def test_all_decode_modes_on_a_4bit_model(tmp_path):
@@ -348,7 +349,7 @@ def test_merged_export_on_a_gpu_is_not_requantised(monkeypatch, tmp_path):
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: None)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
     with pytest.raises(ValueError, match="cannot be loaded") as raised:
-        models.load_run(run)
+        run_mod.load_run(run)
     assert isinstance(raised.value.__cause__, Loaded)
     import torch
 

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from labeltune.evaluate import (
+from labeltune.metrics import (
     MALFORMED,
     classification_metrics,
-    format_table,
     majority_baseline,
     score_metrics,
     spearman,
 )
+from labeltune.report import format_table
 
 LABELS = ["1", "0", "-1"]
 

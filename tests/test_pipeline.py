@@ -189,6 +189,10 @@ def test_export_adapter_and_merged_label_the_same(run_dir, tmp_path):
     assert [(r["label"], r["ok"]) for r in outputs["adapter"]] == expected
     assert [(r["label"], r["ok"]) for r in outputs["merged16"]] == expected
     assert json.loads((tmp_path / "merged16" / "model.json").read_text())["merged"] is True
+    # a merged export is a run: evaluate works on it (no adapter to switch off: the tuned model only)
+    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "split": "dev", "limit": 16,
+                                                       "forgetting": None}))
+    assert "finetuned" in metrics and "base" not in metrics and metrics["finetuned"]["n"] == 16
 
 
 def test_export_gguf_without_gpu_says_what_to_do(run_dir, tmp_path):
@@ -208,7 +212,7 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
     from labeltune.data import load_examples
     from labeltune.decode import predict
     from labeltune.features import Prompter
-    from labeltune.models import load_run
+    from labeltune.run import load_run
     from labeltune.prompts import load_template
     from labeltune.task import load_task
 
@@ -233,7 +237,7 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
 
 def test_calibrate_then_label_applies_the_temperature(run_dir, tmp_path):
     from labeltune import calibrate
-    from labeltune.calibrate import apply_temperature
+    from labeltune.metrics import apply_temperature
     from labeltune.config import CalibrateConfig
 
     result = calibrate.main(resolve(CalibrateConfig, None, {"run": str(run_dir)}))
@@ -262,7 +266,7 @@ def test_merged_adapter_labels_like_the_adapter_and_still_disables(run_dir):
     from labeltune.config import TrainConfig, load_saved
     from labeltune.decode import predict
     from labeltune.features import Prompter
-    from labeltune.models import load_run
+    from labeltune.run import load_run
     from labeltune.prompts import load_template
     from labeltune.task import load_task
 

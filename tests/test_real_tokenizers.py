@@ -118,7 +118,7 @@ def test_batched_prompt_encoding_equals_per_row(family):
 @pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
 @pytest.mark.parametrize("task_name", ["sentiment_toxicity", "posneg"])
 def test_answer_trie_is_the_task_language(family, task_name):
-    from labeltune.decode import AnswerTrie
+    from labeltune.features import AnswerTrie
     from labeltune.parse import parse
 
     tokenizer = _tokenizer(family)
@@ -128,8 +128,9 @@ def test_answer_trie_is_the_task_language(family, task_name):
     assert set(trie.label_path) == set(task.label_values)
     paths = list(trie.label_path.values())
     assert all(p and not any(q != p and q[: len(p)] == p for q in paths) for p in paths)  # prefix-free
-    for ids, answer in trie.answers.items():  # every path spells a well-formed answer ending in EOS
-        assert ids[-1] == tokenizer.eos_token_id and parse(tokenizer.decode(list(ids[:-1])), task).ok
+    for ids, (label, score) in trie.answers.items():  # every path spells its well-formed answer, then EOS
+        parsed = parse(tokenizer.decode(list(ids[:-1])), task)
+        assert ids[-1] == tokenizer.eos_token_id and parsed.ok and (parsed.label, parsed.score) == (label, score)
         prefix = ()
         for t in ids:
             assert t in trie.allowed(prefix)
@@ -147,7 +148,8 @@ def test_score_decode_matches_brute_force(family, task_name):
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from labeltune.decode import AnswerTrie, common_prefix_length, score_decode
+    from labeltune.decode import common_prefix_length, score_decode
+    from labeltune.features import AnswerTrie
 
     tokenizer = _tokenizer(family)
     task = load_task(task_name)

@@ -11,7 +11,7 @@ import pytest
 
 from labeltune.data import Example
 from labeltune.decode import Prediction
-from labeltune.evaluate import calibration_metrics, majority_baseline, system_metrics
+from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
 from labeltune.report import md_cell, plot_confusions, write_report
 
 LABELS = ["1", "0", "-1"]
@@ -293,6 +293,7 @@ def test_evaluate_fails_fast_on_missing_forgetting_text(tmp_path):
     from labeltune.config import EvalConfig, TrainConfig, resolve, save
 
     save(resolve(TrainConfig, None, {}), tmp_path / "config.yaml")
+    (tmp_path / "model.json").write_text('{"base": "base/"}', encoding="utf-8")  # a run whose model is missing
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "test.jsonl").write_text('{"text": "良い", "label": "1", "score": 0}\n', encoding="utf-8")
     cfg = resolve(EvalConfig, None, {"run": str(tmp_path), "forgetting": str(tmp_path / "missing.txt")})

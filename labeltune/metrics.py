@@ -1,0 +1,172 @@
+"""Metrics of labels and scores against gold, and of label probabilities (pure functions, no I/O).
+
+Classification: accuracy, per-class and macro precision/recall/F1, confusion matrix; a malformed
+answer counts as wrong (it lowers accuracy and its gold class's recall, and is a false positive for
+no class). Scores: MAE and Spearman on the rows with a gold score whose answer parsed. Probabilities:
+temperature scaling (softmax(log p / T), T fitted by NLL on dev), expected calibration error and
+reliability bins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+MALFORMED = "malformed"
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def classification_metrics(gold: list[str], pred: list[str | None], labels: list[str]) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1, confusion matrix (gold rows x predicted cols)."""
+    if len(gold) != len(pred):
+        raise ValueError("gold and pred differ in length")
+    columns = [*labels, MALFORMED]
+    matrix = {g: {c: 0 for c in columns} for g in labels}
+    for g, p in zip(gold, pred):
+        matrix[g][p if p is not None else MALFORMED] += 1
+    per_class = {}
+    for lab in labels:
+        tp = matrix[lab][lab]
+        predicted = sum(matrix[g][lab] for g in labels)
+        support = sum(matrix[lab].values())
+        precision, recall = _div(tp, predicted), _div(tp, support)
+        per_class[lab] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": _div(2 * precision * recall, precision + recall),
+            "support": support,
+        }
+    n = len(gold)
+    return {
+        "n": n,
+        "accuracy": _div(sum(g == p for g, p in zip(gold, pred)), n),
+        "macro_precision": _div(sum(c["precision"] for c in per_class.values()), len(labels)),
+        "macro_recall": _div(sum(c["recall"] for c in per_class.values()), len(labels)),
+        "macro_f1": _div(sum(c["f1"] for c in per_class.values()), len(labels)),
+        "per_class": per_class,
+        "confusion": {"labels": labels, "columns": columns, "matrix": [[matrix[g][c] for c in columns] for g in labels]},
+        "malformed_rate": _div(sum(p is None for p in pred), n),
+    }
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties get their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho (Pearson correlation of average ranks); None when either side is constant."""
+    if len(x) != len(y) or len(x) < 2:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx and vy else None
+
+
+def score_metrics(gold: list[int | None], pred: list[int | None]) -> dict:
+    pairs = [(g, p) for g, p in zip(gold, pred) if g is not None and p is not None]
+    if not pairs:
+        return {"score_n": 0, "score_mae": None, "score_spearman": None}
+    return {
+        "score_n": len(pairs),
+        "score_mae": sum(abs(g - p) for g, p in pairs) / len(pairs),
+        "score_spearman": spearman([g for g, _ in pairs], [p for _, p in pairs]),
+    }
+
+
+def system_metrics(gold_labels, gold_scores, predictions, labels: list[str]) -> dict:
+    """All metrics of one system's predictions (decode.Prediction) against gold."""
+    out = classification_metrics(gold_labels, [p.label for p in predictions], labels)
+    out["malformed_reasons"] = dict(Counter(p.reason for p in predictions if not p.ok))
+    out.update(score_metrics(gold_scores, [p.score for p in predictions]))
+    return out
+
+
+def calibration_metrics(predictions, gold: list[str], temperature: float = 1.0) -> dict:
+    """ECE and reliability bins of the label probabilities (constrained / score modes); {} without any."""
+    scored = [(p.confidence, p.label == g) for p, g in zip(predictions, gold) if p.confidence is not None]
+    if not scored:
+        return {}
+    confidence, correct = [c for c, _ in scored], [ok for _, ok in scored]
+    return {
+        "ece": expected_calibration_error(confidence, correct),
+        "temperature": temperature,
+        "reliability": reliability_bins(confidence, correct),
+    }
+
+
+def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str]) -> dict:
+    """Always predict the most frequent training label (ties: the task's label order)."""
+    counts = Counter(train_labels)
+    majority = max(labels, key=lambda lab: (counts[lab], -labels.index(lab)))
+    metrics = classification_metrics(gold, [majority] * len(gold), labels)
+    return {"label": majority, **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "malformed_rate")}}
+
+
+
+def apply_temperature(probs: dict[str, float], temperature: float) -> dict[str, float]:
+    """softmax(log p / T) over the labels (T > 1 flattens, T < 1 sharpens)."""
+    logs = {k: math.log(max(v, 1e-300)) / temperature for k, v in probs.items()}
+    top = max(logs.values())
+    exps = {k: math.exp(v - top) for k, v in logs.items()}
+    total = sum(exps.values())
+    return {k: v / total for k, v in exps.items()}
+
+
+def nll(probs: list[dict[str, float]], gold: list[str], temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the gold labels."""
+    return sum(-math.log(max(apply_temperature(p, temperature)[g], 1e-300)) for p, g in zip(probs, gold)) / len(gold)
+
+
+def fit_temperature(probs: list[dict[str, float]], gold: list[str]) -> float:
+    """argmin_T NLL by golden-section search over log T in [log 0.05, log 20]."""
+    lo, hi = math.log(0.05), math.log(20.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(probs, gold, math.exp(a)), nll(probs, gold, math.exp(b))
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(probs, gold, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(probs, gold, math.exp(b))
+    return math.exp((lo + hi) / 2)
+
+
+def reliability_bins(confidence: list[float], correct: list[bool], n_bins: int = 10) -> list[dict]:
+    """Equal-width confidence bins: count, mean confidence and accuracy of each (empty bins kept)."""
+    bins = [{"lo": i / n_bins, "hi": (i + 1) / n_bins, "n": 0, "conf": 0.0, "acc": 0.0} for i in range(n_bins)]
+    for c, ok in zip(confidence, correct):
+        b = bins[min(int(c * n_bins), n_bins - 1)]
+        b["n"] += 1
+        b["conf"] += c
+        b["acc"] += float(ok)
+    for b in bins:
+        if b["n"]:
+            b["conf"] /= b["n"]
+            b["acc"] /= b["n"]
+    return bins
+
+
+def expected_calibration_error(confidence: list[float], correct: list[bool], n_bins: int = 10) -> float:
+    """ECE = sum over bins of (bin size / n) * |accuracy - mean confidence|."""
+    n = len(confidence)
+    return sum(b["n"] / n * abs(b["acc"] - b["conf"]) for b in reliability_bins(confidence, correct, n_bins)) if n else 0.0

@@ -1,0 +1,201 @@
+"""A run directory: the one module that knows the files inside it.
+
+    runs/<name>/
+      config.yaml      TrainConfig as resolved (CONFIG)
+      model.json       base model, backend, precision, steps, seconds; written first by train (INFO)
+      adapter/         LoRA weights + tokenizer (ADAPTER)
+      base/            the tiny preset's base model (BASE)
+      model/           a merged16 export's merged model, instead of adapter/ (MERGED)
+      data/            train/dev/test.jsonl + summary.json (DATA)
+      calibration.json the fitted temperature (CALIBRATION)
+      train_log.jsonl, versions.json, metrics.json, report.*, predictions_*.csv
+
+Trained runs and exports (adapter, merged16) are all runs. ``open_run`` reads what is cheap (config,
+task, template, model.json); ``Run.load`` adds the model, its tokenizer and the prompter, always
+through the hf backend (load_run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from labeltune.config import TrainConfig, load_saved
+from labeltune.models import cuda_available, ensure_pad_token, load_base
+from labeltune.prompts import load_template
+from labeltune.task import TaskSpec, load_task
+
+CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapter", "base", "model", "data"
+CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
+
+
+def read_info(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / INFO).read_text(encoding="utf-8"))
+
+
+def write_info(run_dir: str | Path, info: dict) -> None:
+    (Path(run_dir) / INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+def load_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a run directory was trained with; a path that is not a run says so."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--run {run_dir}: no such directory (runs are made by `labeltune train --output ...`)")
+    if not (run_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"--run {run_dir}: not a labeltune run directory (no {CONFIG} in it)")
+    return load_saved(TrainConfig, run_dir / CONFIG)
+
+
+def load_temperature(run_dir: str | Path) -> float:
+    """The run's fitted label temperature (labeltune calibrate), 1.0 when it has none."""
+    path = Path(run_dir) / CALIBRATION
+    return json.loads(path.read_text(encoding="utf-8"))["temperature"] if path.is_file() else 1.0
+
+
+def save_temperature(run_dir: str | Path, result: dict) -> None:
+    (Path(run_dir) / CALIBRATION).write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: TrainConfig
+    info: dict
+    task: TaskSpec
+
+    @property
+    def merged(self) -> bool:
+        """A merged16 export: no adapter to switch off, so no base-model comparison."""
+        return bool(self.info.get("merged"))
+
+    def template(self):
+        return load_template(self.config.template)
+
+    def split(self, name: str) -> Path:
+        return self.dir / DATA / f"{name}.jsonl"
+
+    def load(self, merge: bool = False):
+        """(model, prompter) of this run on this machine (the prompter holds the tokenizer)."""
+        from labeltune.features import Prompter
+
+        model, tokenizer = load_run(self.dir, merge)
+        return model, Prompter(tokenizer, self.template(), self.task, self.config.max_length)
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """A run directory's config, model.json and task (no model loaded); refuses what is not a run."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if not (run_dir / INFO).is_file():
+        raise FileNotFoundError(f"--run {run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
+    return Run(run_dir, config, read_info(run_dir), load_task(config.task))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(run_dir: Path) -> str:
+    """Digest of the run's trained weights: its adapter, or a merged export's (recorded at export time,
+    where the weights may be many shards)."""
+    run_dir = Path(run_dir)
+    weights = run_dir / ADAPTER / "adapter_model.safetensors"
+    if weights.is_file():
+        return file_sha256(weights)
+    info = read_info(run_dir) if (run_dir / INFO).is_file() else {}
+    if info.get("merged") and info.get("weights_sha256"):
+        return info["weights_sha256"]
+    if (run_dir / MERGED / "model.safetensors").is_file():  # a merged export of an earlier version
+        return file_sha256(run_dir / MERGED / "model.safetensors")
+    raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
+
+
+def base_path(run_dir: str | Path) -> str:
+    """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time."""
+    info = read_info(run_dir)
+    return str(Path(run_dir) / BASE) if info["base"] == BASE + "/" else info["base"]
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used as it is, said in labeltune's own words."""
+
+
+class MissingRunFile(RunError, FileNotFoundError):
+    pass
+
+
+def check_not_patched_by_unsloth(model) -> None:
+    """Refuse to decode with a model class whose forward Unsloth replaced: Unsloth patches transformers'
+    model classes process-wide when it loads a model, and its forward returns legacy tuple caches and
+    takes its own single-token path, which score mode's cache and mask handling is not built for."""
+    forward = getattr(type(model), "forward", None)
+    if (getattr(forward, "__module__", "") or "").startswith("unsloth"):
+        raise RunError(
+            f"{type(model).__name__} was patched by Unsloth in this process (it trained here); label, "
+            "evaluate and calibrate in a new process (the CLI, or restart the runtime), and train with "
+            "`labeltune train` / labeltune.train.spawn so the notebook's process never imports Unsloth"
+        )
+
+
+def load_run(run_dir: str | Path, merge: bool = False):
+    """load_run_files with a damaged run (a truncated or corrupted weight file, missing tokenizer files or
+    base/) reported in one line naming the run and what to do, not a traceback from deep in a library."""
+    try:
+        return load_run_files(run_dir, merge)
+    except RunError:
+        raise
+    except Exception as e:  # safetensors, tokenizers, transformers, json, OSError ... on files of the run
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(
+            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the run's "
+            "files are complete (train it again if they are damaged) and that a Hugging Face base can be downloaded"
+        ) from e
+
+
+def load_run_files(run_dir: str | Path, merge: bool = False):
+    """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
+
+    Always through the hf backend (transformers + PEFT; bitsandbytes 4-bit on a GPU for a run trained
+    on a 4-bit base), whatever backend trained it: an Unsloth adapter is a plain PEFT adapter, and every
+    decode mode is tested on this backend. On a CPU a 4-bit preset's 16-bit `full_id` is loaded in full
+    precision instead (or use `labeltune export --format merged16`). A merged export is loaded as saved
+    (16-bit, never re-quantised). ``merge`` folds the LoRA weights into the base weights (16/32-bit base
+    only), so inference pays no adapter overhead; ``disable_adapter()`` still gives the base model.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / INFO).is_file():
+        raise MissingRunFile(f"{run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
+    info = read_info(run_dir)
+    if info.get("merged"):
+        model, tokenizer = load_base(str(run_dir / MERGED), "hf", load_in_4bit=False)
+        check_not_patched_by_unsloth(model)
+        model.eval()
+        return model, tokenizer
+    if not (run_dir / ADAPTER).is_dir():
+        raise MissingRunFile(f"{run_dir}: no {ADAPTER}/ (did `labeltune train` finish?)")
+    base = base_path(run_dir)
+    if not cuda_available() and info.get("full_id"):
+        base = info["full_id"]
+    four_bit = bool(info.get("load_in_4bit")) and cuda_available()
+    model, _ = load_base(base, "hf", info.get("max_length", 512), four_bit)
+    check_not_patched_by_unsloth(model)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / ADAPTER)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(model, run_dir / ADAPTER)
+    check_not_patched_by_unsloth(model)
+    ensure_pad_token(tokenizer, model)
+    model.eval()
+    if merge and not four_bit:
+        model.merge_adapter()
+    return model, tokenizer
