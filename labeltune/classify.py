@@ -46,6 +46,13 @@ def _precision_dtype():
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[device_precision()]
 
 
+def device() -> str:
+    """Where the classifiers train and predict: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _device(model):
     return next(model.parameters()).device
 
@@ -57,30 +64,20 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     """(PEFT LoRA sequence classifier, tokenizer) on the causal LM `base`; 4-bit (bitsandbytes) when
     `four_bit` (CUDA only). The pad token is set on the model config: pooling looks for it."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from labeltune.models import ensure_pad_token, gpu_capability, hf_load_kwargs
+    from labeltune.models import add_lora, ensure_pad_token, gpu_capability, hf_load_kwargs
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), **kwargs)
     ensure_pad_token(tokenizer, model)
-    if four_bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
-        model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    lora = LoraConfig(
-        task_type="SEQ_CLS",
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
-        modules_to_save=["score"],  # the classification head of *ForSequenceClassification LLMs
-    )
-    torch.manual_seed(cfg.seed)
-    return get_peft_model(model, lora), tokenizer
+    if not four_bit:
+        model = model.to(device())
+    # the classification head of *ForSequenceClassification LLMs is `score`, trained in full
+    return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target_modules, cfg.seed,
+                    modules_to_save=("score",), task_type="SEQ_CLS"), tokenizer
 
 
 def build_tiny_encoder(train_texts: list[str], task: TaskSpec, max_length: int, seed: int,
@@ -108,7 +105,7 @@ def build_tiny_encoder(train_texts: list[str], task: TaskSpec, max_length: int, 
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+    return model.to(device()), tokenizer
 
 
 def load_encoder(name: str, task: TaskSpec, seed: int):
@@ -126,7 +123,7 @@ def load_encoder(name: str, task: TaskSpec, seed: int):
     model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=n_outputs(task))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+    return model.to(device()), tokenizer
 
 
 # ---------------------------------------------------------------- features and loss

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from labeltune.config import CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
+from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
 from labeltune.data import Example, load_examples
 from labeltune.decode import Prediction, predict
 from labeltune.metrics import majority_baseline, system_metrics
@@ -41,7 +41,7 @@ from labeltune.train import spawn
 from labeltune.models import Preset, resolve_preset, with_preset_defaults
 from labeltune.task import TaskSpec, load_task
 
-SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")
+SYSTEMS = COMPARE_SYSTEMS
 LLM_SYSTEMS = ("generative", "cls_head", "zero_shot")  # one row per model
 METRICS_FILE = "system_metrics.json"
 # Changing one of these makes finished systems stale; changing models or systems only adds or drops rows.
@@ -50,17 +50,6 @@ COLUMNS = (
     "system", "model", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
     "malformed_rate", "score_mae", "score_spearman", "train_seconds",
 )
-
-
-def parse_list(value: str, name: str, allowed: tuple[str, ...] | None = None) -> list[str]:
-    """Items of a comma-separated option, in order; unknown ones rejected with the valid list."""
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise ValueError(f"{name}: no value given")
-    unknown = [v for v in items if allowed and v not in allowed]
-    if unknown:
-        raise ValueError(f"{name}: unknown {unknown}; valid: {', '.join(allowed)}")
-    return items
 
 
 def slug(model: str) -> str:
@@ -311,8 +300,7 @@ def main(cfg: CompareConfig) -> dict[str, dict]:
     """Split once, run every requested system on it (skipping finished ones), write the tables and plots."""
     import torch
 
-    systems = parse_list(cfg.systems, "systems", SYSTEMS)
-    models = parse_list(cfg.models, "models")
+    systems, models = cfg.systems, cfg.models
     out = Path(cfg.output)
     check_resume(cfg, out)
     first = train_config(cfg, models[0], out / system_key("generative", models[0]), cfg.data)

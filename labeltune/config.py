@@ -81,13 +81,15 @@ class TrainConfig:
     max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end", valid=(lambda v: v >= 32, ">= 32"))
     logging_steps: int = _f(10, "log every N optimizer steps", valid=AT_LEAST_1)
     limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all", valid=AT_LEAST_1)
-    report_to: str = _f(
-        "none",
+    report_to: list[str] = _f(
+        ["none"],
         "experiment tracking: none, tensorboard, wandb, or a comma-separated list; a tracker that is not "
         "installed is skipped with a warning (train_log.jsonl is always written)",
+        ("none", "tensorboard", "wandb"),
     )
 
 
+COMPARE_SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")  # labeltune.compare
 MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
 MODE_HELP = (
     "generate = free generation + strict parser (measures format compliance); constrained = generation "
@@ -142,7 +144,7 @@ class PrepareConfig:
     text_column: str = _f("text", "annotated-csv: text column")
     label_column: str = _f("label", "annotated-csv: polarity column (values or aliases of the task)")
     score_column: str | None = _f(None, "hf: score column, if any")
-    flag_columns: str | None = _f(None, "annotated-csv: comma-separated annotator flag columns")
+    flag_columns: list[str] | None = _f(None, "annotated-csv: comma-separated annotator flag columns")
     flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))", valid=AT_LEAST_1)
     label_source: str = _f("readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer"))
     drop_neutral: bool = _f(False, "wrime: drop sentiment-0 rows (2-class)")
@@ -191,11 +193,12 @@ class SweepConfig:
 @dataclass
 class CompareConfig:
     data: str = _f("data/sample.csv", "labelled data (file split here, or a folder with train/dev/test); same split for every system")
-    models: str = _f("tiny", "comma-separated model presets / ids for the LLM systems (generative and classification head)")
-    systems: str = _f(
-        "generative,cls_head,encoder,majority,zero_shot",
+    models: list[str] = _f(["tiny"], "comma-separated model presets / ids for the LLM systems (generative and classification head)")
+    systems: list[str] = _f(
+        list(COMPARE_SYSTEMS),
         "comma-separated systems to compare: generative (LLM + LoRA SFT), cls_head (LLM + LoRA classification "
         "head), encoder (BERT-style full fine-tune), majority, zero_shot (base LLM, no tuning)",
+        COMPARE_SYSTEMS,
     )
     encoder: str = _f(
         "auto",
@@ -245,6 +248,12 @@ def _coerce(name: str, hint, value):
         if not isinstance(value, dict):
             raise ValueError(f"{name}: expected a mapping, got {value!r}")
         return value
+    if typing.get_origin(kind) is list:  # a list option: "a,b" on the command line, a YAML list or "a,b" in a file
+        items = value.split(",") if isinstance(value, str) else list(value)
+        items = [str(x).strip() for x in items if str(x).strip()]
+        if not items and not optional:
+            raise ValueError(f"{name}: no value given")
+        return items
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = typing.get_args(kind)
@@ -273,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("--config", help="YAML file with any of these options (command line wins)")
     for f in dataclasses.fields(cls):
         default = default_of(f)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
         help_text = f"{f.metadata['help']} (default: {shown})"
         if f.metadata.get("choices"):
             help_text += f"; one of: {', '.join(f.metadata['choices'])}"
@@ -318,8 +327,9 @@ def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
     for f in dataclasses.fields(cls):
         value = getattr(cfg, f.name)
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ValueError(f"{f.name}: {value!r} is not one of: {', '.join(choices)}")
+        for item in value if isinstance(value, list) else [value]:
+            if choices and item not in choices:
+                raise ValueError(f"{f.name}: {item!r} is not one of: {', '.join(choices)}")
         valid = f.metadata.get("valid")
         if valid and value is not None and not valid[0](value):
             raise ValueError(f"--{f.name.replace('_', '-')}: {value!r} is not valid; it must be {valid[1]}")

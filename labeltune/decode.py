@@ -170,121 +170,153 @@ def generate(
     return results  # type: ignore[return-value]
 
 
+def _multi_step(model, pad: int, chunks: list[list[int]], mask, positions, cache):
+    """Feed each row its own list of tokens (left-padded, pads masked, so every row's last token is in the
+    last column and only that column goes through the LM head) in one cached call; returns the logits
+    after each row's last token, the cache, the grown mask and the rows' last positions."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokens, real = pad_ids(chunks, pad, left=True)
+    mask = torch.cat([mask, real], dim=1)
+    tokens = tokens.to(device)
+    out = model(
+        input_ids=tokens, attention_mask=mask.to(device),
+        position_ids=(positions.view(-1, 1) + real.cumsum(-1)).to(device), past_key_values=cache, use_cache=True,
+        logits_to_keep=last_position(tokens),
+    )
+    return out.logits[:, -1].float().cpu(), out.past_key_values, mask, positions + real.sum(-1)
+
+
+def _prefill(model, rows: list[list[int]], shared_len: int, shared_cache, pad: int):
+    """(1) One forward over each row (prompt + the answer's fixed start) after the shared prefix's cache:
+    (logits after the last token, cache, attention mask, each row's last position)."""
+    device = next(model.parameters()).device
+    own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
+    own = own.to(device)
+    out = model(
+        input_ids=own, attention_mask=attention.to(device), position_ids=positions.to(device),
+        past_key_values=cache, use_cache=True, logits_to_keep=last_position(own),
+    )
+    return out.logits[:, -1, :].float().cpu(), out.past_key_values, attention, attention.sum(-1) - 1
+
+
+def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, last_pos):
+    """(2) One cached step per internal node of the label trie (where labels share a token), each visible
+    only to its descendants through the mask: (logits at every node, the cache, the column of each fed
+    node, the mask over every column)."""
+    import torch
+
+    n, base_len = attention.shape[0], attention.shape[1]
+    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
+    logits_at, slots, columns = {(): logits}, {}, attention
+    for prefix in internal:  # every row feeds this prefix's last token, seeing only its ancestors
+        visible = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
+        for anc, col in slots.items():
+            if prefix[: len(anc)] == anc:
+                visible[:, col - base_len] = 1
+        before = torch.cat([attention, visible], dim=1)
+        logits_at[prefix], cache, mask, _ = _multi_step(model, pad, [[prefix[-1]]] * n, before, last_pos + len(prefix) - 1, cache)
+        slots[prefix] = columns.shape[1]
+        columns = mask
+    return logits_at, cache, slots, columns
+
+
+def _label_probs(trie: AnswerTrie, logits_at: dict) -> list[dict[str, float]]:
+    """Every row's label distribution: log p(label) = sum over its tokens of the log softmax over the
+    node's allowed tokens, then normalised over the labels."""
+    import torch
+
+    labels = list(trie.label_path)
+    logp = torch.zeros((next(iter(logits_at.values())).shape[0], len(labels)))
+    for j, path in enumerate(trie.label_path.values()):
+        for k, token in enumerate(path):
+            allowed = trie.allowed(trie.shared + path[:k])
+            logp[:, j] += torch.log_softmax(logits_at[path[:k]][:, allowed], dim=-1)[:, allowed.index(token)]
+    return [dict(zip(labels, probs)) for probs in torch.softmax(logp.double(), dim=-1).tolist()]
+
+
+def _decode_rest(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns,
+                 last_pos) -> list[tuple]:
+    """(3) The chosen label's remaining tokens, then the score, greedy within the trie until EOS: one cached
+    call per choice, fed every token decided since the last one, finished rows dropped from the cache.
+    Returns each row's answer token ids (from the answer's start, ending with EOS)."""
+    import torch
+
+    device = next(model.parameters()).device
+    n, base_len = len(chosen), attention.shape[1]
+    fed = [max((len(p) for p in slots if trie.label_path[c][: len(p)] == p), default=0) for c in chosen]
+    node = [trie.shared + trie.label_path[c][:f] for c, f in zip(chosen, fed)]
+    queue = [list(trie.label_path[c][f:]) for c, f in zip(chosen, fed)]
+    keep = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
+    for row, c in enumerate(chosen):  # each row sees the label-node columns of its own label only
+        for anc, col in slots.items():
+            if trie.label_path[c][: len(anc)] == anc:
+                keep[row, col - base_len] = 1
+    mask = torch.cat([attention, keep], dim=1)
+    positions = last_pos + torch.tensor(fed)  # of each row's last token in the cache
+    done = [False] * n
+    logits, alive = None, list(range(n))  # the batch rows in the cache, in cache order
+    while True:  # each call feeds every row's decided tokens up to its next real choice
+        chunks: list[list[int]] = []
+        at = {row: k for k, row in enumerate(alive)}
+        for row in range(n):
+            if not done[row] and not queue[row]:  # choose the next token from the last call's logits
+                allowed = trie.allowed(node[row])
+                tok = allowed[int(torch.argmax(logits[at[row], allowed]))] if len(allowed) > 1 else allowed[0]
+                queue[row].append(tok)
+            if not done[row]:
+                node[row] = node[row] + tuple(queue[row])
+                rest = trie.forced(node[row])
+                if rest is not None or node[row][-1] == trie.eos:  # nothing left to choose
+                    node[row] = node[row] + (rest or ())
+                    done[row] = True
+                    queue[row] = []
+                else:  # feed through any single-child run (e.g. "\nscore : "), in the same call
+                    while len(nxt := trie.allowed(node[row])) == 1:
+                        node[row] = node[row] + (nxt[0],)
+                        queue[row].append(nxt[0])
+            chunks.append(queue[row])
+            queue[row] = []
+        live = [row for row in range(n) if chunks[row]]  # finished rows have nothing left to feed
+        if not live:
+            return node
+        if len(live) < len(alive) and hasattr(cache, "batch_select_indices"):
+            # drop finished rows from the cache: later calls cost only what is left
+            rows = torch.tensor([at[row] for row in live])
+            cache.batch_select_indices(rows.to(device))
+            mask, positions, alive = mask[rows], positions[rows], live
+        logits, cache, mask, positions = _multi_step(model, pad, [chunks[row] for row in alive], mask, positions, cache)
+
+
 def score_decode(
     model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16
 ) -> tuple[list[dict[str, float]], list[tuple]]:
     """score mode with one prefill per batch and the prompt's KV cache reused for everything after.
 
-    Per batch: (1) one forward over prompt + the answer's fixed start, keeping the cache; (2) one
-    cached step per internal node of the label trie (usually none or one), each visible only to its
-    descendants through the attention mask, giving every label's probability; (3) for the chosen
-    label, its remaining tokens and then the score, greedy within the trie: one cached call per choice,
-    fed every token decided since the last one, with finished rows dropped from the cache. Returns
-    label distributions and the chosen answers' token ids (after `shared`), in input order.
+    Per batch: (1) one forward over prompt + the answer's fixed start, keeping the cache (_prefill);
+    (2) one cached step per internal node of the label trie (usually none or one), each visible only to
+    its descendants through the attention mask, giving every label's probability (_label_nodes,
+    _label_probs); (3) for the chosen label, its remaining tokens and then the score, greedy within the
+    trie (_decode_rest). Returns label distributions and the chosen answers' token ids (after `shared`),
+    in input order.
     """
     import torch
 
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    labels = list(trie.label_path)
-    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
     dists: list[dict | None] = [None] * len(prompt_ids)
     answers: list[tuple | None] = [None] * len(prompt_ids)
-
-    def multi_step(chunks: list[list[int]], mask, positions, cache):
-        """Feed each row its own list of tokens (left-padded, pads masked, so every row's last token is
-        in the last column and only that column goes through the LM head) in one call; returns the
-        logits after each row's last token, the cache, the grown mask and the rows' last positions."""
-        tokens, real = pad_ids(chunks, pad, left=True)
-        mask = torch.cat([mask, real], dim=1)
-        tokens = tokens.to(device)
-        out = model(
-            input_ids=tokens, attention_mask=mask.to(device),
-            position_ids=(positions.view(-1, 1) + real.cumsum(-1)).to(device), past_key_values=cache, use_cache=True,
-            logits_to_keep=last_position(tokens),
-        )
-        return out.logits[:, -1].float().cpu(), out.past_key_values, mask, positions + real.sum(-1)
-
     with torch.inference_mode():
-        shared_len, shared_cache = shared_prefix(model, prompt_ids, device)
+        shared_len, shared_cache = shared_prefix(model, prompt_ids, next(model.parameters()).device)
         for index in length_batches(prompt_ids, batch_size):
-            n = len(index)
             rows = [prompt_ids[i] + list(trie.shared) for i in index]
-            own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
-            own = own.to(device)
-            out = model(
-                input_ids=own, attention_mask=attention.to(device), position_ids=positions.to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=last_position(own),
-            )
-            cache, base_len = out.past_key_values, attention.shape[1]
-            last_pos = attention.sum(-1) - 1
-            logits_at = {(): out.logits[:, -1, :].float().cpu()}
-            slots: dict[tuple, int] = {}  # fed label-trie prefix -> its column in the cache
-            columns = attention
-            for prefix in internal:  # (2) every row feeds this prefix's last token, seeing only its ancestors
-                visible = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
-                for anc, col in slots.items():
-                    if prefix[: len(anc)] == anc:
-                        visible[:, col - base_len] = 1
-                before = torch.cat([attention, visible], dim=1)
-                logits_at[prefix], cache, mask, _ = multi_step([[prefix[-1]]] * n, before, last_pos + len(prefix) - 1, cache)
-                slots[prefix] = columns.shape[1]
-                columns = mask
-            # label probabilities from the recorded nodes, for all rows at once: log p(label) = sum over
-            # its tokens of log softmax over the node's allowed tokens
-            logp = torch.zeros((n, len(labels)))
-            for j, path in enumerate(trie.label_path.values()):
-                for k, token in enumerate(path):
-                    allowed = trie.allowed(trie.shared + path[:k])
-                    logp[:, j] += torch.log_softmax(logits_at[path[:k]][:, allowed], dim=-1)[:, allowed.index(token)]
-            for row, probs in zip(index, torch.softmax(logp.double(), dim=-1).tolist()):
-                dists[row] = dict(zip(labels, probs))
-            # (3) chosen label's remaining tokens, then greedy within the trie until EOS
-            chosen = [max(dists[i], key=dists[i].get) for i in index]
-            fed = [max((len(p) for p in slots if trie.label_path[c][: len(p)] == p), default=0) for c in chosen]
-            node = [trie.shared + trie.label_path[c][: f] for c, f in zip(chosen, fed)]
-            queue = [list(trie.label_path[c][f:]) for c, f in zip(chosen, fed)]
-            keep = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
-            for row, c in enumerate(chosen):
-                for anc, col in slots.items():
-                    if trie.label_path[c][: len(anc)] == anc:
-                        keep[row, col - base_len] = 1
-            mask = torch.cat([attention, keep], dim=1)
-            positions = last_pos + torch.tensor(fed)  # of each row's last token in the cache
-            done = [False] * n
-            logits, alive = None, list(range(n))  # the batch rows in the cache, in cache order
-            while True:  # each call feeds every row's decided tokens up to its next real choice
-                chunks: list[list[int]] = []
-                at = {row: k for k, row in enumerate(alive)}
-                for row in range(n):
-                    if not done[row] and not queue[row]:  # choose the next token from the last call's logits
-                        allowed = trie.allowed(node[row])
-                        tok = allowed[int(torch.argmax(logits[at[row], allowed]))] if len(allowed) > 1 else allowed[0]
-                        queue[row].append(tok)
-                    if not done[row]:
-                        node[row] = node[row] + tuple(queue[row])
-                        rest = trie.forced(node[row])
-                        if rest is not None or node[row][-1] == trie.eos:  # nothing left to choose
-                            node[row] = node[row] + (rest or ())
-                            done[row] = True
-                            queue[row] = []
-                        else:  # feed through any single-child run (e.g. "\nscore : "), in the same call
-                            while len(nxt := trie.allowed(node[row])) == 1:
-                                node[row] = node[row] + (nxt[0],)
-                                queue[row].append(nxt[0])
-                    chunks.append(queue[row])
-                    queue[row] = []
-                live = [row for row in range(n) if chunks[row]]  # finished rows have nothing left to feed
-                if not live:
-                    break
-                if len(live) < len(alive) and hasattr(cache, "batch_select_indices"):
-                    # drop finished rows from the cache: later calls cost only what is left
-                    keep = torch.tensor([at[row] for row in live])
-                    cache.batch_select_indices(keep.to(device))
-                    mask, positions, alive = mask[keep], positions[keep], live
-                logits, cache, mask, positions = multi_step([chunks[row] for row in alive], mask, positions, cache)
-            for row, i in enumerate(index):
-                answers[i] = node[row][len(trie.shared) :]
+            logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad)
+            logits_at, cache, slots, columns = _label_nodes(model, pad, trie, logits, cache, attention, last_pos)
+            batch_dists = _label_probs(trie, logits_at)
+            chosen = [max(d, key=d.get) for d in batch_dists]
+            nodes = _decode_rest(model, pad, trie, chosen, cache, slots, attention, columns, last_pos)
+            for i, dist, node in zip(index, batch_dists, nodes):
+                dists[i], answers[i] = dist, node[len(trie.shared) :]
     return dists, answers  # type: ignore[return-value]
 
 

@@ -104,11 +104,37 @@ def check_paths(source: Path, output: Path) -> None:
         raise ValueError(f"--output {output}: cannot write in {parent} (permission denied); choose another folder")
 
 
+def resume_state(state_path: Path, partial: Path, output: Path, identity: dict, overwrite: bool) -> dict | str | None:
+    """What to do with an earlier attempt at this output: "complete" (the same command already finished:
+    nothing to do), its progress state (resume it), or None (start afresh). Refuses to append to a
+    partial output of another run, input or setting, and to replace an existing output, unless
+    `overwrite`."""
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
+    if state is not None and state.get("complete"):
+        done = output.is_file() and output.stat().st_size == state["bytes"]
+        if done and state["identity"] == identity and not overwrite:
+            print(f"{output} is already complete ({state['rows']} rows, same run, input and settings): nothing to do")
+            return "complete"
+        state = None  # made by another command, changed since, or to be replaced: not ours to resume
+    elif state is not None and state["identity"] != identity:
+        if not overwrite:
+            raise ValueError(
+                f"{partial} is a partial output of a different run, input or settings; refusing to append "
+                "(pass --overwrite to start it again)"
+            )
+        state = None
+    if state is None and output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it (it is replaced only once the new "
+                              "output is complete), or choose another --output")
+    if state is not None and (not partial.is_file() or partial.stat().st_size < state["bytes"]):
+        state = None  # the partial file was removed or cut by hand: start again
+    return state
+
+
 def main(cfg: LabelConfig) -> Path:
     import sys
 
     from tqdm import tqdm
-
 
     run_dir, source, output = Path(cfg.run), Path(cfg.input), Path(cfg.output)
     check_input_file(source)
@@ -128,25 +154,9 @@ def main(cfg: LabelConfig) -> Path:
     state_path = output.with_name(output.name + ".labeltune.json")
     partial = output.with_name(output.name + ".partial")
 
-    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
-    if state is not None and state.get("complete"):
-        done = output.is_file() and output.stat().st_size == state["bytes"]
-        if done and state["identity"] == identity and not cfg.overwrite:
-            print(f"{output} is already complete ({state['rows']} rows, same run, input and settings): nothing to do")
-            return output
-        state = None  # made by another command, changed since, or to be replaced: not ours to resume
-    elif state is not None and state["identity"] != identity:
-        if not cfg.overwrite:
-            raise ValueError(
-                f"{partial} is a partial output of a different run, input or settings; refusing to append "
-                "(pass --overwrite to start it again)"
-            )
-        state = None
-    if state is None and output.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it (it is replaced only once the new "
-                              "output is complete), or choose another --output")
-    if state is not None and (not partial.is_file() or partial.stat().st_size < state["bytes"]):
-        state = None  # the partial file was removed or cut by hand: start again
+    state = resume_state(state_path, partial, output, identity, cfg.overwrite)
+    if state == "complete":
+        return output
     report = ReadReport(str(source))
     total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # also checks the whole file's shape first
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +175,7 @@ def main(cfg: LabelConfig) -> Path:
 
     rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
-    counts = {"ok": 0, "failed": 0, "neutralised": 0}
+    counts = {"ok": 0, "failed": 0, "neutralised": 0, "truncated": 0}
 
     def cell(value) -> str:
         text = _cell(value)
@@ -185,6 +195,7 @@ def main(cfg: LabelConfig) -> Path:
                 lines = []
                 for row, p in zip(chunk, predictions):
                     counts["ok" if p.ok else "failed"] += 1
+                    counts["truncated"] += p.truncated
                     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
                     lines.append(
                         [cell(row.get(c)) for c in columns]
@@ -210,6 +221,10 @@ def main(cfg: LabelConfig) -> Path:
     print(f"labelled {state['rows']} rows -> {output} (this session: {counts['ok']} ok, {counts['failed']} not ok)")
     for warning in report.warnings():
         print(f"labeltune: warning: {warning}", file=sys.stderr)
+    if counts["truncated"]:
+        print(f"labeltune: warning: {counts['truncated']} texts were longer than the run's max_length "
+              f"({run.config.max_length} tokens with the prompt) and were labelled from their start (truncated=True)",
+              file=sys.stderr)
     if counts["neutralised"]:
         print(f"labeltune: note: {counts['neutralised']} cells starting with =, +, -, @ were prefixed with ' so Excel "
               "shows them as text (--bom output)", file=sys.stderr)

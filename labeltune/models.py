@@ -400,7 +400,9 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: int, modules_to_save=(),
-             backend: str = "hf", gradient_checkpointing: bool = False):
+             backend: str = "hf", gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
+    """LoRA on `model` (k-bit preparation first for a 4-bit model on the hf backend); `task_type`
+    SEQ_CLS for a classification head (labeltune.classify)."""
     if backend == "unsloth":
         from unsloth import FastLanguageModel  # noqa: PLC0415
 
@@ -426,7 +428,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: in
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         modules_to_save=list(modules_to_save) or None,
     )
     return get_peft_model(model, config)

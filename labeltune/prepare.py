@@ -376,7 +376,7 @@ def main(cfg) -> dict:
         splits, dropped = read_wrime(path, cfg.label_source, cfg.drop_neutral)
     else:
         task = load_task(cfg.task)
-        flags = [c for c in (cfg.flag_columns or "").split(",") if c]
+        flags = cfg.flag_columns or []
         examples, dropped = read_annotated_csv(path, task, cfg.text_column, cfg.label_column, flags, cfg.flag_max)
         splits = split_examples(examples, cfg.split, cfg.seed)
     total = sum(len(v) for v in splits.values()) + len(dropped)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from labeltune import data as data_mod
 from labeltune.config import TrainConfig, save
+from labeltune.features import Prompter
 from labeltune.models import Preset, add_lora, build_tiny, load_base, resolve_preset, with_preset_defaults
 from labeltune.prompts import load_template, render_prompt
 from labeltune import run as run_files
@@ -41,15 +42,12 @@ def package_versions() -> dict[str, str]:
 TRACKERS = {"tensorboard": ("tensorboardX", "torch.utils.tensorboard"), "wandb": ("wandb",)}
 
 
-def trackers(report_to: str) -> list[str]:
+def trackers(report_to: list[str]) -> list[str]:
     """The requested trackers that are installed; a missing one is skipped with a warning (training
     never fails for want of a tracker: train_log.jsonl is always written)."""
     import warnings
 
-    wanted = [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
-    unknown = [t for t in wanted if t not in TRACKERS]
-    if unknown:
-        raise ValueError(f"report_to: unknown tracker(s) {unknown}; available: none, {', '.join(TRACKERS)}")
+    wanted = [t for t in report_to if t != "none"]  # names checked where the config is parsed
     found = []
     for name in wanted:
         modules = TRACKERS[name]
@@ -107,90 +105,40 @@ def check_machine(cfg: TrainConfig, preset: Preset, processes: int = 1) -> None:
     check_trainer_supports(cuda, version("trl"))
 
 
-def main(cfg: TrainConfig) -> Path:
-    """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory.
-
-    With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
-    at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
-    import os
-    import sys
-
-    import torch
-
-    from labeltune.models import prepare_backend, trainer_precision
-
-    preset = resolve_preset(cfg.model)
-    cfg = with_preset_defaults(cfg, preset)
-    cuda = torch.cuda.is_available()
-    check_machine(cfg, preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
-    backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
-
-    from accelerate import PartialState
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from labeltune.features import Prompter
-
-    task = load_task(cfg.task)
-    template_name = cfg.template or task.default_template
-    template = load_template(template_name)
-    cfg = replace(cfg, template=template_name)
-
-    run_dir = Path(cfg.output)
-    if (run_dir / run_files.ADAPTER).exists():
-        raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
-    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
+def read_data(cfg: TrainConfig, task, run_dir: Path) -> tuple[dict, list[dict], list, list[str]]:
+    """(splits, dropped rows, leaks, warnings for the end of the command) of cfg.data (labeltune.splits)."""
     warnings: list[str] = []
     splits, dropped, leaks = make_splits(cfg, task, warnings)
     if dropped:
         warnings.append(data_mod.dropped_summary(dropped, sum(map(len, splits.values())) + len(dropped))
-                        + f" (each with its reason in {run_dir / 'data' / 'summary.json'})")
+                        + f" (each with its reason in {run_dir / run_files.DATA / 'summary.json'})")
     if leaks and cfg.leakage != "error":
         what = "removed from train" if cfg.leakage == "drop" else "left in train (--leakage allow)"
         warnings.append(f"{len(leaks)} dev/test rows duplicate training rows: {what}")
+    return splits, dropped, leaks, warnings
 
-    state = PartialState(cpu=not cuda)  # one process, or one per rank (gloo on CPU) under accelerate launch
-    if state.num_processes > 1 and backend == "unsloth":
-        raise ValueError("multi-process training runs on the hf backend: add --backend hf")
-    is_main = state.is_main_process
-    info = {
-        "base": run_files.BASE + "/" if preset.model_id is None else preset.model_id,
-        "full_id": preset.full_id,
-        "backend": backend,
-        "load_in_4bit": cuda and preset.model_id is not None,
-        "max_length": cfg.max_length,
-        "preset": preset.name,
-        "world_size": state.num_processes,
-    }
-    with state.main_process_first():
-        if is_main:
-            (run_dir / run_files.DATA).mkdir(parents=True, exist_ok=True)
-            run_files.write_info(run_dir, info)  # first: the folder is a run of ours from now on
-            save(cfg, run_dir / "config.yaml")
-            write_splits(cfg, splits, dropped, leaks, run_dir / run_files.DATA)
-            (run_dir / run_files.VERSIONS).write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
-            if preset.model_id is None:  # tiny: base model + tokenizer built from the rendered training prompts
-                corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
-                build_tiny(corpus, run_dir / run_files.BASE, cfg.seed)
-            run_files.write_info(run_dir, info)
-    base = str(run_dir / run_files.BASE) if preset.model_id is None else preset.model_id
-    model, tokenizer = load_base(base, backend, cfg.max_length, info["load_in_4bit"])
-    prompter = Prompter(tokenizer, template, task, cfg.max_length)
 
-    def features(examples):
-        return Dataset.from_list(
-            [prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in examples]
-        )
+def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: dict, data: tuple, run_dir: Path) -> None:
+    """Everything of the run directory before training: model.json first (the folder is ours from then
+    on), config, splits, versions and, for tiny, the base model built from the rendered training prompts."""
+    splits, dropped, leaks = data
+    (run_dir / run_files.DATA).mkdir(parents=True, exist_ok=True)
+    run_files.write_info(run_dir, info)
+    save(cfg, run_dir / run_files.CONFIG)
+    write_splits(cfg, splits, dropped, leaks, run_dir / run_files.DATA)
+    (run_dir / run_files.VERSIONS).write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
+    if preset.model_id is None:
+        corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
+        build_tiny(corpus, run_dir / run_files.BASE, cfg.seed)
 
-    train_ds, dev_ds = features(splits["train"]), features(splits["dev"]) if splits["dev"] else None
-    model = add_lora(
-        model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed,
-        preset.modules_to_save, backend, preset.gradient_checkpointing,
-    )
 
-    precision = trainer_precision(backend, model)  # matches the model unsloth/hf loaded
-    tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
-    args = SFTConfig(
+def sft_config(cfg: TrainConfig, preset: Preset, backend: str, precision: str, tracking: list[str], run_dir: Path,
+               cuda: bool, processes: int, has_dev: bool):
+    """TRL's SFTConfig of this run: pre-tokenised data (labeltune builds prompt | answer + EOS and the loss
+    mask itself), cosine schedule, eval on dev each epoch, the precision of the loaded model."""
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -202,7 +150,7 @@ def main(cfg: TrainConfig) -> Path:
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         logging_steps=cfg.logging_steps,
-        eval_strategy="epoch" if dev_ds is not None else "no",
+        eval_strategy="epoch" if has_dev else "no",
         save_strategy="no",
         report_to=[t for t in tracking if t != "tensorboard"] or "none",
         run_name=run_dir.name,
@@ -218,33 +166,94 @@ def main(cfg: TrainConfig) -> Path:
         use_cpu=not cuda,
         # unsloth applies its own checkpointing in get_peft_model; hf uses the Trainer's
         gradient_checkpointing=preset.gradient_checkpointing and backend == "hf",
-        ddp_find_unused_parameters=False if state.num_processes > 1 else None,
+        ddp_find_unused_parameters=False if processes > 1 else None,
     )
+
+
+def save_run(trainer, model, tokenizer, info: dict, run_dir: Path, seconds: float, warnings: list[str]) -> None:
+    """The adapter (+ tokenizer), the training log and model.json's training record; then the warnings."""
+    import sys
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
+    model.save_pretrained(run_dir / run_files.ADAPTER)
+    tokenizer.save_pretrained(run_dir / run_files.ADAPTER)
+    with open(run_dir / run_files.TRAIN_LOG, "w", encoding="utf-8") as f:
+        for record in trainer.state.log_history:
+            f.write(json.dumps(record) + "\n")
+    info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step)
+    run_files.write_info(run_dir, info)
+    print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {info['backend']}/{info['precision']} -> {run_dir}")
+    for warning in warnings:
+        print(f"labeltune: warning: {warning}", file=sys.stderr)
+
+
+def main(cfg: TrainConfig) -> Path:
+    """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory.
+
+    With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
+    at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
+    import os
+
+    import torch
+
+    from labeltune.models import prepare_backend, trainer_precision
+
+    preset = resolve_preset(cfg.model)
+    cfg = with_preset_defaults(cfg, preset)
+    cuda = torch.cuda.is_available()
+    check_machine(cfg, preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
+    backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
+
+    from accelerate import PartialState
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    task = load_task(cfg.task)
+    cfg = replace(cfg, template=cfg.template or task.default_template)
+    template = load_template(cfg.template)
+    run_dir = Path(cfg.output)
+    if (run_dir / run_files.ADAPTER).exists():
+        raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
+    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
+    splits, dropped, leaks, warnings = read_data(cfg, task, run_dir)
+
+    state = PartialState(cpu=not cuda)  # one process, or one per rank (gloo on CPU) under accelerate launch
+    if state.num_processes > 1 and backend == "unsloth":
+        raise ValueError("multi-process training runs on the hf backend: add --backend hf")
+    info = {
+        "base": run_files.BASE + "/" if preset.model_id is None else preset.model_id,
+        "full_id": preset.full_id, "backend": backend, "load_in_4bit": cuda and preset.model_id is not None,
+        "max_length": cfg.max_length, "preset": preset.name, "world_size": state.num_processes,
+    }
+    with state.main_process_first():
+        if state.is_main_process:
+            write_run_dir(cfg, preset, task, template, info, (splits, dropped, leaks), run_dir)
+
+    base = str(run_dir / run_files.BASE) if preset.model_id is None else preset.model_id
+    model, tokenizer = load_base(base, backend, cfg.max_length, info["load_in_4bit"])
+    prompter = Prompter(tokenizer, template, task, cfg.max_length)
+    train_ds, dev_ds = (
+        Dataset.from_list([prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows])
+        if rows else None
+        for rows in (splits["train"], splits["dev"])
+    )
+    model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed,
+                     preset.modules_to_save, backend, preset.gradient_checkpointing)
+    info["precision"] = trainer_precision(backend, model)  # matches the model unsloth/hf loaded
+    tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=sft_config(cfg, preset, backend, info["precision"], tracking, run_dir, cuda, state.num_processes, dev_ds is not None),
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=[tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and is_main else None,
+        callbacks=[tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else None,
     )
     started = time.time()
     trainer.train()
-    seconds = time.time() - started
-
     if trainer.is_world_process_zero():
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
-        model.save_pretrained(run_dir / run_files.ADAPTER)
-        tokenizer.save_pretrained(run_dir / run_files.ADAPTER)
-        with open(run_dir / run_files.TRAIN_LOG, "w", encoding="utf-8") as f:
-            for record in trainer.state.log_history:
-                f.write(json.dumps(record) + "\n")
-        info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step, precision=precision)
-        run_files.write_info(run_dir, info)
-        print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {backend}/{precision} -> {run_dir}")
-        for warning in warnings:
-            print(f"labeltune: warning: {warning}", file=sys.stderr)
+        save_run(trainer, model, tokenizer, info, run_dir, time.time() - started, warnings)
     state.wait_for_everyone()
     return run_dir
 

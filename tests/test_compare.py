@@ -152,8 +152,9 @@ def test_fit_learns_a_separable_toy_task(settings):
 
 
 def test_compare_options_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="valid: generative, cls_head"):
-        compare.parse_list("generative,bert", "systems", compare.SYSTEMS)
+    with pytest.raises(ValueError, match="systems: 'bert' is not one of: generative, cls_head"):
+        resolve(CompareConfig, None, {"systems": "generative,bert"})
+    assert resolve(CompareConfig, None, {"models": "tiny, gemma2-2b,"}).models == ["tiny", "gemma2-2b"]
     with pytest.raises(ValueError, match="set by compare"):
         compare.train_config(resolve(CompareConfig, None, {"train": {"model": "tiny"}}), "tiny", tmp_path, "x.csv")
     with pytest.raises(ValueError, match="lr"):

@@ -84,3 +84,30 @@ def test_pad_ids_left_and_right():
     ids, mask = pad_ids([(5, 6), [8]], -100)
     assert ids.tolist() == [[5, 6], [8, -100]] and mask.tolist() == [[1, 1], [1, 0]]
     assert pad_ids([[], []], 0)[0].shape == (2, 0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_shared_prefix_cache_expansion_matches_transformers(family):
+    """decode._expanded reaches into transformers' cache layers (their class names, .keys/.values) to
+    broadcast the shared prefix instead of copying it; with this transformers version the fast path must
+    be the one taken (stride-0 views) and equal transformers' own batch_repeat_interleave."""
+    import copy
+
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from labeltune.decode import _expanded
+
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = (Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8)) if family == "gemma2" else LlamaForCausalLM(LlamaConfig(**common))).eval()
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([[1, 5, 9, 12, 3]]), use_cache=True).past_key_values
+    expanded = _expanded(cache, 3)
+    reference = copy.deepcopy(cache)
+    reference.batch_repeat_interleave(3)
+    for mine, theirs in zip(expanded.layers, reference.layers):
+        assert mine.keys.stride(0) == 0 and mine.values.stride(0) == 0  # broadcast, not copied
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+    assert cache.layers[0].keys.shape[0] == 1  # the shared cache itself is untouched

@@ -286,3 +286,18 @@ def test_a_post_longer_than_the_csv_field_limit_is_labelled(run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "o.csv", encoding="utf-8")))
     assert len(rows) == 2 and len(rows[0]["text"]) == 200_000 and rows[0]["truncated"] == "True"
+    assert "1 texts were longer than the run's max_length" in proc.stderr  # counted and announced
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything(monkeypatch, tmp_path):
+    """A read-only folder (simulated: this machine runs the tests as root, for whom every folder is writable)."""
+    from labeltune import label
+
+    posts = _posts(tmp_path / "posts.csv", ["a"])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode))
+    with pytest.raises(ValueError, match=r"cannot write in .*locked \(permission denied\)"):
+        label.check_paths(posts, locked / "sub" / "out.csv")
+    assert list(locked.iterdir()) == []

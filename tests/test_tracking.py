@@ -60,5 +60,7 @@ def test_missing_tracker_is_skipped_with_a_warning(tmp_path):
 
 
 def test_unknown_tracker_is_refused():
-    with pytest.raises(ValueError, match="unknown tracker"):
-        train.trackers("tensorbored")
+    from labeltune.config import TrainConfig, resolve
+
+    with pytest.raises(ValueError, match="report_to: 'tensorbored' is not one of: none, tensorboard, wandb"):
+        resolve(TrainConfig, None, {"report_to": "tensorboard,tensorbored"})
