@@ -24,6 +24,15 @@ import time
 from labeltune.config import TrainConfig
 from labeltune.data import Example
 from labeltune.decode import Prediction
+from labeltune.features import pad_ids
+from labeltune.models import (
+    add_lora,
+    build_tiny_tokenizer,
+    device_precision,
+    ensure_pad_token,
+    gpu_capability,
+    hf_load_kwargs,
+)
 from labeltune.task import TaskSpec
 
 PRETRAINED_ENCODER = "tohoku-nlp/bert-base-japanese-v3"
@@ -40,8 +49,6 @@ def _precision_dtype():
     """Autocast dtype on CUDA as the generative training uses (bf16 from compute capability 8, else
     fp16); None on CPU."""
     import torch
-
-    from labeltune.models import device_precision
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[device_precision()]
 
@@ -66,8 +73,6 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from labeltune.models import add_lora, ensure_pad_token, gpu_capability, hf_load_kwargs
-
     tokenizer = AutoTokenizer.from_pretrained(base)
     kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
     torch.manual_seed(cfg.seed)  # the new head's initialisation
@@ -88,8 +93,6 @@ def build_tiny_encoder(train_texts: list[str], task: TaskSpec, max_length: int, 
     """
     import torch
     from transformers import BertConfig, BertForSequenceClassification
-
-    from labeltune.models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(train_texts)
     tokenizer.cls_token = tokenizer.bos_token
@@ -140,8 +143,6 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[tuple[list[int]
 
 def collate(ids: list[list[int]], pad_token_id: int) -> dict:
     """Right-padded input_ids and attention_mask tensors."""
-    from labeltune.features import pad_ids
-
     input_ids, attention = pad_ids(ids, pad_token_id)
     return {"input_ids": input_ids, "attention_mask": attention}
 

@@ -30,16 +30,18 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from labeltune import classify
 from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
 from labeltune.data import Example, load_examples
 from labeltune.decode import Prediction, predict
 from labeltune.metrics import majority_baseline, system_metrics
-from labeltune.report import write_predictions
+from labeltune.models import Preset, resolve_preset, with_preset_defaults
+from labeltune.perplexity import forgetting_check, load_general_texts
+from labeltune.report import format_cell, md_table, plot_confusions, render_html, write_predictions
 from labeltune.run import open_run
 from labeltune.splits import on_split_folder, split_once
-from labeltune.train import spawn
-from labeltune.models import Preset, resolve_preset, with_preset_defaults
 from labeltune.task import TaskSpec, load_task
+from labeltune.train import spawn
 
 SYSTEMS = COMPARE_SYSTEMS
 LLM_SYSTEMS = ("generative", "cls_head", "zero_shot")  # one row per model
@@ -129,8 +131,6 @@ def ensure_run(tcfg: TrainConfig, preset: Preset, systems: list[str], out: Path)
 
 def forgetting(cfg: CompareConfig, model, tokenizer, max_length: int) -> dict | None:
     """Perplexity of base vs tuned on general text (labeltune.perplexity); None when switched off."""
-    from labeltune.perplexity import forgetting_check, load_general_texts
-
     if cfg.forgetting is None:
         return None
     texts, source = load_general_texts(cfg.forgetting, cfg.forgetting_limit)
@@ -171,8 +171,6 @@ def llm_base(preset: Preset, run_dir: Path, cuda: bool) -> tuple[str, bool]:
 def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
                  examples: list[Example], out: Path, cuda: bool) -> None:
     """LoRA + classification head on the generative run's base model; adapter saved in its folder."""
-    from labeltune import classify
-
     system_dir = out / system_key("cls_head", tcfg.model)
     if finished(system_dir) is not None:
         return
@@ -189,8 +187,6 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
 def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
                 examples: list[Example], out: Path, cuda: bool) -> None:
     """Full fine-tune of an encoder classifier (tiny local BERT on CPU by default); model saved in its folder."""
-    from labeltune import classify
-
     system_dir = out / "encoder"
     if finished(system_dir) is not None:
         return
@@ -239,8 +235,6 @@ def collect(out: Path, systems: list[str], models: list[str]) -> dict[str, dict]
 
 
 def table_rows(results: dict[str, dict]) -> list[list[str]]:
-    from labeltune.report import format_cell
-
     return [[format_cell(c, r[c]) for c in COLUMNS] for r in results.values()]
 
 
@@ -266,8 +260,6 @@ def write_csv(path: Path, results: dict[str, dict]) -> None:
 
 def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, results: dict[str, dict]) -> None:
     """report.html from labeltune/html/compare.html.jinja."""
-    from labeltune.report import render_html
-
     html = render_html("compare.html.jinja", dict(
         cfg=to_dict(cfg), task=task, summary=summary, columns=COLUMNS, rows=table_rows(results), results=results,
         forgetting=forgetting_lines(results), image="confusions.png",
@@ -277,8 +269,6 @@ def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, re
 
 def write_outputs(cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, results: dict[str, dict]) -> str:
     """results.csv/.md, confusions.png, report.html, metrics.json; returns the Markdown table."""
-    from labeltune.report import md_table, plot_confusions
-
     table = "\n".join(md_table(list(COLUMNS), table_rows(results)))
     n = next(iter(results.values()))["n"]
     notes = [f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",

@@ -15,7 +15,20 @@ import os
 import shutil
 from pathlib import Path
 
-from labeltune.run import ADAPTER, BASE, CONFIG, DATA, INFO, MERGED, VERSIONS, base_path, read_info, write_info
+from labeltune.merge import base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
+from labeltune.models import cuda_available, import_unsloth, resolve_preset, unsloth_installed
+from labeltune.run import (
+    ADAPTER,
+    BASE,
+    CONFIG,
+    DATA,
+    INFO,
+    MERGED,
+    VERSIONS,
+    base_path,
+    read_info,
+    write_info,
+)
 
 FORMATS = ("adapter", "merged16", "gguf")
 RUN_FILES = (CONFIG, VERSIONS, DATA)
@@ -88,9 +101,6 @@ def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
     """Refuse a merged16 export this machine cannot hold, before anything is downloaded or loaded, saying
     what it needs: RAM for the streamed merge (labeltune.merge) and disk for the merged checkpoint (plus
     the 16-bit base's download when it is not a local folder)."""
-    from labeltune.merge import base_files, needs_for_files, needs_for_params
-    from labeltune.models import resolve_preset
-
     local = Path(base).is_dir()
     if local:
         needs = needs_for_files(base_files(Path(base)), dtype)
@@ -131,8 +141,6 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
     machine first (check_merge_fits), then downloads the base's safetensors when it is a hub id."""
     from transformers import AutoTokenizer
 
-    from labeltune.merge import files_sha256, merge_lora
-
     info = read_info(run_dir)
     base = info.get("full_id") or base_path(run_dir)
     check_merge_fits(info, base, out, dtype)
@@ -149,16 +157,12 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
 
 
 def export_gguf(run_dir: Path, out: Path, quant: str) -> None:
-    from labeltune.models import cuda_available, unsloth_installed
-
     if not (cuda_available() and unsloth_installed()):
         raise ValueError(
             "GGUF export goes through Unsloth (it builds llama.cpp) and needs a CUDA GPU with "
             "`pip install -e '.[gpu]'`. Here: export --format merged16, then run llama.cpp's "
             "convert_hf_to_gguf.py and llama-quantize on <output>/model."
         )
-    from labeltune.models import import_unsloth
-
     FastLanguageModel = import_unsloth().FastLanguageModel  # GPU only
     info = read_info(run_dir)
     model, tokenizer = FastLanguageModel.from_pretrained(

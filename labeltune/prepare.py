@@ -47,7 +47,9 @@ from labeltune.data import (
     read_livedoor,
     score_from_flags,
     split_examples,
+    write_jsonl,
 )
+from labeltune.task import load_task
 
 SOURCES = ("japanese-toxic", "wrime", "annotated-csv", "livedoor", "hf:<dataset id or local folder>")
 # Where the licence allows fetching the file as published; the checksum pins the exact file.
@@ -348,9 +350,6 @@ def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_
 
 
 def main(cfg) -> dict:
-    from labeltune.data import write_jsonl
-    from labeltune.task import load_task
-
     path, out = Path(cfg.path), Path(cfg.output)
     known = [s for s in SOURCES if not s.startswith("hf:")]
     if cfg.source not in known and not cfg.source.startswith("hf:"):

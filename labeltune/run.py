@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labeltune.config import TrainConfig, load_saved
+from labeltune.features import Prompter
 from labeltune.models import cuda_available, ensure_pad_token, load_base
 from labeltune.prompts import load_template
 from labeltune.task import TaskSpec, load_task
@@ -79,8 +80,6 @@ class Run:
 
     def load(self, merge: bool = False):
         """(model, prompter) of this run on this machine (the prompter holds the tokenizer)."""
-        from labeltune.features import Prompter
-
         model, tokenizer = load_run(self.dir, merge)
         return model, Prompter(tokenizer, self.template(), self.task, self.config.max_length)
 

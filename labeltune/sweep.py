@@ -26,11 +26,12 @@ import json
 import shutil
 from pathlib import Path
 
-from labeltune import train
+from labeltune import evaluate, train
 from labeltune.config import EvalConfig, SweepConfig, TrainConfig, load_saved, resolve, save, to_dict
 from labeltune.data import load_examples
 from labeltune.decode import predict
 from labeltune.metrics import system_metrics
+from labeltune.report import format_cell, md_table
 from labeltune.run import load_config, open_run
 from labeltune.splits import on_split_folder, split_once
 from labeltune.task import load_task
@@ -108,8 +109,6 @@ def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig
 
 def evaluate_best(run_dir: Path, cfg: SweepConfig) -> dict:
     """The best trial on test through `labeltune evaluate` (report in its run directory)."""
-    from labeltune import evaluate
-
     path = run_dir / "test_metrics.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
@@ -135,8 +134,6 @@ def result_rows(trials: list[tuple[str, dict, TrainConfig, dict]], best: str, te
 
 
 def markdown_table(rows: list[dict]) -> str:
-    from labeltune.report import format_cell, md_table
-
     keys = [k for k in rows[0] if not k.startswith("grid.")]
     cells = [["**best**" if row[k] is True else "" if k == "best" else format_cell(k, row[k]) for k in keys] for row in rows]
     return "\n".join(md_table(keys, cells))

@@ -19,13 +19,26 @@ from dataclasses import replace
 from pathlib import Path
 
 from labeltune import data as data_mod
-from labeltune.config import TrainConfig, save
-from labeltune.features import Prompter
-from labeltune.models import Preset, add_lora, build_tiny, load_base, resolve_preset, with_preset_defaults
-from labeltune.prompts import load_template, render_prompt
 from labeltune import run as run_files
+from labeltune.config import TrainConfig, save
+from labeltune.features import IGNORE_INDEX, Prompter, pad_ids
+from labeltune.models import (
+    Preset,
+    add_lora,
+    build_tiny,
+    check_fits_machine,
+    check_one_gpu,
+    check_trainer_supports,
+    load_base,
+    prepare_backend,
+    resolve_preset,
+    trainer_precision,
+    with_preset_defaults,
+)
+from labeltune.prompts import load_template, render_prompt
 from labeltune.splits import make_splits, write_splits
 from labeltune.task import load_task
+
 
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -81,8 +94,6 @@ def tensorboard_callback(log_dir: Path):
 
 def collate(batch: list[dict], pad_token_id: int) -> dict:
     """Right-pad input_ids (pad id) and labels (-100); attention mask 1 on real tokens."""
-    from labeltune.features import IGNORE_INDEX, pad_ids
-
     input_ids, attention = pad_ids([row["input_ids"] for row in batch], pad_token_id)
     labels, _ = pad_ids([row["labels"] for row in batch], IGNORE_INDEX)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
@@ -95,8 +106,6 @@ def check_machine(cfg: TrainConfig, preset: Preset, processes: int = 1) -> None:
     from importlib.metadata import version
 
     import torch
-
-    from labeltune.models import check_fits_machine, check_one_gpu, check_trainer_supports
 
     cuda = torch.cuda.is_available()
     check_fits_machine(preset, cuda)
@@ -195,8 +204,6 @@ def main(cfg: TrainConfig) -> Path:
     import os
 
     import torch
-
-    from labeltune.models import prepare_backend, trainer_precision
 
     preset = resolve_preset(cfg.model)
     cfg = with_preset_defaults(cfg, preset)
