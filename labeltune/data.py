@@ -18,6 +18,7 @@ import sys
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -109,8 +110,16 @@ def _first_non_utf8_lines(path: Path) -> tuple[int | None, int | None]:
 def detect_encoding(path: str | Path) -> str:
     """BOM if present; else UTF-8 if the whole file decodes as UTF-8; else CP932 if every non-ASCII line
     fails UTF-8 and the file decodes as CP932. A file that mixes encodings (some lines UTF-8, some
-    not) is refused with the first line of each kind: decoding it either way would garble rows."""
+    not) is refused with the first line of each kind: decoding it either way would garble rows. Each
+    file version (path, size, mtime) is read for this once per process: every reader of it asks again."""
     path = check_input_file(path)
+    stat = path.stat()
+    return _detect_encoding(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _detect_encoding(name: str, size: int, mtime_ns: int) -> str:
+    path = Path(name)
     with open(path, "rb") as f:
         head = f.read(4)
     for bom, name in _BOMS:

@@ -47,14 +47,15 @@ def _header(path: Path) -> dict:
         return json.loads(f.read(size))
 
 
+def _index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str, Path]]:
+    """name -> (shape, safetensors dtype, file) of every tensor in `files`, in file order, from the headers."""
+    return {name: (tuple(meta["shape"]), meta["dtype"], path)
+            for path in files for name, meta in _header(path).items() if name != "__metadata__"}
+
+
 def tensor_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, safetensors dtype) of every tensor in `files`, in file order, from the headers only."""
-    shapes = {}
-    for path in files:
-        for name, meta in _header(path).items():
-            if name != "__metadata__":
-                shapes[name] = (tuple(meta["shape"]), meta["dtype"])
-    return shapes
+    return {name: (shape, kind) for name, (shape, kind, _) in _index(files).items()}
 
 
 SAFETENSORS_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -165,8 +166,9 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
         raise ValueError(f"merge dtype {dtype!r}; available: {', '.join(DTYPES)}")
     files = base_files(base_dir)
     pairs, full, scale = read_adapter(adapter_dir)
-    source = {name: path for path in files for name in _header(path) if name != "__metadata__"}
-    shapes = {name: shape for name, (shape, _) in tensor_shapes(files).items()}
+    index = _index(files)
+    source = {name: path for name, (_, _, path) in index.items()}
+    shapes = {name: shape for name, (shape, _, _) in index.items()}
     missing = sorted(set(pairs) - set(shapes))
     if missing:
         raise ValueError(f"{adapter_dir}: LoRA targets not in the base checkpoint {base_dir}: {missing[:3]}")

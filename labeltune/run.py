@@ -32,8 +32,20 @@ CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapte
 CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
 
 
+class RunError(ValueError):
+    """A run directory that cannot be used as it is, said in labeltune's own words."""
+
+
+class MissingRunFile(RunError, FileNotFoundError):
+    pass
+
+
 def read_info(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / INFO).read_text(encoding="utf-8"))
+    """model.json of a run; a folder without one is not a run (MissingRunFile)."""
+    path = Path(run_dir) / INFO
+    if not path.is_file():
+        raise MissingRunFile(f"{run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_info(run_dir: str | Path, info: dict) -> None:
@@ -88,8 +100,6 @@ def open_run(run_dir: str | Path) -> Run:
     """A run directory's config, model.json and task (no model loaded); refuses what is not a run."""
     run_dir = Path(run_dir)
     config = load_config(run_dir)
-    if not (run_dir / INFO).is_file():
-        raise FileNotFoundError(f"--run {run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
     return Run(run_dir, config, read_info(run_dir), load_task(config.task))
 
 
@@ -116,18 +126,10 @@ def weights_sha256(run_dir: Path) -> str:
     raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
 
 
-def base_path(run_dir: str | Path) -> str:
+def base_path(run_dir: str | Path, info: dict | None = None) -> str:
     """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time."""
-    info = read_info(run_dir)
+    info = read_info(run_dir) if info is None else info
     return str(Path(run_dir) / BASE) if info["base"] == BASE + "/" else info["base"]
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used as it is, said in labeltune's own words."""
-
-
-class MissingRunFile(RunError, FileNotFoundError):
-    pass
 
 
 def check_not_patched_by_unsloth(model) -> None:
@@ -172,8 +174,6 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
-    if not (run_dir / INFO).is_file():
-        raise MissingRunFile(f"{run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
     info = read_info(run_dir)
     if info.get("merged"):
         model, tokenizer = load_base(str(run_dir / MERGED), "hf", load_in_4bit=False)
@@ -182,7 +182,7 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
         return model, tokenizer
     if not (run_dir / ADAPTER).is_dir():
         raise MissingRunFile(f"{run_dir}: no {ADAPTER}/ (did `labeltune train` finish?)")
-    base = base_path(run_dir)
+    base = base_path(run_dir, info)
     if not cuda_available() and info.get("full_id"):
         base = info["full_id"]
     four_bit = bool(info.get("load_in_4bit")) and cuda_available()

@@ -99,7 +99,7 @@ def collate(batch: list[dict], pad_token_id: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def check_machine(cfg: TrainConfig, preset: Preset, processes: int = 1) -> None:
+def check_machine(preset: Preset, processes: int = 1) -> None:
     """Everything about this machine that would stop training, checked before anything is imported
     for training, downloaded or written: GPU-only preset on a CPU, several GPUs in one process, a TRL
     that cannot train on this device."""
@@ -208,7 +208,7 @@ def main(cfg: TrainConfig) -> Path:
     preset = resolve_preset(cfg.model)
     cfg = with_preset_defaults(cfg, preset)
     cuda = torch.cuda.is_available()
-    check_machine(cfg, preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
+    check_machine(preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
     backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
 
     from accelerate import PartialState
