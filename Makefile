@@ -11,6 +11,7 @@
 #   make sweep [CONFIG=configs/sweep.yaml]     grid of runs, best by dev F1, test for the best
 #   make compare [CONFIG=configs/compare.yaml] generative vs classification head vs encoder vs baselines
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
+#   make test-gpu-pins                fast suite against the gpu extra's library versions, on CPU
 PY ?= python3
 VENV ?= .venv
 # Where labeltune runs:
@@ -34,7 +35,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow demo train label eval export calibrate bench sweep compare check-deps clean
+.PHONY: install test test-slow test-gpu-pins env-gpu-pins demo train label eval export calibrate bench sweep compare check-deps clean
 
 ifeq ($(USE_CURRENT),yes)
 install:
@@ -97,6 +98,33 @@ export: install
 check-deps: install
 	$(PYTHON) -m pip install -q uv
 	$(PYTHON) scripts/check_deps.py
+
+# A second environment pinned to what the gpu extra resolves to (transformers, trl, peft, datasets,
+# accelerate, bitsandbytes, ... from `scripts/check_deps.py --constraints`, so the pins follow the extra),
+# with the CPU torch wheel instead of its CUDA torch and without unsloth (CUDA only). TRL 1.15 cannot
+# train on CPU: the tests marked `train` run with the first TRL that can (an overlay on PYTHONPATH,
+# every other library as pinned); all other tests run with the pinned TRL.
+GPU_PINS ?= .venv-gpu-pins
+TRL_OVERLAY := $(GPU_PINS)/trl-cpu-train
+
+env-gpu-pins: $(GPU_PINS)/.installed
+
+$(GPU_PINS)/.installed: pyproject.toml scripts/check_deps.py
+	test -x $(GPU_PINS)/bin/python || $(PY) -m venv $(GPU_PINS)
+	$(GPU_PINS)/bin/python -m pip install -q $(TORCH) uv
+	$(GPU_PINS)/bin/python scripts/check_deps.py --constraints $(GPU_PINS)/gpu-pins.txt
+	$(GPU_PINS)/bin/python -m pip install -q -c $(GPU_PINS)/gpu-pins.txt -e '.[dev]' pandas psutil
+	rm -rf $(TRL_OVERLAY)
+	$(GPU_PINS)/bin/python -m pip install -q --no-deps --target $(TRL_OVERLAY) "$$($(GPU_PINS)/bin/python scripts/check_deps.py --train-trl $(GPU_PINS)/gpu-pins.txt)"
+	PYTHONPATH=$(TRL_OVERLAY) $(GPU_PINS)/bin/python -c "import trl; from trl import SFTTrainer; print('training TRL:', trl.__version__)"
+	touch $@
+
+# the fast suite (pinned TRL, then the training tests with the training TRL), then the 4-bit QLoRA
+# end-to-end tests of the slow tier (tests/test_qlora.py): the code GPU users run, at their versions
+test-gpu-pins: $(GPU_PINS)/.installed
+	$(GPU_PINS)/bin/python -m pytest -q -m "not slow and not gpu and not train"
+	PYTHONPATH=$(TRL_OVERLAY) $(GPU_PINS)/bin/python -m pytest -q -m "not slow and not gpu and train"
+	PYTHONPATH=$(TRL_OVERLAY) $(GPU_PINS)/bin/python -m pytest -q -m "slow and train" tests/test_qlora.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -35,10 +35,10 @@ from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_s
 from labeltune.data import Example, load_examples
 from labeltune.decode import Prediction, predict
 from labeltune.metrics import majority_baseline, system_metrics
-from labeltune.models import Preset, resolve_preset, with_preset_defaults
+from labeltune.models import Preset, base_to_load, resolve_preset, select_4bit, with_preset_defaults
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_cell, md_table, plot_confusions, render_html, write_predictions
-from labeltune.run import open_run
+from labeltune.run import BASE, open_run
 from labeltune.splits import on_split_folder, split_once
 from labeltune.task import TaskSpec, load_task
 from labeltune.train import spawn
@@ -158,14 +158,10 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
                     train_seconds=run.info.get("train_seconds"), forgetting=check)
 
 
-def llm_base(preset: Preset, run_dir: Path, cuda: bool) -> tuple[str, bool]:
-    """(base model the generative run started from, load it 4-bit?), as `labeltune train` loads it;
-    on CPU a GPU preset's 16-bit full_id in full precision."""
-    if preset.model_id is None:
-        return str(run_dir / "base"), False
-    if not cuda:
-        return preset.full_id or preset.model_id, False
-    return preset.model_id, True
+def llm_base(preset: Preset, tcfg: TrainConfig, cuda: bool) -> tuple[str, bool]:
+    """(base model the generative run started from, load it 4-bit?), as `labeltune train` loads it."""
+    four_bit = select_4bit(tcfg.load_in_4bit, cuda, preset)
+    return base_to_load(preset, four_bit) or str(Path(tcfg.output) / BASE), four_bit
 
 
 def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
@@ -175,7 +171,7 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
     if finished(system_dir) is not None:
         return
     preset = resolve_preset(tcfg.model)
-    base, four_bit = llm_base(preset, Path(tcfg.output), cuda)
+    base, four_bit = llm_base(preset, tcfg, cuda)
     model, tokenizer = classify.load_llm_classifier(base, task, tcfg, preset.target_modules, four_bit)
     stats = classify.fit(model, tokenizer, train_ex, task, tcfg, tcfg.lr)
     predictions = classify.predict(model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length, cfg.batch_size)

@@ -44,6 +44,11 @@ class TrainConfig:
         "bitsandbytes 4-bit on CUDA)",
         ("auto", "hf", "unsloth"),
     )
+    load_in_4bit: bool | None = _f(
+        None,
+        "load the base in 4-bit NF4 (bitsandbytes; QLoRA): None = on a CUDA GPU for downloaded models, "
+        "true = also on CPU (bitsandbytes >= 0.50; slow, the GPU path's code), false = 16-bit on a GPU, fp32 on CPU",
+    )
     data: str = _f(
         "data/sample.csv",
         "labelled CSV/TSV/JSONL (split here), or a folder with train/dev/test files (splits as given)",

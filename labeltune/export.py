@@ -11,15 +11,17 @@ so `labeltune label --run <export>` and `labeltune evaluate --run <export>` work
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
-from labeltune.merge import base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
-from labeltune.models import cuda_available, import_unsloth, resolve_preset, unsloth_installed
+from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
+from labeltune.models import bnb_4bit_unavailable, cuda_available, import_unsloth, resolve_preset, unsloth_installed
 from labeltune.run import (
     ADAPTER,
     BASE,
+    CALIBRATION,
     CONFIG,
     DATA,
     INFO,
@@ -31,7 +33,9 @@ from labeltune.run import (
 )
 
 FORMATS = ("adapter", "merged16", "gguf")
-RUN_FILES = (CONFIG, VERSIONS, DATA)
+# what an export carries besides the weights: the fitted temperature too (the exported model computes the
+# run's label probabilities, so the same temperature calibrates them)
+RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION)
 
 
 def _copy_run_files(run_dir: Path, out: Path) -> None:
@@ -112,7 +116,8 @@ def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
         # the largest tensor (the embeddings: Gemma 2 9B 256000 x 3584) is at most ~10% of these models,
         # the largest LoRA target (an MLP projection) under 1%; the 16-bit bases are bf16
         needs = needs_for_params(params_b * 1e9, params_b * 1e8, params_b * 1e7, dtype)
-        download = int(params_b * 1e9 * 2)  # the 16-bit base (bf16 safetensors)
+        # the base: bf16 safetensors, or a 4-bit checkpoint (NF4 layers, 16-bit embeddings: < 0.7 bytes a parameter)
+        download = int(params_b * 1e9 * (0.7 if info.get("load_in_4bit") else 2))
     problems = []
     ram = available_ram()
     if ram is not None and ram < needs.ram:
@@ -123,10 +128,10 @@ def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
         if _existing(cache).stat().st_dev == _existing(out).stat().st_dev:
             disk_need += download
         elif free_disk(cache) < download:
-            problems.append(f"{download / GIB:.1f} GiB of free disk in {cache} for the 16-bit base {base}"
+            problems.append(f"{download / GIB:.1f} GiB of free disk in {cache} for the base {base}"
                             f" (free: {free_disk(cache) / GIB:.1f} GiB)")
     if disk_out < disk_need:
-        what = " for the merged model" + (" and the 16-bit base's download" if disk_need > needs.disk else "")
+        what = " for the merged model" + (" and the base's download" if disk_need > needs.disk else "")
         problems.append(f"{disk_need / GIB:.1f} GiB of free disk at {out}{what} (free: {disk_out / GIB:.1f} GiB)")
     if problems:
         raise ValueError(
@@ -135,24 +140,55 @@ def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
         )
 
 
-def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
-    """Merge LoRA into a 16-bit copy of the base (the 16-bit `full_id` for 4-bit presets), streamed
-    tensor by tensor (labeltune.merge): the 8B/9B presets merge in a few GiB of RAM. Checks the
-    machine first (check_merge_fits), then downloads the base's safetensors when it is a hub id."""
-    from transformers import AutoTokenizer
+LOAD_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
+
+def linear_weights(base_dir: Path) -> frozenset[str]:
+    """Names of the weights transformers quantises when it loads this model in 4-bit: every nn.Linear
+    but the output layer (found on a model built on the meta device: no memory, nothing loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    head = model.get_output_embeddings()
+    return frozenset(f"{name}.weight" for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and module is not head)
+
+
+def merge_base(run_dir: Path, info: dict) -> str:
+    """The checkpoint the merge starts from: the one the run trained on when it trained 4-bit (the LoRA
+    weights were learnt against its NF4 weights); else the 16-bit base (a 4-bit preset's full_id)."""
+    if info.get("load_in_4bit"):
+        return base_path(run_dir, info)
+    return info.get("full_id") or base_path(run_dir, info)
+
+
+def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
+    """Merge LoRA into a 16-bit copy of the base, streamed tensor by tensor (labeltune.merge): the 8B/9B
+    presets merge in a few GiB of RAM. A run trained on a 4-bit base is merged into the weights it
+    trained against (dequantised NF4), so the merged model labels as the evaluated run did. Checks the
+    machine first (check_merge_fits), then downloads the base's safetensors when it is a hub id."""
     info = read_info(run_dir)
-    base = info.get("full_id") or base_path(run_dir)
+    if info.get("load_in_4bit") and (why := bnb_4bit_unavailable(cuda_available())):
+        raise ValueError(f"{run_dir} was trained on a 4-bit base, whose NF4 weights the merge starts from: {why}")
+    base = merge_base(run_dir, info)
     check_merge_fits(info, base, out, dtype)
     base_dir = Path(base)
     if not base_dir.is_dir():
         from huggingface_hub import snapshot_download
 
         base_dir = Path(snapshot_download(base, allow_patterns=["*.safetensors", "*.json"]))
-    written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype)
-    AutoTokenizer.from_pretrained(run_dir / ADAPTER).save_pretrained(out / MERGED)
+    nf4 = None
+    if info.get("load_in_4bit") and "quantization_config" not in json.loads((base_dir / "config.json").read_text(encoding="utf-8")):
+        nf4 = Nf4(linear_weights(base_dir), LOAD_DTYPE[info.get("precision", "fp32")])
+    written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype, nf4=nf4)
+    for path in (run_dir / ADAPTER).iterdir():  # the run's tokenizer files, as saved beside its adapter
+        if path.is_file() and not path.name.startswith("adapter_") and path.name != "README.md":
+            shutil.copy2(path, out / MERGED / path.name)
     _copy_run_files(run_dir, out)
     write_info(out, {**info, "base": MERGED + "/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False,
+                     "merged_from": base + (" (dequantised NF4)" if info.get("load_in_4bit") else ""),
                      "weights_sha256": files_sha256(written)})
 
 

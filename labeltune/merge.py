@@ -8,6 +8,11 @@ the tensor in hand (the embeddings, for these models) plus the process, whatever
 
 The result is a standard Hugging Face checkpoint (config.json, model*.safetensors and, when sharded,
 model.safetensors.index.json) that transformers (and vLLM) load as they load the base.
+
+A run trained on a 4-bit base learnt its LoRA weights against the NF4 weights, not the 16-bit ones, so
+its merge starts from those (the merged model then computes what the evaluated run computed): a
+pre-quantised bitsandbytes checkpoint (``unsloth/*-bnb-4bit``) is dequantised tensor by tensor, and a
+16-bit base that was quantised at load time goes through the same NF4 round trip (``Nf4``) first.
 """
 
 from __future__ import annotations
@@ -53,9 +58,70 @@ def _index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str, Path]]:
             for path in files for name, meta in _header(path).items() if name != "__metadata__"}
 
 
+QUANT_STATE = ".quant_state.bitsandbytes__"  # + nf4/fp4: the packed bitsandbytes state of a 4-bit weight
+
+
+def _quantized_weights(index: dict) -> dict[str, tuple[list[str], dict]]:
+    """Pre-quantised bitsandbytes 4-bit weights of a checkpoint: weight name -> (its state tensors' names,
+    its unpacked quant state: logical shape, dtype, blocksize, ...). Empty for a 16/32-bit checkpoint."""
+    from safetensors import safe_open
+
+    found = {}
+    for name, (_, _, path) in index.items():
+        if QUANT_STATE in name:
+            weight = name[: name.index(QUANT_STATE)]
+            with safe_open(str(path), framework="pt") as f:
+                state = json.loads(bytes(f.get_tensor(name).tolist()).decode("utf-8"))
+            found[weight] = ([n for n in index if n.startswith(weight + ".")], state)
+    return found
+
+
+def _logical_index(files: list[Path]) -> tuple[dict, dict]:
+    """(name -> (shape, dtype, file) of every tensor as the model sees it: a pre-quantised 4-bit weight
+    with its logical shape and dtype, its state tensors left out; the quantised weights)."""
+    index = _index(files)
+    quantized = _quantized_weights(index)
+    for weight, (parts, state) in quantized.items():
+        for part in parts:
+            index.pop(part, None)
+        kind = {"float16": "F16", "bfloat16": "BF16"}.get(state["dtype"], "F32")
+        index[weight] = (tuple(state["shape"]), kind, index[weight][2])
+    return index, quantized
+
+
 def tensor_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """name -> (shape, safetensors dtype) of every tensor in `files`, in file order, from the headers only."""
-    return {name: (shape, kind) for name, (shape, kind, _) in _index(files).items()}
+    """name -> (shape, safetensors dtype) of every tensor in `files` (4-bit ones as the model sees them),
+    in file order, from the headers (and the 4-bit states) only."""
+    return {name: (shape, kind) for name, (shape, kind, _) in _logical_index(files)[0].items()}
+
+
+@dataclass(frozen=True)
+class Nf4:
+    """The NF4 round trip a 16-bit base went through when it was loaded 4-bit for training (transformers'
+    bitsandbytes defaults as labeltune.models.hf_load_kwargs sets them): these weights, cast to the load
+    dtype, quantised (blocksize 64, double quantisation) and dequantised, as the trained model saw them."""
+
+    weights: frozenset[str]
+    dtype: str  # the dtype the base was loaded in before quantisation (fp32 on CPU, fp16 on a T4, bf16)
+    blocksize: int = 64
+    double_quant: bool = True
+
+
+def nf4_round_trip(weight, nf4: Nf4):
+    import torch
+    from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+    packed, state = quantize_4bit(weight.to(getattr(torch, nf4.dtype)).contiguous(), blocksize=nf4.blocksize,
+                                  compress_statistics=nf4.double_quant, quant_type="nf4")
+    return dequantize_4bit(packed, state)
+
+
+def dequantized(opened, weight: str, parts: list[str]):
+    """A pre-quantised 4-bit weight of an open safetensors file, dequantised (in its recorded dtype)."""
+    from bitsandbytes.functional import QuantState, dequantize_4bit
+
+    state = QuantState.from_dict({part: opened.get_tensor(part) for part in parts}, device="cpu")
+    return dequantize_4bit(opened.get_tensor(weight), state)
 
 
 SAFETENSORS_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -157,16 +223,20 @@ def _write_shard(path: Path, names: list[str], shapes: dict, dtype: str, tensor_
 
 
 def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "float16",
-               shard_bytes: int = SHARD_BYTES) -> list[Path]:
+               shard_bytes: int = SHARD_BYTES, nf4: Nf4 | None = None) -> list[Path]:
     """Write base + LoRA merged, cast to `dtype`, as a checkpoint in `out_dir` (config.json and weights;
-    the tokenizer is the caller's); returns the weight files. Every LoRA pair must find its base tensor."""
+    the tokenizer is the caller's); returns the weight files. Every LoRA pair must find its base tensor.
+    A pre-quantised 4-bit base is dequantised; `nf4` names the weights of a 16-bit base to put through
+    the NF4 round trip first (a run trained on it loaded 4-bit)."""
     from safetensors import safe_open
 
     if dtype not in DTYPES:
         raise ValueError(f"merge dtype {dtype!r}; available: {', '.join(DTYPES)}")
     files = base_files(base_dir)
     pairs, full, scale = read_adapter(adapter_dir)
-    index = _index(files)
+    index, quantized = _logical_index(files)
+    if nf4 is not None and (unknown := sorted(nf4.weights - set(index))):
+        raise ValueError(f"{base_dir}: weights to quantise that the checkpoint lacks: {unknown[:3]}")
     source = {name: path for name, (_, _, path) in index.items()}
     shapes = {name: shape for name, (shape, _, _) in index.items()}
     missing = sorted(set(pairs) - set(shapes))
@@ -194,7 +264,12 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
         if path not in opened:
             opened.clear()  # unmaps the previous file: its pages stop counting against this process
             opened[path] = safe_open(str(path), framework="pt")
-        weight = opened[path].get_tensor(name)
+        if name in quantized:
+            weight = dequantized(opened[path], name, quantized[name][0])
+        else:
+            weight = opened[path].get_tensor(name)
+            if nf4 is not None and name in nf4.weights:
+                weight = nf4_round_trip(weight, nf4)
         if name in pairs:
             a, b = pairs[name]
             weight = weight.float().addmm_(b.float(), a.float(), alpha=scale)

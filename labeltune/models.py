@@ -6,8 +6,10 @@ so the whole pipeline runs with no network. Anything that is not a preset name i
 Face id or a local path.
 
 Training backends: ``unsloth`` (FastLanguageModel 4-bit + Unsloth gradient checkpointing; CUDA only)
-and ``hf`` (transformers + PEFT; bitsandbytes 4-bit on CUDA, full precision on CPU). ``auto`` picks
-unsloth when a CUDA GPU and the unsloth package are present. Inference (load_run) always uses hf.
+and ``hf`` (transformers + PEFT). ``auto`` picks unsloth when a CUDA GPU and the unsloth package are
+present. Inference (load_run) always uses hf. Whether the base is loaded in 4-bit NF4 (QLoRA) is one
+decision, select_4bit: by default on a CUDA GPU for downloaded models; on request also on CPU, where
+bitsandbytes (>= 0.50) runs 4-bit too, so the QLoRA path a GPU user takes runs in the CPU tests.
 Heavy imports (torch, transformers, peft, unsloth, bitsandbytes) happen inside the functions that
 need them. ``import unsloth`` raises on a machine without a GPU, and patches trl/transformers/peft
 when imported, so it happens only on the unsloth backend and first (prepare_backend).
@@ -313,6 +315,46 @@ def trainer_precision(backend: str, model) -> str:
     return precision_of(model) if backend == "unsloth" else device_precision()
 
 
+MIN_CPU_BNB = "0.50"  # bitsandbytes 4-bit on CPU: checked here with 0.50.2 (load, QLoRA training, decoding)
+
+
+def bnb_4bit_unavailable(cuda: bool) -> str | None:
+    """Why bitsandbytes cannot load a model in 4-bit on this device (None: it can)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        found = version("bitsandbytes")
+    except PackageNotFoundError:
+        return f"bitsandbytes is not installed (pip install 'bitsandbytes>={MIN_CPU_BNB}')"
+    if not cuda and Version(found) < Version(MIN_CPU_BNB):
+        return f"bitsandbytes {found} cannot run 4-bit on CPU (pip install 'bitsandbytes>={MIN_CPU_BNB}')"
+    return None
+
+
+def select_4bit(requested: bool | None, cuda: bool, preset: Preset) -> bool:
+    """Load the base in 4-bit NF4? None (auto): on a CUDA GPU for a downloaded model (never the tiny
+    preset, which is built here in full precision); True: wherever bitsandbytes runs 4-bit (CUDA, or CPU
+    with bitsandbytes >= 0.50: slow, but the same QLoRA code a GPU user runs); False: 16-bit on a GPU,
+    fp32 on CPU. Refuses True (or auto on a GPU) where bitsandbytes cannot do it, before anything loads."""
+    four_bit = cuda and preset.model_id is not None if requested is None else requested
+    if four_bit:
+        why = bnb_4bit_unavailable(cuda)
+        if why:
+            raise ValueError(f"4-bit loading ({'--load-in-4bit true' if requested else 'the default on a GPU'}): {why}"
+                             + ("" if requested else "; or pass --load-in-4bit false"))
+    return four_bit
+
+
+def base_to_load(preset: Preset, four_bit: bool) -> str | None:
+    """The checkpoint a preset trains from: its 4-bit id when loading 4-bit, else its 16-bit full_id
+    (a pre-quantised checkpoint cannot be loaded in 16-bit); None for the tiny preset (built locally)."""
+    if preset.model_id is None:
+        return None
+    return preset.model_id if four_bit else (preset.full_id or preset.model_id)
+
+
 def check_fits_machine(preset: Preset, cuda: bool) -> None:
     """Fail at once (before any download) when a GPU-only preset is asked for on a CPU machine."""
     if preset.needs_gpu and not cuda:
@@ -374,10 +416,13 @@ def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, devic
     return kwargs
 
 
-def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None):
-    """(model, tokenizer) of a base model. hf: 4-bit (bitsandbytes) on CUDA unless load_in_4bit=False,
-    full precision on CPU. unsloth: FastLanguageModel 4-bit in the precision Unsloth picks for the GPU
-    (``dtype=None``: fp16 below compute capability 8); read it back with precision_of(model)."""
+def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None,
+              tokenizer_from: str | Path | None = None):
+    """(model, tokenizer) of a base model. hf: 4-bit NF4 (bitsandbytes) when load_in_4bit (None: on
+    CUDA), on the GPU or the CPU; else the device's precision (fp32 on CPU). unsloth: FastLanguageModel 4-bit in the precision Unsloth picks for the GPU
+    (``dtype=None``: fp16 below compute capability 8); read it back with precision_of(model).
+    hf: the tokenizer comes from `tokenizer_from` when given (a run's own, saved with its adapter: loading
+    a 256k-token tokenizer twice costs seconds)."""
     capability = gpu_capability()
     load_in_4bit = capability is not None if load_in_4bit is None else load_in_4bit
     if backend == "unsloth":
@@ -388,11 +433,14 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         )
     elif backend == "hf":
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path_or_id)
         index = torch.cuda.current_device() if capability is not None else 0
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, **hf_load_kwargs(capability, load_in_4bit, index))
+        # a pre-quantised checkpoint (unsloth/*-bnb-4bit) brings its own quantization config
+        prequantized = getattr(AutoConfig.from_pretrained(path_or_id), "quantization_config", None) is not None
+        kwargs = hf_load_kwargs(capability, load_in_4bit and not prequantized, index)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
     else:
         raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")
     ensure_pad_token(tokenizer, model)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from labeltune.config import TrainConfig, load_saved
 from labeltune.features import Prompter
-from labeltune.models import cuda_available, ensure_pad_token, load_base
+from labeltune.models import bnb_4bit_unavailable, cuda_available, ensure_pad_token, load_base
 from labeltune.prompts import load_template
 from labeltune.task import TaskSpec, load_task
 
@@ -163,15 +163,16 @@ def load_run(run_dir: str | Path, merge: bool = False):
 def load_run_files(run_dir: str | Path, merge: bool = False):
     """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
 
-    Always through the hf backend (transformers + PEFT; bitsandbytes 4-bit on a GPU for a run trained
-    on a 4-bit base), whatever backend trained it: an Unsloth adapter is a plain PEFT adapter, and every
-    decode mode is tested on this backend. On a CPU a 4-bit preset's 16-bit `full_id` is loaded in full
-    precision instead (or use `labeltune export --format merged16`). A merged export is loaded as saved
-    (16-bit, never re-quantised). ``merge`` folds the LoRA weights into the base weights (16/32-bit base
-    only), so inference pays no adapter overhead; ``disable_adapter()`` still gives the base model.
+    Always through the hf backend (transformers + PEFT), whatever backend trained it: an Unsloth adapter
+    is a plain PEFT adapter, and every decode mode is tested on this backend. A run trained on a 4-bit
+    base is loaded on that 4-bit base (bitsandbytes NF4, on a GPU or the CPU), so its labels are the ones
+    its evaluation measured; on a CPU without a bitsandbytes that runs 4-bit there, a 4-bit preset's
+    16-bit `full_id` is loaded in full precision instead, with a warning (labels may differ slightly).
+    A merged export is loaded as saved (16-bit, never re-quantised). ``merge`` folds the LoRA weights
+    into the base weights (16/32-bit base only), so inference pays no adapter overhead;
+    ``disable_adapter()`` still gives the base model.
     """
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
     info = read_info(run_dir)
@@ -182,13 +183,18 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
         return model, tokenizer
     if not (run_dir / ADAPTER).is_dir():
         raise MissingRunFile(f"{run_dir}: no {ADAPTER}/ (did `labeltune train` finish?)")
-    base = base_path(run_dir, info)
-    if not cuda_available() and info.get("full_id"):
-        base = info["full_id"]
-    four_bit = bool(info.get("load_in_4bit")) and cuda_available()
-    model, _ = load_base(base, "hf", info.get("max_length", 512), four_bit)
+    base, four_bit = base_path(run_dir, info), bool(info.get("load_in_4bit"))
+    why = bnb_4bit_unavailable(cuda_available()) if four_bit else None
+    if why and info.get("full_id"):
+        import warnings
+
+        warnings.warn(f"{run_dir} was trained on a 4-bit base; {why}: loading the 16-bit {info['full_id']} in "
+                      "full precision instead (labels may differ slightly from the run's evaluation)", stacklevel=2)
+        base, four_bit = info["full_id"], False
+    elif why:
+        raise RunError(f"--run {run_dir} was trained on a 4-bit base, and loading it here needs 4-bit: {why}")
+    model, tokenizer = load_base(base, "hf", info.get("max_length", 512), four_bit, tokenizer_from=run_dir / ADAPTER)
     check_not_patched_by_unsloth(model)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / ADAPTER)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model = PeftModel.from_pretrained(model, run_dir / ADAPTER)

@@ -25,6 +25,7 @@ from labeltune.features import IGNORE_INDEX, Prompter, pad_ids
 from labeltune.models import (
     Preset,
     add_lora,
+    base_to_load,
     build_tiny,
     check_fits_machine,
     check_one_gpu,
@@ -32,6 +33,7 @@ from labeltune.models import (
     load_base,
     prepare_backend,
     resolve_preset,
+    select_4bit,
     trainer_precision,
     with_preset_defaults,
 )
@@ -227,17 +229,17 @@ def main(cfg: TrainConfig) -> Path:
     state = PartialState(cpu=not cuda)  # one process, or one per rank (gloo on CPU) under accelerate launch
     if state.num_processes > 1 and backend == "unsloth":
         raise ValueError("multi-process training runs on the hf backend: add --backend hf")
+    four_bit = select_4bit(cfg.load_in_4bit, cuda, preset)
     info = {
-        "base": run_files.BASE + "/" if preset.model_id is None else preset.model_id,
-        "full_id": preset.full_id, "backend": backend, "load_in_4bit": cuda and preset.model_id is not None,
+        "base": base_to_load(preset, four_bit) or run_files.BASE + "/",
+        "full_id": preset.full_id, "backend": backend, "load_in_4bit": four_bit,
         "max_length": cfg.max_length, "preset": preset.name, "world_size": state.num_processes,
     }
     with state.main_process_first():
         if state.is_main_process:
             write_run_dir(cfg, preset, task, template, info, (splits, dropped, leaks), run_dir)
 
-    base = str(run_dir / run_files.BASE) if preset.model_id is None else preset.model_id
-    model, tokenizer = load_base(base, backend, cfg.max_length, info["load_in_4bit"])
+    model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit)
     prompter = Prompter(tokenizer, template, task, cfg.max_length)
     train_ds, dev_ds = (
         Dataset.from_list([prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows])

@@ -331,7 +331,9 @@ def test_make_on_a_cpu_machine_installs_the_cpu_wheel(tmp_path):
 
 def test_merged_export_on_a_gpu_is_not_requantised(monkeypatch, tmp_path):
     """A merged16 export's model.json says load_in_4bit: false; on a (simulated) T4 it is loaded 16-bit."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     run = tmp_path / "export"
     (run / "model").mkdir(parents=True)
@@ -347,6 +349,7 @@ def test_merged_export_on_a_gpu_is_not_requantised(monkeypatch, tmp_path):
 
     simulate_gpu(monkeypatch, T4)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: SimpleNamespace())  # not pre-quantised
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
     with pytest.raises(ValueError, match="cannot be loaded") as raised:
         run_mod.load_run(run)
@@ -417,6 +420,7 @@ def test_trl_that_cannot_train_on_cpu_is_refused_up_front(monkeypatch, tmp_path)
 # ---------------------------------------------------------------- 8. Unsloth's patches stay in a child process
 
 
+@pytest.mark.train
 def test_spawn_trains_in_a_child_process(tmp_path):
     """sweep, compare and the notebook train through train.spawn: the training stack (and, on a GPU,
     Unsloth's process-wide patches) lives in the child; refusals come back as the same ValueError."""
@@ -440,6 +444,7 @@ def test_spawn_trains_in_a_child_process(tmp_path):
     assert "trained 2 steps" in proc.stdout  # the child's output is streamed to the caller
 
 
+@pytest.mark.train
 def test_sweep_and_compare_train_in_a_child_process(monkeypatch, tmp_path):
     """With training made impossible in this process, a sweep trial and compare's generative run still
     train: in a child process (labeltune.train.spawn)."""

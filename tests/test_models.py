@@ -96,6 +96,7 @@ def test_cli_train_gemma2_fails_fast_without_download(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.train
 def test_unsloth_never_imported_on_cpu_path(tmp_path):
     """With an unsloth package present that raises on import (as the real one does without a GPU),
     CPU training still picks hf and never imports it."""

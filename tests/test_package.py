@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "labeltune"
 
 
+@pytest.mark.train
 def test_wheel_installed_elsewhere_lists_tasks_and_labels_a_csv(tmp_path):
     """`pip install .` (not editable) into a clean environment, run from a folder outside the checkout:
     `labeltune templates` lists the bundled tasks and templates, and `label` runs on a trained run."""

@@ -67,6 +67,7 @@ def test_refuses_to_overwrite_a_trained_run(run_dir):
         train.main(resolve(TrainConfig, None, {"output": str(run_dir), "max_steps": 1}))
 
 
+@pytest.mark.train
 def test_leaked_rows_stop_training(tmp_path):
     split_dir = tmp_path / "splits"
     split_dir.mkdir()

@@ -65,6 +65,7 @@ def test_output_that_is_the_input_is_refused_before_anything_is_written(run, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "posts.csv", "sub"]
 
 
+@pytest.mark.train
 def test_train_never_writes_into_a_folder_of_the_users(tmp_path):
     project = tmp_path / "myproject"
     (project / "data").mkdir(parents=True)
@@ -188,6 +189,7 @@ def _labelled(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     return path
 
 
+@pytest.mark.train
 def test_data_that_gives_meaningless_results_is_refused_unless_allowed(tmp_path):
     one_class = _labelled(tmp_path / "one.csv", [(f"良い{i}", "1", "0") for i in range(60)])
     refused(cli("train", "--data", one_class, "--output", tmp_path / "a"), "only one label (positive)", "--allow-incomplete")

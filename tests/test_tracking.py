@@ -39,6 +39,7 @@ def _train(tmp_path, report_to: str) -> Path:
     return out
 
 
+@pytest.mark.train
 @pytest.mark.skipif(importlib.util.find_spec("tensorboardX") is None, reason="tensorboardX not installed (dev extra)")
 def test_tensorboard_logs_into_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written to ./runs of the working directory
@@ -51,6 +52,7 @@ def test_tensorboard_logs_into_the_run(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.train
 def test_missing_tracker_is_skipped_with_a_warning(tmp_path):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here: this checks the case where it is not")

@@ -1,0 +1,55 @@
+"""Test-session setup shared by every test file: the library versions in the pytest header (CI runs the
+suite in two environments: the newest libraries, and the gpu extra's pins), and the `train` marker's
+skip where the installed TRL cannot train on this device (TRL 1.15, the gpu extra's, needs CUDA)."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+
+import pytest
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "tokenizers")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_report_header(config):
+    import trl
+
+    line = "libraries: " + ", ".join(f"{n} {_version(n)}" for n in LIBRARIES)
+    return [line, f"trl imported from {trl.__file__.rsplit('/trl/', 1)[0]} (trl {trl.__version__})"]
+
+
+def _cannot_train() -> str | None:
+    """Why training tests cannot run here (None: they can), in labeltune's own words."""
+    import torch
+    import trl
+
+    from labeltune.models import check_trainer_supports
+
+    try:
+        check_trainer_supports(torch.cuda.is_available(), trl.__version__)
+    except ValueError as e:
+        return f"trains a model, and {e}".split(" (")[0] + " (make test-gpu-pins runs these with the first TRL that trains on CPU)"
+    return None
+
+
+# Module-scoped fixtures that train a run (with TRL): every test using one trains, so it is marked `train`
+# here; a test that trains by itself carries @pytest.mark.train.
+TRAINING_FIXTURES = {"run_dir", "run", "unsloth_run", "qlora_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.train)
+        if item.get_closest_marker("train") is not None:
+            reason = reason or _cannot_train() or ""
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
