@@ -85,6 +85,20 @@ class TrainConfig:
     lora_dropout: float = _f(0.0, "LoRA dropout", valid=FRACTION)
     max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end", valid=(lambda v: v >= 32, ">= 32"))
     logging_steps: int = _f(10, "log every N optimizer steps", valid=AT_LEAST_1)
+    save_steps: int | None = _f(
+        None, "also checkpoint every N optimizer steps (a checkpoint is always written at each epoch end); None = "
+        "epoch ends only. Rerunning the same train command on an unfinished run resumes from its last checkpoint",
+        valid=AT_LEAST_1)
+    keep_checkpoints: int = _f(2, "newest checkpoints kept (the best epoch's is always kept too)", valid=AT_LEAST_1)
+    best_metric: str = _f(
+        "macro_f1",
+        "dev metric that picks the epoch whose adapter is kept (dev decoded in score mode at each epoch end); "
+        "loss = dev loss (the only one on the unsloth backend)",
+        ("macro_f1", "accuracy", "score_mae", "loss"),
+    )
+    early_stopping_patience: int | None = _f(
+        None, "stop after this many epoch-end evaluations without a better dev --best-metric; None = run all epochs",
+        valid=AT_LEAST_1)
     limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all", valid=AT_LEAST_1)
     report_to: list[str] = _f(
         ["none"],

@@ -12,15 +12,18 @@ also tensorboard/ (event files: ``tensorboard --logdir runs/``).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from labeltune import checkpoints
 from labeltune import data as data_mod
 from labeltune import run as run_files
-from labeltune.config import TrainConfig, save
+from labeltune.config import TrainConfig, save, to_dict
 from labeltune.features import IGNORE_INDEX, Prompter, pad_ids
 from labeltune.models import (
     Preset,
@@ -162,7 +165,11 @@ def sft_config(cfg: TrainConfig, preset: Preset, backend: str, precision: str, t
         gradient_accumulation_steps=cfg.grad_accum,
         logging_steps=cfg.logging_steps,
         eval_strategy="epoch" if has_dev else "no",
-        save_strategy="no",
+        # checkpoints at every epoch end (callbacks.Checkpoints) and every --save-steps; rotation is labeltune's
+        save_strategy="steps" if cfg.save_steps else "epoch",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=None,
+        save_only_model=False,
         report_to=[t for t in tracking if t != "tensorboard"] or "none",
         run_name=run_dir.name,
         seed=cfg.seed,
@@ -181,30 +188,91 @@ def sft_config(cfg: TrainConfig, preset: Preset, backend: str, precision: str, t
     )
 
 
-def save_run(trainer, model, tokenizer, info: dict, run_dir: Path, seconds: float, warnings: list[str]) -> None:
-    """The adapter (+ tokenizer), the training log and model.json's training record; then the warnings."""
-    import sys
+def best_epoch(log_history: list[dict], metric: str, last_step: int) -> dict | None:
+    """model.json's record of the kept epoch: the best dev record by `metric`, with the last epoch's value
+    and why it won; None when there was no dev evaluation (the last weights are kept)."""
+    best = checkpoints.best_record(log_history, metric)
+    if best is None:
+        return None
+    key = checkpoints.METRICS[metric][0]
+    last = [r for r in log_history if key in r][-1]
+    why = (f"best dev {metric} {best[key]:.4f} at epoch {best['epoch']:g}"
+           + ("" if best is last else f" (last evaluated epoch {last['epoch']:g}: {last[key]:.4f})"))
+    return {"metric": metric, "epoch": best["epoch"], "step": best["step"], "value": best[key],
+            "last_value": last[key], "is_last_step": best["step"] == last_step, "why": why}
 
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # nothing is saved there (save_strategy=no)
-    model.save_pretrained(run_dir / run_files.ADAPTER)
-    tokenizer.save_pretrained(run_dir / run_files.ADAPTER)
+
+def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
+    """adapter/: the best epoch's checkpoint weights, or the model in memory when that is the best (or
+    there was no dev evaluation); written beside and renamed, so a kill never leaves a half adapter/ that
+    would make the run look finished."""
+    tmp = run_dir / (run_files.ADAPTER + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    source = run_dir / CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}" if best and not best["is_last_step"] else None
+    if source is not None and (source / "adapter_model.safetensors").is_file():
+        tmp.mkdir(parents=True)
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copy2(source / name, tmp / name)
+    else:
+        model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, run_dir / run_files.ADAPTER)
+
+
+def save_run(trainer, model, tokenizer, info: dict, run_dir: Path, metric: str, seconds: float, warnings: list[str]) -> None:
+    """The adapter of the best epoch (+ tokenizer), the training log and model.json's training record
+    (steps, seconds, which epoch was kept and why); then the warnings and the next command."""
+    state = trainer.state
+    best = best_epoch(state.log_history, metric, state.global_step)
     with open(run_dir / run_files.TRAIN_LOG, "w", encoding="utf-8") as f:
-        for record in trainer.state.log_history:
+        for record in state.log_history:
             f.write(json.dumps(record) + "\n")
-    info.update(train_seconds=round(seconds, 1), steps=trainer.state.global_step)
+    stopped = any(r.get("early_stop") for r in state.log_history)
+    info.update(train_seconds=round(seconds, 1), steps=state.global_step, epochs_run=round(state.epoch or 0, 4),
+                best=best, early_stopped=stopped)
     run_files.write_info(run_dir, info)
-    print(f"trained {trainer.state.global_step} steps in {seconds:.0f}s on {info['backend']}/{info['precision']} -> {run_dir}")
+    save_adapter(model, tokenizer, run_dir, best)  # last: adapter/ is what makes the run finished
+    checkpoints.finish(run_dir / CHECKPOINTS)
+    print(f"trained {state.global_step} steps in {seconds:.0f}s on {info['backend']}/{info['precision']} -> {run_dir}")
+    if best:
+        print(f"kept epoch {best['epoch']:g}: {best['why']}" + ("; stopped early" if stopped else ""))
     for warning in warnings:
         print(f"labeltune: warning: {warning}", file=sys.stderr)
+    print(f"next: labeltune evaluate --run {run_dir}")
+
+
+RESUME_IGNORED = ("output",)  # how the same run directory was named may differ between two shells
+
+
+def check_resume(cfg: TrainConfig, run_dir: Path, splits: dict) -> None:
+    """Refuse to resume an unfinished run with other options or other data than it started with."""
+    saved = to_dict(run_files.load_config(run_dir))
+    now = to_dict(cfg)
+    changed = [f"--{k.replace('_', '-')} {now[k]!r} (the run has {saved.get(k)!r})"
+               for k in now if k not in RESUME_IGNORED and saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"{run_dir} is an unfinished run started with other options: " + "; ".join(changed)
+                         + ". Rerun with the run's options (its config.yaml: --config " + str(run_dir / run_files.CONFIG)
+                         + ") to resume it, or choose another --output")
+    summary = json.loads((run_dir / run_files.DATA / "summary.json").read_text(encoding="utf-8"))
+    if summary.get("fingerprint") != data_mod.fingerprint(splits):
+        raise ValueError(f"{run_dir} is an unfinished run whose data has changed since it started ({cfg.data} no "
+                         "longer gives the same train/dev/test rows); restore the data, or choose another --output")
+
+
+CHECKPOINTS = "checkpoints"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 def main(cfg: TrainConfig) -> Path:
     """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory.
+    Run again on an unfinished run (same options, same data), it resumes from the last complete checkpoint.
 
     With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
     at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
-    import os
-
     import torch
 
     preset = resolve_preset(cfg.model)
@@ -215,7 +283,10 @@ def main(cfg: TrainConfig) -> Path:
 
     from accelerate import PartialState
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTTrainer
+
+    from labeltune.callbacks import Checkpoints, DevScore, EarlyStopOnLoss, Progress
 
     task = load_task(cfg.task)
     cfg = replace(cfg, template=cfg.template or task.default_template)
@@ -225,6 +296,9 @@ def main(cfg: TrainConfig) -> Path:
         raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
     data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
     splits, dropped, leaks, warnings = read_data(cfg, task, run_dir)
+    resuming = (run_dir / run_files.INFO).is_file()  # ours (model.json) and unfinished (no adapter/)
+    if resuming:
+        check_resume(cfg, run_dir, splits)
 
     state = PartialState(cpu=not cuda)  # one process, or one per rank (gloo on CPU) under accelerate launch
     if state.num_processes > 1 and backend == "unsloth":
@@ -236,7 +310,7 @@ def main(cfg: TrainConfig) -> Path:
         "max_length": cfg.max_length, "preset": preset.name, "world_size": state.num_processes,
     }
     with state.main_process_first():
-        if state.is_main_process:
+        if state.is_main_process and not resuming:
             write_run_dir(cfg, preset, task, template, info, (splits, dropped, leaks), run_dir)
 
     model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit)
@@ -250,6 +324,17 @@ def main(cfg: TrainConfig) -> Path:
                      preset.modules_to_save, backend, preset.gradient_checkpointing)
     info["precision"] = trainer_precision(backend, model)  # matches the model unsloth/hf loaded
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
+    # dev decoding through a model whose forward Unsloth replaced is not verified: the dev loss picks there
+    metric = "loss" if backend == "unsloth" else cfg.best_metric
+    if metric != cfg.best_metric:
+        print(f"labeltune: note: the unsloth backend keeps the epoch with the best dev loss (--best-metric {cfg.best_metric} "
+              "decodes the dev split, which is verified on the hf backend only)", file=sys.stderr)
+    progress = Progress(say, cfg.logging_steps)
+    extra = [Checkpoints(run_dir / CHECKPOINTS, cfg.keep_checkpoints, metric), progress]
+    if dev_ds is not None and metric != "loss":
+        extra.insert(0, DevScore(prompter, splits["dev"], cfg.batch_size, metric, cfg.early_stopping_patience, progress.write))
+    elif dev_ds is not None and cfg.early_stopping_patience:
+        extra.insert(0, EarlyStopOnLoss(cfg.early_stopping_patience, progress.write))
     trainer = SFTTrainer(
         model=model,
         args=sft_config(cfg, preset, backend, info["precision"], tracking, run_dir, cuda, state.num_processes, dev_ds is not None),
@@ -257,12 +342,18 @@ def main(cfg: TrainConfig) -> Path:
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=[tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else None,
+        callbacks=extra + ([tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else []),
     )
+    trainer.remove_callback(PrinterCallback)  # raw dicts; Progress says it in words
+    resume_from = checkpoints.latest_complete(run_dir / CHECKPOINTS) if resuming else None
+    if resuming and state.is_main_process:
+        checkpoints.remove_incomplete(run_dir / CHECKPOINTS)
+        print(f"resuming {run_dir} from {resume_from.name}" if resume_from else
+              f"resuming {run_dir}: no complete checkpoint yet, training from the start")
     started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if trainer.is_world_process_zero():
-        save_run(trainer, model, tokenizer, info, run_dir, time.time() - started, warnings)
+        save_run(trainer, model, tokenizer, info, run_dir, metric, time.time() - started, warnings)
     state.wait_for_everyone()
     return run_dir
 
@@ -275,7 +366,6 @@ def spawn(cfg: TrainConfig) -> Path:
     afterwards), and the GPU memory of each training run is freed when its process ends.
     A refusal in the child (bad option, existing run) is raised here as the same ValueError."""
     import subprocess
-    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

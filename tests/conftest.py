@@ -1,5 +1,5 @@
-"""Test-session setup shared by every test file: the library versions in the pytest header (CI runs the
-suite in two environments: the newest libraries, and the gpu extra's pins), and the `train` marker's
+"""Test-session setup shared by every test file: the library versions beside pytest's summary (CI runs
+the suite in two environments: the newest libraries, and the gpu extra's pins), and the `train` marker's
 skip where the installed TRL cannot train on this device (TRL 1.15, the gpu extra's, needs CUDA)."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def pytest_report_header(config):
+def pytest_terminal_summary(terminalreporter):
+    """The libraries this run used, beside its summary (shown with -q too, unlike the report header)."""
     import trl
 
-    line = "libraries: " + ", ".join(f"{n} {_version(n)}" for n in LIBRARIES)
-    return [line, f"trl imported from {trl.__file__.rsplit('/trl/', 1)[0]} (trl {trl.__version__})"]
+    terminalreporter.write_line("libraries: " + ", ".join(f"{n} {_version(n)}" for n in LIBRARIES))
+    terminalreporter.write_line(f"trl {trl.__version__} imported from {trl.__file__.rsplit('/trl/', 1)[0]}")
 
 
 def _cannot_train() -> str | None:
@@ -41,7 +42,7 @@ def _cannot_train() -> str | None:
 
 # Module-scoped fixtures that train a run (with TRL): every test using one trains, so it is marked `train`
 # here; a test that trains by itself carries @pytest.mark.train.
-TRAINING_FIXTURES = {"run_dir", "run", "unsloth_run", "qlora_run"}
+TRAINING_FIXTURES = {"run_dir", "run", "unsloth_run", "qlora_run", "uninterrupted_run"}
 
 
 def pytest_collection_modifyitems(config, items):
