@@ -20,7 +20,7 @@ from labeltune.decode import predict
 from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
-from labeltune.run import load_temperature, open_run
+from labeltune.run import load_temperature, open_run, read_training
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
@@ -71,7 +71,7 @@ def main(cfg) -> dict:
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
-    write_report(run_dir, metrics, examples, systems)
+    write_report(run_dir, metrics, examples, systems, read_training(run_dir))
     print(format_table(metrics))
     for warning in warnings:
         print(f"labeltune: warning: {warning}", file=sys.stderr)

@@ -26,6 +26,7 @@ from labeltune.run import (
     DATA,
     INFO,
     MERGED,
+    TRAIN_LOG,
     VERSIONS,
     base_path,
     read_info,
@@ -35,7 +36,7 @@ from labeltune.run import (
 FORMATS = ("adapter", "merged16", "gguf")
 # what an export carries besides the weights: the fitted temperature too (the exported model computes the
 # run's label probabilities, so the same temperature calibrates them)
-RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION)
+RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG)
 
 
 def _copy_run_files(run_dir: Path, out: Path) -> None:

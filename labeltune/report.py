@@ -200,8 +200,10 @@ def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, pred
     return section
 
 
-def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[str, list]) -> dict:
-    """Everything report.md and report.html show (plots written on the way), as strings."""
+def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[str, list],
+                   training: dict | None = None) -> dict:
+    """Everything report.md and report.html show (plots written on the way), as strings. `training`:
+    the run's training log and kept epoch ({"log": [...], "best": {...} or None}), when it has one."""
 
     n = metrics["majority_baseline"]["n"]
     context = {
@@ -213,7 +215,11 @@ def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[s
         ],
         "errors": error_sample(examples, systems["finetuned"]) if "finetuned" in systems else [],
         "forgetting": None,
+        "training": None,
     }
+    if training and training["log"]:
+        text = plot_training(training["log"], training["best"], run_dir / "training_curves.png")
+        context["training"] = {"png": "training_curves.png", "text": text}
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         context["forgetting"] = {
@@ -241,6 +247,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_markdown(context: dict) -> str:
     lines = [f"# {context['title']}", "", *md_table(context["summary_header"], context["summary"]), ""]
+    if context["training"]:
+        lines += ["## Training", "", context["training"]["text"], "", f"![training curves]({context['training']['png']})", ""]
     if context["forgetting"]:
         f = context["forgetting"]
         lines += [
@@ -316,12 +324,15 @@ def render_html(template: str, context: dict) -> str:
     return env.get_template(template).render(**context)
 
 
-def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list]) -> None:
-    """report.md, report.html and their PNGs (confusion_, scores_, reliability_<system>.png) in `run_dir`.
+def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list],
+                 training: dict | None = None) -> None:
+    """report.md, report.html and their PNGs (confusion_, scores_, reliability_<system>.png,
+    training_curves.png) in `run_dir`.
 
-    `examples` are the gold rows (data.Example) and `systems` each system's decode.Prediction list."""
+    `examples` are the gold rows (data.Example), `systems` each system's decode.Prediction list, and
+    `training` the run's training log and kept epoch (see report_context)."""
     run_dir = Path(run_dir)
-    context = report_context(run_dir, metrics, examples, systems)
+    context = report_context(run_dir, metrics, examples, systems, training)
     (run_dir / "report.md").write_text(render_markdown(context), encoding="utf-8")
     (run_dir / "report.html").write_text(render_html("report.html.jinja", context), encoding="utf-8")
 
@@ -343,6 +354,35 @@ def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_training(log: list[dict], best: dict | None, path: str | Path) -> str:
+    """Training curves of a run's train_log.jsonl: train and dev loss (left), dev macro-F1 per epoch
+    (right), the kept epoch marked on both; returns a one-line description for the report."""
+    plt = _pyplot()
+    train = [(r["epoch"], r["loss"]) for r in log if "loss" in r and "epoch" in r]
+    dev_loss = [(r["epoch"], r["eval_loss"]) for r in log if "eval_loss" in r]
+    dev_f1 = [(r["epoch"], r["dev_macro_f1"]) for r in log if "dev_macro_f1" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.4), dpi=110)
+    for points, label, style in ((train, "train loss", "-"), (dev_loss, "dev loss", "o-")):
+        if points:
+            left.plot(*zip(*points), style, label=label, markersize=3)
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    if dev_f1:
+        right.plot(*zip(*dev_f1), "o-", color="#55a868", markersize=3, label="dev macro-F1")
+    right.set(xlabel="epoch", ylabel="macro-F1", ylim=(0, 1), title="dev macro-F1 (score mode)")
+    if best:
+        for ax in (left, right):
+            ax.axvline(best["epoch"], color="grey", linestyle="--", label=f"kept: epoch {best['epoch']:g}")
+    for ax in (left, right):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    epochs = max((e for e, _ in train + dev_loss + dev_f1), default=0)
+    return (f"Training: {epochs:g} epochs; " + (f"kept epoch {best['epoch']:g}: {best['why']}." if best
+                                                 else "the last weights were kept (no dev evaluation)."))
 
 
 SUMMARY_HEADER = ["system", "n", "accuracy", "macro-F1", "malformed", "score MAE", "score Spearman", "ECE"]

@@ -62,6 +62,18 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return load_saved(TrainConfig, run_dir / CONFIG)
 
 
+def read_training(run_dir: str | Path) -> dict | None:
+    """The run's training log (train_log.jsonl records) and the epoch it kept (model.json), None for a
+    run without a log (an export made before logs were carried, a foreign folder)."""
+    path = Path(run_dir) / TRAIN_LOG
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    info = read_info(run_dir) if (Path(run_dir) / INFO).is_file() else {}
+    return {"log": log, "best": info.get("best")}
+
+
 def load_temperature(run_dir: str | Path) -> float:
     """The run's fitted label temperature (labeltune calibrate), 1.0 when it has none."""
     path = Path(run_dir) / CALIBRATION

@@ -1,6 +1,7 @@
 """The Colab walkthrough runs top to bottom on CPU (tiny model chosen automatically)."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ def test_walkthrough_notebook_executes_on_cpu(tmp_path):
 
     nb = nbformat.read(ROOT / "notebooks" / "walkthrough.ipynb", as_version=4)
     assert "colab-badge" in nb.cells[0].source
+    shutil.rmtree(ROOT / "runs" / "notebook-tiny", ignore_errors=True)  # the notebook never trains over a finished run
     os.environ["LABELTUNE_NB_STEPS"] = "80"  # a short CPU run: the format is learned by then
     try:
         NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()

@@ -299,3 +299,16 @@ def test_evaluate_fails_fast_on_missing_forgetting_text(tmp_path):
     cfg = resolve(EvalConfig, None, {"run": str(tmp_path), "forgetting": str(tmp_path / "missing.txt")})
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         evaluate.main(cfg)  # before any model is loaded (this run directory has none)
+
+
+def test_training_curves_show_the_kept_epoch(tmp_path):
+    """A run's training log becomes a training-curves plot with the kept epoch named in the text."""
+    log = [{"loss": 2.0 - 0.1 * s, "epoch": s / 4, "step": s} for s in range(1, 13)]
+    log += [{"eval_loss": 1.5 - 0.2 * e, "epoch": e, "step": 4 * e} for e in (1, 2, 3)]
+    log += [{"dev_macro_f1": f1, "epoch": e, "step": 4 * e} for e, f1 in ((1, 0.3), (2, 0.6), (3, 0.5))]
+    best = {"epoch": 2, "why": "best dev macro_f1 0.6000 at epoch 2 (last evaluated epoch 3: 0.5000)"}
+    write_report(tmp_path, _metrics(False), EXAMPLES, {"base": BASE, "finetuned": FINETUNED}, {"log": log, "best": best})
+    _assert_nontrivial_png(tmp_path / "training_curves.png")
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Training: 3 epochs; kept epoch 2: best dev macro_f1 0.6000 at epoch 2" in md
+    assert "](training_curves.png)" in md and 'src="training_curves.png"' in (tmp_path / "report.html").read_text(encoding="utf-8")
