@@ -45,8 +45,9 @@ class DevScore(TrainerCallback):
         with torch.no_grad():
             predictions = predict(model, self.prompter, [ex.text for ex in self.examples], None, self.batch_size, "score")
         model.train(training)
+        task = self.prompter.task
         scores = system_metrics([ex.label for ex in self.examples], [ex.score for ex in self.examples], predictions,
-                                self.prompter.task.label_values)
+                                task.label_values, task.score_ends, task.scored_labels)
         record = {"epoch": round(state.epoch or 0, 4), "step": state.global_step, "dev_macro_f1": scores["macro_f1"],
                   "dev_accuracy": scores["accuracy"], "dev_score_mae": scores.get("score_mae"),
                   "dev_seconds": round(time.time() - started, 2)}

@@ -109,7 +109,8 @@ def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examp
                 predictions: list[Prediction], **extra) -> None:
     """Metrics (labeltune.metrics.system_metrics, the same for every system) + predictions.csv."""
     system_dir.mkdir(parents=True, exist_ok=True)
-    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, task.label_values)
+    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, task.label_values,
+                             task.score_ends, task.scored_labels)
     record = {"system": system, "model": model, "train_seconds": None, **extra, **metrics}
     write_predictions(system_dir / "predictions.csv", examples, predictions)
     (system_dir / METRICS_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -110,6 +110,12 @@ class TrainConfig:
 
 COMPARE_SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")  # labeltune.compare
 MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
+SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.decode.estimate_score
+SCORE_ESTIMATE_HELP = (
+    "score mode: the score written, from the model's distribution over every allowed score: expected = its "
+    "mean, rounded (a graded score is not collapsed onto its mode), median, or greedy = the most probable "
+    "token at each step, as generation writes it (also written to score_greedy)"
+)
 MODE_HELP = (
     "generate = free generation + strict parser (measures format compliance); constrained = generation "
     "limited to the task's answers; score = label probabilities from forward passes, answer written by "
@@ -124,6 +130,7 @@ class EvalConfig:
     data: str | None = _f(None, "evaluate this labelled file instead of the run's split")
     base: bool = _f(True, "also evaluate the base model without the adapter (before/after table)")
     mode: str = _f("generate", MODE_HELP, MODES)
+    score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
     batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
     limit: int | None = _f(None, "evaluate only the first N rows; None = all", valid=AT_LEAST_1)
@@ -145,6 +152,7 @@ class LabelConfig:
     encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
     mode: str = _f("generate", MODE_HELP, MODES)
+    score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
     batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
     chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time", valid=AT_LEAST_1)
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
@@ -178,7 +186,8 @@ class PrepareConfig:
 @dataclass
 class CalibrateConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
-    split: str = _f("dev", "split to fit the temperature on (never test)", ("train", "dev"))
+    split: str = _f("dev", "split to fit the temperature and biases on (never test)", ("train", "dev"))
+    biases: bool = _f(True, "also fit per-label biases that maximise the split's macro-F1 (applied in score mode)")
     batch_size: int = _f(16, "prompts per forward batch", valid=AT_LEAST_1)
 
 

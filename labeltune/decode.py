@@ -9,10 +9,13 @@
   start (``label : ``) gives the distribution over the tokens where the labels diverge; a label's
   probability is the product of its tokens' probabilities renormalised over the trie's allowed
   tokens at each node (multi-token labels scored as full continuations: one cached step per node
-  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0"). The score of a label that has
-  one is then decoded greedily within the trie from the same KV cache (the most probable integer one
-  token at a time, not the expected value: Llama 3 writes up to three digits per token, so the
-  expected value would need ~100 continuations per row). The answer string is written by the task
+  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0"). For a label that has a score,
+  the exact distribution over its scores comes from the same KV cache: Llama 3 writes every score
+  0..100 as one token after ``score : ``, so it is one softmax over 101 token ids at one position (no
+  extra step); a one-digit-per-token tokenizer (Gemma 2, the tiny one) needs the logits at the ten
+  nodes of the digit tree where a score can go on ("1".."9", "10"): ten single-token cached steps per
+  batch. The score written is the expected value by default (greedy decoding collapses a graded
+  quantity onto its mode), the greedy one is kept beside it. The answer string is written by the task
   spec, so it is well-formed by construction.
 
   Prompts of one call share the template's instruction (the longest common prefix of their token
@@ -27,9 +30,9 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-from labeltune.config import MODES
+from labeltune.config import MODES, SCORE_ESTIMATES
 from labeltune.features import AnswerTrie, pad_ids
-from labeltune.metrics import apply_temperature
+from labeltune.metrics import adjust, apply_temperature, argmax_label
 from labeltune.parse import parse
 
 
@@ -201,24 +204,34 @@ def _prefill(model, rows: list[list[int]], shared_len: int, shared_cache, pad: i
     return out.logits[:, -1, :].float().cpu(), out.past_key_values, attention, attention.sum(-1) - 1
 
 
-def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, last_pos):
-    """(2) One cached step per internal node of the label trie (where labels share a token), each visible
-    only to its descendants through the mask: (logits at every node, the cache, the column of each fed
-    node, the mask over every column)."""
+def _tree_steps(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache):
+    """One cached step per prefix of a token tree (shorter first; every prefix's ancestors among them),
+    every row feeding the prefix's last token, visible only to the columns of its own ancestors through
+    the mask: (logits after each prefix, the cache, the column of each fed prefix, the mask over every
+    column). `base_pos`: each row's last position in the cache before the tree."""
     import torch
 
-    n, base_len = attention.shape[0], attention.shape[1]
-    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
-    logits_at, slots, columns = {(): logits}, {}, attention
-    for prefix in internal:  # every row feeds this prefix's last token, seeing only its ancestors
+    n, base_len = base_mask.shape
+    logits_at, slots, columns = {}, {}, base_mask
+    for prefix in prefixes:
         visible = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
         for anc, col in slots.items():
             if prefix[: len(anc)] == anc:
                 visible[:, col - base_len] = 1
-        before = torch.cat([attention, visible], dim=1)
-        logits_at[prefix], cache, mask, _ = _multi_step(model, pad, [[prefix[-1]]] * n, before, last_pos + len(prefix) - 1, cache)
+        before = torch.cat([base_mask, visible], dim=1)
+        logits_at[prefix], cache, mask, _ = _multi_step(model, pad, [[prefix[-1]]] * n, before, base_pos + len(prefix) - 1, cache)
         slots[prefix] = columns.shape[1]
         columns = mask
+    return logits_at, cache, slots, columns
+
+
+def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, last_pos):
+    """(2) One cached step per internal node of the label trie (where labels share a token), each visible
+    only to its descendants through the mask: (logits at every node, the cache, the column of each fed
+    node, the mask over every column)."""
+    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
+    logits_at, cache, slots, columns = _tree_steps(model, pad, internal, attention, last_pos, cache)
+    logits_at[()] = logits
     return logits_at, cache, slots, columns
 
 
@@ -236,11 +249,14 @@ def _label_probs(trie: AnswerTrie, logits_at: dict) -> list[dict[str, float]]:
     return [dict(zip(labels, probs)) for probs in torch.softmax(logp.double(), dim=-1).tolist()]
 
 
-def _decode_rest(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns,
-                 last_pos) -> list[tuple]:
-    """(3) The chosen label's remaining tokens, then the score, greedy within the trie until EOS: one cached
-    call per choice, fed every token decided since the last one, finished rows dropped from the cache.
-    Returns each row's answer token ids (from the answer's start, ending with EOS)."""
+def _to_score(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns,
+              last_pos):
+    """(3) The chosen label's remaining tokens and the fixed run after them (``\nscore : ``) fed in one
+    cached call per step, up to the answer's next branching node (where its score starts) or EOS. Rows
+    that end there are dropped from the cache. Returns each row's node (answer token ids from the answer's
+    start), the logits at the branching node of each row that has one, and the cache with its mask,
+    positions and rows (in cache order: the rows at a branch, and finished ones where the cache cannot
+    drop rows)."""
     import torch
 
     device = next(model.parameters()).device
@@ -255,57 +271,117 @@ def _decode_rest(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, sl
                 keep[row, col - base_len] = 1
     mask = torch.cat([attention, keep], dim=1)
     positions = last_pos + torch.tensor(fed)  # of each row's last token in the cache
-    done = [False] * n
-    logits, alive = None, list(range(n))  # the batch rows in the cache, in cache order
-    while True:  # each call feeds every row's decided tokens up to its next real choice
-        chunks: list[list[int]] = []
-        at = {row: k for k, row in enumerate(alive)}
+    state = ["feed"] * n  # feed -> branch (logits taken) or done (EOS reached)
+    at_branch: dict[int, object] = {}
+    alive = list(range(n))  # the batch rows in the cache, in cache order
+    while True:
+        chunks: list[list[int]] = [[] for _ in range(n)]
         for row in range(n):
-            if not done[row] and not queue[row]:  # choose the next token from the last call's logits
-                allowed = trie.allowed(node[row])
-                tok = allowed[int(torch.argmax(logits[at[row], allowed]))] if len(allowed) > 1 else allowed[0]
-                queue[row].append(tok)
-            if not done[row]:
-                node[row] = node[row] + tuple(queue[row])
-                rest = trie.forced(node[row])
-                if rest is not None or node[row][-1] == trie.eos:  # nothing left to choose
-                    node[row] = node[row] + (rest or ())
-                    done[row] = True
-                    queue[row] = []
-                else:  # feed through any single-child run (e.g. "\nscore : "), in the same call
-                    while len(nxt := trie.allowed(node[row])) == 1:
-                        node[row] = node[row] + (nxt[0],)
-                        queue[row].append(nxt[0])
-            chunks.append(queue[row])
-            queue[row] = []
-        live = [row for row in range(n) if chunks[row]]  # finished rows have nothing left to feed
-        if not live:
-            return node
-        if len(live) < len(alive) and hasattr(cache, "batch_select_indices"):
-            # drop finished rows from the cache: later calls cost only what is left
-            rows = torch.tensor([at[row] for row in live])
-            cache.batch_select_indices(rows.to(device))
-            mask, positions, alive = mask[rows], positions[rows], live
+            if state[row] != "feed":
+                continue
+            node[row] = node[row] + tuple(queue[row])
+            chunks[row], queue[row] = queue[row], []
+            while len(nxt := trie.allowed(node[row])) == 1 and nxt[0] != trie.eos:  # a fixed run: same call
+                node[row] = node[row] + (nxt[0],)
+                chunks[row].append(nxt[0])
+            if trie.allowed(node[row]) == [trie.eos]:
+                node[row] = node[row] + (trie.eos,)
+                state[row] = "done"  # no score: the answer ends here
+            else:
+                state[row] = "waiting"  # at a branch once this call has fed its tokens
+        keep_rows = [row for row in range(n) if state[row] != "done"]
+        if not keep_rows:
+            return node, at_branch, cache, mask, positions, []  # no row has a score
+        if len(keep_rows) < len(alive) and hasattr(cache, "batch_select_indices"):
+            at = {row: k for k, row in enumerate(alive)}
+            select = torch.tensor([at[row] for row in keep_rows], dtype=torch.long)
+            cache.batch_select_indices(select.to(device))
+            mask, positions, alive = mask[select], positions[select], keep_rows
+        if not any(chunks[row] for row in alive):
+            return node, at_branch, cache, mask, positions, alive
         logits, cache, mask, positions = _multi_step(model, pad, [chunks[row] for row in alive], mask, positions, cache)
+        for k, row in enumerate(alive):
+            if state[row] == "waiting":
+                at_branch[row], state[row] = logits[k], "branch"
+
+
+def _score_tree(trie: AnswerTrie, root: tuple) -> tuple[list[tuple], list[tuple[tuple, int]]]:
+    """Below the branching node `root` of a scored answer: (the prefixes to feed, shorter first: every node
+    where the answer still branches and their ancestors; the leaves: (path to EOS, score))."""
+    leaves = [(ids[len(root):], score) for ids, (_, score) in trie.answers.items() if ids[: len(root)] == root]
+    branching = {path[:k] for path, _ in leaves for k in range(1, len(path)) if len(trie.allowed(root + path[:k])) > 1}
+    feed = {b[:k] for b in branching for k in range(1, len(b) + 1)}
+    return sorted(feed, key=lambda p: (len(p), p)), leaves
+
+
+def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch: dict, cache, mask, positions,
+                 alive: list[int]) -> dict[int, tuple[dict[int, float], int]]:
+    """(4) The exact distribution of each branching row's score under the answer trie: every node of the
+    score tree where the answer branches gets its logits (one cached step per node, visible only to its
+    descendants: none for Llama 3, which writes every score 0..100 as one token; ten for one-digit-per-token
+    tokenizers), and p(score) is the product of the renormalised probabilities along its path. Also the
+    greedy score (the most probable token at each node, as generation would write it).
+    Returns row -> ({score: probability}, greedy score)."""
+    import torch
+
+    rows = [row for row in alive if row in at_branch]
+    if not rows:
+        return {}
+    trees = {node[row]: _score_tree(trie, node[row]) for row in rows}
+    feed = sorted({p for prefixes, _ in trees.values() for p in prefixes}, key=lambda p: (len(p), p))
+    logits_at, *_ = _tree_steps(model, pad, feed, mask, positions, cache) if feed else ({},)
+    out = {}
+    for row in rows:
+        k = alive.index(row)  # the row's place in the cache
+        root = node[row]
+        _, leaves = trees[root]
+
+        def logp(prefix: tuple) -> torch.Tensor:  # log p over the allowed tokens at root + prefix
+            logits = at_branch[row] if not prefix else logits_at[prefix][k]
+            return torch.log_softmax(logits[trie.allowed(root + prefix)].double(), dim=-1)
+
+        cached: dict[tuple, torch.Tensor] = {}
+        scores = {}
+        for path, score in leaves:
+            total = 0.0
+            for j in range(len(path)):
+                allowed = trie.allowed(root + path[:j])
+                if len(allowed) > 1:
+                    lp = cached.setdefault(path[:j], logp(path[:j]))
+                    total += float(lp[allowed.index(path[j])])
+            scores[score] = math.exp(total)
+        greedy: tuple = ()
+        while not greedy or greedy[-1] != trie.eos:  # the most probable token at every branch, to EOS
+            allowed = trie.allowed(root + greedy)
+            best = int(torch.argmax(cached.setdefault(greedy, logp(greedy)))) if len(allowed) > 1 else 0
+            greedy += (allowed[best],)
+        out[row] = (scores, dict(leaves)[greedy])
+    return out
 
 
 def score_decode(
-    model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16
-) -> tuple[list[dict[str, float]], list[tuple]]:
+    model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16,
+    temperature: float = 1.0, label_bias: dict[str, float] | None = None,
+) -> tuple[list[dict[str, float]], list[tuple], list[tuple[dict[int, float], int] | None]]:
     """score mode with one prefill per batch and the prompt's KV cache reused for everything after.
 
     Per batch: (1) one forward over prompt + the answer's fixed start, keeping the cache (_prefill);
     (2) one cached step per internal node of the label trie (usually none or one), each visible only to
     its descendants through the attention mask, giving every label's probability (_label_nodes,
-    _label_probs); (3) for the chosen label, its remaining tokens and then the score, greedy within the
-    trie (_decode_rest). Returns label distributions and the chosen answers' token ids (after `shared`),
-    in input order.
+    _label_probs); (3) the most probable label's remaining tokens up to where its score starts
+    (_to_score); (4) the exact distribution over that label's scores (_score_dists). Returns, in input
+    order: label distributions, the greedy answers' token ids (after `shared`), and each row's
+    ({score: probability}, greedy score), None for a label without a score. The label chosen is the
+    most probable after `temperature` and the per-label biases (labeltune.calibrate; none: argmax).
     """
     import torch
 
     pad = tokenizer.pad_token_id
-    dists: list[dict | None] = [None] * len(prompt_ids)
-    answers: list[tuple | None] = [None] * len(prompt_ids)
+    n = len(prompt_ids)
+    dists: list = [None] * n
+    answers: list = [None] * n
+    scores: list = [None] * n
+    by_pair = {pair: ids for ids, pair in trie.answers.items()}
     with torch.inference_mode():
         shared_len, shared_cache = shared_prefix(model, prompt_ids, next(model.parameters()).device)
         for index in length_batches(prompt_ids, batch_size):
@@ -313,11 +389,37 @@ def score_decode(
             logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad)
             logits_at, cache, slots, columns = _label_nodes(model, pad, trie, logits, cache, attention, last_pos)
             batch_dists = _label_probs(trie, logits_at)
-            chosen = [max(d, key=d.get) for d in batch_dists]
-            nodes = _decode_rest(model, pad, trie, chosen, cache, slots, attention, columns, last_pos)
-            for i, dist, node in zip(index, batch_dists, nodes):
-                dists[i], answers[i] = dist, node[len(trie.shared) :]
-    return dists, answers  # type: ignore[return-value]
+            chosen = [argmax_label(apply_temperature(d, temperature), label_bias) for d in batch_dists]
+            nodes, at_branch, cache, mask, positions, alive = _to_score(
+                model, pad, trie, chosen, cache, slots, attention, columns, last_pos)
+            score_of = _score_dists(model, pad, trie, nodes, at_branch, cache, mask, positions, alive)
+            for row, (i, dist, node) in enumerate(zip(index, batch_dists, nodes)):
+                dists[i] = dist
+                if row in score_of:
+                    scores[i] = score_of[row]
+                    node = by_pair[(chosen[row], score_of[row][1])]
+                answers[i] = node[len(trie.shared) :]
+    return dists, answers, scores
+
+
+def estimate_score(probs: dict[int, float], greedy: int, how: str) -> int:
+    """One score from a score distribution: the allowed score nearest the expected value (the default:
+    a graded quantity is not collapsed onto its mode), the median, or the greedy one (what generation
+    writes: the most probable token at each step)."""
+    if how == "greedy":
+        return greedy
+    allowed = sorted(probs)
+    if how == "median":
+        total, acc = sum(probs.values()), 0.0
+        for score in allowed:
+            acc += probs[score]
+            if acc >= total / 2:
+                return score
+        return allowed[-1]
+    if how != "expected":
+        raise ValueError(f"unknown score estimate {how!r}; available: {', '.join(SCORE_ESTIMATES)}")
+    mean = sum(s * p for s, p in probs.items()) / sum(probs.values())
+    return min(allowed, key=lambda s: (abs(s - mean), s))
 
 
 @dataclass(frozen=True)
@@ -329,6 +431,7 @@ class Prediction:
     raw: str  # the generated (or, in score mode, the spec-written) answer
     truncated: bool  # the text was cut to fit the model's length budget
     probs: dict | None = None  # label -> probability (constrained and score modes)
+    score_greedy: int | None = None  # score mode: the greedy score, beside the chosen estimate in `score`
 
     @property
     def confidence(self) -> float | None:
@@ -368,10 +471,14 @@ def tune_cpu_allocator() -> bool:
 
 def predict(
     model, prompter, texts: list, max_new_tokens: int | None = None, batch_size: int = 16,
-    mode: str = "generate", temperature: float = 1.0,
+    mode: str = "generate", temperature: float = 1.0, score_estimate: str = "expected",
+    label_bias: dict[str, float] | None = None,
 ) -> list[Prediction]:
     """Label texts: render, decode in `mode`, parse. Empty texts get ok=False without decoding.
-    `temperature` rescales label probabilities (see labeltune.calibrate); labels are unaffected."""
+    `temperature` rescales label probabilities (see labeltune.calibrate); labels are unaffected.
+    score mode: `score_estimate` picks the score from its distribution (estimate_score), the greedy one
+    is kept in Prediction.score_greedy; `label_bias` (fitted on dev by labeltune.calibrate) shifts the
+    label decision and the probabilities reported."""
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
@@ -382,11 +489,12 @@ def predict(
     out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
     if mode == "score":
         trie = prompter.answer_trie
-        raw_dists, paths = score_decode(model, tokenizer, prompts, trie, batch_size)
-        for i, (_, truncated), dist, path in zip(todo, encoded, raw_dists, paths):
-            label, score = trie.answers[trie.shared + path]  # the chosen path is one of the task's answers
-            answer = task.render_answer(label, score)
-            out[i] = Prediction(label, score, True, "", answer, truncated, apply_temperature(dist, temperature))
+        raw_dists, paths, score_dists = score_decode(model, tokenizer, prompts, trie, batch_size, temperature, label_bias)
+        for i, (_, truncated), dist, path, scored in zip(todo, encoded, raw_dists, paths, score_dists):
+            label, greedy = trie.answers[trie.shared + path]  # the greedy path is one of the task's answers
+            score = estimate_score(scored[0], greedy, score_estimate) if scored else greedy  # fixed (or no) score
+            answer = task.render_answer(label, score)  # an allowed score: well-formed by construction
+            out[i] = Prediction(label, score, True, "", answer, truncated, adjust(dist, temperature, label_bias), greedy)
         return out
     trie = prompter.answer_trie if mode == "constrained" else None
     max_new_tokens = max_new_tokens or prompter.answer_budget + 8

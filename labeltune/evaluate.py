@@ -17,10 +17,10 @@ from pathlib import Path
 
 from labeltune.data import ReadReport, dropped_summary, iter_rows, load_examples
 from labeltune.decode import predict
-from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
+from labeltune.metrics import argmax_label, calibration_metrics, classification_metrics, majority_baseline, system_metrics
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
-from labeltune.run import load_temperature, open_run, read_training
+from labeltune.run import load_calibration, open_run, read_training
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
@@ -43,7 +43,7 @@ def main(cfg) -> dict:
         load_general_texts(cfg.forgetting, cfg.forgetting_limit) if cfg.forgetting else ([], "")
     )
 
-    temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
+    temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
     model, prompter = run.load()
     tokenizer = prompter.tokenizer
     texts = [ex.text for ex in examples]
@@ -51,6 +51,8 @@ def main(cfg) -> dict:
     train_labels = [row["label"] for row in iter_rows(run.split("train"))]
 
     metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode, "dropped_rows": len(dropped)}
+    if cfg.mode == "score":
+        metrics["score_estimate"] = cfg.score_estimate
     metrics["preset"] = run.info.get("preset")
     metrics["label_names"] = {lab.value: lab.name for lab in task.labels}
     if task.score:
@@ -61,12 +63,21 @@ def main(cfg) -> dict:
         warnings.append("a merged export has no adapter to switch off: only the tuned model is evaluated")
     elif cfg.base:
         with model.disable_adapter():
-            systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode)
-    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
+            systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode,
+                                      score_estimate=cfg.score_estimate)
+    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
+                                   cfg.score_estimate, biases)
     for key, predictions in systems.items():
-        metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values)
+        metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends, task.scored_labels)
         metrics[key].update(calibration_metrics(predictions, gold, temperature if key == "finetuned" else 1.0))
         write_predictions(run_dir / f"predictions_{key}.csv", examples, predictions)
+    if biases and cfg.mode == "score":  # the same decode without the biases: argmax of log p + b - b
+        unbiased = [argmax_label(p.probs, {k: -v for k, v in biases.items()}) if p.probs else None for p in systems["finetuned"]]
+        plain = classification_metrics(gold, unbiased, task.label_values)
+        metrics["finetuned"]["biases"] = biases
+        metrics["finetuned"]["without_biases"] = {
+            "macro_f1": plain["macro_f1"], "accuracy": plain["accuracy"],
+            "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()}}
     if general_texts and hasattr(model, "disable_adapter"):
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}

@@ -3,9 +3,10 @@
     labeltune label --run runs/demo --input posts.csv --output labelled.csv [--text-column text]
 
 Every input row yields exactly one output row, in input order, with all original columns kept and
-``label, score, ok, reason, truncated, raw, confidence`` and one ``p_<label name>`` probability
-column per label added (prefixed ``pred_`` if the input already has one of those names; confidence
-and probabilities are empty in ``generate`` mode, which has none). Output is UTF-8 (BOM with ``--bom``) whatever the input encoding.
+``label, score, score_greedy, ok, reason, truncated, raw, confidence`` and one ``p_<label name>``
+probability column per label added (prefixed ``pred_`` if the input already has one of those names;
+score_greedy, confidence and probabilities are empty in ``generate`` mode, which has none; in
+``score`` mode ``score`` is the --score-estimate, expected by default). Output is UTF-8 (BOM with ``--bom``) whatever the input encoding.
 
 The output is written to ``<output>.partial`` and moved into place only when every row is in it, so
 an existing file at ``--output`` (replaced only with ``--overwrite``) stays intact until then. Rows
@@ -36,9 +37,9 @@ from pathlib import Path
 from labeltune.config import LabelConfig
 from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns
 from labeltune.decode import predict
-from labeltune.run import CALIBRATION, file_sha256, load_temperature, open_run, weights_sha256
+from labeltune.run import CALIBRATION, file_sha256, load_calibration, open_run, weights_sha256
 
-PREDICTION_COLUMNS = ("label", "score", "ok", "reason", "truncated", "raw", "confidence")
+PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
 
 
 def output_columns(input_columns: list[str], label_names: list[str]) -> list[str]:
@@ -148,7 +149,8 @@ def main(cfg: LabelConfig) -> Path:
     identity = {
         "input_sha256": file_sha256(source),
         "weights_sha256": weights_sha256(run_dir),
-        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode", "calibrated")},
+        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode",
+                                                  "score_estimate", "calibrated")},
         "calibration": (run_dir / CALIBRATION).read_text(encoding="utf-8") if (run_dir / CALIBRATION).is_file() else None,
     }
     state_path = output.with_name(output.name + ".labeltune.json")
@@ -170,7 +172,7 @@ def main(cfg: LabelConfig) -> Path:
             state["bytes"] = f.tell()
         _write_state(state_path, state)
 
-    temperature = load_temperature(run_dir) if cfg.calibrated else 1.0
+    temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
     model, prompter = run.load(merge=True)  # LoRA folded in: no adapter overhead per call
 
     rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
@@ -191,7 +193,8 @@ def main(cfg: LabelConfig) -> Path:
             f.truncate()
             while chunk := list(islice(rows, cfg.chunk_size)):
                 texts = [row.get(cfg.text_column) for row in chunk]
-                predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature)
+                predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
+                                      cfg.score_estimate, biases)
                 lines = []
                 for row, p in zip(chunk, predictions):
                     counts["ok" if p.ok else "failed"] += 1
@@ -199,7 +202,8 @@ def main(cfg: LabelConfig) -> Path:
                     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
                     lines.append(
                         [cell(row.get(c)) for c in columns]
-                        + [_cell(p.label), _cell(p.score), p.ok, p.reason, p.truncated, cell(p.raw), _prob(p.confidence), *probs]
+                        + [_cell(p.label), _cell(p.score), _cell(p.score_greedy), p.ok, p.reason, p.truncated, cell(p.raw),
+                           _prob(p.confidence), *probs]
                     )
                 f.write(_csv_bytes(lines))
                 f.flush()

@@ -78,22 +78,37 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / (vx * vy) ** 0.5 if vx and vy else None
 
 
-def score_metrics(gold: list[int | None], pred: list[int | None]) -> dict:
+def score_metrics(gold: list[int | None], pred: list[int | None], ends: tuple[int, int] = (0, 100)) -> dict:
+    """MAE and Spearman on the rows where gold and prediction both carry a score (their count: score_n),
+    and the share of those predictions at either end of the range (`ends`: a collapse onto 0 or 100)."""
     pairs = [(g, p) for g, p in zip(gold, pred) if g is not None and p is not None]
     if not pairs:
-        return {"score_n": 0, "score_mae": None, "score_spearman": None}
+        return {"score_n": 0, "score_mae": None, "score_spearman": None, "score_at_ends": None}
     return {
         "score_n": len(pairs),
         "score_mae": sum(abs(g - p) for g, p in pairs) / len(pairs),
         "score_spearman": spearman([g for g, _ in pairs], [p for _, p in pairs]),
+        "score_at_ends": sum(p in ends for _, p in pairs) / len(pairs),
     }
 
 
-def system_metrics(gold_labels, gold_scores, predictions, labels: list[str]) -> dict:
-    """All metrics of one system's predictions (decode.Prediction) against gold."""
+def system_metrics(gold_labels, gold_scores, predictions, labels: list[str], ends: tuple[int, int] = (0, 100),
+                   scored: tuple[str, ...] | None = None) -> dict:
+    """All metrics of one system's predictions (decode.Prediction) against gold; in score mode also the
+    greedy score's (greedy_score_mae, ...), beside the estimate's. Score metrics compare the rows where
+    gold and prediction both carry a score: both labels in `scored` (the task's labels with a real score,
+    TaskSpec.scored_labels; None: every label), both scores present."""
+
+    def kept(label, score):
+        return score if scored is None or label in scored else None
+
+    gold = [kept(lab, s) for lab, s in zip(gold_labels, gold_scores)]
     out = classification_metrics(gold_labels, [p.label for p in predictions], labels)
     out["malformed_reasons"] = dict(Counter(p.reason for p in predictions if not p.ok))
-    out.update(score_metrics(gold_scores, [p.score for p in predictions]))
+    out.update(score_metrics(gold, [kept(p.label, p.score) for p in predictions], ends))
+    if any(getattr(p, "score_greedy", None) is not None for p in predictions):
+        greedy = score_metrics(gold, [kept(p.label, getattr(p, "score_greedy", None)) for p in predictions], ends)
+        out.update({f"greedy_{k}": v for k, v in greedy.items()})
     return out
 
 
@@ -126,6 +141,48 @@ def apply_temperature(probs: dict[str, float], temperature: float) -> dict[str, 
     exps = {k: math.exp(v - top) for k, v in logs.items()}
     total = sum(exps.values())
     return {k: v / total for k, v in exps.items()}
+
+
+def adjust(probs: dict[str, float], temperature: float = 1.0, biases: dict[str, float] | None = None) -> dict[str, float]:
+    """softmax(log p / T + b) over the labels: the temperature, then the per-label biases (a prior
+    correction fitted on dev). Equal biases change nothing."""
+    logs = {k: math.log(max(v, 1e-300)) / temperature + (biases or {}).get(k, 0.0) for k, v in probs.items()}
+    top = max(logs.values())
+    exps = {k: math.exp(v - top) for k, v in logs.items()}
+    total = sum(exps.values())
+    return {k: v / total for k, v in exps.items()}
+
+
+def argmax_label(probs: dict[str, float], biases: dict[str, float] | None = None) -> str:
+    """The label with the highest log p + b (ties: the first in the dict's order)."""
+    return max(probs, key=lambda k: math.log(max(probs[k], 1e-300)) + (biases or {}).get(k, 0.0))
+
+
+BIAS_GRID = [round(0.1 * i, 1) for i in range(-30, 31)]  # log-odds shifts tried for each label
+
+
+def fit_label_biases(probs: list[dict[str, float]], gold: list[str], labels: list[str], rounds: int = 3) -> dict[str, float]:
+    """Per-label biases added to the (temperature-scaled) log-probabilities that maximise macro-F1 on
+    `gold`: coordinate search over BIAS_GRID, the first label fixed at 0, a few rounds; among equally good
+    values the one nearest 0 (the smallest correction). A prior correction for a model that under-predicts
+    a class (typically neutral)."""
+    biases = {lab: 0.0 for lab in labels}
+
+    def score(b: dict[str, float]) -> float:
+        return classification_metrics(gold, [argmax_label(p, b) for p in probs], labels)["macro_f1"]
+
+    best = score(biases)
+    for _ in range(rounds):
+        changed = False
+        for lab in labels[1:]:
+            for value in sorted(BIAS_GRID, key=abs):
+                trial = {**biases, lab: value}
+                f1 = score(trial)
+                if f1 > best + 1e-12:
+                    best, biases, changed = f1, trial, True
+        if not changed:
+            break
+    return biases
 
 
 def nll(probs: list[dict[str, float]], gold: list[str], temperature: float = 1.0) -> float:

@@ -216,6 +216,10 @@ def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[s
         "errors": error_sample(examples, systems["finetuned"]) if "finetuned" in systems else [],
         "forgetting": None,
         "training": None,
+        "estimate_header": ESTIMATE_HEADER,
+        "estimates": estimate_rows(metrics),
+        "bias_header": BIAS_HEADER,
+        "biases": bias_rows(metrics),
     }
     if training and training["log"]:
         text = plot_training(training["log"], training["best"], run_dir / "training_curves.png")
@@ -247,6 +251,14 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_markdown(context: dict) -> str:
     lines = [f"# {context['title']}", "", *md_table(context["summary_header"], context["summary"]), ""]
+    if context["estimates"]:
+        lines += ["## Score estimates", "", "The score written (from the model's distribution over every allowed score) "
+                  "beside the greedy score, on the rows where gold and prediction both carry a score.", "",
+                  *md_table(context["estimate_header"], context["estimates"]), ""]
+    if context["biases"]:
+        lines += ["## Label biases fitted on dev", "", "The same decode with and without the per-label biases "
+                  "`labeltune calibrate` fitted on the dev split (never on this one).", "",
+                  *md_table(context["bias_header"], context["biases"]), ""]
     if context["training"]:
         lines += ["## Training", "", context["training"]["text"], "", f"![training curves]({context['training']['png']})", ""]
     if context["forgetting"]:
@@ -404,10 +416,52 @@ def summary_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
+ESTIMATE_HEADER = ["fine-tuned score", "n (gold and predicted score)", "score MAE", "score Spearman", "at 0 or 100"]
+
+
+def estimate_rows(metrics: dict) -> list[list[str]]:
+    """Score mode: the written estimate beside the greedy score of the fine-tuned model (empty otherwise)."""
+    m = metrics.get("finetuned", {})
+    if "greedy_score_n" not in m:
+        return []
+
+    def row(name: str, prefix: str) -> list[str]:
+        mae, rho, ends = m.get(prefix + "score_mae"), m.get(prefix + "score_spearman"), m.get(prefix + "score_at_ends")
+        return [name, str(m[prefix + "score_n"]), "-" if mae is None else f"{mae:.1f}",
+                "-" if rho is None else f"{rho:.3f}", "-" if ends is None else f"{ends:.1%}"]
+
+    return [row(f"{metrics.get('score_estimate', 'expected')} (written)", ""), row("greedy", "greedy_")]
+
+
+BIAS_HEADER = ["fine-tuned", "macro-F1", "accuracy", "recall per class"]
+
+
+def bias_rows(metrics: dict) -> list[list[str]]:
+    """Score mode with dev-fitted label biases: the same decode with and without them (empty otherwise)."""
+    m = metrics.get("finetuned", {})
+    if "without_biases" not in m:
+        return []
+    names = metrics.get("label_names", {})
+    plain = m["without_biases"]
+
+    def recall(values: dict) -> str:
+        return ", ".join(f"{names.get(lab, lab)} {r:.2f}" for lab, r in values.items())
+
+    shifts = ", ".join(f"{names.get(k, k)} {v:+.1f}" for k, v in m["biases"].items())
+    return [["without biases", f"{plain['macro_f1']:.3f}", f"{plain['accuracy']:.3f}", recall(plain["recall"])],
+            [f"with biases ({shifts})", f"{m['macro_f1']:.3f}", f"{m['accuracy']:.3f}",
+             recall({lab: c["recall"] for lab, c in m["per_class"].items()})]]
+
+
 def format_table(metrics: dict) -> str:
-    """Markdown before/after table."""
+    """Markdown before/after table (and, in score mode, the score estimates side by side)."""
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in summary_rows(metrics)])
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(metrics)]
+    for header, rows in ((ESTIMATE_HEADER, estimate_rows(metrics)), (BIAS_HEADER, bias_rows(metrics))):
+        if rows:
+            lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def write_predictions(path: Path, examples, predictions) -> None:

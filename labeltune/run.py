@@ -8,6 +8,7 @@
       model/           a merged16 export's merged model, instead of adapter/ (MERGED)
       data/            train/dev/test.jsonl + summary.json (DATA)
       calibration.json the fitted temperature (CALIBRATION)
+      checkpoints/     training checkpoints (CHECKPOINTS; labeltune.checkpoints): resume, best epoch
       train_log.jsonl, versions.json, metrics.json, report.*, predictions_*.csv
 
 Trained runs and exports (adapter, merged16) are all runs. ``open_run`` reads what is cheap (config,
@@ -30,6 +31,7 @@ from labeltune.task import TaskSpec, load_task
 
 CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapter", "base", "model", "data"
 CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
+CHECKPOINTS = "checkpoints"
 
 
 class RunError(ValueError):
@@ -76,8 +78,17 @@ def read_training(run_dir: str | Path) -> dict | None:
 
 def load_temperature(run_dir: str | Path) -> float:
     """The run's fitted label temperature (labeltune calibrate), 1.0 when it has none."""
+    return load_calibration(run_dir)[0]
+
+
+def load_calibration(run_dir: str | Path) -> tuple[float, dict[str, float] | None]:
+    """(temperature, per-label biases) fitted by labeltune calibrate; (1.0, None) when it has none (a
+    calibration.json from before biases has a temperature only)."""
     path = Path(run_dir) / CALIBRATION
-    return json.loads(path.read_text(encoding="utf-8"))["temperature"] if path.is_file() else 1.0
+    if not path.is_file():
+        return 1.0, None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data["temperature"], data.get("biases")
 
 
 def save_temperature(run_dir: str | Path, result: dict) -> None:

@@ -84,7 +84,8 @@ def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
         raise ValueError(f"{run_dir}: the dev split is empty; a sweep selects on dev (use a larger split ratio)")
     model, prompter = run.load()
     predictions = predict(model, prompter, [ex.text for ex in examples], None, batch_size, mode)
-    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, run.task.label_values)
+    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, run.task.label_values,
+                             run.task.score_ends, run.task.scored_labels)
     metrics["train_seconds"] = run.info.get("train_seconds")
     return metrics
 

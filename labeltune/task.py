@@ -54,6 +54,15 @@ class TaskSpec:
     def label_name(self, value: str) -> str:
         return next(lab.name for lab in self.labels if lab.value == value)
 
+    @property
+    def scored_labels(self) -> tuple[str, ...]:
+        """The labels that carry a real score (the rest answer a fixed 0): what score metrics compare."""
+        return tuple(v for v in self.label_values if self.score_allowed(v))
+
+    @property
+    def score_ends(self) -> tuple[int, int]:
+        return (self.score.min, self.score.max) if self.score else (0, 100)
+
     def score_allowed(self, label: str) -> bool:
         """Whether `label` may carry a non-zero score."""
         return self.score is not None and (not self.score.only_for or label in self.score.only_for)

@@ -153,7 +153,7 @@ def sft_config(cfg: TrainConfig, preset: Preset, backend: str, precision: str, t
     from trl import SFTConfig
 
     return SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(run_dir / run_files.CHECKPOINTS),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.lr,
@@ -208,7 +208,7 @@ def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     would make the run look finished."""
     tmp = run_dir / (run_files.ADAPTER + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    source = run_dir / CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}" if best and not best["is_last_step"] else None
+    source = run_dir / run_files.CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}" if best and not best["is_last_step"] else None
     if source is not None and (source / "adapter_model.safetensors").is_file():
         tmp.mkdir(parents=True)
         for name in ("adapter_model.safetensors", "adapter_config.json"):
@@ -232,7 +232,7 @@ def save_run(trainer, model, tokenizer, info: dict, run_dir: Path, metric: str, 
                 best=best, early_stopped=stopped)
     run_files.write_info(run_dir, info)
     save_adapter(model, tokenizer, run_dir, best)  # last: adapter/ is what makes the run finished
-    checkpoints.finish(run_dir / CHECKPOINTS)
+    checkpoints.finish(run_dir / run_files.CHECKPOINTS)
     print(f"trained {state.global_step} steps in {seconds:.0f}s on {info['backend']}/{info['precision']} -> {run_dir}")
     if best:
         print(f"kept epoch {best['epoch']:g}: {best['why']}" + ("; stopped early" if stopped else ""))
@@ -258,9 +258,6 @@ def check_resume(cfg: TrainConfig, run_dir: Path, splits: dict) -> None:
     if summary.get("fingerprint") != data_mod.fingerprint(splits):
         raise ValueError(f"{run_dir} is an unfinished run whose data has changed since it started ({cfg.data} no "
                          "longer gives the same train/dev/test rows); restore the data, or choose another --output")
-
-
-CHECKPOINTS = "checkpoints"
 
 
 def say(line: str) -> None:
@@ -330,7 +327,7 @@ def main(cfg: TrainConfig) -> Path:
         print(f"labeltune: note: the unsloth backend keeps the epoch with the best dev loss (--best-metric {cfg.best_metric} "
               "decodes the dev split, which is verified on the hf backend only)", file=sys.stderr)
     progress = Progress(say, cfg.logging_steps)
-    extra = [Checkpoints(run_dir / CHECKPOINTS, cfg.keep_checkpoints, metric), progress]
+    extra = [Checkpoints(run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints, metric), progress]
     if dev_ds is not None and metric != "loss":
         extra.insert(0, DevScore(prompter, splits["dev"], cfg.batch_size, metric, cfg.early_stopping_patience, progress.write))
     elif dev_ds is not None and cfg.early_stopping_patience:
@@ -345,9 +342,9 @@ def main(cfg: TrainConfig) -> Path:
         callbacks=extra + ([tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else []),
     )
     trainer.remove_callback(PrinterCallback)  # raw dicts; Progress says it in words
-    resume_from = checkpoints.latest_complete(run_dir / CHECKPOINTS) if resuming else None
+    resume_from = checkpoints.latest_complete(run_dir / run_files.CHECKPOINTS) if resuming else None
     if resuming and state.is_main_process:
-        checkpoints.remove_incomplete(run_dir / CHECKPOINTS)
+        checkpoints.remove_incomplete(run_dir / run_files.CHECKPOINTS)
         print(f"resuming {run_dir} from {resume_from.name}" if resume_from else
               f"resuming {run_dir}: no complete checkpoint yet, training from the start")
     started = time.time()

@@ -25,4 +25,4 @@ def test_demo_gates(tmp_path):
     out = tmp_path / "labelled.csv"
     label.main(resolve(LabelConfig, None, {"run": str(run), "input": str(ROOT / "data" / "new_posts.csv"), "output": str(out)}))
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert lines[0].startswith("id,posted_at,text,label,score,ok,reason")
+    assert lines[0].startswith("id,posted_at,text,label,score,score_greedy,ok,reason")

@@ -120,13 +120,15 @@ def test_spearman_undefined():
 def test_score_metrics_ignores_pairs_with_none():
     # kept pairs: (10, 20) (0, 0) (80, 60) -> MAE (10 + 0 + 20) / 3 = 10 ; same order -> rho 1
     m = score_metrics([10, None, 50, 0, 80], [20, 30, None, 0, 60])
-    assert m == {"score_n": 3, "score_mae": pytest.approx(10.0), "score_spearman": pytest.approx(1.0)}
+    assert m == {"score_n": 3, "score_mae": pytest.approx(10.0), "score_spearman": pytest.approx(1.0),
+                 "score_at_ends": pytest.approx(1 / 3)}  # the prediction 0
 
 
 def test_score_metrics_no_pairs_and_one_pair():
-    assert score_metrics([None, 5], [5, None]) == {"score_n": 0, "score_mae": None, "score_spearman": None}
-    assert score_metrics([], []) == {"score_n": 0, "score_mae": None, "score_spearman": None}
-    assert score_metrics([40, None], [70, 3]) == {"score_n": 1, "score_mae": 30.0, "score_spearman": None}
+    none = {"score_n": 0, "score_mae": None, "score_spearman": None, "score_at_ends": None}
+    assert score_metrics([None, 5], [5, None]) == none
+    assert score_metrics([], []) == none
+    assert score_metrics([40, None], [70, 3]) == {"score_n": 1, "score_mae": 30.0, "score_spearman": None, "score_at_ends": 0.0}
 
 
 # ---------------------------------------------------------------- majority baseline
@@ -179,3 +181,51 @@ def test_format_table_without_base():
     lines = format_table(metrics).split("\n")
     assert len(lines) == 4
     assert lines[-1] == "| fine-tuned | 2 | 1.000 | 1.000 | 0.0% | 0.0 | - | - |"
+
+
+def test_equal_biases_never_change_the_label():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from labeltune.metrics import adjust, argmax_label
+
+    probs = st.lists(st.floats(1e-6, 1.0), min_size=3, max_size=3).map(lambda v: dict(zip(["1", "0", "-1"], v)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(probs, st.floats(-5, 5), st.floats(0.2, 5))
+    def check(p, b, t):
+        same = {k: b for k in p}
+        assert argmax_label(p, same) == argmax_label(p)
+        assert adjust(p, t, same) == pytest.approx(adjust(p, t))
+
+    check()
+
+
+def test_fitted_biases_recover_an_underpredicted_class():
+    """A model whose neutral probability is always a bit too low: the fitted bias lifts neutral recall
+    and macro-F1 on the fitting split; a model that is already right gets no bias."""
+    from labeltune.metrics import argmax_label, classification_metrics, fit_label_biases
+
+    labels = ["1", "0", "-1"]
+    gold = ["1"] * 10 + ["0"] * 10 + ["-1"] * 10
+    probs = ([{"1": 0.6, "0": 0.3, "-1": 0.1}] * 10 + [{"1": 0.45, "0": 0.35, "-1": 0.2}] * 10
+             + [{"1": 0.1, "0": 0.3, "-1": 0.6}] * 10)
+    before = classification_metrics(gold, [argmax_label(p) for p in probs], labels)
+    biases = fit_label_biases(probs, gold, labels)
+    after = classification_metrics(gold, [argmax_label(p, biases) for p in probs], labels)
+    assert before["per_class"]["0"]["recall"] == 0 and after["per_class"]["0"]["recall"] == 1
+    assert after["macro_f1"] == 1.0 and biases["1"] == 0.0 and biases["0"] > 0
+    right = [{"1": 0.8, "0": 0.1, "-1": 0.1}] * 10 + [{"1": 0.1, "0": 0.8, "-1": 0.1}] * 10 + [{"1": 0.1, "0": 0.1, "-1": 0.8}] * 10
+    assert fit_label_biases(right, gold, labels) == {"1": 0.0, "0": 0.0, "-1": 0.0}
+
+
+def test_score_estimates():
+    from labeltune.decode import estimate_score
+
+    probs = {0: 0.5, 50: 0.1, 100: 0.4}
+    assert estimate_score(probs, 0, "greedy") == 0
+    assert estimate_score(probs, 0, "expected") == 50  # 45 is nearest the allowed 50
+    assert estimate_score(probs, 0, "median") == 0
+    assert estimate_score({s: 1 / 101 for s in range(101)}, 7, "expected") == 50
+    with pytest.raises(ValueError, match="unknown score estimate"):
+        estimate_score(probs, 0, "mode")

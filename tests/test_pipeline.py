@@ -92,7 +92,7 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path):
     rows = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
     assert [r["post_id"] for r in rows] == [p["post_id"] for p in posts]
     assert [r["body"] for r in rows] == [p["body"] for p in posts]
-    assert list(rows[0]) == ["post_id", "body", "note", "label", "score", "ok", "reason", "truncated", "raw",
+    assert list(rows[0]) == ["post_id", "body", "note", "label", "score", "score_greedy", "ok", "reason", "truncated", "raw",
                              "confidence", "p_positive", "p_neutral", "p_negative"]
     assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
     assert sum(r["ok"] == "True" for r in rows) >= 9
@@ -237,8 +237,10 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
 
 
 def test_calibrate_then_label_applies_the_temperature(run_dir, tmp_path):
+    """calibration.json's temperature and label biases are what label applies in score mode: the
+    probabilities are softmax(log p / T + b) of the uncalibrated ones, and the label their argmax."""
     from labeltune import calibrate
-    from labeltune.metrics import apply_temperature
+    from labeltune.metrics import adjust
     from labeltune.config import CalibrateConfig
 
     result = calibrate.main(resolve(CalibrateConfig, None, {"run": str(run_dir)}))
@@ -252,12 +254,13 @@ def test_calibrate_then_label_applies_the_temperature(run_dir, tmp_path):
                                                "mode": "score", "calibrated": calibrated, "progress": False}))
         rows[calibrated] = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
     names = {"p_positive": "1", "p_neutral": "0", "p_negative": "-1"}
+    assert set(result["biases"]) == set(names.values())
     for raw, cal in zip(rows[False], rows[True]):
-        assert raw["label"] == cal["label"]
         if raw["ok"] == "True":
-            expected = apply_temperature({v: float(raw[k]) for k, v in names.items()}, result["temperature"])
+            expected = adjust({v: float(raw[k]) for k, v in names.items()}, result["temperature"], result["biases"])
             assert [float(cal[k]) for k in names] == pytest.approx([expected[v] for v in names.values()], abs=1e-3)
             assert float(cal["confidence"]) == pytest.approx(max(float(cal[k]) for k in names), abs=1e-4)
+            assert cal["label"] == max(expected, key=expected.get)
     (run_dir / "calibration.json").unlink()  # leave the shared run as the other tests expect it
 
 

@@ -169,7 +169,7 @@ def test_score_decode_matches_brute_force(family, task_name):
     prompter = Prompter(tokenizer, load_template(task.default_template), task, max_length=512)
     texts = ["最高の一日だった", "電車が遅れて最悪", "明日は雨らしい", "あいつは本当に無能", "了解"]
     prompts = [prompter.prompt_ids(t)[0] for t in texts]
-    dists, answers = score_decode(model, tokenizer, prompts, trie, batch_size=3)
+    dists, answers, _ = score_decode(model, tokenizer, prompts, trie, batch_size=3)
     assert common_prefix_length(prompts) >= 30  # the shared instruction's cache was reused
 
     def last_logits(ids):
@@ -194,3 +194,62 @@ def test_score_decode_matches_brute_force(family, task_name):
             allowed = trie.allowed(node)
             node += (allowed[int(torch.argmax(last_logits(ids + list(node))[allowed]))],)
         assert trie.shared + answer == node
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
+def test_score_distribution_matches_brute_force(family, monkeypatch):
+    """The score distribution of score mode equals the brute-force one: p(score) for all 101 scores from
+    full forward passes over prompt + the answer's prefix at every node where the answer branches
+    (Llama 3.1: every score is one token after `score : `, one node; Gemma 2: a digit tree, eleven).
+    The label is fixed to -1 (the one that carries a score) so every row has a distribution."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from labeltune import decode
+    from labeltune.features import AnswerTrie
+
+    tokenizer = _tokenizer(family)
+    task = load_task("sentiment_toxicity")
+    trie = AnswerTrie(tokenizer, task)
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = (Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=4096)) if family == "gemma2"
+             else LlamaForCausalLM(LlamaConfig(**common))).eval()
+    with torch.no_grad():  # spread, but not flat: scores get visibly different probabilities
+        model.lm_head.weight.mul_(4)
+    monkeypatch.setattr(decode, "_label_probs", lambda trie, logits_at: [
+        {lab: float(lab == "-1") for lab in trie.label_path} for _ in next(iter(logits_at.values()))])
+    prompter = Prompter(tokenizer, load_template(task.default_template), task, max_length=512)
+    texts = ["電車が遅れて最悪", "あいつは本当に無能", "了解"]
+    prompts = [prompter.prompt_ids(t)[0] for t in texts]
+    _, answers, scored = decode.score_decode(model, tokenizer, prompts, trie, batch_size=2)
+
+    cache: dict = {}
+
+    def last_logits(ids):
+        if ids not in cache:
+            with torch.no_grad():
+                cache[ids] = model(input_ids=torch.tensor([list(ids)]), logits_to_keep=1).logits[0, -1].double()
+        return cache[ids]
+
+    answer_ids = {score: ids for ids, (label, score) in trie.answers.items() if label == "-1"}
+    assert sorted(answer_ids) == list(range(101))
+    branching = set()
+    for ids_prompt, (probs, greedy), answer in zip(prompts, scored, answers):
+        brute = {}
+        for score, ids in answer_ids.items():
+            p = 1.0
+            for k in range(len(trie.shared) + len(trie.label_path["-1"]), len(ids)):
+                allowed = trie.allowed(ids[:k])
+                if len(allowed) > 1:
+                    branching.add(ids[:k])
+                    p *= float(torch.softmax(last_logits(tuple(ids_prompt) + ids[:k])[allowed], -1)[allowed.index(ids[k])])
+            brute[score] = p
+        assert sum(brute.values()) == pytest.approx(1.0, abs=1e-9)
+        assert probs == pytest.approx(brute, abs=1e-5)
+        assert max(brute.values()) < 0.9  # a spread distribution, so the check means something
+        assert trie.answers[trie.shared + answer] == ("-1", greedy)
+        expected = sum(s * p for s, p in brute.items())
+        assert decode.estimate_score(probs, greedy, "expected") == round(expected)
+    assert len(branching) == (1 if family == "llama3.1" else 11)
