@@ -305,6 +305,32 @@ def _to_score(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots
                 at_branch[row], state[row] = logits[k], "branch"
 
 
+def _tree_levels(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache) -> dict:
+    """The logits after every prefix of a token tree (every prefix's ancestors among them), one cached
+    call per depth: each node of a depth gets its own copy of its parent's rows (the cache's rows
+    selected, with repeats), so siblings never see each other and all of them run in one call.
+    Returns prefix -> logits of the `n` rows. The cache is consumed."""
+    import torch
+
+    device = next(model.parameters()).device
+    n = base_mask.shape[0]
+    by_depth: dict[int, list[tuple]] = {}
+    for prefix in prefixes:
+        by_depth.setdefault(len(prefix), []).append(prefix)
+    rows_of = {(): list(range(n))}  # node -> its copy of the n rows in the current cache
+    mask, positions, logits_at = base_mask, base_pos, {}
+    for depth in sorted(by_depth):
+        nodes = by_depth[depth]
+        select = torch.tensor([rows_of[node[:-1]][r] for node in nodes for r in range(n)], dtype=torch.long)
+        cache.batch_select_indices(select.to(device))
+        mask, positions = mask[select], positions[select]
+        logits, cache, mask, positions = _multi_step(model, pad, [[node[-1]] for node in nodes for _ in range(n)],
+                                                     mask, positions, cache)
+        rows_of = {node: list(range(j * n, (j + 1) * n)) for j, node in enumerate(nodes)}
+        logits_at.update({node: logits[j * n:(j + 1) * n] for j, node in enumerate(nodes)})
+    return logits_at
+
+
 def _score_tree(trie: AnswerTrie, root: tuple) -> tuple[list[tuple], list[tuple[tuple, int]]]:
     """Below the branching node `root` of a scored answer: (the prefixes to feed, shorter first: every node
     where the answer still branches and their ancestors; the leaves: (path to EOS, score))."""
@@ -329,7 +355,10 @@ def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch
         return {}
     trees = {node[row]: _score_tree(trie, node[row]) for row in rows}
     feed = sorted({p for prefixes, _ in trees.values() for p in prefixes}, key=lambda p: (len(p), p))
-    logits_at, *_ = _tree_steps(model, pad, feed, mask, positions, cache) if feed else ({},)
+    if feed and hasattr(cache, "batch_select_indices"):  # one call per depth of the tree (two for digits)
+        logits_at = _tree_levels(model, pad, feed, mask, positions, cache)
+    else:  # one call per node
+        logits_at = _tree_steps(model, pad, feed, mask, positions, cache)[0] if feed else {}
     out = {}
     for row in rows:
         k = alive.index(row)  # the row's place in the cache
