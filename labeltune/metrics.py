@@ -136,11 +136,7 @@ def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str
 
 def apply_temperature(probs: dict[str, float], temperature: float) -> dict[str, float]:
     """softmax(log p / T) over the labels (T > 1 flattens, T < 1 sharpens)."""
-    logs = {k: math.log(max(v, 1e-300)) / temperature for k, v in probs.items()}
-    top = max(logs.values())
-    exps = {k: math.exp(v - top) for k, v in logs.items()}
-    total = sum(exps.values())
-    return {k: v / total for k, v in exps.items()}
+    return adjust(probs, temperature)
 
 
 def adjust(probs: dict[str, float], temperature: float = 1.0, biases: dict[str, float] | None = None) -> dict[str, float]:

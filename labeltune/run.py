@@ -76,11 +76,6 @@ def read_training(run_dir: str | Path) -> dict | None:
     return {"log": log, "best": info.get("best")}
 
 
-def load_temperature(run_dir: str | Path) -> float:
-    """The run's fitted label temperature (labeltune calibrate), 1.0 when it has none."""
-    return load_calibration(run_dir)[0]
-
-
 def load_calibration(run_dir: str | Path) -> tuple[float, dict[str, float] | None]:
     """(temperature, per-label biases) fitted by labeltune calibrate; (1.0, None) when it has none (a
     calibration.json from before biases has a temperature only)."""
