@@ -13,8 +13,8 @@
   the exact distribution over its scores comes from the same KV cache: Llama 3 writes every score
   0..100 as one token after ``score : ``, so it is one softmax over 101 token ids at one position (no
   extra step); a one-digit-per-token tokenizer (Gemma 2, the tiny one) needs the logits at the ten
-  nodes of the digit tree where a score can go on ("1".."9", "10"): ten single-token cached steps per
-  batch. The score written is the expected value by default (greedy decoding collapses a graded
+  nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call per depth
+  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected value by default (greedy decoding collapses a graded
   quantity onto its mode), the greedy one is kept beside it. The answer string is written by the task
   spec, so it is well-formed by construction.
 
@@ -343,10 +343,11 @@ def _score_tree(trie: AnswerTrie, root: tuple) -> tuple[list[tuple], list[tuple[
 def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch: dict, cache, mask, positions,
                  alive: list[int]) -> dict[int, tuple[dict[int, float], int]]:
     """(4) The exact distribution of each branching row's score under the answer trie: every node of the
-    score tree where the answer branches gets its logits (one cached step per node, visible only to its
-    descendants: none for Llama 3, which writes every score 0..100 as one token; ten for one-digit-per-token
-    tokenizers), and p(score) is the product of the renormalised probabilities along its path. Also the
-    greedy score (the most probable token at each node, as generation would write it).
+    score tree where the answer branches gets its logits (none for Llama 3, which writes every score
+    0..100 as one token; ten nodes for one-digit-per-token tokenizers, fed one call per depth), and
+    p(score) is the product of the renormalised probabilities along its path, computed for all rows at
+    the same node at once. Also the greedy score (the most probable token at each node, as generation
+    would write it).
     Returns row -> ({score: probability}, greedy score)."""
     import torch
 
@@ -360,37 +361,38 @@ def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch
     else:  # one call per node
         logits_at = _tree_steps(model, pad, feed, mask, positions, cache)[0] if feed else {}
     out = {}
-    for row in rows:
-        k = alive.index(row)  # the row's place in the cache
-        root = node[row]
+    groups: dict[tuple, list[int]] = {}
+    for row in rows:  # rows at the same node share one score tree: computed for all of them at once
+        groups.setdefault(node[row], []).append(row)
+    for root, members in groups.items():
         _, leaves = trees[root]
-
-        def logp(prefix: tuple) -> torch.Tensor:  # log p over the allowed tokens at root + prefix
-            logits = at_branch[row] if not prefix else logits_at[prefix][k]
-            return torch.log_softmax(logits[trie.allowed(root + prefix)].double(), dim=-1)
-
-        cached: dict[tuple, torch.Tensor] = {}
-        scores = {}
-        for path, score in leaves:
-            total = 0.0
-            for j in range(len(path)):
-                allowed = trie.allowed(root + path[:j])
+        at = [alive.index(row) for row in members]  # the rows' places in the cache
+        logp: dict[tuple, torch.Tensor] = {}  # branching prefix -> log p over its allowed tokens, (rows, allowed)
+        terms = torch.zeros((len(members), len(leaves)), dtype=torch.float64)
+        for j, (path, _) in enumerate(leaves):
+            for d in range(len(path)):
+                allowed = trie.allowed(root + path[:d])
                 if len(allowed) > 1:
-                    lp = cached.setdefault(path[:j], logp(path[:j]))
-                    total += float(lp[allowed.index(path[j])])
-            scores[score] = math.exp(total)
-        greedy: tuple = ()
-        while not greedy or greedy[-1] != trie.eos:  # the most probable token at every branch, to EOS
-            allowed = trie.allowed(root + greedy)
-            best = int(torch.argmax(cached.setdefault(greedy, logp(greedy)))) if len(allowed) > 1 else 0
-            greedy += (allowed[best],)
-        out[row] = (scores, dict(leaves)[greedy])
+                    if path[:d] not in logp:
+                        logits = (torch.stack([at_branch[row] for row in members]) if not path[:d]
+                                  else logits_at[path[:d]][at])
+                        logp[path[:d]] = torch.log_softmax(logits[:, allowed].double(), dim=-1)
+                    terms[:, j] += logp[path[:d]][:, allowed.index(path[d])]
+        probs = terms.exp().tolist()
+        best = {prefix: lp.argmax(-1).tolist() for prefix, lp in logp.items()}
+        score_of_path = dict(leaves)
+        for r, row in enumerate(members):
+            greedy: tuple = ()
+            while not greedy or greedy[-1] != trie.eos:  # the most probable token at every branch, to EOS
+                allowed = trie.allowed(root + greedy)
+                greedy += (allowed[best[greedy][r]] if len(allowed) > 1 else allowed[0],)
+            out[row] = (dict(zip((score for _, score in leaves), probs[r])), score_of_path[greedy])
     return out
 
 
 def score_decode(
     model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16,
-    temperature: float = 1.0, label_bias: dict[str, float] | None = None,
+    temperature: float = 1.0, label_bias: dict[str, float] | None = None, labels: list[str | None] | None = None,
 ) -> tuple[list[dict[str, float]], list[tuple], list[tuple[dict[int, float], int] | None]]:
     """score mode with one prefill per batch and the prompt's KV cache reused for everything after.
 
@@ -401,7 +403,8 @@ def score_decode(
     (_to_score); (4) the exact distribution over that label's scores (_score_dists). Returns, in input
     order: label distributions, the greedy answers' token ids (after `shared`), and each row's
     ({score: probability}, greedy score), None for a label without a score. The label chosen is the
-    most probable after `temperature` and the per-label biases (labeltune.calibrate; none: argmax).
+    most probable after `temperature` and the per-label biases (labeltune.calibrate; none: argmax), or
+    the one given in `labels` for that row (the score given a known label: evaluate's gold-label scores).
     """
     import torch
 
@@ -418,7 +421,8 @@ def score_decode(
             logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad)
             logits_at, cache, slots, columns = _label_nodes(model, pad, trie, logits, cache, attention, last_pos)
             batch_dists = _label_probs(trie, logits_at)
-            chosen = [argmax_label(apply_temperature(d, temperature), label_bias) for d in batch_dists]
+            chosen = [labels[i] if labels is not None and labels[i] is not None
+                      else argmax_label(apply_temperature(d, temperature), label_bias) for i, d in zip(index, batch_dists)]
             nodes, at_branch, cache, mask, positions, alive = _to_score(
                 model, pad, trie, chosen, cache, slots, attention, columns, last_pos)
             score_of = _score_dists(model, pad, trie, nodes, at_branch, cache, mask, positions, alive)
@@ -449,6 +453,19 @@ def estimate_score(probs: dict[int, float], greedy: int, how: str) -> int:
         raise ValueError(f"unknown score estimate {how!r}; available: {', '.join(SCORE_ESTIMATES)}")
     mean = sum(s * p for s, p in probs.items()) / sum(probs.values())
     return min(allowed, key=lambda s: (abs(s - mean), s))
+
+
+def scores_given_labels(model, prompter, texts: list[str], labels: list[str], batch_size: int = 16,
+                        estimate: str = "expected") -> list[tuple[int, int]]:
+    """(estimated, greedy) score of each text when its label is given (each a label with a score): the
+    score part of the answer measured apart from the label decision, e.g. on every gold-negative row
+    whatever label the model would pick."""
+    trie = prompter.answer_trie
+    prompts = [ids for ids, _ in prompter.prompt_ids_many([str(t) for t in texts])]
+    _, _, scored = score_decode(model, prompter.tokenizer, prompts, trie, batch_size, labels=list(labels))
+    if any(s is None for s in scored):
+        raise ValueError(f"scores_given_labels: a label without a score among {sorted(set(labels))}")
+    return [(estimate_score(probs, greedy, estimate), greedy) for probs, greedy in scored]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ Writes runs/<name>/metrics.json (keys: base, finetuned, majority_baseline, forge
 and report.html with their plots (labeltune.report), and one predictions CSV per system. Malformed
 answers count as wrong: they lower accuracy and the recall of their gold class, and are a false
 positive for no class. Score metrics (MAE, Spearman) use the rows with a gold score whose answer
-parsed. The forgetting check (labeltune.perplexity) compares base and tuned perplexity on general text.
+parsed; beside them, the fine-tuned model's scores with the gold label given (every row whose gold label
+carries a score, estimate and greedy), which measure the score apart from the label decision. The forgetting check (labeltune.perplexity) compares base and tuned perplexity on general text.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import sys
 from pathlib import Path
 
 from labeltune.data import ReadReport, dropped_summary, iter_rows, load_examples
-from labeltune.decode import predict
-from labeltune.metrics import argmax_label, calibration_metrics, classification_metrics, majority_baseline, system_metrics
+from labeltune.decode import predict, scores_given_labels
+from labeltune.metrics import (argmax_label, calibration_metrics, classification_metrics, majority_baseline, score_metrics,
+                               system_metrics)
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
 from labeltune.run import load_calibration, open_run, read_training
@@ -78,6 +80,14 @@ def main(cfg) -> dict:
         metrics["finetuned"]["without_biases"] = {
             "macro_f1": plain["macro_f1"], "accuracy": plain["accuracy"],
             "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()}}
+    scored_rows = [i for i, (lab, sc) in enumerate(zip(gold, gold_scores)) if lab in task.scored_labels and sc is not None]
+    if scored_rows:  # the score part apart from the label decision: every gold-scored row, its gold label given
+        given = scores_given_labels(model, prompter, [texts[i] for i in scored_rows], [gold[i] for i in scored_rows],
+                                    cfg.batch_size, cfg.score_estimate)
+        truth = [gold_scores[i] for i in scored_rows]
+        metrics["finetuned"]["given_gold_label"] = {
+            "estimate": score_metrics(truth, [e for e, _ in given], task.score_ends),
+            "greedy": score_metrics(truth, [g for _, g in given], task.score_ends)}
     if general_texts and hasattr(model, "disable_adapter"):
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}

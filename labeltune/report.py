@@ -253,7 +253,8 @@ def render_markdown(context: dict) -> str:
     lines = [f"# {context['title']}", "", *md_table(context["summary_header"], context["summary"]), ""]
     if context["estimates"]:
         lines += ["## Score estimates", "", "The score written (from the model's distribution over every allowed score) "
-                  "beside the greedy score, on the rows where gold and prediction both carry a score.", "",
+                  "beside the greedy score, on the rows where gold and prediction both carry a score; then both with "
+                  "the gold label given, on every row whose gold label carries a score.", "",
                   *md_table(context["estimate_header"], context["estimates"]), ""]
     if context["biases"]:
         lines += ["## Label biases fitted on dev", "", "The same decode with and without the per-label biases "
@@ -420,17 +421,20 @@ ESTIMATE_HEADER = ["fine-tuned score", "n (gold and predicted score)", "score MA
 
 
 def estimate_rows(metrics: dict) -> list[list[str]]:
-    """Score mode: the written estimate beside the greedy score of the fine-tuned model (empty otherwise)."""
+    """The fine-tuned model's scores: in score mode the written estimate beside the greedy score; in any
+    mode, the scores with each gold-scored row's gold label given (the score apart from the label)."""
     m = metrics.get("finetuned", {})
-    if "greedy_score_n" not in m:
-        return []
 
-    def row(name: str, prefix: str) -> list[str]:
-        mae, rho, ends = m.get(prefix + "score_mae"), m.get(prefix + "score_spearman"), m.get(prefix + "score_at_ends")
-        return [name, str(m[prefix + "score_n"]), "-" if mae is None else f"{mae:.1f}",
+    def row(name: str, d: dict, prefix: str = "") -> list[str]:
+        mae, rho, ends = d.get(prefix + "score_mae"), d.get(prefix + "score_spearman"), d.get(prefix + "score_at_ends")
+        return [name, str(d[prefix + "score_n"]), "-" if mae is None else f"{mae:.1f}",
                 "-" if rho is None else f"{rho:.3f}", "-" if ends is None else f"{ends:.1%}"]
 
-    return [row(f"{metrics.get('score_estimate', 'expected')} (written)", ""), row("greedy", "greedy_")]
+    estimate = metrics.get("score_estimate", "expected")
+    rows = [row(f"{estimate} (written)", m), row("greedy", m, "greedy_")] if "greedy_score_n" in m else []
+    if given := m.get("given_gold_label"):
+        rows += [row(f"{estimate}, gold label given", given["estimate"]), row("greedy, gold label given", given["greedy"])]
+    return rows
 
 
 BIAS_HEADER = ["fine-tuned", "macro-F1", "accuracy", "recall per class"]

@@ -111,3 +111,44 @@ def test_shared_prefix_cache_expansion_matches_transformers(family):
         assert mine.keys.stride(0) == 0 and mine.values.stride(0) == 0  # broadcast, not copied
         assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
     assert cache.layers[0].keys.shape[0] == 1  # the shared cache itself is untouched
+
+
+def test_scores_given_a_label_equal_the_scores_when_the_model_picks_it():
+    """evaluate's gold-label scores: forcing a label gives the same score distribution as the model choosing
+    that label itself (here made to by a large bias), for rows whose own choice differs too."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from labeltune import decode
+    from labeltune.features import Prompter
+    from labeltune.models import build_tiny_tokenizer
+    from labeltune.prompts import load_template, render_prompt
+    from labeltune.task import load_task
+
+    task = load_task("sentiment_toxicity")
+    template = load_template(task.default_template)
+    texts = ["最高の一日だった", "電車が遅れて最悪だ", "明日は雨らしい", "了解", "あいつは無能すぎる", "普通"]
+    tokenizer = build_tiny_tokenizer([render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    prompter = Prompter(tokenizer, template, task, max_length=512)
+    prompts = [prompter.prompt_ids(t)[0] for t in texts]
+    own = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4)
+    chosen = [max(d, key=d.get) for d in own[0]]
+    assert set(chosen) != {"-1"}  # some rows would pick another label on their own
+    picked = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4,
+                                 label_bias={"-1": 100.0, "0": 0.0, "1": 0.0})
+    forced = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4, labels=["-1"] * len(texts))
+    assert forced[0] == own[0]  # the label distribution is reported as it is
+    for (p_probs, p_greedy), (f_probs, f_greedy) in zip(picked[2], forced[2]):
+        assert f_greedy == p_greedy and set(f_probs) == set(range(101))
+        assert list(f_probs.values()) == pytest.approx(list(p_probs.values()), abs=1e-9)
+    given = decode.scores_given_labels(model, prompter, texts, ["-1"] * len(texts), batch_size=4)
+    assert given == [(decode.estimate_score(p, g, "expected"), g) for p, g in forced[2]]
+    with pytest.raises(ValueError, match="without a score"):
+        decode.scores_given_labels(model, prompter, texts[:1], ["1"])

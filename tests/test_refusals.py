@@ -107,7 +107,11 @@ def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_p
         except (OSError, json.JSONDecodeError, KeyError):
             pass
         time.sleep(0.05)
+    # Freeze it first so it cannot finish the remaining rows between our look and the signal (a fast
+    # machine did), then interrupt and let it run: the SIGINT lands mid-file.
+    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "of 400 rows; run the same command to continue" in err, err[-2000:]
