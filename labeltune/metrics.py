@@ -150,8 +150,12 @@ def adjust(probs: dict[str, float], temperature: float = 1.0, biases: dict[str, 
 
 
 def argmax_label(probs: dict[str, float], biases: dict[str, float] | None = None) -> str:
-    """The label with the highest log p + b (ties: the first in the dict's order)."""
-    return max(probs, key=lambda k: math.log(max(probs[k], 1e-300)) + (biases or {}).get(k, 0.0))
+    """The label with the highest log p + b (ties: the first in the dict's order). Only the biases'
+    differences matter, so they are taken relative to the smallest: equal biases add exactly 0 (adding the
+    same float to every log p could otherwise round two near-equal ones into a different order)."""
+    shift = {k: (biases or {}).get(k, 0.0) for k in probs}
+    low = min(shift.values(), default=0.0)
+    return max(probs, key=lambda k: math.log(max(probs[k], 1e-300)) + (shift[k] - low))
 
 
 BIAS_GRID = [round(0.1 * i, 1) for i in range(-30, 31)]  # log-odds shifts tried for each label

@@ -118,35 +118,11 @@ def peak_rss_label(run: str, texts: list[str], rows: int, mode: str) -> float:
         return kib / 1024, seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", default="runs/demo", help="trained run (make demo makes runs/demo)")
-    parser.add_argument("--rows", type=int, default=2000, help="texts for the throughput table")
-    parser.add_argument("--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timing rounds; every method runs once per round, the best round is reported")
-    parser.add_argument("--rss-rows", default="2000,200000", help="comma-separated row counts for peak RSS; '' skips")
-    args = parser.parse_args()
+def method_table(model, prompter, texts, prompt_ids, args) -> None:
+    """The hf engine's methods against the naive loop and the prefill limits, interleaved over rounds."""
+    from labeltune.decode import common_prefix_length, predict
 
-    import torch
-
-    from labeltune.decode import common_prefix_length, predict, tune_cpu_allocator
-    from labeltune.run import open_run
-
-    try:
-        run = open_run(args.run)
-    except FileNotFoundError:
-        sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
-    allocator = tune_cpu_allocator()  # what `labeltune label` does at its entry point; set first so every method runs under it
-    texts, source = real_texts(args.rows)
-    model, prompter = run.load(merge=True)  # as `labeltune label` loads it
     tokenizer = prompter.tokenizer
-    prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
-    print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
-          f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}; malloc thresholds raised: "
-          f"{allocator}; best of {args.repeats} rounds\n")
-
     naive_texts = texts[:: max(1, args.rows // args.naive_rows)][: args.naive_rows]  # spread over the whole set
     malformed: dict[str, float] = {}
 
@@ -177,6 +153,120 @@ def main() -> None:
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
     by_round = [s / n for s, n in zip(rounds["score"], rounds["naive"])]
     print(f"score / naive within each round: {' / '.join(f'{r:.1f}' for r in by_round)}")
+
+
+
+def threads_under_load(model, prompter, texts, args) -> None:
+    """Score mode with torch on 1 thread vs all cores, while a busy loop keeps one core busy (a shared
+    machine): rounds interleaved, each figure shown."""
+    import torch
+
+    from labeltune.decode import predict
+
+    every = torch.get_num_threads()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        rounds = {1: [], every: []}
+        for _ in range(args.repeats):
+            for n in rounds:
+                torch.set_num_threads(n)
+                rounds[n].append(len(texts) / timed(lambda: predict(model, prompter, texts, batch_size=args.batch_size,
+                                                                    mode="score")))
+    finally:
+        hog.kill()
+        torch.set_num_threads(every)
+    print("\n| score mode, one core kept busy by another process | posts/s (best round) | all rounds |\n|---|---|---|")
+    for n, values in rounds.items():
+        print(f"| {n} torch thread{'s' if n > 1 else ''} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
+
+
+def engine_table(args, run, texts) -> None:
+    """Each engine started once (start-up timed apart), then its modes over the same texts, interleaved over
+    rounds; the Ray path labels chunks of 256 texts over 2 replicas (hf, score) and its figure is a whole
+    job: replica start-up included, as a user meets it."""
+    from labeltune.engine import load_engine
+
+    engines, startup = {}, {}
+    names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for name in (n for n in names if n in ("hf", "hf-bf16", "vllm")):
+        started = time.perf_counter()
+        engine, dtype = (("hf", "bf16") if name == "hf-bf16" else (name, "auto"))
+        engines[name] = load_engine(run, engine, dtype, batch_size=args.batch_size)
+        startup[name] = time.perf_counter() - started
+    methods, malformed = {}, {}
+
+    def label(engine, mode, key):
+        preds = engine.predict(texts, mode)
+        malformed[key] = sum(not p.ok for p in preds) / len(preds)
+
+    for name, engine in engines.items():
+        modes = ("generate", "constrained", "score") if name == "vllm" else ("score", "constrained")
+        for mode in modes:
+            methods[f"{name} {mode}"] = lambda e=engine, m=mode, k=f"{name} {mode}": label(e, m, k)
+    if "ray" in names:
+        from labeltune.ray_label import connect, predict_chunks
+
+        started = time.perf_counter()
+        connect("local")
+        startup["ray (local cluster)"] = time.perf_counter() - started
+        chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
+
+        def ray_job():
+            preds = [p for chunk in predict_chunks("local", 2, str(run.dir), "hf", "auto", None, args.batch_size,
+                                                   {"mode": "score"}, chunks) for p in chunk]
+            malformed["ray 2x hf score (job)"] = sum(not p.ok for p in preds) / len(preds)
+
+        methods["ray 2x hf score (job)"] = ray_job
+    rounds = {k: [] for k in methods}
+    for _ in range(args.repeats):
+        for k, fn in methods.items():
+            rounds[k].append(len(texts) / timed(fn))
+    print("\n| engine | start-up s | posts/s (best round) | all rounds | malformed |\n|---|---|---|---|---|")
+    for k, values in rounds.items():
+        up = next((f"{v:.1f}" for n, v in startup.items() if k.startswith(n.split()[0])), "-")
+        print(f"| {k} | {up} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} | {malformed[k]:.1%} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default="runs/demo", help="trained run (make demo makes runs/demo)")
+    parser.add_argument("--rows", type=int, default=2000, help="texts for the throughput table")
+    parser.add_argument("--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timing rounds; every method runs once per round, the best round is reported")
+    parser.add_argument("--rss-rows", default="2000,200000", help="comma-separated row counts for peak RSS; '' skips")
+    parser.add_argument("--no-methods", action="store_true", help="skip the hf methods table (naive, modes, prefill)")
+    parser.add_argument("--threads-under-load", action="store_true",
+                        help="score mode with 1 thread vs all threads while another process keeps one core busy")
+    parser.add_argument("--engines", default="",
+                        help="comma-separated engines for the engine table: hf, hf-bf16, vllm (needs make env-vllm), ray "
+                             "(hf score mode over 2 Ray replicas on a local cluster); '' skips")
+    args = parser.parse_args()
+
+    import torch
+
+    from labeltune.decode import tune_cpu_allocator
+    from labeltune.run import open_run
+
+    try:
+        run = open_run(args.run)
+    except FileNotFoundError:
+        sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
+    allocator = tune_cpu_allocator()  # what `labeltune label` does at its entry point; set first so every method runs under it
+    texts, source = real_texts(args.rows)
+    model, prompter = run.load(merge=True)  # as `labeltune label` loads it
+    prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
+    print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
+          f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}; malloc thresholds raised: "
+          f"{allocator}; best of {args.repeats} rounds\n")
+
+    if not args.no_methods:
+        method_table(model, prompter, texts, prompt_ids, args)
+    if args.threads_under_load:
+        threads_under_load(model, prompter, texts, args)
+    if args.engines:
+        engine_table(args, run, texts)
 
     counts = [int(x) for x in args.rss_rows.split(",") if x.strip()]
     if counts:

@@ -1,0 +1,100 @@
+"""`labeltune label --ray ADDRESS`: the chunks of a label job through Ray Data, one model replica per actor.
+
+The driver (labeltune.label) keeps every contract of `label`: it reads the input, writes the output CSV
+in input order and checkpoints after each chunk. Ray Data does the labelling: a dataset with one item
+per chunk (the chunk's texts, as `label` would cut them: the same chunk boundaries, so the same
+batches inside the engine and the same predictions), ``map_batches`` over an actor pool of
+``replicas`` ChunkLabeller actors (each loads the run once, on one GPU where the cluster has GPUs,
+else on its share of the CPUs), and the results come back in chunk order (``preserve_order``) as soon
+as each is ready, so the driver writes and checkpoints them as they stream in. A killed job run again
+sends only the chunks after the last one written.
+
+Each node needs labeltune (with the engine's extra) installed and the run directory at the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ValueError("--ray needs Ray Data: pip install 'labeltune[ray]'") from None
+    return ray
+
+
+class ChunkLabeller:
+    """A Ray Data actor: one engine (model replica) that labels whole chunks."""
+
+    def __init__(self, run_dir: str, engine: str, dtype: str, threads: int | None, batch_size: int, settings: dict):
+        from labeltune.engine import load_engine
+        from labeltune.run import open_run
+
+        self.engine = load_engine(open_run(run_dir), engine, dtype, threads, batch_size)
+        self.settings = settings  # predict's keyword arguments: mode, temperature, ...
+
+    def __call__(self, batch: dict) -> dict:
+        out = []
+        for texts in batch["texts"]:
+            predictions = self.engine.predict([str(t) for t in texts], **self.settings)
+            out.append(json.dumps([asdict(p) for p in predictions], ensure_ascii=False))
+        return {"chunk": batch["chunk"], "predictions": out}
+
+
+def connect(address: str):
+    """ray.init on a new local cluster (address "local") or an existing one; returns the ray module."""
+    ray = _ray()
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        if address == "local":
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    return ray
+
+
+def replica_resources(ray, replicas: int) -> dict:
+    """Each replica's share: one GPU where the cluster has at least one per replica, else its CPUs split
+    evenly (at least one each), which is also its torch thread count."""
+    total = ray.cluster_resources()
+    if total.get("GPU", 0) >= replicas:
+        return {"num_gpus": 1, "num_cpus": 1, "threads": None}
+    cpus = max(1, int(total.get("CPU", 1)) // replicas)
+    return {"num_gpus": 0, "num_cpus": cpus, "threads": cpus}
+
+
+def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype: str, threads: int | None,
+                   batch_size: int, settings: dict, chunks: list[list]) -> Iterator[list]:
+    """The predictions of each chunk of texts, in chunk order, labelled by `replicas` actors on the
+    cluster at `address`."""
+    from labeltune.decode import Prediction
+
+    if not chunks:
+        return
+    ray = connect(address)
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    share = replica_resources(ray, replicas)
+    items = [{"chunk": i, "texts": ["" if t is None else str(t) for t in texts]} for i, texts in enumerate(chunks)]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        ChunkLabeller,
+        fn_constructor_kwargs=dict(run_dir=os.path.abspath(run_dir), engine=engine, dtype=dtype,
+                                   threads=threads or share["threads"], batch_size=batch_size, settings=settings),
+        batch_size=1, concurrency=replicas, num_cpus=share["num_cpus"], num_gpus=share["num_gpus"],
+        batch_format="numpy",
+    )
+    expected = 0
+    for row in dataset.iter_rows():
+        if int(row["chunk"]) != expected:
+            raise RuntimeError(f"Ray returned chunk {row['chunk']} where chunk {expected} was due (order not preserved)")
+        expected += 1
+        yield [Prediction(**p) for p in json.loads(row["predictions"])]

@@ -1,0 +1,324 @@
+"""vLLM as a labelling engine: the three decode modes of labeltune.decode.predict, served by vLLM.
+
+    from labeltune.vllm_engine import VllmEngine
+    with VllmEngine("runs/demo-merged16") as engine:     # start-up: ~25-60 s on CPU
+        predictions = engine.predict(texts, "score")      # list[labeltune.decode.Prediction]
+
+The run is a merged16 export (its model/ is served as is), or a run with an adapter/ that vLLM's LoRA
+support can serve (base + LoRARequest). An adapter that trains whole modules (modules_to_save, e.g. the
+tiny preset's lm_head) is refused before vLLM starts: vLLM serves only LoRA weights for a generative
+model, and a refused adapter would kill the engine.
+
+Each prediction means what the hf engine's does, on the same prompt token ids (the run's template and
+tokenizer through its Prompter, passed to vLLM as token prompts; the truncation flag kept):
+
+- ``generate``: free greedy decoding, stopping at the tokenizer's EOS only (no generation_config is read),
+  then the strict parser; ``no_eos`` when the token limit stopped it.
+- ``constrained``: vLLM structured outputs with the task's answers as ``choice``: only those strings can
+  come out, then EOS, so 0 malformed by construction. The hf engine constrains token by token (the
+  answers' own tokenisation); vLLM's grammar works on characters, so a model may spell an answer with
+  other tokens (the same text; the token limit allows one token per byte). Label probabilities as in
+  the hf engine where every label is one token after ``label : `` and the answer took that path.
+- ``score``: no generation. The hf engine reads the logits at the nodes of the answer trie from one KV
+  cache; here each node is one vLLM request (prompt + the answer's tokens up to the node, one token,
+  ``logprob_token_ids`` = the tokens the trie allows there), vLLM's prefix cache sharing the prompt's
+  blocks between them. Label: log p summed over its tokens, each renormalised over the node's allowed
+  tokens, softmax over labels, the decision after temperature and label_bias (labeltune.metrics), as
+  decode.score_decode. Score: the chosen label's exact distribution over its allowed scores (one node
+  for a tokenizer that writes 0..100 as one token, eleven for one digit per token) and its greedy
+  path, then decode.estimate_score. The same numbers as the hf engine up to float rounding; only ties
+  broken by rounding can differ.
+
+vLLM is imported here only (never when labeltune is imported). On CPU, vLLM starts its engine in a
+spawned process: a script that builds a VllmEngine needs ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+from labeltune.config import MODES
+from labeltune.decode import Prediction, _score_tree, estimate_score
+from labeltune.features import Prompter
+from labeltune.metrics import adjust, apply_temperature, argmax_label
+from labeltune.models import cuda_available, ensure_pad_token
+from labeltune.parse import parse
+from labeltune.run import ADAPTER, MERGED, MissingRunFile, base_path, open_run
+
+INSTALL_HINT = "the vllm engine needs vLLM: pip install 'labeltune[vllm]' (GPU) or make env-vllm (CPU)"
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "float32": "float32", "float16": "float16",
+          "bfloat16": "bfloat16"}
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+MAX_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS: most token ids one request may ask logprobs for
+
+
+class VllmUnavailable(ValueError):
+    """vLLM is not installed here, or cannot be imported as installed."""
+
+
+def import_vllm():
+    """The vllm module, or VllmUnavailable in one line saying what to install."""
+    try:
+        import vllm
+        from vllm import LLM  # noqa: F401  (its import is what fails with CUDA torchvision on a CPU torch)
+    except ImportError as e:
+        detail = "" if e.name == "vllm" else f" ({type(e).__name__}: {e})"
+        raise VllmUnavailable(INSTALL_HINT + detail) from None
+    except Exception as e:  # e.g. "operator torchvision::nms does not exist": PyPI's CUDA torchvision
+        raise VllmUnavailable(f"vLLM is installed but cannot be imported ({type(e).__name__}: {str(e)[:200]}); "
+                              "on CPU: pip uninstall torchvision torchaudio torchcodec, or make env-vllm") from e
+    from vllm import SamplingParams
+
+    if not hasattr(SamplingParams, "logprob_token_ids") or not hasattr(SamplingParams, "structured_outputs"):
+        raise VllmUnavailable(f"vLLM {vllm.__version__} has no SamplingParams.logprob_token_ids / structured_outputs "
+                              "(label probabilities, constrained mode): pip install -U 'labeltune[vllm]'")
+    return vllm
+
+
+def adapter_problem(adapter_dir: Path) -> str | None:
+    """Why vLLM cannot serve this PEFT adapter as a LoRA (None: it can)."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("modules_to_save"):
+        return f"trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which vLLM's LoRA cannot serve"
+    if config.get("peft_type", "LORA") != "LORA":
+        return f"is a {config['peft_type']} adapter, not LoRA"
+    if int(config.get("r", 0)) > LORA_RANKS[-1]:
+        return f"has rank {config['r']} > {LORA_RANKS[-1]}"
+    return None
+
+
+def resolve_dtype(dtype: str, cuda: bool) -> str:
+    """vLLM's dtype for labeltune's: auto = float32 on CPU (the hf engine's CPU precision), bf16 on a GPU
+    that has it, else fp16."""
+    if dtype == "auto":
+        if not cuda:
+            return "float32"
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; available: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class VllmEngine:
+    """A run served by vLLM (one engine per process: start it once, predict many times)."""
+
+    name = "vllm"
+
+    def __init__(self, run_dir: str | Path, dtype: str = "auto", kv_cache_gib: float | None = None,
+                 enforce_eager: bool | None = None, seed: int = 0, **llm_kwargs):
+        """`kv_cache_gib`: KV cache size; default 2 GiB on CPU (vLLM would reserve 92% of the machine's
+        RAM), vLLM's gpu_memory_utilization on a GPU. `enforce_eager`: no torch.compile (default on CPU,
+        where compiling costs minutes of start-up). `llm_kwargs` go to vllm.LLM as they are."""
+        self.run = open_run(run_dir)
+        run_dir = Path(run_dir)
+        cuda = cuda_available()
+        self.dtype = resolve_dtype(dtype, cuda)
+        kwargs: dict = {}
+        adapter = None
+        if self.run.merged:
+            model = tokenizer_dir = str(run_dir / MERGED)
+        elif (run_dir / ADAPTER / "adapter_config.json").is_file():
+            if why := adapter_problem(run_dir / ADAPTER):
+                raise ValueError(f"--run {run_dir}: its adapter {why}; export it merged first: "
+                                 f"labeltune export --run {run_dir} --format merged16, and serve the export")
+            adapter = tokenizer_dir = str(run_dir / ADAPTER)
+            model = self._lora_base(run_dir, cuda, kwargs)
+            rank = json.loads((run_dir / ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))["r"]
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=min(r for r in LORA_RANKS if r >= rank))
+        else:
+            raise MissingRunFile(f"{run_dir}: no {MERGED}/ (merged16 export) or {ADAPTER}/ (trained run)")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        ensure_pad_token(tokenizer)
+        self.prompter = Prompter(tokenizer, self.run.template(), self.run.task, self.run.config.max_length)
+        vllm = import_vllm()
+        if not cuda:  # 32-token blocks (the least CPU attention takes; 128 by default): score mode's requests
+            # share the prompt's full blocks through the prefix cache (1.8x faster score mode on the demo run)
+            kwargs.update(kv_cache_memory_bytes=int((kv_cache_gib or 2) * (1 << 30)), block_size=32)
+        elif kv_cache_gib:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        kwargs.update(  # generation_config="vllm": EOS is the tokenizer's alone, as in the hf engine
+            tokenizer=tokenizer_dir, dtype=self.dtype, seed=seed, enable_prefix_caching=True, generation_config="vllm",
+            enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
+            max_model_len=self.run.config.max_length + 128, **llm_kwargs,
+        )
+        started = time.perf_counter()
+        self.llm = vllm.LLM(model, **kwargs)
+        self.startup_s = time.perf_counter() - started
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("labeltune", 1, adapter)
+
+    def _lora_base(self, run_dir: Path, cuda: bool, kwargs: dict) -> str:
+        """The base vLLM loads under the adapter: the one it trained on; a 4-bit base as bitsandbytes on a
+        GPU, its 16-bit full_id on CPU (with a warning, as labeltune.run.load_run does)."""
+        info = self.run.info
+        if not info.get("load_in_4bit"):
+            return base_path(run_dir, info)
+        if cuda:
+            kwargs["quantization"] = "bitsandbytes"
+            return base_path(run_dir, info)
+        if not info.get("full_id"):
+            raise ValueError(f"--run {run_dir} was trained on a 4-bit base, which vLLM loads on a GPU only")
+        warnings.warn(f"{run_dir} was trained on a 4-bit base; on CPU vLLM serves its adapter on the 16-bit "
+                      f"{info['full_id']} (labels may differ slightly from the run's evaluation)", stacklevel=3)
+        return info["full_id"]
+
+    def close(self) -> None:
+        """Stop vLLM's engine process now (it also stops when the engine is garbage-collected)."""
+        core = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _generate(self, prompts: list[list[int]], params: list) -> list:
+        from vllm import TokensPrompt
+
+        return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
+                                 lora_request=self.lora)
+
+    def next_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[dict[int, float]]:
+        """For each (token ids, allowed next tokens): log p of each allowed token after those ids,
+        renormalised over the allowed ones (one vLLM request each; more where over MAX_IDS tokens)."""
+        from vllm import SamplingParams
+
+        parts = [(i, ids, allowed[k:k + MAX_IDS]) for i, (ids, allowed) in enumerate(requests)
+                 for k in range(0, len(allowed), MAX_IDS)]
+        params = [SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=list(a), detokenize=False)
+                  for _, _, a in parts]
+        raw: list[dict[int, float]] = [{} for _ in requests]
+        for (i, _, allowed), out in zip(parts, self._generate([ids for _, ids, _ in parts], params)):
+            at = out.outputs[0].logprobs[0]
+            raw[i].update({t: at[t].logprob for t in allowed})
+        result = []
+        for lp in raw:
+            top = max(lp.values())
+            norm = top + math.log(sum(math.exp(v - top) for v in lp.values()))
+            result.append({t: v - norm for t, v in lp.items()})
+        return result
+
+    def predict(self, texts: list, mode: str, temperature: float = 1.0, score_estimate: str = "expected",
+                label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None) -> list[Prediction]:
+        """Label texts as labeltune.decode.predict does (same arguments, same Prediction fields): render,
+        decode in `mode`, parse. Empty texts get ok=False (empty_input) without decoding."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
+        todo = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
+        encoded = self.prompter.prompt_ids_many([str(texts[i]) for i in todo])
+        out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
+        if not todo:
+            return out
+        prompts = [ids for ids, _ in encoded]
+        if mode == "score":
+            done = self._score(prompts, temperature, score_estimate, label_bias)
+        else:
+            done = self._decode(prompts, mode, temperature, max_new_tokens)
+        for i, (_, truncated), p in zip(todo, encoded, done):
+            out[i] = Prediction(p.label, p.score, p.ok, p.reason, p.raw, truncated, p.probs, p.score_greedy)
+        return out
+
+    def _decode(self, prompts: list[list[int]], mode: str, temperature: float, max_new_tokens: int | None) -> list[Prediction]:
+        """generate / constrained: greedy decoding, then the strict parser."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        tokenizer, task, trie = self.prompter.tokenizer, self.run.task, self.prompter.answer_trie
+        branch, probs_at = None, None
+        if mode == "constrained":
+            answers = task.all_answers()
+            extra = {"max_tokens": max(len(a.encode("utf-8")) for a in answers) + 1,  # any spelling fits
+                     "structured_outputs": StructuredOutputsParams(choice=answers)}
+            if all(len(p) == 1 for p in trie.label_path.values()):  # label probabilities, as the hf engine
+                branch, probs_at = trie.allowed(trie.shared), len(trie.shared)
+                extra["logprob_token_ids"] = branch
+        else:
+            extra = {"max_tokens": max_new_tokens or self.prompter.answer_budget + 8}
+        params = SamplingParams(temperature=0.0, detokenize=False, **extra)
+        results = []
+        for out in self._generate(prompts, params):
+            ids = list(out.outputs[0].token_ids)
+            finished = trie.eos in ids
+            if finished:
+                ids = ids[: ids.index(trie.eos)]
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+            probs = None
+            if branch is not None and len(ids) > probs_at and tuple(ids[:probs_at]) == trie.shared:
+                at = out.outputs[0].logprobs[probs_at]
+                top = max(at[t].logprob for t in branch)
+                weights = [math.exp(at[t].logprob - top) for t in branch]
+                label_of = [next(iter(trie.labels_under[trie.shared + (t,)])) for t in branch]
+                probs = apply_temperature({lab: w / sum(weights) for lab, w in zip(label_of, weights)}, temperature)
+            parsed = parse(text, task)
+            ok = parsed.ok and finished
+            reason = parsed.reason or ("" if finished else "no_eos")
+            results.append(Prediction(parsed.label if ok else None, parsed.score if ok else None, ok, reason, text,
+                                      False, probs))
+        return results
+
+    def _score(self, prompts: list[list[int]], temperature: float, score_estimate: str,
+               label_bias: dict[str, float] | None) -> list[Prediction]:
+        """score mode: the label trie's nodes, then the chosen label's score tree (see the module doc)."""
+        trie, task = self.prompter.answer_trie, self.run.task
+        nodes = sorted({p[:k] for p in trie.label_path.values() for k in range(len(p))}, key=len)  # () first
+        lps = self.next_logprobs([(p + list(trie.shared + n), trie.allowed(trie.shared + n))
+                                  for p in prompts for n in nodes])
+        dists, chosen, roots = [], [], []
+        for row in range(len(prompts)):
+            at = dict(zip(nodes, lps[row * len(nodes):(row + 1) * len(nodes)]))
+            logp = {lab: sum(at[path[:k]][t] for k, t in enumerate(path)) for lab, path in trie.label_path.items()}
+            top = max(logp.values())
+            total = sum(math.exp(v - top) for v in logp.values())
+            dists.append({lab: math.exp(v - top) / total for lab, v in logp.items()})
+            chosen.append(argmax_label(apply_temperature(dists[-1], temperature), label_bias))
+            root = trie.shared + trie.label_path[chosen[-1]]
+            while len(nxt := trie.allowed(root)) == 1 and nxt[0] != trie.eos:  # the fixed run ("\nscore : ")
+                root += (nxt[0],)
+            roots.append(root)
+        # the score tree below each scored label's root: the nodes where the answer branches
+        trees = {root: _score_tree(trie, root) for root in set(roots) if trie.allowed(root) != [trie.eos]}
+        branching = {root: [()] + [p for p in feed if len(trie.allowed(root + p)) > 1] for root, (feed, _) in trees.items()}
+        asked = [(row, p) for row, root in enumerate(roots) if root in trees for p in branching[root]]
+        lps = self.next_logprobs([(prompts[row] + list(roots[row] + p), trie.allowed(roots[row] + p)) for row, p in asked])
+        at_row: dict[int, dict[tuple, dict[int, float]]] = {}
+        for (row, p), lp in zip(asked, lps):
+            at_row.setdefault(row, {})[p] = lp
+        results = []
+        for row, (dist, label, root) in enumerate(zip(dists, chosen, roots)):
+            if root in trees:
+                scores, greedy = self._score_of(trie, root, trees[root][1], at_row[row])
+                score = estimate_score(scores, greedy, score_estimate)
+            else:  # a label without a score (fixed 0), or a task without scores
+                score = greedy = trie.answers[root + (trie.eos,)][1]
+            results.append(Prediction(label, score, True, "", task.render_answer(label, score), False,
+                                      adjust(dist, temperature, label_bias), greedy))
+        return results
+
+    @staticmethod
+    def _score_of(trie, root: tuple, leaves: list[tuple[tuple, int]], at: dict[tuple, dict[int, float]]):
+        """({score: probability}, greedy score) below `root` from the log-probabilities at its branching
+        nodes (`at`, keyed by the path below root), as decode._score_dists: p(score) is the product of the
+        renormalised probabilities along its path; greedy takes the most probable token at every branch."""
+        scores = {}
+        for path, value in leaves:
+            steps = [(path[:j], t) for j, t in enumerate(path) if len(trie.allowed(root + path[:j])) > 1]
+            scores[value] = math.exp(sum(at[pre][t] for pre, t in steps))
+        walk: tuple = ()
+        while not walk or walk[-1] != trie.eos:
+            allowed = trie.allowed(root + walk)
+            lp = at[walk] if len(allowed) > 1 else {allowed[0]: 0.0}
+            walk += (max(allowed, key=lambda t: (lp[t], -allowed.index(t))),)  # ties: the first, as argmax
+        return scores, dict(leaves)[walk]

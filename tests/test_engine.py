@@ -1,0 +1,85 @@
+"""labeltune.engine: the engine `label` runs, its precision and thread settings."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labeltune.engine import check_dtype, cpu_has_native_bf16
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample.csv"
+
+
+@pytest.mark.parametrize("dtype, on_gpu, capability, message", [
+    ("fp16", False, None, "not supported on CPU"),
+    ("bf16", True, (7, 5), "emulated and slow"),
+    ("int8", False, None, "unknown --dtype"),
+])
+def test_precisions_a_device_cannot_compute_well_are_refused(dtype, on_gpu, capability, message):
+    with pytest.raises(ValueError, match=message):
+        check_dtype(dtype, on_gpu, capability)
+
+
+def test_precisions_a_device_computes_are_accepted():
+    for dtype in ("auto", "fp32"):
+        check_dtype(dtype, False)
+    check_dtype("bf16", True, (8, 0))
+    check_dtype("fp16", True, (7, 5))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from labeltune import train
+    from labeltune.config import TrainConfig, resolve
+
+    out = tmp_path_factory.mktemp("engine") / "run"
+    train.main(resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 60}))
+    return out
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AMX / AVX512-BF16)")
+def test_bf16_on_cpu_agrees_with_fp32(run):
+    """--dtype bf16 halves the weights; its labels agree with fp32's on nearly every row (score mode)."""
+    import torch
+
+    from labeltune.engine import HfEngine
+    from labeltune.run import open_run
+
+    texts = [r["text"] for r in csv.DictReader(open(SAMPLE, encoding="utf-8", newline=""))][:200]
+    opened = open_run(run)
+    fp32 = HfEngine(opened).predict(texts, "score")
+    bf16_engine = HfEngine(opened, dtype="bf16")
+    assert next(bf16_engine.model.parameters()).dtype == torch.bfloat16
+    bf16 = bf16_engine.predict(texts, "score")
+    agree = sum(a.label == b.label for a, b in zip(fp32, bf16)) / len(texts)
+    assert agree >= 0.95, agree
+    assert all(p.ok for p in bf16)
+    close = [abs(a.probs[a.label] - b.probs[a.label]) for a, b in zip(fp32, bf16)]
+    assert max(close) < 0.1
+
+
+def test_label_with_threads_and_dtype_options(run, tmp_path):
+    """--threads 1 and --dtype fp32 run through the CLI and give the default's output (fp32 is what auto
+    means on CPU); the settings are refused where they cannot apply."""
+    source = tmp_path / "posts.csv"
+    with open(source, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text"])
+        writer.writerows([[r["text"]] for r in list(csv.DictReader(open(SAMPLE, encoding="utf-8")))[:30]])
+
+    def label(out, *extra):
+        return subprocess.run([sys.executable, "-m", "labeltune.cli", "label", "--run", str(run), "--input", str(source),
+                               "--output", str(out), "--mode", "score", "--progress", "false", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    default, tuned = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert label(default).returncode == 0
+    done = label(tuned, "--threads", "1", "--dtype", "fp32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert tuned.read_bytes() == default.read_bytes()
+    refused = label(tmp_path / "c.csv", "--dtype", "fp16")
+    assert refused.returncode == 2 and "fp16 is not supported on CPU" in refused.stderr
+    assert not (tmp_path / "c.csv").exists()
