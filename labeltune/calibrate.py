@@ -23,7 +23,7 @@ from labeltune.metrics import (
     fit_temperature,
     nll,
 )
-from labeltune.run import open_run, save_temperature
+from labeltune.run import CALIBRATION, open_run, save_temperature
 
 
 def main(cfg) -> dict:
@@ -69,4 +69,6 @@ def main(cfg) -> dict:
         recall = ", ".join(f"{names[lab]} {result['recall_before'][lab]:.2f} -> {result['recall_after'][lab]:.2f}" for lab in labels)
         print(f"label biases {', '.join(f'{names[k]} {v:+.1f}' for k, v in biases.items())}: dev macro-F1 "
               f"{before['macro_f1']:.3f} -> {after['macro_f1']:.3f}; recall {recall}")
+    print(f"wrote {run.dir / CALIBRATION}; next: labeltune evaluate --run {run.dir} --mode score (applies it), then "
+          f"labeltune label --run {run.dir} --input posts.csv --output labelled.csv --mode score")
     return result

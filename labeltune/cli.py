@@ -4,31 +4,43 @@ the notebook call. Options come from the verb's config dataclass (labeltune/conf
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import logging
+import os
 import sys
+import warnings
 
+import labeltune
 from labeltune import config as config_mod
 
-# verb -> (its config, its help, the module whose main(cfg) runs it): one table for parser and dispatch
+# verb -> (its config, its help, the module whose main(cfg) runs it; predict: main(cfg, texts)): one table for
+# parser and dispatch
 VERBS = {
     "train": (config_mod.TrainConfig, "LoRA SFT of a model on labelled data -> run directory", "train"),
-    "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> metrics.json, report.md", "evaluate"),
+    "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> eval/<split>-<mode>-<n>/ report.html", "evaluate"),
     "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)", "label"),
+    "predict": (config_mod.PredictConfig, "label texts given as arguments or on stdin, one line each", "predict"),
     "calibrate": (config_mod.CalibrateConfig, "fit a temperature for label probabilities on the dev split", "calibrate"),
     "export": (config_mod.ExportConfig, "export a run as adapter, merged 16-bit model or GGUF", "export"),
     "sweep": (config_mod.SweepConfig, "grid of training runs, best by dev metric evaluated on test -> results table + plots", "sweep"),
     "compare": (config_mod.CompareConfig, "generative LLM vs classification head vs encoder vs baselines on one split", "compare"),
 }
-DECODING_VERBS = ("evaluate", "label", "calibrate", "sweep", "compare")
+DECODING_VERBS = ("evaluate", "label", "predict", "calibrate", "sweep", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labeltune", description="Instruction-tune an LM to label texts, label CSVs, measure the labels."
     )
+    parser.add_argument("--version", action="version", version=f"labeltune {labeltune.__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (cls, help_text, _) in VERBS.items():
-        config_mod.add_arguments(sub.add_parser(verb, help=help_text, description=help_text), cls)
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        config_mod.add_arguments(verb_parser, cls)
+        if verb == "predict":
+            verb_parser.add_argument("texts", nargs="*", metavar="TEXT",
+                                     help="texts to label; none or - = read stdin, one text per line")
     data = sub.add_parser("data", help="dataset adapters", description="dataset adapters")
     data_sub = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     config_mod.add_arguments(
@@ -39,8 +51,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verb_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser of the verb `argv` names (`data prepare`'s for data), or `parser` itself."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        word = next((w for w in argv if not w.startswith("-")), None)
+        if sub is None or word not in sub.choices:
+            return parser
+        parser, argv = sub.choices[word], argv[argv.index(word) + 1:]
+
+
+def reject_unknown(parser: argparse.ArgumentParser, argv: list[str], unknown: list[str]) -> None:
+    """Exit 2 with the verb's own usage, naming the unknown options and the closest real one."""
+    target = verb_parser(parser, argv)
+    known = [s for a in target._actions for s in a.option_strings if s.startswith("--")]
+    hints = []
+    for word in unknown:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            hints += [f"did you mean {close[0]}?"] if close else []
+    target.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + " ".join(hints) if hints else ""))
+
+
+def explicit_bools(argv: list[str]) -> list[str]:
+    """`--json 最高` -> `--json true 最高`: a BOOL option takes the next word as its value only when it is
+    true/false/yes/no/on/off/1/0, so a text after it stays a text (predict's positional texts)."""
+    verb = argv[0] if argv else None
+    if verb not in VERBS:
+        return argv
+    cls = VERBS[verb][0]
+    flags = {"--" + f.name.replace("_", "-") for f in config_mod.dataclasses.fields(cls)
+             if config_mod._base_type(config_mod._hints(cls)[f.name])[0] is bool}
+    words = config_mod.TRUE_WORDS + config_mod.FALSE_WORDS
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(argv) or argv[i + 1].lower() not in words):
+            out.append("true")
+    return out
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    argv = explicit_bools(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    parsed, unknown = parser.parse_known_args(argv)
+    if unknown:
+        reject_unknown(parser, argv, unknown)
+    args = vars(parsed)
     verb = args.pop("verb")
     if verb == "models":
         from labeltune.models import ALIASES, PRESETS
@@ -63,6 +120,7 @@ def run(argv: list[str] | None = None) -> int:
         prepare(config_mod.resolve(config_mod.PrepareConfig, args.pop("config", None), args))
         return 0
     cls, _, module = VERBS[verb]
+    texts = args.pop("texts", None)  # predict's positional texts
     cfg = config_mod.resolve(cls, args.pop("config", None), args)
     if verb == "train":
         from labeltune.models import prepare_backend
@@ -75,13 +133,33 @@ def run(argv: list[str] | None = None) -> int:
         from labeltune.decode import tune_cpu_allocator
 
         tune_cpu_allocator()  # process-wide malloc tuning for CPU decoding: here, at the entry point only
-    importlib.import_module(f"labeltune.{module}").main(cfg)
+    verb_main = importlib.import_module(f"labeltune.{module}").main
+    if verb == "predict":
+        verb_main(cfg, texts)
+    else:
+        verb_main(cfg)
     return 0
+
+
+def quiet_libraries() -> None:
+    """Silence what libraries say that a user of the CLI can do nothing about: deprecation notices
+    (FutureWarning, DeprecationWarning: "`gradient_checkpointing` is deprecated", "`past_key_values` is
+    deprecated", ...) and transformers' info/warning logging (TRANSFORMERS_VERBOSITY=error, inherited by
+    the processes train.spawn starts; a value the user set wins). Here, at the entry point only: library
+    code and the notebook keep every warning. Also bitsandbytes' note, at import, that an optional CPU
+    kernel package is missing (said on every command, 4-bit or not)."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
 
 
 def main() -> None:
     """The console entry: every anticipated error is one line on stderr and exit status 2; Ctrl-C ends
     with exit status 130 (verbs that can resume say how, labeltune.label)."""
+    quiet_libraries()
     try:
         sys.exit(run())
     except (ValueError, FileNotFoundError, FileExistsError) as e:

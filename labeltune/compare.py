@@ -309,4 +309,5 @@ def main(cfg: CompareConfig) -> dict[str, dict]:
         run_majority(task, train_ex, examples, out)
     results = collect(out, systems, models)
     print(write_outputs(cfg, out, task, summary, results))
+    print(f"wrote {out}/results.md, results.csv; report: {out / 'report.html'}")
     return results

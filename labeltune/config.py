@@ -109,6 +109,8 @@ class TrainConfig:
 
 
 COMPARE_SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")  # labeltune.compare
+ENGINES = ("hf", "vllm")  # labeltune.engine
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
 SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.decode.estimate_score
 SCORE_ESTIMATE_HELP = (
@@ -159,6 +161,15 @@ class LabelConfig:
     overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")
     calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
     progress: bool = _f(True, "show a progress bar on stderr")
+    engine: str = _f("hf", "inference engine: hf (transformers in this process) or vllm (vLLM: GPUs; pip install "
+                     "'labeltune[vllm]')", ENGINES)
+    dtype: str = _f("auto", "compute precision: auto = the device's (fp32 on CPU, bf16/fp16 by GPU); bf16 on a CPU "
+                    "with AMX/AVX512-BF16", DTYPES)
+    threads: int | None = _f(None, "hf engine: torch CPU threads (1 holds up best on a shared machine); None = torch's "
+                             "default", valid=AT_LEAST_1)
+    ray: str | None = _f(None, "label on a Ray cluster with Ray Data (pip install 'labeltune[ray]'): local = start one "
+                         "on this machine, or a cluster address (auto, ray://host:10001); None = this process")
+    replicas: int = _f(2, "--ray: model replicas (Ray actors; one GPU each where the cluster has GPUs)", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -189,6 +200,17 @@ class CalibrateConfig:
     split: str = _f("dev", "split to fit the temperature and biases on (never test)", ("train", "dev"))
     biases: bool = _f(True, "also fit per-label biases that maximise the split's macro-F1 (applied in score mode)")
     batch_size: int = _f(16, "prompts per forward batch", valid=AT_LEAST_1)
+
+
+@dataclass
+class PredictConfig:
+    run: str = _f("runs/demo", "run directory made by `labeltune train` (or an adapter/merged16 export)")
+    mode: str = _f("score", MODE_HELP, MODES)
+    score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
+    calibrated: bool = _f(True, "apply the run's fitted temperature and label biases (calibration.json)")
+    json: bool = _f(False, "print one JSON object per text (label, name, score, confidence, probs, ok, reason, text)")
+    batch_size: int = _f(16, "prompts per batch", valid=AT_LEAST_1)
+    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
 
 
 @dataclass
@@ -250,6 +272,8 @@ class CompareConfig:
 
 # ---------------------------------------------------------------- machinery
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # what a BOOL option takes
+
 
 def _hints(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
@@ -294,9 +318,9 @@ def _coerce(name: str, hint, value):
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if str(value).lower() in ("1", "true", "yes", "on"):
+        if str(value).lower() in TRUE_WORDS:
             return True
-        if str(value).lower() in ("0", "false", "no", "off"):
+        if str(value).lower() in FALSE_WORDS:
             return False
         raise ValueError(f"{name}: expected true/false, got {value!r}")
     try:
@@ -305,22 +329,45 @@ def _coerce(name: str, hint, value):
         raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
 
 
+PATH_FIELDS = {"run", "data", "input", "output", "path", "forgetting"}  # str options that name a file or folder
+NAME_FIELDS = {"model", "task", "template", "source", "encoder"}  # a bundled name, a Hugging Face id or a path
+
+
+def metavar(name: str, hint, choices: tuple | None) -> str:
+    """What an option's value is, from its field: {a,b} for choices (",..." when a list of them), BOOL, N,
+    FLOAT, PATH, NAME, COLUMN, YAML (a mapping), A,B (a list), FLOAT,FLOAT (a tuple, by element), else TEXT."""
+    kind, _ = _base_type(hint)
+    if choices:
+        return "{" + ",".join(choices) + "}" + (",..." if typing.get_origin(kind) is list else "")
+    if typing.get_origin(kind) is tuple:
+        return ",".join(metavar(name, t, None) for t in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return "A,B"
+    named = {bool: "BOOL", int: "N", float: "FLOAT", dict: "YAML"}
+    if kind in named:
+        return named[kind]
+    if name in PATH_FIELDS | NAME_FIELDS:
+        return "PATH" if name in PATH_FIELDS else "NAME"
+    return "COLUMN" if name.endswith("_column") else "TEXT"
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--flag`` per field; defaults are SUPPRESSed so YAML values are not overridden silently."""
-    parser.add_argument("--config", help="YAML file with any of these options (command line wins)")
+    parser.add_argument("--config", metavar="PATH", help="YAML file with any of these options (command line wins)")
     for f in dataclasses.fields(cls):
         default = default_of(f)
         shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
         help_text = f"{f.metadata['help']} (default: {shown})"
         if f.metadata.get("choices"):
             help_text += f"; one of: {', '.join(f.metadata['choices'])}"
-        is_bool = _base_type(_hints(cls)[f.name])[0] is bool
+        hint = _hints(cls)[f.name]
+        is_bool = _base_type(hint)[0] is bool
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=argparse.SUPPRESS,
             help=help_text,
-            metavar="BOOL" if is_bool else "X",
+            metavar=metavar(f.name, hint, f.metadata.get("choices")),
             nargs="?" if is_bool else None,
             const="true" if is_bool else None,
         )

@@ -2,8 +2,10 @@
 
     labeltune evaluate --run runs/demo [--split test] [--base false]
 
-Writes runs/<name>/metrics.json (keys: base, finetuned, majority_baseline, forgetting, ...), report.md
-and report.html with their plots (labeltune.report), and one predictions CSV per system. Malformed
+Each evaluation writes its own folder, runs/<name>/eval/<split>-<mode>-<n>/ (labeltune.run.new_eval_dir):
+metrics.json (keys: base, finetuned, majority_baseline, forgetting, ...), report.md and report.html with
+their plots (labeltune.report), and one predictions CSV per system; earlier evaluations are kept as they
+were. The latest is also runs/<name>/metrics.json, report.md and report.html (showing its folder's plots). Malformed
 answers count as wrong: they lower accuracy and the recall of their gold class, and are a false
 positive for no class. Score metrics (MAE, Spearman) use the rows with a gold score whose answer
 parsed; beside them, the fine-tuned model's scores with the gold label given (every row whose gold label
@@ -22,7 +24,7 @@ from labeltune.metrics import (argmax_label, calibration_metrics, classification
                                system_metrics)
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
-from labeltune.run import load_calibration, open_run, read_training
+from labeltune.run import load_calibration, new_eval_dir, open_run, read_training
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
@@ -69,10 +71,12 @@ def main(cfg) -> dict:
                                       score_estimate=cfg.score_estimate)
     systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
                                    cfg.score_estimate, biases)
+    out = new_eval_dir(run_dir, Path(cfg.data).stem if cfg.data else cfg.split, cfg.mode)  # decoded: a folder of its own
+    metrics["eval_dir"] = str(out)
     for key, predictions in systems.items():
         metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends, task.scored_labels)
         metrics[key].update(calibration_metrics(predictions, gold, temperature if key == "finetuned" else 1.0))
-        write_predictions(run_dir / f"predictions_{key}.csv", examples, predictions)
+        write_predictions(out / f"predictions_{key}.csv", examples, predictions)
     if biases and cfg.mode == "score":  # the same decode without the biases: argmax of log p + b - b
         unbiased = [argmax_label(p.probs, {k: -v for k, v in biases.items()}) if p.probs else None for p in systems["finetuned"]]
         plain = classification_metrics(gold, unbiased, task.label_values)
@@ -91,9 +95,15 @@ def main(cfg) -> dict:
     if general_texts and hasattr(model, "disable_adapter"):
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
-    write_report(run_dir, metrics, examples, systems, read_training(run_dir))
+    text = json.dumps(metrics, ensure_ascii=False, indent=1)
+    (out / "metrics.json").write_text(text, encoding="utf-8")
+    write_report(out, metrics, examples, systems, read_training(run_dir), also_in=run_dir)
+    (run_dir / "metrics.json").write_text(text, encoding="utf-8")  # last: the latest evaluation, complete
     print(format_table(metrics))
     for warning in warnings:
         print(f"labeltune: warning: {warning}", file=sys.stderr)
+    print(f"wrote {out}/ (metrics.json, predictions, plots); report: {out / 'report.html'} (latest also in "
+          f"{run_dir / 'report.html'})")
+    print(f"next: labeltune label --run {run_dir} --input posts.csv --output labelled.csv"
+          + ("" if cfg.mode == "generate" else f" --mode {cfg.mode}"))
     return metrics

@@ -5,8 +5,11 @@
     labeltune export --run runs/gemma2 --format gguf --quant q4_k_m      # needs unsloth on a GPU
     HF_TOKEN=... labeltune export --run runs/demo --format merged16 --push-to-hub me/my-labeller
 
-`adapter` and `merged16` outputs are themselves run directories (config.yaml, model.json, data/),
-so `labeltune label --run <export>` and `labeltune evaluate --run <export>` work on them.
+`adapter` and `merged16` outputs are themselves run directories (config.yaml, model.json, data/,
+calibration.json), so `labeltune label --run <export>` and `labeltune evaluate --run <export>` work on
+them. Each also carries a model card (README.md, labeltune.card: base model, task and labels, data,
+test metrics, calibration, how to load it with labeltune and with transformers/PEFT), the prompt
+template (template.jinja) and the task spec (task.yaml) the run was trained with.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import os
 import shutil
 from pathlib import Path
 
+from labeltune.card import TASK_FILE, TEMPLATE_FILE, model_card
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
 from labeltune.models import bnb_4bit_unavailable, cuda_available, import_unsloth, resolve_preset, unsloth_installed
+from labeltune.prompts import load_template
 from labeltune.run import (
     ADAPTER,
     BASE,
@@ -29,9 +34,11 @@ from labeltune.run import (
     TRAIN_LOG,
     VERSIONS,
     base_path,
+    load_config,
     read_info,
     write_info,
 )
+from labeltune.task import task_path
 
 FORMATS = ("adapter", "merged16", "gguf")
 # what an export carries besides the weights: the fitted temperature too (the exported model computes the
@@ -40,12 +47,16 @@ RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG)
 
 
 def _copy_run_files(run_dir: Path, out: Path) -> None:
+    """The run's files (RUN_FILES), its template and task spec files, as trained."""
     for name in RUN_FILES:
         src = run_dir / name
         if src.is_dir():
             shutil.copytree(src, out / name, dirs_exist_ok=True)
         elif src.is_file():
             shutil.copy2(src, out / name)
+    config = load_config(run_dir)
+    shutil.copy2(load_template(config.template).filename, out / TEMPLATE_FILE)
+    shutil.copy2(task_path(config.task), out / TASK_FILE)
 
 
 def _push(out: Path, repo_id: str) -> None:
@@ -222,7 +233,14 @@ def main(cfg) -> Path:
         export_merged16(run_dir, out, cfg.dtype)
     else:
         export_gguf(run_dir, out, cfg.quant)
-    print(f"exported {run_dir} as {cfg.format} -> {out}")
+    if cfg.format != "gguf":
+        (out / "README.md").write_text(model_card(run_dir, out, cfg.format), encoding="utf-8")
+    print(f"exported {run_dir} as {cfg.format} -> {out}" + ("" if cfg.format == "gguf" else " (model card: README.md)"))
     if cfg.push_to_hub:
         _push(out, cfg.push_to_hub)
+    if cfg.format == "gguf":
+        print(f"next: load the .gguf file in {out} with llama.cpp (llama-cli -m <file>)")
+    else:
+        print(f"next: labeltune label --run {out} --input posts.csv --output labelled.csv, or from Python "
+              f"labeltune.load_run(\"{out}\").predict([...]); transformers/PEFT: see {out / 'README.md'}")
     return out

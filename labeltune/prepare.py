@@ -389,8 +389,9 @@ def main(cfg) -> dict:
         write_jsonl(rows, out / f"{name}.jsonl")
     card = write_card(out, cfg, total, splits, dropped, duplicates, len(splits["train"]) - before)
     print(f"{cfg.source}: {total} rows -> " + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
-          + f", dropped {len(dropped)} -> {out}")
+          + f", dropped {len(dropped)} -> {out} (data card: {out / 'README.md'})")
     if dropped:
         print(f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in {out / 'card.json'})",
               file=sys.stderr)
+    print(f"next: labeltune train --data {out} --output runs/{out.name}")
     return card

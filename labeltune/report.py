@@ -1,14 +1,27 @@
-"""The evaluation report: report.md and report.html in the run directory, with their plots.
+"""The evaluation report: report.md and report.html in an evaluation's folder, with their plots.
 
 Pure functions over the metrics dict of ``labeltune.evaluate`` (computed by labeltune.metrics) and the systems' predictions; no model
-code. Plots hold ASCII only (no CJK font is guaranteed): a non-ASCII label is drawn as its task name
-(``names``) or its position. User texts appear only in the error sample, escaped for Markdown and HTML.
+code. Labels are shown with their task names beside them ("-1 (negative)"). The HTML asks for a
+Japanese-capable font stack (CSS_FONTS); plots draw Japanese labels with the first installed font of
+CJK_FONTS, and where none is installed a non-ASCII label is drawn as its task name (``names``) or its
+position. User texts appear only in the error sample, escaped for Markdown and HTML; each error row
+is named by its ``id`` column where the data has one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+from functools import lru_cache
 from pathlib import Path
+
+# The HTML's font stack: Japanese fonts of Linux/Android, macOS/iOS and Windows, then the browser's default
+CSS_FONTS = ('"Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Yu Gothic", '
+             '"Meiryo", system-ui, sans-serif')
+# Fonts matplotlib may draw Japanese with (the first installed one is used, after its default for Latin text)
+CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "Hiragino Sans", "Yu Gothic", "Meiryo",
+             "TakaoGothic", "VL Gothic", "Source Han Sans JP")
 
 
 def _pyplot():
@@ -20,10 +33,39 @@ def _pyplot():
     return plt
 
 
+@lru_cache(maxsize=1)
+def cjk_font() -> str | None:
+    """The first of CJK_FONTS installed where matplotlib finds fonts; None when there is none."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in installed), None)
+
+
+def plot_style():
+    """Context for drawing a figure: matplotlib's default sans-serif font first, the CJK font as its
+    per-glyph fallback when one is installed (nothing changes otherwise, and nothing fails)."""
+    import matplotlib
+
+    font = cjk_font()
+    if font is None:
+        return contextlib.nullcontext()
+    return matplotlib.rc_context({"font.family": [*matplotlib.rcParams["font.sans-serif"][:1], font]})
+
+
+def with_name(value: str, names: dict[str, str] | None) -> str:
+    """A label value with its task name beside it: "-1 (negative)"; the value alone when it has no other name."""
+    name = (names or {}).get(value)
+    return value if name in (None, value) else f"{value} ({name})"
+
+
 def _ticks(labels: list[str], names: dict[str, str] | None) -> list[str]:
-    """ASCII tick labels: the label itself, else its ASCII name in `names`, else its position (#1, #2, ...)."""
-    shown = [lab if lab.isascii() else (names or {}).get(lab, lab) for lab in labels]
-    return [s if s.isascii() else f"#{i + 1}" for i, s in enumerate(shown)]
+    """Tick labels: the value with its name ("-1 (negative)"). Without a CJK font, ASCII only: a
+    non-ASCII value is drawn as its ASCII name in `names`, else as its position (#1, #2, ...)."""
+    if cjk_font() is not None:
+        return [with_name(lab, names) for lab in labels]
+    candidates = [(with_name(lab, names), lab, (names or {}).get(lab, "")) for lab in labels]
+    return [next((c for c in shown if c and c.isascii()), f"#{i + 1}") for i, shown in enumerate(candidates)]
 
 
 def _draw_confusion(ax, confusion: dict, title: str, names: dict[str, str] | None):
@@ -47,20 +89,21 @@ def plot_confusions(
 ) -> None:
     """One confusion panel per system ({system: classification_metrics(...)["confusion"]}), side by side.
 
-    `names` maps non-ASCII label values to the ASCII names drawn instead (e.g. the task's label names);
-    one without a name is drawn as its position (#1, #2, ...)."""
+    `names` maps label values to the task's names, drawn beside them; without a CJK font a non-ASCII value
+    is drawn as its name alone, or as its position (#1, #2, ...) when it has none."""
     plt = _pyplot()
     n_cols = max(len(c["columns"]) for c in confusions.values())
     n_rows = max(len(c["labels"]) for c in confusions.values())
-    side = 1.2 + 0.45 * n_cols
-    size = (side * len(confusions) + 0.8, 1.6 + 0.4 * n_rows)
-    fig, axes = plt.subplots(1, len(confusions), figsize=size, dpi=110, layout="constrained", squeeze=False)
-    for ax, (system, confusion) in zip(axes[0], confusions.items()):
-        image = _draw_confusion(ax, confusion, system, names)
-    fig.colorbar(image, ax=list(axes[0]), label="share of gold row", shrink=0.8)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path)
+    side = 1.2 + 0.55 * n_cols
+    size = (side * len(confusions) + 1.6, 1.6 + 0.4 * n_rows)
+    with plot_style():
+        fig, axes = plt.subplots(1, len(confusions), figsize=size, dpi=110, layout="constrained", squeeze=False)
+        for ax, (system, confusion) in zip(axes[0], confusions.items()):
+            image = _draw_confusion(ax, confusion, system, names)
+        fig.colorbar(image, ax=list(axes[0]), label="share of gold row", shrink=0.8)
+        if title:
+            fig.suptitle(title)
+        fig.savefig(path)
     plt.close(fig)
 
 
@@ -107,25 +150,38 @@ def share_at(scores: list[int | None], value: int) -> str:
     return f"{sum(s == value for s in given) / len(given):.0%}" if given else "-"
 
 
-def _answer(label: str, score: int | None) -> str:
-    return label if score is None else f"{label} / {score}"
+def _answer(label: str, score: int | None, names: dict[str, str] | None = None) -> str:
+    shown = with_name(label, names)
+    return shown if score is None else f"{shown} / {score}"
 
 
-def error_sample(examples: list, predictions: list, k: int = 20, width: int = 200) -> list[dict]:
+def row_ids(examples: list) -> tuple[str, list[str]]:
+    """(column, each row's id) when every row has an `id` column (any case: id, ID, Id), else ("row",
+    positions from 0)."""
+    column = next((k for k in (examples[0].meta if examples else {}) if k.lower() == "id"), None)
+    if column and all(str(ex.meta.get(column, "")).strip() for ex in examples):
+        return column, [str(ex.meta[column]) for ex in examples]
+    return "row", [str(i) for i in range(len(examples))]
+
+
+def error_sample(examples: list, predictions: list, k: int = 20, width: int = 200,
+                 names: dict[str, str] | None = None) -> list[dict]:
     """Up to `k` wrong or malformed rows: wrong labels by confidence (highest first, none last), then
-    malformed answers; ties in input order. Texts are cut to `width` characters."""
+    malformed answers; ties in input order. Texts are cut to `width` characters; `row` is the row's id
+    (row_ids), labels are shown with their `names`."""
     pairs = list(zip(examples, predictions))
     wrong = [i for i, (ex, p) in enumerate(pairs) if p.label is not None and p.label != ex.label]
     wrong.sort(key=lambda i: (predictions[i].confidence is None, -(predictions[i].confidence or 0.0)))
     malformed = [i for i, p in enumerate(predictions) if p.label is None]
+    ids = row_ids(examples)[1]
     rows = []
     for i in (wrong + malformed)[:k]:
         ex, p = examples[i], predictions[i]
         rows.append({
-            "row": str(i),
+            "row": ids[i],
             "text": ex.text if len(ex.text) <= width else ex.text[:width] + "…",
-            "gold": _answer(ex.label, ex.score),
-            "predicted": f"malformed: {p.reason}" if p.label is None else _answer(p.label, p.score),
+            "gold": _answer(ex.label, ex.score, names),
+            "predicted": f"malformed: {p.reason}" if p.label is None else _answer(p.label, p.score, names),
             "confidence": "-" if p.confidence is None else f"{p.confidence:.3f}",
         })
     return rows
@@ -161,15 +217,13 @@ TITLES = {"base": "base (untuned)", "finetuned": "fine-tuned"}
 def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, predictions: list) -> dict:
     """Write one system's plots; return what both report formats show for it (strings only)."""
 
-    m = metrics[key]
-    plot_confusions(
-        {TITLES[key]: m["confusion"]}, run_dir / f"confusion_{key}.png", names=metrics.get("label_names")
-    )
+    m, names = metrics[key], metrics.get("label_names")
+    plot_confusions({TITLES[key]: m["confusion"]}, run_dir / f"confusion_{key}.png", names=names)
     section = {
         "key": key,
         "title": TITLES[key],
         "per_class": [
-            [lab, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
+            [with_name(lab, names), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
             for lab, c in m["per_class"].items()
         ],
         "reasons": [
@@ -213,7 +267,10 @@ def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[s
         "systems": [
             _system_section(run_dir, metrics, key, examples, systems[key]) for key in TITLES if key in systems
         ],
-        "errors": error_sample(examples, systems["finetuned"]) if "finetuned" in systems else [],
+        "errors": (error_sample(examples, systems["finetuned"], names=metrics.get("label_names"))
+                   if "finetuned" in systems else []),
+        "errors_header": [row_ids(examples)[0], "text", "gold", "predicted", "confidence"],
+        "label_names": metrics.get("label_names") or {},
         "forgetting": None,
         "training": None,
         "estimate_header": ESTIMATE_HEADER,
@@ -249,7 +306,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(map(md_cell, row)) + " |" for row in rows]
 
 
-def render_markdown(context: dict) -> str:
+def render_markdown(context: dict, assets: str = "") -> str:
+    """report.md; `assets` is prefixed to every image (the folder of the plots, relative to the report)."""
     lines = [f"# {context['title']}", "", *md_table(context["summary_header"], context["summary"]), ""]
     if context["estimates"]:
         lines += ["## Score estimates", "", "The score written (from the model's distribution over every allowed score) "
@@ -261,7 +319,7 @@ def render_markdown(context: dict) -> str:
                   "`labeltune calibrate` fitted on the dev split (never on this one).", "",
                   *md_table(context["bias_header"], context["biases"]), ""]
     if context["training"]:
-        lines += ["## Training", "", context["training"]["text"], "", f"![training curves]({context['training']['png']})", ""]
+        lines += ["## Training", "", context["training"]["text"], "", f"![training curves]({assets}{context['training']['png']})", ""]
     if context["forgetting"]:
         f = context["forgetting"]
         lines += [
@@ -285,17 +343,17 @@ def render_markdown(context: dict) -> str:
             "Confusion (rows gold, columns predicted):",
             "",
             *md_table(
-                ["gold \\ pred", *conf["columns"]],
-                [[g, *map(str, row)] for g, row in zip(conf["labels"], conf["matrix"])],
+                ["gold \\ pred", *(with_name(c, context["label_names"]) for c in conf["columns"])],
+                [[with_name(g, context["label_names"]), *map(str, row)] for g, row in zip(conf["labels"], conf["matrix"])],
             ),
             "",
-            f"![confusion]({s['confusion_png']})",
+            f"![confusion]({assets}{s['confusion_png']})",
             "",
         ]
         if "scores_png" in s:
-            lines += [s["scores_text"], "", f"![scores]({s['scores_png']})", ""]
+            lines += [s["scores_text"], "", f"![scores]({assets}{s['scores_png']})", ""]
         if "reliability_png" in s:
-            lines += [s["reliability_text"], "", f"![reliability]({s['reliability_png']})", ""]
+            lines += [s["reliability_text"], "", f"![reliability]({assets}{s['reliability_png']})", ""]
     if context["errors"]:
         lines += [
             f"## Errors of the fine-tuned model ({len(context['errors'])} shown)",
@@ -303,7 +361,7 @@ def render_markdown(context: dict) -> str:
             "Wrong labels by confidence (highest first), then malformed answers.",
             "",
             *md_table(
-                ["row", "text", "gold", "predicted", "confidence"],
+                context["errors_header"],
                 [[e["row"], e["text"], e["gold"], e["predicted"], e["confidence"]] for e in context["errors"]],
             ),
             "",
@@ -328,33 +386,36 @@ def format_cell(column: str, value) -> str:
 
 
 def render_html(template: str, context: dict) -> str:
-    """An HTML page from labeltune/html/<template>; autoescaped, since texts, labels and paths are data."""
+    """An HTML page from labeltune/html/<template>; autoescaped, since texts, labels and paths are data.
+    Every page gets `css_fonts` (CSS_FONTS) and `assets` (prefix of its images; "" unless given)."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent / "html"), autoescape=True, undefined=StrictUndefined
     )
-    return env.get_template(template).render(**context)
+    return env.get_template(template).render(**{"assets": "", **context, "css_fonts": CSS_FONTS})
 
 
-def write_report(run_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list],
-                 training: dict | None = None) -> None:
+def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list],
+                 training: dict | None = None, also_in: str | Path | None = None) -> None:
     """report.md, report.html and their PNGs (confusion_, scores_, reliability_<system>.png,
-    training_curves.png) in `run_dir`.
+    training_curves.png) in `out_dir`; with `also_in`, a second report.md/.html there whose images are
+    the ones in `out_dir` (the run directory's copy of its latest evaluation).
 
     `examples` are the gold rows (data.Example), `systems` each system's decode.Prediction list, and
     `training` the run's training log and kept epoch (see report_context)."""
-    run_dir = Path(run_dir)
-    context = report_context(run_dir, metrics, examples, systems, training)
-    (run_dir / "report.md").write_text(render_markdown(context), encoding="utf-8")
-    (run_dir / "report.html").write_text(render_html("report.html.jinja", context), encoding="utf-8")
+    out_dir = Path(out_dir)
+    context = report_context(out_dir, metrics, examples, systems, training)
+    targets = [(out_dir, "")]
+    if also_in is not None:
+        targets.append((Path(also_in), Path(os.path.relpath(out_dir, also_in)).as_posix() + "/"))
+    for folder, assets in targets:
+        (folder / "report.md").write_text(render_markdown(context, assets), encoding="utf-8")
+        (folder / "report.html").write_text(render_html("report.html.jinja", {**context, "assets": assets}),
+                                            encoding="utf-8")
 
 def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
     centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
     ax.bar(centers, [b["acc"] if b["n"] else 0 for b in bins], width=0.09, color="#4c72b0", label="accuracy")
@@ -469,8 +530,12 @@ def format_table(metrics: dict) -> str:
 
 
 def write_predictions(path: Path, examples, predictions) -> None:
+    """One row per example: its id (the data's `id` column, else its position), text, gold and predicted answer."""
+    header, ids = row_ids(examples)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated", "confidence", "raw"])
-        for ex, p in zip(examples, predictions):
-            writer.writerow([ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.confidence, p.raw])
+        writer.writerow([header, "text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated",
+                         "confidence", "raw"])
+        for i, ex, p in zip(ids, examples, predictions):
+            writer.writerow([i, ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.confidence,
+                             p.raw])

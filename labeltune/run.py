@@ -9,7 +9,10 @@
       data/            train/dev/test.jsonl + summary.json (DATA)
       calibration.json the fitted temperature (CALIBRATION)
       checkpoints/     training checkpoints (CHECKPOINTS; labeltune.checkpoints): resume, best epoch
-      train_log.jsonl, versions.json, metrics.json, report.*, predictions_*.csv
+      eval/<split>-<mode>-<n>/  one folder per `labeltune evaluate` (EVALS; new_eval_dir): metrics.json,
+                       report.md/.html, plots, predictions_*.csv
+      metrics.json, report.md, report.html  the latest evaluation's (its report shows that folder's plots)
+      train_log.jsonl, versions.json
 
 Trained runs and exports (adapter, merged16) are all runs. ``open_run`` reads what is cheap (config,
 task, template, model.json); ``Run.load`` adds the model, its tokenizer and the prompter, always
@@ -31,7 +34,7 @@ from labeltune.task import TaskSpec, load_task
 
 CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapter", "base", "model", "data"
 CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS, EVALS = "checkpoints", "eval"
 
 
 class RunError(ValueError):
@@ -84,6 +87,21 @@ def load_calibration(run_dir: str | Path) -> tuple[float, dict[str, float] | Non
         return 1.0, None
     data = json.loads(path.read_text(encoding="utf-8"))
     return data["temperature"], data.get("biases")
+
+
+def new_eval_dir(run_dir: str | Path, split: str, mode: str) -> Path:
+    """A new, empty folder for one evaluation: eval/<split>-<mode>-<n>, n one more than any evaluation's
+    before it (so earlier ones are never written over, and n orders them)."""
+    evals = Path(run_dir) / EVALS
+    taken = [int(p.name.rsplit("-", 1)[1]) for p in evals.glob("*-*") if p.name.rsplit("-", 1)[1].isdigit()]
+    n = max(taken, default=0) + 1
+    while True:
+        folder = evals / f"{split}-{mode}-{n}"
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:  # another evaluation took it meanwhile
+            n += 1
 
 
 def save_temperature(run_dir: str | Path, result: dict) -> None:

@@ -202,4 +202,5 @@ def main(cfg: SweepConfig) -> list[dict]:
     print(table)
     best_dev = next(dev for name, _, _, dev in trials if name == best)[cfg.metric]
     print(f"best: {best} (dev {cfg.metric} {best_dev:.3f}, test macro-F1 {test['macro_f1']:.3f}) -> {out}/results.md")
+    print(f"next: labeltune label --run {out / 'trials' / best} --input posts.csv --output labelled.csv")
     return rows

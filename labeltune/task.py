@@ -107,13 +107,19 @@ def available_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
-def load_task(name_or_path: str) -> TaskSpec:
-    """Load a task by name (``labeltune/tasks/<name>.yaml``) or from a YAML path."""
+def task_path(name_or_path: str) -> Path:
+    """The YAML file of a task given by name (``labeltune/tasks/<name>.yaml``) or by path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = TASKS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown task {name_or_path!r}; available: {', '.join(available_tasks())}")
+    return path
+
+
+def load_task(name_or_path: str) -> TaskSpec:
+    """Load a task by name (``labeltune/tasks/<name>.yaml``) or from a YAML path."""
+    path = task_path(name_or_path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     unknown = set(raw) - {"name", "description", "labels", "score", "default_template"}
     if unknown:

@@ -13,6 +13,7 @@ CLASSES = {
     "train": config_mod.TrainConfig,
     "evaluate": config_mod.EvalConfig,
     "label": config_mod.LabelConfig,
+    "predict": config_mod.PredictConfig,
     "calibrate": config_mod.CalibrateConfig,
     "export": config_mod.ExportConfig,
     "prepare": config_mod.PrepareConfig,

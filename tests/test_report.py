@@ -12,7 +12,7 @@ import pytest
 from labeltune.data import Example
 from labeltune.decode import Prediction
 from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
-from labeltune.report import md_cell, plot_confusions, write_report
+from labeltune.report import cjk_font, md_cell, plot_confusions, write_report
 
 LABELS = ["1", "0", "-1"]
 SCRIPT = "<script>alert('x')</script> 最高"
@@ -165,9 +165,9 @@ def test_per_class_table_matches_hand_computed(report):
     _, page = report
     assert page.tables["per-class-finetuned"] == [
         ["class", "precision", "recall", "F1", "support"],
-        ["1", "0.500", "0.500", "0.500", "2"],
-        ["0", "0.500", "0.333", "0.400", "3"],
-        ["-1", "0.500", "0.333", "0.400", "3"],
+        ["1 (positive)", "0.500", "0.500", "0.500", "2"],
+        ["0 (neutral)", "0.500", "0.333", "0.400", "3"],
+        ["-1 (negative)", "0.500", "0.333", "0.400", "3"],
     ]
     assert page.tables["malformed-finetuned"][1:] == [["no_eos", "1"], ["no_label", "1"]]
     assert page.tables["malformed-base"][1:] == [["no_label", "6"]]
@@ -183,8 +183,9 @@ def test_error_sample_rows_and_order(report):
     _, page = report
     rows = page.tables["errors"][1:]
     assert [r[0] for r in rows] == ["5", "1", "6", "2", "7"]
-    assert rows[0] == ["5", "最悪", "-1 / 90", "1 / 0", "0.950"]
-    assert rows[2][3:] == ["-1 / 40", "-"]
+    assert page.tables["errors"][0][0] == "row"  # the data has no id column: positions
+    assert rows[0] == ["5", "最悪", "-1 (negative) / 90", "1 (positive) / 0", "0.950"]
+    assert rows[2][3:] == ["-1 (negative) / 40", "-"]
     assert rows[3][3] == "malformed: no_label" and rows[4][3] == "malformed: no_eos"
     assert rows[4][1] == "長" * 200 + "…"
 
@@ -312,3 +313,66 @@ def test_training_curves_show_the_kept_epoch(tmp_path):
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Training: 3 epochs; kept epoch 2: best dev macro_f1 0.6000 at epoch 2" in md
     assert "](training_curves.png)" in md and 'src="training_curves.png"' in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_html_asks_for_japanese_fonts(report):
+    """The page's font stack names Japanese fonts of every platform before the generic family, so CJK text
+    does not fall back to whatever the browser picks."""
+    from labeltune.report import CSS_FONTS
+
+    run_dir, _ = report
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    body = next(line for line in html.splitlines() if line.startswith("body {"))
+    assert f"font-family: {CSS_FONTS};" in body
+    for font in ("Noto Sans CJK JP", "Hiragino Sans", "Yu Gothic", "Meiryo"):
+        assert f'"{font}"' in body
+    assert body.index('"Noto Sans CJK JP"') < body.index("sans-serif;")
+
+
+def test_errors_are_named_by_the_data_id_and_a_second_report_points_at_the_plots(tmp_path):
+    """Rows with an `id` column are shown by it (not by position); a report written `also_in` another folder
+    links the first folder's plots, which exist."""
+    from dataclasses import replace
+
+    examples = [replace(ex, meta={"id": f"post-{i:02d}", "user": "u"}) for i, ex in enumerate(EXAMPLES)]
+    out, top = tmp_path / "eval" / "test-score-1", tmp_path
+    out.mkdir(parents=True)
+    write_report(out, _metrics(False), examples, {"finetuned": FINETUNED}, also_in=top)
+    for folder in (out, top):
+        page = _Page()
+        page.feed((folder / "report.html").read_text(encoding="utf-8"))
+        assert page.tables["errors"][0][0] == "id"
+        assert [r[0] for r in page.tables["errors"][1:]] == ["post-05", "post-01", "post-06", "post-02", "post-07"]
+        for src in page.images:
+            _assert_nontrivial_png(folder / src)
+    top_page = _Page()
+    top_page.feed((top / "report.html").read_text(encoding="utf-8"))
+    assert top_page.images and all(src.startswith("eval/test-score-1/") for src in top_page.images)
+    assert "](eval/test-score-1/confusion_finetuned.png)" in (top / "report.md").read_text(encoding="utf-8")
+    assert not list(top.glob("*.png"))  # the plots stay in their evaluation's folder
+
+
+def test_confusion_ticks_show_label_names(tmp_path):
+    from labeltune.report import _ticks
+
+    names = {"1": "positive", "0": "neutral", "-1": "negative"}
+    assert _ticks(["1", "-1", "malformed"], names) == ["1 (positive)", "-1 (negative)", "malformed"]
+    posneg = {"ポジティブ": "positive"}
+    expected = ["ポジティブ (positive)", "ネガティブ"] if cjk_font() else ["positive", "#2"]
+    assert _ticks(["ポジティブ", "ネガティブ"], posneg) == expected
+
+
+@pytest.mark.skipif(cjk_font() is None, reason="no CJK font installed for matplotlib")
+def test_japanese_labels_are_drawn_with_a_cjk_font(tmp_path):
+    """With a CJK font installed, Japanese labels are drawn as themselves: no missing-glyph warning, and
+    matplotlib's own settings are left as they were."""
+    import matplotlib
+
+    before = list(matplotlib.rcParams["font.family"])
+    posneg = {"labels": ["ポジティブ", "ネガティブ"], "columns": ["ポジティブ", "ネガティブ", "malformed"],
+              "matrix": [[3, 1, 0], [0, 2, 1]]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_confusions({"tuned": posneg}, tmp_path / "ja.png", names={"ポジティブ": "positive"})
+    _assert_nontrivial_png(tmp_path / "ja.png")
+    assert matplotlib.rcParams["font.family"] == before

@@ -1,0 +1,157 @@
+"""The model card (README.md) of an export: what the model is, what it answers, how well, how to load it.
+
+    card = model_card(run_dir, out, "adapter")     # labeltune.export writes it as <out>/README.md
+
+Pure text from the run directory's files (config.yaml, model.json, data/summary.json, metrics.json,
+calibration.json) and the task spec; no model is loaded. The template and task spec files themselves
+travel beside it (TEMPLATE_FILE, TASK_FILE), so the card can point at the exact prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from labeltune.report import format_table
+from labeltune.run import ADAPTER, BASE, CALIBRATION, DATA, MERGED, open_run
+
+TEMPLATE_FILE, TASK_FILE = "template.jinja", "task.yaml"
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _hub_id(base: str) -> str | None:
+    """A Hugging Face id the base was loaded from (None for a local folder or the run's own base/)."""
+    return None if base == BASE + "/" or Path(base).exists() or base.count("/") != 1 else base
+
+
+def _task_section(task, template_name: str) -> list[str]:
+    example = task.render_answer(task.labels[-1].value, task.score.max if task.score_allowed(task.labels[-1].value) else None)
+    lines = ["## Task", "", f"`{task.name}`: {task.description}", "",
+             "The model answers a prompt with exactly (then EOS):", "", "```", example, "```", "",
+             "| label (written) | name | aliases accepted in gold data |", "|---|---|---|"]
+    lines += [f"| `{lab.value}` | {lab.name} | {', '.join(lab.aliases) or '-'} |" for lab in task.labels]
+    if task.score:
+        only = ", ".join(task.score.only_for) if task.score.only_for else "every label"
+        lines += ["", f"Score: an integer {task.score.min}..{task.score.max}, carried by {only} (the others answer 0)."]
+    lines += ["", f"Prompt template `{template_name}`: [{TEMPLATE_FILE}]({TEMPLATE_FILE}) (Jinja2; `text` is the post, "
+              f"`labels` the label values, `task` the task name). Task spec: [{TASK_FILE}]({TASK_FILE}).", ""]
+    return lines
+
+
+def _data_section(run_dir: Path) -> list[str]:
+    summary = _json(run_dir / DATA / "summary.json")
+    if not summary:
+        return []
+    labels = sorted({lab for counts in summary["counts"].values() for lab in counts})
+    lines = ["## Training data", "", f"Source: `{summary['source']}`; {len(summary.get('dropped', []))} rows dropped, "
+             f"{len(summary.get('leaks', []))} dev/test rows also in train (policy: {summary.get('leakage_policy', '-')}).", "",
+             "| split | rows | " + " | ".join(f"label {lab}" for lab in labels) + " |", "|---" * (len(labels) + 2) + "|"]
+    for split, counts in summary["counts"].items():
+        lines.append(f"| {split} | {sum(counts.values())} | " + " | ".join(str(counts.get(lab, 0)) for lab in labels) + " |")
+    card = _json(Path(summary["source"]) / "card.json") if Path(summary["source"]).is_dir() else None
+    if card and card.get("licence"):  # a folder made by `labeltune data prepare`
+        lines += ["", f"Data card of the source: {card.get('source', '-')}, licence: {card['licence']}."]
+    return lines + [""]
+
+
+def _metrics_section(run_dir: Path) -> list[str]:
+    metrics = _json(run_dir / "metrics.json")
+    if not metrics:
+        return ["## Evaluation", "", "Not evaluated before export (`labeltune evaluate --run <run>`).", ""]
+    return ["## Evaluation", "", f"`labeltune evaluate` on the {metrics['split']} split, {metrics['mode']} mode "
+            "(malformed answers count as wrong):", "", format_table(metrics), ""]
+
+
+def _calibration_section(run_dir: Path, names: dict[str, str]) -> list[str]:
+    calibration = _json(run_dir / CALIBRATION)
+    if not calibration:
+        return []
+    biases = calibration.get("biases") or {}
+    shifts = ", ".join(f"{names.get(k, k)} {v:+.1f}" for k, v in biases.items()) or "none"
+    return ["## Calibration", "", f"[{CALIBRATION}]({CALIBRATION}), fitted on the {calibration.get('split', 'dev')} split: "
+            f"temperature {calibration['temperature']:.3f}, label biases {shifts}. labeltune applies both in score mode.", ""]
+
+
+def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str]:
+    labels = task.label_values
+    if fmt == "merged16":
+        load = [f'model = AutoModelForCausalLM.from_pretrained(export / "{MERGED}", dtype="auto").eval()',
+                f'tokenizer = AutoTokenizer.from_pretrained(export / "{MERGED}")']
+        imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
+    else:
+        where = f'export / "{BASE}"' if base == BASE + "/" else repr(base)
+        load = [f"model = AutoModelForCausalLM.from_pretrained({where}, dtype=\"auto\")"
+                + ("  # a 4-bit (bitsandbytes) checkpoint: the weights the LoRA was trained against" if info.get("load_in_4bit") else ""),
+                'tokenizer = AutoTokenizer.from_pretrained(export / "adapter")',
+                "if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:",
+                "    model.resize_token_embeddings(len(tokenizer))",
+                'model = PeftModel.from_pretrained(model, export / "adapter").eval()']
+        imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
+    return [
+        "## Use with labeltune", "",
+        "```bash",
+        f"labeltune predict --run {out} \"今日は最高の一日\"                      # one line per text",
+        f"labeltune label   --run {out} --input posts.csv --output labelled.csv --mode score",
+        "```", "",
+        "```python",
+        "import labeltune",
+        "",
+        f'labeller = labeltune.load_run("{out}")  # score mode, calibration applied',
+        'print(labeller.predict(["今日は最高の一日"])[0])',
+        "```", "",
+        "## Use with transformers" + (" and PEFT" if fmt != "merged16" else ""), "",
+        "Greedy generation after the rendered prompt; the answer is the two lines above. (labeltune also "
+        "writes `###` in a post as full-width `＃＃＃` so a post cannot open a prompt section, and cuts posts "
+        f"longer than {info.get('max_length', '-')} tokens with the prompt.)", "",
+        "```python",
+        "from pathlib import Path",
+        "",
+        "import jinja2",
+        imports,
+        "",
+        f'export = Path("{out}")',
+        *load,
+        f'template = jinja2.Template((export / "{TEMPLATE_FILE}").read_text(encoding="utf-8"), keep_trailing_newline=True)',
+        f'prompt = template.render(text="今日は最高の一日".replace("###", "＃＃＃"), labels={labels!r}, task="{task.name}")',
+        'ids = tokenizer(prompt, return_tensors="pt").to(model.device)',
+        "out = model.generate(**ids, max_new_tokens=16, do_sample=False)",
+        'print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```", "",
+    ]
+
+
+def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
+    """README.md of an `adapter` or `merged16` export of `run_dir` written to `out`."""
+    run_dir, out = Path(run_dir), Path(out)
+    run = open_run(run_dir)
+    info, task, config = run.info, run.task, run.config
+    base = info["base"]
+    hub = _hub_id(info.get("full_id") or base) if fmt == "merged16" else _hub_id(base)
+    front = ["---", f"library_name: {'transformers' if fmt == 'merged16' else 'peft'}"]
+    front += [f"base_model: {hub}"] if hub else []
+    front += ["tags:", "- labeltune", "- lora", "- text-classification", "language:", "- ja", "---", ""]
+    precision = "4-bit NF4 (QLoRA)" if info.get("load_in_4bit") else info.get("precision", "16/32-bit")
+    lora = _json(run_dir / ADAPTER / "adapter_config.json") or {}
+    what = ("A LoRA adapter (`adapter/`)" if fmt == "adapter" else
+            f"A LoRA merged into a {info.get('merged_dtype', '16-bit')} copy of its base (`{MERGED}/`)")
+    shown = ("the tiny preset's model, built locally (`base/` in this folder)" if base == BASE + "/" and fmt == "adapter"
+             else "the tiny preset's model, built locally" if base == BASE + "/" else f"`{info.get('full_id') or base}`")
+    lines = [
+        *front,
+        f"# {run_dir.name}: a labeltune `{task.name}` labeller",
+        "",
+        f"{what}. Base model: {shown} (preset `{info.get('preset') or '-'}`), trained with "
+        f"LoRA r={lora.get('r', config.lora_r or '-')} alpha={lora.get('lora_alpha', config.lora_alpha or '-')}, {precision}, on the {info.get('backend', 'hf')} backend, by "
+        f"[labeltune](https://github.com/labeltune/labeltune). The folder is a labeltune run directory "
+        f"(config.yaml, model.json, data/), so every labeltune verb takes it as `--run`.",
+        "",
+        *_task_section(task, config.template),
+        *_data_section(run_dir),
+        *_metrics_section(run_dir),
+        *_calibration_section(run_dir, {lab.value: lab.name for lab in task.labels}),
+        *_usage_section(out, fmt, base, info, task),
+    ]
+    return "\n".join(lines)
