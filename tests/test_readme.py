@@ -21,7 +21,7 @@ def _verb_flags() -> dict[str, set[str]]:
 
 def test_readme_flags_exist():
     flags = _verb_flags()
-    used = re.findall(r"labeltune(?:\.cli)? +(train|evaluate|label|export|calibrate|data|models|templates)\b([^\n`|]*)", README)
+    used = re.findall(r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates)\b([^\n`|]*)", README)
     assert len(used) >= 6
     for verb, rest in used:
         for flag in re.findall(r"(--[a-z][a-z0-9-]*)", rest):
