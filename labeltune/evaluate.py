@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from labeltune.data import ReadReport, dropped_summary, iter_rows, load_examples
@@ -63,12 +64,20 @@ def main(cfg) -> dict:
         metrics["score_range"] = [task.score.min, task.score.max]
     metrics["majority_baseline"] = majority_baseline(train_labels, gold, task.label_values)
     systems = {}
+    started = time.perf_counter()
+
+    def step(what: str) -> None:  # a line per stage: a person waiting sees what runs, in a terminal or a log
+        print(f"evaluate: {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
+
+    where = f"{len(texts)} {'rows of ' + cfg.data if cfg.data else cfg.split + ' posts'}, {cfg.mode} mode"
     if cfg.base and run.merged:
         warnings.append("a merged export has no adapter to switch off: only the tuned model is evaluated")
     elif cfg.base:
+        step(f"base model (adapter off) on {where}")
         with model.disable_adapter():
             systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode,
                                       score_estimate=cfg.score_estimate)
+    step(f"fine-tuned model on {where}")
     systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
                                    cfg.score_estimate, biases)
     out = new_eval_dir(run_dir, Path(cfg.data).stem if cfg.data else cfg.split, cfg.mode)  # decoded: a folder of its own
@@ -86,6 +95,7 @@ def main(cfg) -> dict:
             "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()}}
     scored_rows = [i for i, (lab, sc) in enumerate(zip(gold, gold_scores)) if lab in task.scored_labels and sc is not None]
     if scored_rows:  # the score part apart from the label decision: every gold-scored row, its gold label given
+        step(f"scores with the gold label given on {len(scored_rows)} rows")
         given = scores_given_labels(model, prompter, [texts[i] for i in scored_rows], [gold[i] for i in scored_rows],
                                     cfg.batch_size, cfg.score_estimate)
         truth = [gold_scores[i] for i in scored_rows]
@@ -93,6 +103,7 @@ def main(cfg) -> dict:
             "estimate": score_metrics(truth, [e for e, _ in given], task.score_ends),
             "greedy": score_metrics(truth, [g for _, g in given], task.score_ends)}
     if general_texts and hasattr(model, "disable_adapter"):
+        step(f"forgetting check: perplexity on {len(general_texts)} general texts")
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}
     text = json.dumps(metrics, ensure_ascii=False, indent=1)
