@@ -156,3 +156,29 @@ def test_lora_adapter_is_served_on_its_base(run_dir, tmp_path, texts):
         assert served.lora is not None
         print(f"vLLM start-up with LoRA: {served.startup_s:.1f} s")
         _compare("score", served, (model, prompter), texts)
+
+
+def test_label_cli_with_vllm_on_ray_writes_the_single_process_file(merged, tmp_path):
+    """`label --engine vllm --ray local`: a Ray actor serving the run with vLLM writes the bytes a
+    single-process `label --engine vllm` writes, which label as the hf engine does."""
+    import csv
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'labeltune[ray]')")
+    source = ROOT / "data" / "new_posts.csv"
+
+    def label(out, *extra):
+        done = subprocess.run([sys.executable, "-m", "labeltune.cli", "label", "--run", str(merged), "--input", str(source),
+                               "--output", str(out), "--mode", "score", "--progress", "false", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return list(csv.DictReader(open(out, encoding="utf-8", newline="")))
+
+    single = label(tmp_path / "single.csv", "--engine", "vllm")
+    on_ray = label(tmp_path / "ray.csv", "--engine", "vllm", "--ray", "local", "--replicas", "1")
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "single.csv").read_bytes()
+    hf = label(tmp_path / "hf.csv")
+    assert len(single) == len(hf) == len(on_ray)
+    agree = sum(a["label"] == b["label"] for a, b in zip(single, hf)) / len(hf)
+    assert agree >= AGREEMENT, agree
