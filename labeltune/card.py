@@ -14,8 +14,8 @@ from pathlib import Path
 
 from labeltune.report import format_table
 from labeltune.run import ADAPTER, BASE, CALIBRATION, DATA, MERGED, open_run
-
-TEMPLATE_FILE, TASK_FILE = "template.jinja", "task.yaml"
+from labeltune.run import TASK as TASK_FILE
+from labeltune.run import TEMPLATE as TEMPLATE_FILE
 
 
 def _json(path: Path) -> dict | None:

@@ -34,6 +34,7 @@ from labeltune.task import TaskSpec, load_task
 
 CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapter", "base", "model", "data"
 CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
+TEMPLATE, TASK = "template.jinja", "task.yaml"  # an export's own copies of the template and task spec
 CHECKPOINTS, EVALS = "checkpoints", "eval"
 
 
@@ -121,7 +122,10 @@ class Run:
         return bool(self.info.get("merged"))
 
     def template(self):
-        return load_template(self.config.template)
+        """The run's prompt template: an export's own copy (TEMPLATE) where it has one, so an export of a
+        custom template loads on a machine without the original file; else the config's name or path."""
+        own = self.dir / TEMPLATE
+        return load_template(str(own) if own.is_file() else self.config.template)
 
     def split(self, name: str) -> Path:
         return self.dir / DATA / f"{name}.jsonl"
@@ -136,7 +140,8 @@ def open_run(run_dir: str | Path) -> Run:
     """A run directory's config, model.json and task (no model loaded); refuses what is not a run."""
     run_dir = Path(run_dir)
     config = load_config(run_dir)
-    return Run(run_dir, config, read_info(run_dir), load_task(config.task))
+    own = run_dir / TASK  # an export's own copy of the task spec (see Run.template)
+    return Run(run_dir, config, read_info(run_dir), load_task(str(own) if own.is_file() else config.task))
 
 
 def file_sha256(path: Path) -> str:

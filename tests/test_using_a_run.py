@@ -158,3 +158,29 @@ def test_exports_carry_a_model_card_template_task_and_calibration(run, capsys):
 
     exported = labeltune.load_run(run.parent / "adapter").predict(TEXTS)
     assert [(p.label, p.score) for p in exported] == [(p.label, p.score) for p in labeltune.load_run(run).predict(TEXTS)]
+
+
+def test_export_of_a_custom_template_and_task_loads_without_the_original_files(tmp_path):
+    """An export carries its template and task spec and uses them: a run trained with a template and a task
+    file of the user's still loads and labels after those files are gone (another machine)."""
+    import shutil
+
+    import labeltune
+    from labeltune import export, train
+    from labeltune.config import TrainConfig
+    from labeltune.run import open_run
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(ROOT / "labeltune" / "templates" / "alpaca_ja_sentiment_toxicity.jinja", mine / "my_prompt.jinja")
+    shutil.copy(ROOT / "labeltune" / "tasks" / "sentiment_toxicity.yaml", mine / "my_task.yaml")
+    run = tmp_path / "run"
+    train.main(resolve(TrainConfig, None, {"output": str(run), "max_steps": 2, "limit": 48,
+                                           "template": str(mine / "my_prompt.jinja"), "task": str(mine / "my_task.yaml")}))
+    export.main(resolve(ExportConfig, None, {"run": str(run), "output": str(tmp_path / "export")}))
+    before = [(p.label, p.score) for p in labeltune.load_run(tmp_path / "export").predict(TEXTS)]
+    shutil.rmtree(mine)  # the user's files are not on the machine the export goes to
+    opened = open_run(tmp_path / "export")
+    assert Path(opened.template().filename) == tmp_path / "export" / "template.jinja"
+    assert opened.task.name == "sentiment_toxicity"
+    assert [(p.label, p.score) for p in labeltune.load_run(tmp_path / "export").predict(TEXTS)] == before
