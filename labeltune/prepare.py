@@ -32,6 +32,7 @@ import json
 import math
 import random
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -359,6 +360,12 @@ def main(cfg) -> dict:
     if not cfg.source.startswith("hf:") and not path.exists():
         hint = " or pass --download" if cfg.source in DOWNLOADS else f"; get it from {MANUAL.get(cfg.source, 'your own files')}"
         raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder{hint})")
+    started = time.perf_counter()
+
+    def step(what: str) -> None:  # a line per stage: a person waiting sees what runs, in a terminal or a log
+        print(f"data prepare: {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
+
+    step(f"reading {cfg.source} from {path if not cfg.source.startswith('hf:') else cfg.source[3:]}")
     if cfg.source.startswith("hf:"):
         task = load_task(cfg.task)
         splits, dropped = read_hf(cfg.source[3:], task, cfg.text_column, cfg.label_column, cfg.score_column)
@@ -379,7 +386,10 @@ def main(cfg) -> dict:
         examples, dropped = read_annotated_csv(path, task, cfg.text_column, cfg.label_column, flags, cfg.flag_max)
         splits = split_examples(examples, cfg.split, cfg.seed)
     total = sum(len(v) for v in splits.values()) + len(dropped)
+    step(f"read {total} rows; looking for duplicates of the {len(splits['dev']) + len(splits['test'])} dev/test rows "
+         f"among the {len(splits['train'])} train rows (exact, normalised, 5-gram Jaccard >= 0.9)")
     splits, duplicates = deduplicate(splits)
+    step(f"{len(duplicates)} duplicates found; writing {out}")
     before = len(splits["train"])
     splits["train"] = balance(splits["train"], cfg.balance, cfg.seed)
     check_output_folder(out, "card.json", "data prepare")
