@@ -81,3 +81,31 @@ def test_ray_job_killed_and_run_again_ends_with_the_same_bytes(run_dir, tmp_path
     again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert resumed.read_bytes() == reference.read_bytes()
+
+
+def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
+    """--ray auto joins a cluster started apart (`ray start --head`), as on a real cluster's head node."""
+    import shutil
+    import socket
+
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("no `ray` command beside this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = tmp_path / "posts.csv"
+    _posts(source, 60)
+    single, joined = tmp_path / "single.csv", tmp_path / "joined.csv"
+    subprocess.run(_label(run_dir, source, single, "--mode", "score"), check=True, cwd=ROOT, timeout=600)
+    started = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
+                              "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        # `auto`: the cluster this machine belongs to, as on a head node (it also finds the cluster's auth token)
+        done = subprocess.run(_label(run_dir, source, joined, "--mode", "score", "--ray", "auto", "--replicas", "2"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=300)
+    assert joined.read_bytes() == single.read_bytes()
