@@ -26,12 +26,12 @@ def test_common_prefix_leaves_every_prompt_an_own_token():
     assert common_prefix_length([[1, 2, 3]]) == 0  # a single prompt: nothing to share
 
 
-def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch):
-    """Prefix caching changes the work, not the result: label probabilities and answers agree."""
+def _random_model(texts: list[str], seed: int):
+    """(model, tokenizer, prompter): a random 2-layer Llama with sharp logits (a scaled LM head) and a tiny
+    tokenizer built from the texts' prompts and the task's answers."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from labeltune import decode
     from labeltune.features import Prompter
     from labeltune.models import build_tiny_tokenizer
     from labeltune.prompts import load_template, render_prompt
@@ -39,16 +39,23 @@ def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch)
 
     task = load_task("sentiment_toxicity")
     template = load_template(task.default_template)
-    texts = ["最高の一日だった", "電車が遅れて最悪だ、もう二度と乗らない", "明日は雨らしい", "了解", "あいつは本当に無能すぎて話にならない"]
     tokenizer = build_tiny_tokenizer([render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
     )).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(40)
-    prompter = Prompter(tokenizer, template, task, max_length=512)
+    return model, tokenizer, Prompter(tokenizer, template, task, max_length=512)
+
+
+def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch):
+    """Prefix caching changes the work, not the result: label probabilities and answers agree."""
+    from labeltune import decode
+
+    texts = ["最高の一日だった", "電車が遅れて最悪だ、もう二度と乗らない", "明日は雨らしい", "了解", "あいつは本当に無能すぎて話にならない"]
+    model, tokenizer, prompter = _random_model(texts, seed=0)
     prompts = [prompter.prompt_ids(t)[0] for t in texts]
     assert decode.common_prefix_length(prompts) >= decode.MIN_SHARED_PREFIX
     cached = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=2)
@@ -116,27 +123,10 @@ def test_shared_prefix_cache_expansion_matches_transformers(family):
 def test_scores_given_a_label_equal_the_scores_when_the_model_picks_it():
     """evaluate's gold-label scores: forcing a label gives the same score distribution as the model choosing
     that label itself (here made to by a large bias), for rows whose own choice differs too."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from labeltune import decode
-    from labeltune.features import Prompter
-    from labeltune.models import build_tiny_tokenizer
-    from labeltune.prompts import load_template, render_prompt
-    from labeltune.task import load_task
 
-    task = load_task("sentiment_toxicity")
-    template = load_template(task.default_template)
     texts = ["最高の一日だった", "電車が遅れて最悪だ", "明日は雨らしい", "了解", "あいつは無能すぎる", "普通"]
-    tokenizer = build_tiny_tokenizer([render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000)
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-    )).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40)
-    prompter = Prompter(tokenizer, template, task, max_length=512)
+    model, tokenizer, prompter = _random_model(texts, seed=1)
     prompts = [prompter.prompt_ids(t)[0] for t in texts]
     own = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4)
     chosen = [max(d, key=d.get) for d in own[0]]
