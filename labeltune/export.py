@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from labeltune.card import TASK_FILE, TEMPLATE_FILE, model_card
@@ -194,7 +195,8 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
     nf4 = None
     if info.get("load_in_4bit") and "quantization_config" not in json.loads((base_dir / "config.json").read_text(encoding="utf-8")):
         nf4 = Nf4(linear_weights(base_dir), LOAD_DTYPE[info.get("precision", "fp32")])
-    written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype, nf4=nf4)
+    written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype, nf4=nf4,
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     for path in (run_dir / ADAPTER).iterdir():  # the run's tokenizer files, as saved beside its adapter
         if path.is_file() and not path.name.startswith("adapter_") and path.name != "README.md":
             shutil.copy2(path, out / MERGED / path.name)

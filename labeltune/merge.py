@@ -223,11 +223,12 @@ def _write_shard(path: Path, names: list[str], shapes: dict, dtype: str, tensor_
 
 
 def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "float16",
-               shard_bytes: int = SHARD_BYTES, nf4: Nf4 | None = None) -> list[Path]:
+               shard_bytes: int = SHARD_BYTES, nf4: Nf4 | None = None, progress=None) -> list[Path]:
     """Write base + LoRA merged, cast to `dtype`, as a checkpoint in `out_dir` (config.json and weights;
     the tokenizer is the caller's); returns the weight files. Every LoRA pair must find its base tensor.
     A pre-quantised 4-bit base is dequantised; `nf4` names the weights of a 16-bit base to put through
-    the NF4 round trip first (a run trained on it loaded 4-bit)."""
+    the NF4 round trip first (a run trained on it loaded 4-bit). `progress(line)`, where given, is told
+    each shard as it is written (a 9B merge takes minutes)."""
     from safetensors import safe_open
 
     if dtype not in DTYPES:
@@ -278,10 +279,13 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
     shards = plan_shards({name: math.prod(shape) * BYTES_PER_PARAM[dtype] for name, shape in shapes.items()}, shard_bytes)
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for shard, name in zip(shards, names):
+    for i, (shard, name) in enumerate(zip(shards, names), 1):
         tmp = out_dir / (name + ".tmp")
         _write_shard(tmp, shard, shapes, dtype, tensor_of)
         os.replace(tmp, out_dir / name)
+        if progress is not None:
+            size = sum(math.prod(shapes[t]) * BYTES_PER_PARAM[dtype] for t in shard) / (1 << 30)
+            progress(f"merged16: shard {i}/{n} written ({size:.2f} GiB, {len(shard)} tensors)")
     opened.clear()
     if n > 1:
         weight_map = {tensor: name for shard, name in zip(shards, names) for tensor in shard}
