@@ -302,6 +302,35 @@ def device_precision() -> str:
 DTYPE_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16); without it torch emulates bf16,
+    slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def check_dtype(dtype: str, on_gpu: bool, capability: tuple[int, int] | None = None) -> None:
+    """Refuse a precision this device cannot compute well, in one line naming the alternative."""
+    if dtype != "auto" and dtype not in TORCH_DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}; available: auto, {', '.join(TORCH_DTYPES)}")
+    if on_gpu:
+        if dtype == "bf16" and capability is not None and capability[0] < 8:
+            raise ValueError(f"--dtype bf16 on a GPU of compute capability {capability[0]}.{capability[1]} (e.g. a T4) is "
+                             "emulated and slow; use --dtype fp16 or auto")
+        return
+    if dtype == "fp16":
+        raise ValueError("--dtype fp16 is not supported on CPU (no fp16 matmul kernels); use bf16 or fp32")
+    if dtype == "bf16" and not cpu_has_native_bf16():
+        raise ValueError("--dtype bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so it would be slower than "
+                         "fp32; use --dtype fp32")
+
+
 def precision_of(model) -> str:
     """The precision a loaded model computes in, read off its (never quantised) input embeddings: how
     the trainer learns what Unsloth chose with ``dtype=None``."""

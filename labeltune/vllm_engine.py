@@ -45,13 +45,18 @@ from labeltune.config import MODES
 from labeltune.decode import Prediction, _score_tree, estimate_score
 from labeltune.features import Prompter
 from labeltune.metrics import adjust, apply_temperature, argmax_label
-from labeltune.models import cuda_available, ensure_pad_token
+from labeltune.models import (
+    TORCH_DTYPES,
+    check_dtype,
+    cuda_available,
+    ensure_pad_token,
+    gpu_capability,
+    select_precision,
+)
 from labeltune.parse import parse
 from labeltune.run import ADAPTER, MERGED, MissingRunFile, base_path, open_run
 
 INSTALL_HINT = "the vllm engine needs vLLM: pip install 'labeltune[vllm]' (GPU) or make env-vllm (CPU)"
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "float32": "float32", "float16": "float16",
-          "bfloat16": "bfloat16"}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 MAX_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS: most token ids one request may ask logprobs for
 
@@ -92,17 +97,12 @@ def adapter_problem(adapter_dir: Path) -> str | None:
 
 
 def resolve_dtype(dtype: str, cuda: bool) -> str:
-    """vLLM's dtype for labeltune's: auto = float32 on CPU (the hf engine's CPU precision), bf16 on a GPU
-    that has it, else fp16."""
-    if dtype == "auto":
-        if not cuda:
-            return "float32"
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; available: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    """vLLM's dtype for labeltune's --dtype, decided as the hf engine decides it (labeltune.models): auto =
+    fp32 on CPU, bf16 from compute capability 8, fp16 below (a T4 answers is_bf16_supported() True but
+    only emulates bf16); a precision the device cannot compute well is refused (check_dtype)."""
+    capability = gpu_capability() if cuda else None
+    check_dtype(dtype, cuda, capability)
+    return TORCH_DTYPES[select_precision(capability) if dtype == "auto" else dtype]
 
 
 class VllmEngine:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labeltune.engine import check_dtype, cpu_has_native_bf16
+from labeltune.models import check_dtype, cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
@@ -83,3 +83,17 @@ def test_label_with_threads_and_dtype_options(run, tmp_path):
     refused = label(tmp_path / "c.csv", "--dtype", "fp16")
     assert refused.returncode == 2 and "fp16 is not supported on CPU" in refused.stderr
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_vllm_precision_follows_compute_capability_not_is_bf16_supported(monkeypatch):
+    """A T4 answers torch.cuda.is_bf16_supported() True but only emulates bf16: vLLM gets fp16 there, bf16 from
+    compute capability 8, fp32 on CPU, as the hf engine decides (labeltune.models.select_precision)."""
+    from labeltune import vllm_engine
+
+    assert vllm_engine.resolve_dtype("auto", cuda=False) == "float32"
+    for capability, expected in (((7, 5), "float16"), ((8, 0), "bfloat16")):
+        monkeypatch.setattr(vllm_engine, "gpu_capability", lambda c=capability: c)
+        assert vllm_engine.resolve_dtype("auto", cuda=True) == expected
+    monkeypatch.setattr(vllm_engine, "gpu_capability", lambda: (7, 5))
+    with pytest.raises(ValueError, match="emulated and slow"):
+        vllm_engine.resolve_dtype("bf16", cuda=True)
