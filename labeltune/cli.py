@@ -147,10 +147,12 @@ def quiet_libraries() -> None:
     deprecated", ...) and transformers' info/warning logging (TRANSFORMERS_VERBOSITY=error, inherited by
     the processes train.spawn starts; a value the user set wins). Here, at the entry point only: library
     code and the notebook keep every warning. Also bitsandbytes' note, at import, that an optional CPU
-    kernel package is missing (said on every command, 4-bit or not)."""
+    kernel package is missing (said on every command, 4-bit or not), and the `kernels` package's note that
+    it skips a publisher check offline (transformers >= 5.2x loads it with bitsandbytes on every command)."""
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:
         sys.modules["transformers"].logging.set_verbosity_error()

@@ -160,6 +160,7 @@ def test_exports_carry_a_model_card_template_task_and_calibration(run, capsys):
     assert [(p.label, p.score) for p in exported] == [(p.label, p.score) for p in labeltune.load_run(run).predict(TEXTS)]
 
 
+@pytest.mark.train
 def test_export_of_a_custom_template_and_task_loads_without_the_original_files(tmp_path):
     """An export carries its template and task spec and uses them: a run trained with a template and a task
     file of the user's still loads and labels after those files are gone (another machine)."""
