@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -210,6 +211,7 @@ def main(cfg: LabelConfig) -> Path:
     rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
     counts = {"ok": 0, "failed": 0, "neutralised": 0, "truncated": 0}
+    per_label = Counter()
 
     def cell(value) -> str:
         text = _cell(value)
@@ -229,6 +231,7 @@ def main(cfg: LabelConfig) -> Path:
                 for row, p in zip(chunk, predictions):
                     counts["ok" if p.ok else "failed"] += 1
                     counts["truncated"] += p.truncated
+                    per_label[p.label] += 1
                     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
                     lines.append(
                         [cell(row.get(c)) for c in columns]
@@ -253,6 +256,13 @@ def main(cfg: LabelConfig) -> Path:
     state["complete"] = True
     _write_state(state_path, state)
     print(f"labelled {state['rows']} rows -> {output} (this session: {counts['ok']} ok, {counts['failed']} not ok)")
+    if per_label:
+        shares = [f"{lab.value} ({lab.name}) {per_label[lab.value]}" for lab in task.labels]
+        if per_label[None]:
+            shares.append(f"no label {per_label[None]}")
+        print("labels this session: " + ", ".join(shares))
+    print(f"next: read a few rows of {output} by hand; to measure these labels against posts you labelled yourself: "
+          f"labeltune evaluate --run {run_dir} --data your_labelled.csv")
     for warning in report.warnings():
         print(f"labeltune: warning: {warning}", file=sys.stderr)
     if counts["truncated"]:

@@ -6,6 +6,7 @@ One run is trained per test session (about a minute on 2 cores) and shared by th
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_leaked_rows_stop_training(tmp_path):
     assert not (tmp_path / "r" / "adapter").exists()
 
 
-def test_label_keeps_rows_columns_and_order(run_dir, tmp_path):
+def test_label_keeps_rows_columns_and_order(run_dir, tmp_path, capsys):
     source = tmp_path / "posts_cp932.csv"
     posts = _write_posts(source, 12, encoding="cp932")
     out = tmp_path / "out.csv"
@@ -98,6 +99,13 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path):
     assert sum(r["ok"] == "True" for r in rows) >= 9
     assert not out.with_name(out.name + ".partial").exists()
     assert json.loads(out.with_name(out.name + ".labeltune.json").read_text())["complete"] is True
+    said = capsys.readouterr().out  # how many of each label it wrote (a collapse shows here), and what to do next
+    counted = re.search(r"labels this session: 1 \(positive\) (\d+), 0 \(neutral\) (\d+), -1 \(negative\) (\d+)"
+                        r"(?:, no label (\d+))?", said)
+    assert counted, said
+    for value, n in zip(("1", "0", "-1", ""), counted.groups()):
+        assert int(n or 0) == sum(r["label"] == value for r in rows)
+    assert f"next: read a few rows of {out}" in said and f"labeltune evaluate --run {run_dir} --data" in said
     # the same command again: already complete, nothing rewritten
     before = out.stat().st_mtime_ns
     label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
