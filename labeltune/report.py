@@ -16,9 +16,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-# The HTML's font stack: Japanese fonts of Linux/Android, macOS/iOS and Windows, then the browser's default
+# The HTML's font stack: Japanese fonts of Linux/Android, macOS/iOS and Windows, then the browser's default,
+# then colour emoji fonts (SNS posts carry emoji, which no Japanese font has)
 CSS_FONTS = ('"Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Yu Gothic", '
-             '"Meiryo", system-ui, sans-serif')
+             '"Meiryo", system-ui, sans-serif, "Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji"')
 # Fonts matplotlib may draw Japanese with (the first installed one is used, after its default for Latin text)
 CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "Hiragino Sans", "Yu Gothic", "Meiryo",
              "TakaoGothic", "VL Gothic", "Source Han Sans JP")

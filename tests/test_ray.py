@@ -84,7 +84,8 @@ def test_ray_job_killed_and_run_again_ends_with_the_same_bytes(run_dir, tmp_path
 
 
 def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
-    """--ray auto joins a cluster started apart (`ray start --head`), as on a real cluster's head node."""
+    """--ray auto joins a cluster started apart (`ray start --head`), as on a real cluster's head node, and so
+    does --ray HOST:PORT (the head's address, as from another machine of the cluster)."""
     import shutil
     import socket
 
@@ -96,7 +97,7 @@ def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
         port = s.getsockname()[1]
     source = tmp_path / "posts.csv"
     _posts(source, 60)
-    single, joined = tmp_path / "single.csv", tmp_path / "joined.csv"
+    single, joined, addressed = tmp_path / "single.csv", tmp_path / "joined.csv", tmp_path / "addressed.csv"
     subprocess.run(_label(run_dir, source, single, "--mode", "score"), check=True, cwd=ROOT, timeout=600)
     started = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
                               "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=300)
@@ -106,6 +107,11 @@ def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
         done = subprocess.run(_label(run_dir, source, joined, "--mode", "score", "--ray", "auto", "--replicas", "2"),
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
+        # its address, as from another machine of the cluster's network
+        done = subprocess.run(_label(run_dir, source, addressed, "--mode", "score", "--ray", f"127.0.0.1:{port}",
+                                     "--replicas", "2"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=300)
     assert joined.read_bytes() == single.read_bytes()
+    assert addressed.read_bytes() == single.read_bytes()

@@ -324,9 +324,9 @@ def test_html_asks_for_japanese_fonts(report):
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     body = next(line for line in html.splitlines() if line.startswith("body {"))
     assert f"font-family: {CSS_FONTS};" in body
-    for font in ("Noto Sans CJK JP", "Hiragino Sans", "Yu Gothic", "Meiryo"):
+    for font in ("Noto Sans CJK JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "Noto Color Emoji", "Segoe UI Emoji"):
         assert f'"{font}"' in body
-    assert body.index('"Noto Sans CJK JP"') < body.index("sans-serif;")
+    assert body.index('"Noto Sans CJK JP"') < body.index("sans-serif")
 
 
 def test_errors_are_named_by_the_data_id_and_a_second_report_points_at_the_plots(tmp_path):
