@@ -11,8 +11,9 @@ present. Inference (load_run) always uses hf. Whether the base is loaded in 4-bi
 decision, select_4bit: by default on a CUDA GPU for downloaded models; on request also on CPU, where
 bitsandbytes (>= 0.50) runs 4-bit too, so the QLoRA path a GPU user takes runs in the CPU tests.
 Heavy imports (torch, transformers, peft, unsloth, bitsandbytes) happen inside the functions that
-need them. ``import unsloth`` raises on a machine without a GPU, and patches trl/transformers/peft
-when imported, so it happens only on the unsloth backend and first (prepare_backend).
+need them. ``import unsloth`` raises on a machine without a GPU (2026.10.7; 2026.10.9 falls back to a
+CPU backend instead) and patches trl/transformers/peft when imported, so it happens only on the unsloth
+backend, which needs CUDA, and first (prepare_backend).
 
 Precision is decided once, from the GPU's compute capability (select_precision); the device probes
 are gpu_capability and cuda_available, which tests patch to simulate a T4 or an A100.
@@ -270,7 +271,7 @@ def import_unsloth():
                 "labeltune.train.spawn) before importing them",
                 stacklevel=2,
             )
-    import unsloth  # noqa: PLC0415  (raises without a GPU)
+    import unsloth  # noqa: PLC0415  (only with CUDA: select_backend)
 
     return unsloth
 
@@ -339,8 +340,9 @@ def precision_of(model) -> str:
 
 def trainer_precision(backend: str, model) -> str:
     """Precision of the trainer's autocast (its bf16/fp16 flags), which must match the loaded model:
-    unsloth chose it when it loaded the model (dtype=None: fp16 below compute capability 8, and on
-    every GPU when any visible one is older), so it is read back; hf loaded in device_precision()."""
+    unsloth chose it when it loaded the model (dtype=None: fp16 below compute capability 8; 2026.10.7
+    also chose fp16 on every GPU when any visible one was older, 2026.10.9 looks at the current GPU
+    only), so it is read back; hf loaded in device_precision()."""
     return precision_of(model) if backend == "unsloth" else device_precision()
 
 

@@ -85,7 +85,7 @@ def _model_in(dtype):
 @pytest.mark.parametrize("capability, unsloth_dtype, expected", [
     (T4, "float16", "fp16"),
     (A100, "bfloat16", "bf16"),
-    (A100, "float16", "fp16"),  # Unsloth picks fp16 on every GPU when any visible one is older: follow the model
+    (A100, "float16", "fp16"),  # Unsloth 2026.10.7 picked fp16 on every GPU when any visible one was older: follow the model
 ])
 def test_trainer_flags_match_the_model_on_both_backends(monkeypatch, capability, unsloth_dtype, expected):
     simulate_gpu(monkeypatch, capability)
