@@ -146,9 +146,10 @@ def quiet_libraries() -> None:
     (FutureWarning, DeprecationWarning: "`gradient_checkpointing` is deprecated", "`past_key_values` is
     deprecated", ...) and transformers' info/warning logging (TRANSFORMERS_VERBOSITY=error, inherited by
     the processes train.spawn starts; a value the user set wins). Called at the entry points only (the
-    CLI, and the notebook's first labeltune cell): library code keeps every warning. Also bitsandbytes' note, at import, that an optional CPU
-    kernel package is missing (said on every command, 4-bit or not), and the `kernels` package's note that
-    it skips a publisher check offline (transformers >= 5.2x loads it with bitsandbytes on every command)."""
+    CLI, and the notebook's first labeltune cell): library code keeps every warning. Also bitsandbytes'
+    note, at import, that an optional CPU kernel package is missing (said on every command, 4-bit or
+    not), and the `kernels` package's note that it skips a publisher check offline (transformers >= 5.2x
+    loads it with bitsandbytes on every command)."""
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
