@@ -48,14 +48,24 @@ class ChunkLabeller:
 
 
 def connect(address: str):
-    """ray.init on a new local cluster (address "local") or an existing one; returns the ray module."""
+    """ray.init on a new local cluster (address "local") or an existing one; returns the ray module.
+    Ray (>= 2.59) turns token authentication on for clusters it starts, and a driver finds the token by
+    itself only with `auto`: for an explicit address it must be told (RAY_AUTH_MODE=token), which a
+    refused connection says."""
     ray = _ray()
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         if address == "local":
             ray.init(**kwargs)
         else:
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except ConnectionError as e:
+                hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                        "; if the cluster uses token authentication (Ray's default since 2.59), set "
+                        "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token), "
+                        "or use --ray auto on one of its nodes")
+                raise ValueError(f"--ray {address}: {e}{hint}") from None
     return ray
 
 

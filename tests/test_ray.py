@@ -84,8 +84,11 @@ def test_ray_job_killed_and_run_again_ends_with_the_same_bytes(run_dir, tmp_path
 
 
 def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
-    """--ray auto joins a cluster started apart (`ray start --head`), as on a real cluster's head node, and so
-    does --ray HOST:PORT (the head's address, as from another machine of the cluster)."""
+    """--ray auto joins a cluster started apart (`ray start --head`, token authentication on), as on a real
+    cluster's head node, and so does --ray HOST:PORT with the cluster's token (as from another machine of
+    the cluster); without RAY_AUTH_MODE the address is refused in one line that says what to set."""
+    import os
+    import secrets
     import shutil
     import socket
 
@@ -99,19 +102,30 @@ def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
     _posts(source, 60)
     single, joined, addressed = tmp_path / "single.csv", tmp_path / "joined.csv", tmp_path / "addressed.csv"
     subprocess.run(_label(run_dir, source, single, "--mode", "score"), check=True, cwd=ROOT, timeout=600)
+    # the cluster's own token (never ~/.ray/auth_token, which other tests' local clusters may have written)
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    with_token = {**os.environ, **token}
+    without = {k: v for k, v in os.environ.items() if k not in token}
     started = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
-                              "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=300)
+                              "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=300, env=with_token)
     assert started.returncode == 0, started.stderr[-2000:]
     try:
-        # `auto`: the cluster this machine belongs to, as on a head node (it also finds the cluster's auth token)
+        # `auto`: the cluster this machine belongs to, as on a head node
         done = subprocess.run(_label(run_dir, source, joined, "--mode", "score", "--ray", "auto", "--replicas", "2"),
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+                              cwd=ROOT, capture_output=True, text=True, timeout=600, env=with_token)
         assert done.returncode == 0, done.stderr[-3000:]
         # its address, as from another machine of the cluster's network
-        done = subprocess.run(_label(run_dir, source, addressed, "--mode", "score", "--ray", f"127.0.0.1:{port}",
-                                     "--replicas", "2"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        address = ["--mode", "score", "--ray", f"127.0.0.1:{port}", "--replicas", "2"]
+        done = subprocess.run(_label(run_dir, source, addressed, *address), cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, env=with_token)
         assert done.returncode == 0, done.stderr[-3000:]
+        refused = subprocess.run(_label(run_dir, source, tmp_path / "refused.csv", *address), cwd=ROOT,
+                                 capture_output=True, text=True, timeout=600, env=without)
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=300)
     assert joined.read_bytes() == single.read_bytes()
     assert addressed.read_bytes() == single.read_bytes()
+    assert refused.returncode == 2
+    said = [line for line in refused.stderr.splitlines() if line.startswith("labeltune: error:")]
+    assert len(said) == 1 and "RAY_AUTH_MODE=token" in said[0] and f"127.0.0.1:{port}" in said[0], refused.stderr[-2000:]
+    assert not (tmp_path / "refused.csv").exists()
