@@ -15,6 +15,8 @@ load the same way.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from labeltune.run import Run, load_calibration, open_run
 class Prediction:
     """One text's answer."""
 
-    text: str
+    text: str  # the text labelled ("" for a missing one: None, NaN)
     label: str | None  # the label value the model writes ("-1", "ポジティブ"); None: malformed answer
     name: str | None  # the label's name in the task spec ("negative"); None with label
     score: int | None  # None for a task without a score, or a malformed answer
@@ -37,6 +39,25 @@ class Prediction:
     ok: bool  # a well-formed answer
     reason: str  # why not ok ("" when ok): a parser reason, "no_eos" or "empty_input"
     truncated: bool  # the text was longer than the run's max_length and was labelled from its start
+
+
+def as_text(value, index: int = 0) -> str:
+    """A text to label: a str as it is, bytes decoded as UTF-8 (a leading BOM dropped), a number as written;
+    a missing one (None, NaN: an empty cell of a pandas column) is "", answered as `labeltune label` answers
+    an empty cell (label None, ok False, reason "empty_input"). Anything else is refused, naming its index."""
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)):  # None, NaN
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"texts[{index}]: bytes that are not UTF-8 text (byte {value[e.start]:#04x} at offset "
+                             f"{e.start}); decode them first, e.g. data.decode('cp932')") from None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"texts[{index}]: a {type(value).__name__}, not a text (str, UTF-8 bytes, or None for a missing one)")
 
 
 class Labeller:
@@ -50,9 +71,10 @@ class Labeller:
         """Label value -> name, in the task's order."""
         return {lab.value: lab.name for lab in self.run.task.labels}
 
-    def predict(self, texts: str | Iterable[str]) -> list[Prediction]:
-        """One Prediction per text, in order (a single string is one text)."""
-        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+    def predict(self, texts: str | bytes | Iterable) -> list[Prediction]:
+        """One Prediction per text, in order (a single str or bytes is one text); each text as as_text reads it."""
+        texts = [texts] if isinstance(texts, (str, bytes, bytearray)) else list(texts)
+        texts = [as_text(t, i) for i, t in enumerate(texts)]
         if not texts:
             return []
         names = self.labels

@@ -42,8 +42,25 @@ def complete(ckpt_dir: Path) -> list[Path]:
 
 
 def latest_complete(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint, where a resume starts; its JSON files checked first (check_json)."""
     done = complete(ckpt_dir)
-    return done[-1] if done else None
+    if not done:
+        return None
+    check_json(done[-1], done[-2] if len(done) > 1 else None)
+    return done[-1]
+
+
+def check_json(path: Path, earlier: Path | None) -> None:
+    """Refuse, in one line naming the file and what to do, a checkpoint with a JSON file that does not parse
+    (trainer_state.json, labeltune.json, adapter_config.json, ... cut short by a full disk or a partial
+    copy): the Trainer would stop on it with a bare parser message naming no file."""
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            start = f"the checkpoint before it ({earlier.name})" if earlier else "the start (no earlier checkpoint)"
+            raise ValueError(f"{file} is damaged ({type(e).__name__}: {e}); delete {path} and run the same train "
+                             f"command again to resume from {start}") from None
 
 
 def remove_incomplete(ckpt_dir: Path) -> list[Path]:

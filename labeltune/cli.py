@@ -75,7 +75,8 @@ def reject_unknown(parser: argparse.ArgumentParser, argv: list[str], unknown: li
 
 def explicit_bools(argv: list[str]) -> list[str]:
     """`--json 最高` -> `--json true 最高`: a BOOL option takes the next word as its value only when it is
-    true/false/yes/no/on/off/1/0, so a text after it stays a text (predict's positional texts)."""
+    true/false/yes/no/on/off/1/0, so a text after it stays a text (predict's positional texts). Nothing
+    after `--` is touched: every word there is a text, even one that looks like an option."""
     verb = argv[0] if argv else None
     if verb not in VERBS:
         return argv
@@ -83,12 +84,13 @@ def explicit_bools(argv: list[str]) -> list[str]:
     flags = {"--" + f.name.replace("_", "-") for f in config_mod.dataclasses.fields(cls)
              if config_mod._base_type(config_mod._hints(cls)[f.name])[0] is bool}
     words = config_mod.TRUE_WORDS + config_mod.FALSE_WORDS
+    end = argv.index("--") if "--" in argv else len(argv)
     out = []
-    for i, arg in enumerate(argv):
+    for i, arg in enumerate(argv[:end]):
         out.append(arg)
         if arg in flags and (i + 1 == len(argv) or argv[i + 1].lower() not in words):
             out.append("true")
-    return out
+    return out + argv[end:]
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
+import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +291,43 @@ def _base_type(hint) -> tuple[type, bool]:
     return hint, False
 
 
+def _scalar(name: str, kind: type, value):
+    """One int, float, bool or str value, from the command line (a string), YAML or Python; a value whose
+    meaning would change (2.5 for an integer, a list for a path, true for a name) is refused."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).lower() in TRUE_WORDS + FALSE_WORDS:
+            return str(value).lower() in TRUE_WORDS
+        raise ValueError(f"{name}: expected true/false, got {reprlib.repr(value)}")
+    if kind is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        quote = "; quote it in YAML to mean the text" if isinstance(value, (bool, int, float)) else ""
+        raise ValueError(f"{name}: expected one text value, got {reprlib.repr(value)} ({type(value).__name__}){quote}")
+    number = None
+    if isinstance(value, str):
+        try:
+            number = kind(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        number = kind(value) if kind is float or value == int(value) else None  # int(2.5) would be 2
+    if number is None or (kind is float and not math.isfinite(number)):
+        what = "an integer" if kind is int else "a finite number"
+        raise ValueError(f"{name}: expected {what}, got {reprlib.repr(value)}")
+    return number
+
+
+def _items(name: str, value, what: str) -> list:
+    """The items of a list or tuple option: "a,b" (command line) or a YAML list of plain values."""
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, (list, tuple)) and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in value):
+        return list(value)
+    raise ValueError(f"{name}: expected {what}, got {reprlib.repr(value)}")
+
+
 def _coerce(name: str, hint, value):
     kind, optional = _base_type(hint)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
@@ -296,37 +336,77 @@ def _coerce(name: str, hint, value):
         return None
     if kind is dict:
         if isinstance(value, str):  # from the command line: a YAML/JSON mapping, e.g. '{lr: [1e-4, 2e-4]}'
-            value = yaml.safe_load(value)
+            value = parse_yaml(value, f"--{name.replace('_', '-')}")
         if not isinstance(value, dict):
-            raise ValueError(f"{name}: expected a mapping, got {value!r}")
+            raise ValueError(f"{name}: expected a mapping, got {reprlib.repr(value)}")
         return value
     if typing.get_origin(kind) is list:  # a list option: "a,b" on the command line, a YAML list or "a,b" in a file
-        items = value.split(",") if isinstance(value, str) else list(value)
-        items = [str(x).strip() for x in items if str(x).strip()]
+        items = [str(x).strip() for x in _items(name, value, "a comma-separated list") if str(x).strip()]
         if not items and not optional:
             raise ValueError(f"{name}: no value given")
         return items
     if typing.get_origin(kind) is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
         inner = typing.get_args(kind)
+        items = _items(name, value, f"{len(inner)} comma-separated numbers")
         if len(items) != len(inner):
-            raise ValueError(f"{name}: expected {len(inner)} values, got {value!r}")
+            raise ValueError(f"{name}: expected {len(inner)} values, got {reprlib.repr(value)}")
         try:
-            return tuple(t(x) for t, x in zip(inner, items))
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected {len(inner)} comma-separated numbers, got {value!r}") from None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in TRUE_WORDS:
-            return True
-        if str(value).lower() in FALSE_WORDS:
-            return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
+            return tuple(_scalar(name, t, x) for t, x in zip(inner, items))
+        except ValueError:
+            raise ValueError(f"{name}: expected {len(inner)} comma-separated numbers, got {reprlib.repr(value)}") from None
+    return _scalar(name, kind, value)
+
+
+# ---------------------------------------------------------------- YAML files
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (`*name`): a few hundred bytes of nested aliases expand into
+    gigabytes once walked ("billion laughs"), and no config or task file needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed; write the value out",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_problem(where: str, e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{where}{at}: not valid YAML ({problem})"
+
+
+def parse_yaml(text: str, where: str):
+    """The value of YAML `text` (plain types only, no aliases); a problem is one ValueError naming `where`
+    and the line."""
+    return _parse(text, where)[0]
+
+
+def _parse(text: str, where: str) -> tuple[object, dict[str, int]]:
+    loader = _NoAliasLoader(text)
     try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ValueError(_yaml_problem(where, e)) from None
+    finally:
+        loader.dispose()
+    lines = {}
+    if isinstance(node, yaml.MappingNode):  # where each top-level key is, for messages about its value
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    return data, lines
+
+
+def read_yaml(path: str | Path, with_lines: bool = False):
+    """A YAML file's value (see parse_yaml); with `with_lines`, also {top-level key: its line}. A file
+    that is not UTF-8 text or not valid YAML is one ValueError naming the file (and line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8") from None
+    data, lines = _parse(text, str(path))
+    return (data, lines) if with_lines else data
 
 
 PATH_FIELDS = {"run", "data", "input", "output", "path", "forgetting"}  # str options that name a file or folder
@@ -378,36 +458,42 @@ def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values: dict = {}
+    origin: dict[str, str] = {}  # key -> "file:line: " for values from the YAML file, named in every message about them
     if yaml_path:
         if not Path(yaml_path).is_file():
             raise FileNotFoundError(f"no such config file: {yaml_path}")
-        try:
-            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            at = f":{where.line + 1}:{where.column + 1}" if where else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ValueError(f"{yaml_path}{at}: not valid YAML ({problem})") from None
+        loaded, lines = read_yaml(yaml_path, with_lines=True)
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of option: value")
-        unknown = sorted(set(loaded) - set(names))
+        unknown = sorted(set(map(str, loaded)) - set(names))
         if unknown:
             raise ValueError(f"{yaml_path}: unknown option(s) {unknown}; valid: {', '.join(names)}")
-        values.update(loaded)
+        for key, value in loaded.items():
+            origin[key] = f"{yaml_path}:{lines[key]}: " if key in lines else f"{yaml_path}: "
+            values[key] = value
     for key, value in (overrides or {}).items():
         if key not in names:
             raise ValueError(f"unknown option {key!r}; valid: {', '.join(names)}")
         values[key] = value
-    cfg = cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
+        origin.pop(key, None)
+    coerced = {}
+    for key, value in values.items():
+        try:
+            coerced[key] = _coerce(key, hints[key], value)
+        except ValueError as e:
+            raise ValueError(origin.get(key, "") + str(e)) from None
+    cfg = cls(**coerced)
     for f in dataclasses.fields(cls):
         value = getattr(cfg, f.name)
+        where = origin.get(f.name, "")
         choices = f.metadata.get("choices")
         for item in value if isinstance(value, list) else [value]:
             if choices and item not in choices:
-                raise ValueError(f"{f.name}: {item!r} is not one of: {', '.join(choices)}")
+                raise ValueError(f"{where}{f.name}: {item!r} is not one of: {', '.join(choices)}")
         valid = f.metadata.get("valid")
         if valid and value is not None and not valid[0](value):
-            raise ValueError(f"--{f.name.replace('_', '-')}: {value!r} is not valid; it must be {valid[1]}")
+            raise ValueError(f"{where}--{f.name.replace('_', '-')}: {value!r} is not valid; it must be {valid[1]}")
     return cfg
 
 

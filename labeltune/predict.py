@@ -12,6 +12,7 @@ Python: ``labeltune.load_run(run).predict(texts)`` (labeltune.api).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from typing import TextIO
@@ -21,18 +22,42 @@ from labeltune.config import PredictConfig
 
 
 def read_texts(texts: list[str] | None, stdin: TextIO) -> list[str]:
-    """The texts given, with `-` (or no text at all) replaced by stdin's non-blank lines."""
+    """The texts given, with `-` (or no text at all) replaced by stdin's non-blank lines (stdin_lines)."""
     texts = list(texts or ["-"])
     if "-" in texts and stdin.isatty():
         raise ValueError("no texts: give them after the options (labeltune predict --run R \"text\" ...) or pipe "
                          "them in, one per line (cat posts.txt | labeltune predict --run R)")
-    lines = [line.rstrip("\r\n") for line in stdin if line.strip()] if "-" in texts else []
+    for n, text in enumerate(texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of the command line that were not UTF-8 (kept as surrogates)
+            raise ValueError(f"text {n} of the command line is not UTF-8 text; give texts in UTF-8") from None
+    lines = stdin_lines(stdin) if "-" in texts else []
     out = []
     for text in texts:
         out += lines if text == "-" else [text]
     if not out:
         raise ValueError("no texts to label: stdin was empty")
     return out
+
+
+def stdin_lines(stdin: TextIO) -> list[str]:
+    """stdin's non-blank lines (line ends \n, \r\n or \r), read as UTF-8 bytes whatever the locale, a leading
+    BOM dropped; bytes that are not UTF-8 text (another encoding, a binary file) are refused in one line."""
+    raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"stdin: line {line} is not UTF-8 text (byte {raw[e.start]:#04x}); convert it first "
+                             "(iconv -f cp932 -t utf-8), or label the file with `labeltune label --input FILE` "
+                             "(it detects cp932 and UTF-16)") from None
+    text = raw.removeprefix("\ufeff")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ValueError(f"stdin: line {line} holds a NUL byte: binary data, not text; pipe in text, one post per line")
+    return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
 
 
 def format_line(p: Prediction, width: int = 60) -> str:

@@ -82,12 +82,28 @@ def read_training(run_dir: str | Path) -> dict | None:
 
 def load_calibration(run_dir: str | Path) -> tuple[float, dict[str, float] | None]:
     """(temperature, per-label biases) fitted by labeltune calibrate; (1.0, None) when it has none (a
-    calibration.json from before biases has a temperature only)."""
+    calibration.json from before biases has a temperature only). The file may come with a run from someone
+    else: one that is damaged, or whose values would crash or silently change every label (a temperature
+    that is not a number > 0, biases that are not numbers), is refused in one line naming it."""
     path = Path(run_dir) / CALIBRATION
     if not path.is_file():
         return 1.0, None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data["temperature"], data.get("biases")
+    redo = f"delete it, or fit it again with `labeltune calibrate --run {run_dir}`"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: cut short or not a JSON file
+        raise RunError(f"{path} is damaged ({type(e).__name__}: {e}); {redo}") from None
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and -float("inf") < v < float("inf")
+
+    temperature = data.get("temperature") if isinstance(data, dict) else None
+    if not number(temperature) or temperature <= 0:
+        raise RunError(f"{path}: temperature {str(temperature)[:40]} is not a number > 0; {redo}")
+    biases = data.get("biases")
+    if biases is not None and not (isinstance(biases, dict) and all(number(v) for v in biases.values())):
+        raise RunError(f"{path}: biases {str(biases)[:80]} are not label: number pairs; {redo}")
+    return float(temperature), biases
 
 
 def new_eval_dir(run_dir: str | Path, split: str, mode: str) -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from labeltune.config import read_yaml
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # package data (pyproject: tool.setuptools.package-data)
 
@@ -120,7 +120,9 @@ def task_path(name_or_path: str) -> Path:
 def load_task(name_or_path: str) -> TaskSpec:
     """Load a task by name (``labeltune/tasks/<name>.yaml``) or from a YAML path."""
     path = task_path(name_or_path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = read_yaml(path)  # no aliases; a YAML problem is one line naming the file and line
+    if not isinstance(raw, dict) or "labels" not in raw:
+        raise ValueError(f"{path}: not a task spec (a mapping with name, labels, ...; see {TASKS_DIR})")
     unknown = set(raw) - {"name", "description", "labels", "score", "default_template"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
