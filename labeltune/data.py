@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from labeltune.lock import FOLDER_LOCK
 from labeltune.task import TaskSpec
 
 SPLITS = ("train", "dev", "test")
@@ -42,6 +43,8 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # posts longer than the csv m
 
 SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
+BINARY = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF-": "a PDF",
+          b"\x7fELF": "a program"}
 
 
 @dataclass
@@ -52,6 +55,12 @@ class ReadReport:
     short_rows: list[int] = field(default_factory=list)  # lines of rows with fewer cells than the header (filled)
     long_cells: list[int] = field(default_factory=list)  # lines where one cell spans lines that look like rows
     replaced: int = 0  # characters not decodable in the given --encoding, replaced by U+FFFD
+    replaced_lines: list[int] = field(default_factory=list)  # the lines where they were
+
+    def count_replaced(self, line: int, text: str) -> None:
+        if "\ufffd" in text:
+            self.replaced += text.count("\ufffd")
+            self.replaced_lines.append(line)
 
     def warnings(self) -> list[str]:
         out = []
@@ -63,7 +72,8 @@ class ReadReport:
                        f"{_lines(self.long_cells)}): a quote may be unbalanced there, merging rows into one cell")
         if self.replaced:
             out.append(f"{self.path}: {self.replaced} characters could not be decoded in the given encoding and were "
-                       "replaced by U+FFFD")
+                       f"replaced by U+FFFD (lines {_lines(self.replaced_lines)}); if that is not the file's encoding, "
+                       "pass the right --encoding")
         return out
 
 
@@ -71,23 +81,40 @@ def _lines(numbers: list[int], shown: int = 5) -> str:
     return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
-def check_input_file(path: str | Path) -> Path:
-    """The path of a readable text table; spreadsheets, compressed files and folders are refused with
-    what to do instead."""
+def check_input_file(path: str | Path, encoding: str | None = None) -> Path:
+    """The path of a readable text table; spreadsheets, compressed files, other binary files (NUL bytes in
+    the first 8 KiB, unless UTF-16/32 with a BOM or given as `encoding`), folders and an unknown
+    `encoding` are refused in one line with what to do instead."""
     path = Path(path)
+    try:
+        codec = codecs.lookup(encoding).name if encoding else None
+    except LookupError:
+        raise ValueError(f"unknown --encoding {encoding!r}; e.g. utf-8, utf-8-sig, cp932, utf-16") from None
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give a CSV, TSV or JSONL file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(8192)
     if path.suffix.lower() in SPREADSHEET_SUFFIXES or head.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
         raise ValueError(f"{path} is a spreadsheet or zip file, not a text table: save it as CSV UTF-8 "
                          "(Excel: File > Save As > CSV UTF-8) and pass the .csv file")
     for magic, kind in COMPRESSED.items():
         if head.startswith(magic):
             raise ValueError(f"{path} is {kind}-compressed: decompress it first (e.g. gunzip -k {path}) and pass the result")
+    kind = next((kind for magic, kind in BINARY.items() if head.startswith(magic)), None)
+    wide = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (codec or "").startswith(("utf-16", "utf-32"))
+    if kind is not None or (b"\x00" in head and not wide):
+        raise ValueError(f"{path} is not a text file (CSV/TSV/JSONL): it is {kind or 'binary (it holds NUL bytes)'}; "
+                         "give the table as CSV UTF-8" + ("" if kind else " (a UTF-16 file without a BOM: pass --encoding utf-16-le)"))
     return path
+
+
+def shown_columns(columns: list[str], shown: int = 20, width: int = 40) -> str:
+    """Column names for a message, each cut to `width` characters and at most `shown` of them."""
+    names = [repr(c if len(c) <= width else c[:width] + "...") for c in map(str, columns[:shown])]
+    more = f", and {len(columns) - shown} more" if len(columns) > shown else ""
+    return "[" + ", ".join(names) + more + "]"
 
 
 def _first_non_utf8_lines(path: Path) -> tuple[int | None, int | None]:
@@ -173,15 +200,15 @@ def _check_header(path: Path, header: list[str]) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(header, 1):
         if name in seen:
-            raise ValueError(f"{path}: columns {seen[name]} and {i} are both named {name!r}; rename one "
-                             "(their cells would be merged)")
+            raise ValueError(f"{path}: columns {seen[name]} and {i} are both named {shown_columns([name])[1:-1]}; "
+                             "rename one (their cells would be merged)")
         seen[name] = i
 
 
 def read_columns(path: str | Path, encoding: str | None = None) -> list[str]:
     """Column names of a CSV/TSV (its header, checked: named, unique) or JSONL (every key of every
     record, in first-seen order)."""
-    path = check_input_file(path)
+    path = check_input_file(path, encoding)
     if _is_jsonl(path):
         columns: dict[str, None] = {}
         for row in iter_rows(path, encoding):
@@ -198,16 +225,19 @@ def iter_rows(path: str | Path, encoding: str | None = None, report: ReadReport 
     """Stream rows as dicts of strings (CSV/TSV) or JSON values (JSONL), in file order.
 
     A CSV row with more cells than the header is an error naming its line (its extra cells would be
-    lost); one with fewer is read with empty cells and noted in `report`, as are cells that run over
-    lines looking like rows (a likely unbalanced quote) and characters replaced in a given encoding."""
-    path = check_input_file(path)
+    lost), as is a quoted cell that never closes or has text after its closing quote (an unbalanced
+    quote: the rows after it would be merged into one cell). A row with fewer cells is read with empty
+    cells and noted in `report`, as are quoted cells that run over lines looking like rows (a quote that
+    may be unbalanced, closed by another one further on) and characters replaced in a given encoding,
+    with their lines."""
+    path = check_input_file(path, encoding)
     report = report if report is not None else ReadReport(str(path))
     f, given = _open_text(path, encoding)
     with f:
         if _is_jsonl(path):
             for lineno, line in enumerate(f, 1):
-                if given and "\ufffd" in line:
-                    report.replaced += line.count("\ufffd")
+                if given:
+                    report.count_replaced(lineno, line)
                 if line.strip():
                     try:
                         record = json.loads(line)
@@ -218,14 +248,16 @@ def iter_rows(path: str | Path, encoding: str | None = None, report: ReadReport 
                     yield record
             return
         delimiter = _delimiter(path)
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        records = _records(path, reader)
+        _, header = next(records, (1, None))
         if header is None:
             return
         _check_header(path, header)
-        width, start = len(header), reader.line_num + 1
-        for cells in reader:
-            line, start = start, reader.line_num + 1
+        if given:
+            report.count_replaced(1, "".join(header))
+        width = len(header)
+        for line, cells in records:
             if not cells:  # a blank line
                 continue
             if len(cells) > width:
@@ -237,8 +269,31 @@ def iter_rows(path: str | Path, encoding: str | None = None, report: ReadReport 
             if reader.line_num > line and any(_looks_like_rows(c, delimiter, width) for c in cells):
                 report.long_cells.append(line)
             if given:
-                report.replaced += sum(c.count("\ufffd") for c in cells)
+                report.count_replaced(line, "".join(cells))
             yield dict(zip(header, cells))
+
+
+def _records(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """(the line a record starts on, its cells) of each record of a strict csv reader; a quote the csv
+    module cannot close is an error naming the line where its record starts."""
+    start = 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            end = reader.line_num
+            if "unexpected end of data" in str(e):
+                raise ValueError(f"{path}:{start}: a quoted cell in the row starting on this line is never closed (the "
+                                 f"file ends inside it, {end - start} lines further on); close the quote, and write a "
+                                 'quote inside a quoted cell twice ("")') from None
+            where = "" if end == start else f" at line {end}, swallowing the lines between into one cell"
+            raise ValueError(f"{path}:{start}: a quoted cell in the row starting on this line has text after its "
+                             f"closing quote{where} ({e}); a quote is unbalanced: close it where the cell ends, and "
+                             'write a quote inside a quoted cell twice ("")') from None
+        yield start, cells
+        start = reader.line_num + 1
 
 
 def _looks_like_rows(cell: str, delimiter: str, width: int) -> bool:
@@ -310,7 +365,7 @@ def load_examples(
     columns = read_columns(path, encoding)
     for needed in (text_column, label_column):
         if needed not in columns:
-            raise ValueError(f"{path}: no column {needed!r}; columns found: {columns}")
+            raise ValueError(f"{path}: no column {needed!r}; columns found: {shown_columns(columns)}")
     has_score = task.score is not None and score_column is not None and score_column in columns
     examples, dropped = [], []
     for i, row in enumerate(iter_rows(path, encoding, report)):
@@ -440,12 +495,14 @@ def label_counts(examples: list[Example]) -> dict[str, int]:
 
 def check_output_folder(out: Path, marker: str, verb: str) -> None:
     """Refuse to write into an existing folder that holds files and is not one of ours (it has no
-    `marker`, the file our verb writes first): the user's files there would be overwritten."""
+    `marker`, the file our verb writes first): the user's files there would be overwritten. Our lock
+    file alone (labeltune.lock.FOLDER_LOCK: a verb is starting in the folder) does not make it the user's."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {out} is a file; {verb} writes a folder: choose another --output")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+    held = [p.name for p in out.iterdir() if p.name != FOLDER_LOCK] if out.is_dir() else []
+    if held and not (out / marker).exists():
+        shown = ", ".join(sorted(held)[:5])
         raise ValueError(f"--output {out} already holds files that {verb} did not write ({shown}); choose a new "
                          "or empty folder (labeltune never writes into a folder of yours)")
 

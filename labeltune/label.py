@@ -15,8 +15,10 @@ are processed in chunks; after each chunk the partial file is flushed to disk an
 again with the same arguments, cuts the partial file back to the last recorded chunk and continues:
 the finished file is byte-identical to an uninterrupted run. When the file is complete the sidecar
 says so (with the run, input and settings that made it), so the same command again is a no-op. A
-partial output of another run, input or setting is never appended to. The input is never written:
-an ``--output`` that is the input file is refused before anything is opened for writing.
+partial output of another run, input or setting is never appended to; one that fails before its
+first row is labelled leaves no partial file or sidecar behind. The input is never written: an
+``--output`` that is the input file is refused before anything is opened for writing. One process at
+a time writes an output: it holds the lock file ``<output>.lock`` (labeltune.lock) while it runs.
 
 With ``--bom`` (Excel-bound output) cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR and are
 not numbers get a leading ``'``, so a post such as ``=HYPERLINK(...)`` is shown as text instead of
@@ -37,7 +39,8 @@ from itertools import islice
 from pathlib import Path
 
 from labeltune.config import LabelConfig
-from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns
+from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns, shown_columns
+from labeltune.lock import hold
 from labeltune.run import CALIBRATION, file_sha256, load_calibration, open_run, weights_sha256
 
 PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
@@ -54,9 +57,18 @@ def output_columns(input_columns: list[str], label_names: list[str]) -> list[str
 
 
 def _csv_bytes(rows: list[list]) -> bytes:
+    """Rows as UTF-8 CSV lines ending in \\n. The writer is told lines end in \\r\\n, so that it quotes
+    every cell holding a CR as well as an LF (told \\n, it leaves a bare CR unquoted, which readers take
+    for a line end: more rows on reading than were written); each row's \\r\\n is then written as \\n."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue().encode("utf-8")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    lines = []
+    for row in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(row)
+        lines.append(buffer.getvalue()[:-2] + "\n")
+    return "".join(lines).encode("utf-8")
 
 
 def _write_state(path: Path, state: dict) -> None:
@@ -154,16 +166,30 @@ def predicted_chunks(cfg: LabelConfig, run, engine, settings: dict, start: int) 
 
 
 def main(cfg: LabelConfig) -> Path:
+    """Label cfg.input into cfg.output (the module docstring says how). One process at a time writes an
+    output: it holds the lock file ``<output>.lock`` (labeltune.lock) while it runs, and a second one is
+    refused naming the pid that holds it."""
+    source, output = Path(cfg.input), Path(cfg.output)
+    check_input_file(source, cfg.encoding)
+    check_paths(source, output)
+    with hold(output.with_name(output.name + ".lock"), f"--output {output}"):
+        return _label(cfg, source, output)
+
+
+def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
     import sys
 
     from tqdm import tqdm
 
-    run_dir, source, output = Path(cfg.run), Path(cfg.input), Path(cfg.output)
-    check_input_file(source)
-    check_paths(source, output)
+    run_dir = Path(cfg.run)
     columns = read_columns(source, cfg.encoding)
     if cfg.text_column not in columns:
-        raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {columns} (use --text-column)")
+        raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {shown_columns(columns)} "
+                         "(use --text-column)")
+    report = ReadReport(str(source))
+    total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # the whole file's shape checked first
+    for warning in report.warnings():  # said now, not after minutes of labelling
+        print(f"labeltune: warning: {warning}", file=sys.stderr)
     run = open_run(run_dir)
     task = run.task
     header = output_columns(columns, [lab.name for lab in task.labels])
@@ -180,9 +206,8 @@ def main(cfg: LabelConfig) -> Path:
     state = resume_state(state_path, partial, output, identity, cfg.overwrite)
     if state == "complete":
         return output
-    report = ReadReport(str(source))
-    total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # also checks the whole file's shape first
-    # the model is loaded before anything is written, so a run or a setting that cannot work writes nothing
+    # the model and the calibration are loaded before anything is written, so a run or a setting that
+    # cannot work writes nothing
     if cfg.ray:
         from labeltune.ray_label import connect
 
@@ -192,63 +217,44 @@ def main(cfg: LabelConfig) -> Path:
         from labeltune.engine import load_engine
 
         engine = load_engine(run, cfg.engine, cfg.dtype, cfg.threads, cfg.batch_size)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if state is None or state["rows"] == 0:
-        state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False, "output": output.name}
-        _write_state(state_path, state)  # before the partial file, so a kill at any point is resumable
-        with open(partial, "wb") as f:
-            f.write(("\ufeff" if cfg.bom else "").encode("utf-8") + _csv_bytes([header]))
-            f.flush()
-            os.fsync(f.fileno())
-            state["bytes"] = f.tell()
-        _write_state(state_path, state)
-
     temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
     settings = dict(mode=cfg.mode, temperature=temperature, score_estimate=cfg.score_estimate, label_bias=biases,
                     max_new_tokens=cfg.max_new_tokens)
-    results = predicted_chunks(cfg, run, engine, settings, state["rows"])
 
-    rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
+    fresh = state is None or state["rows"] == 0  # no rows of an earlier attempt to keep
+    if fresh:
+        state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False, "output": output.name}
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
     counts = {"ok": 0, "failed": 0, "neutralised": 0, "truncated": 0}
     per_label = Counter()
-
-    def cell(value) -> str:
-        text = _cell(value)
-        if cfg.bom and text.startswith(FORMULA_START):
-            safe = neutralise_formula(text)
-            counts["neutralised"] += safe != text
-            return safe
-        return text
-
     try:
+        if fresh:
+            _start_partial(state_path, partial, state, header, cfg.bom)
+        rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
+        results = predicted_chunks(cfg, run, engine, settings, state["rows"])
         with open(partial, "r+b") as f:
             f.seek(state["bytes"])
             f.truncate()
             for predictions in results:
                 chunk = list(islice(rows, len(predictions)))
-                lines = []
-                for row, p in zip(chunk, predictions):
-                    counts["ok" if p.ok else "failed"] += 1
-                    counts["truncated"] += p.truncated
-                    per_label[p.label] += 1
-                    probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
-                    lines.append(
-                        [cell(row.get(c)) for c in columns]
-                        + [_cell(p.label), _cell(p.score), _cell(p.score_greedy), p.ok, p.reason, p.truncated, cell(p.raw),
-                           _prob(p.confidence), *probs]
-                    )
+                lines = [_output_row(row, p, columns, task, cfg.bom, counts) for row, p in zip(chunk, predictions)]
+                per_label.update(p.label for _, p in zip(chunk, predictions))
                 f.write(_csv_bytes(lines))
                 f.flush()
                 os.fsync(f.fileno())
                 state.update(rows=state["rows"] + len(chunk), bytes=f.tell())
                 _write_state(state_path, state)
                 bar.update(len(chunk))
-    except KeyboardInterrupt:
+    except BaseException as e:
         bar.close()
-        print(f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to continue",
-              file=sys.stderr)
-        raise SystemExit(130) from None
+        if fresh and state["rows"] == 0:  # nothing labelled: leave nothing of this attempt behind
+            partial.unlink(missing_ok=True)
+            state_path.unlink(missing_ok=True)
+        if isinstance(e, KeyboardInterrupt):
+            print(f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to continue",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
     bar.close()
     if state["rows"] != total:
         raise RuntimeError(f"{source}: {total} rows counted but {state['rows']} read; the file changed while labelling")
@@ -273,3 +279,34 @@ def main(cfg: LabelConfig) -> Path:
         print(f"labeltune: note: {counts['neutralised']} cells starting with =, +, -, @ were prefixed with ' so Excel "
               "shows them as text (--bom output)", file=sys.stderr)
     return output
+
+
+def _start_partial(state_path: Path, partial: Path, state: dict, header: list[str], bom: bool) -> None:
+    """A new partial output holding the header, and the state recording it (written first, so a kill at
+    any point is resumable)."""
+    _write_state(state_path, state)
+    with open(partial, "wb") as f:
+        f.write(("\ufeff" if bom else "").encode("utf-8") + _csv_bytes([header]))
+        f.flush()
+        os.fsync(f.fileno())
+        state["bytes"] = f.tell()
+    _write_state(state_path, state)
+
+
+def _output_row(row: dict, p, columns: list[str], task, bom: bool, counts: dict) -> list:
+    """The output cells of one input row and its prediction; `counts` gets ok/failed/truncated/neutralised."""
+    counts["ok" if p.ok else "failed"] += 1
+    counts["truncated"] += p.truncated
+
+    def cell(value) -> str:
+        text = _cell(value)
+        if bom and text.startswith(FORMULA_START):
+            safe = neutralise_formula(text)
+            counts["neutralised"] += safe != text
+            return safe
+        return text
+
+    probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
+    return ([cell(row.get(c)) for c in columns]
+            + [_cell(p.label), _cell(p.score), _cell(p.score_greedy), p.ok, p.reason, p.truncated, cell(p.raw),
+               _prob(p.confidence), *probs])

@@ -24,6 +24,7 @@ from labeltune import checkpoints
 from labeltune import data as data_mod
 from labeltune import run as run_files
 from labeltune.config import TrainConfig, save, to_dict
+from labeltune.lock import FOLDER_LOCK, hold
 from labeltune.features import IGNORE_INDEX, Prompter, pad_ids
 from labeltune.models import (
     Preset,
@@ -267,9 +268,20 @@ def say(line: str) -> None:
 def main(cfg: TrainConfig) -> Path:
     """Train; under `accelerate launch` (DDP) every rank trains and only rank 0 writes the run directory.
     Run again on an unfinished run (same options, same data), it resumes from the last complete checkpoint.
+    One process trains into a run directory at a time: rank 0 holds its .labeltune.lock (labeltune.lock)
+    from before anything is written to the end; a second one is refused naming the pid that holds it.
 
     With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
     at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
+    run_dir = Path(cfg.output)
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the lock for every rank
+        return _train(cfg)
+    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # never a lock file in a folder of the user's
+    with hold(run_dir / FOLDER_LOCK, f"--output {run_dir}"):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     import torch
 
     preset = resolve_preset(cfg.model)

@@ -177,7 +177,7 @@ def test_missing_file(tmp_path):
 
 def test_undecodable_file(tmp_path):
     path = tmp_path / "bin.csv"
-    path.write_bytes(b"text\n\x81\x00\xfd\xfe\n")  # invalid in UTF-8 and in CP932, no BOM
+    path.write_bytes(b"text\n\x81\xfd\xfe\n")  # invalid in UTF-8 and in CP932, no BOM
     with pytest.raises(ValueError, match="encoding"):
         detect_encoding(path)
 

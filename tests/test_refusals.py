@@ -165,9 +165,12 @@ def test_csv_shape_problems_are_reported_with_line_numbers(run, tmp_path):
         path = tmp_path / "h.csv"
         path.write_text(header + "\n" + ",".join(["x"] * len(header.split(","))) + "\n", encoding="utf-8")
         refused(cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv"), needle)
-    # an unbalanced quote swallows the next lines into one cell: labelled, and the lines are reported
+    # an unbalanced quote that the csv module cannot close is refused, naming the line where it opens (#24)
     quote = tmp_path / "quote.csv"
     quote.write_text('id,text\n1,"ひどい話\n2,普通\n3,楽しい\n4,最高\n5,"終わり"\n6,次\n', encoding="utf-8")
+    refused(cli("label", "--run", run, "--input", quote, "--output", tmp_path / "q.csv"), "quote.csv:2", "closing quote")
+    # one closed by a later quote is valid CSV: labelled, and the lines that look like rows are reported
+    quote.write_text('id,text\n1,"ひどい話\n2,普通\n3,楽しい\n4,最高"\n5,次\n', encoding="utf-8")
     proc = cli("label", "--run", run, "--input", quote, "--output", tmp_path / "q.csv", "--progress", "false")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "quote may be unbalanced" in proc.stderr and "(lines 2)" in proc.stderr, proc.stderr[-1500:]
