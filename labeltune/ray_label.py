@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -47,8 +48,28 @@ class ChunkLabeller:
         return {"chunk": batch["chunk"], "predictions": out}
 
 
+REACH_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Refuse a HOST:PORT (or ray://HOST:PORT) that accepts no TCP connection within `timeout` seconds:
+    ray.init retries such an address for about 14 minutes (Ray 2.60) and then blames token authentication."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--ray {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT, auto or local")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ValueError(f"--ray {address}: unreachable ({why}); check the address and that the cluster's head runs "
+                         f"there (`ray start --head --port {port}`) and that no firewall blocks the port, "
+                         "or use --ray local") from None
+
+
 def connect(address: str):
     """ray.init on a new local cluster (address "local") or an existing one; returns the ray module.
+    An explicit address is checked first (check_reachable), so an unreachable one fails in seconds.
     Ray (>= 2.59) turns token authentication on for clusters it starts, and a driver finds the token by
     itself only with `auto`: for an explicit address it must be told (RAY_AUTH_MODE=token), which a
     refused connection says."""
@@ -58,6 +79,8 @@ def connect(address: str):
         if address == "local":
             ray.init(**kwargs)
         else:
+            if address != "auto":
+                check_reachable(address)
             try:
                 ray.init(address=address, **kwargs)
             except ConnectionError as e:

@@ -14,7 +14,9 @@ Written: results.csv and results.md (one row per trial: grid values, model, temp
 dev metrics, train time; test accuracy / precision / recall / F1 / malformed for the best trial),
 dev_<metric>.png (dev metric per value of each grid option), sweep.yaml (the resolved config).
 Resumable: a trial with dev_metrics.json is done and is not trained again; a trial killed while
-training is started over; the best trial's test evaluation is reused when present.
+training is started over; the best trial's test evaluation is reused when present. Every trial's options
+and the data are checked before anything is written; an --output holding files sweep did not write is
+refused, as train refuses one.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ from pathlib import Path
 
 from labeltune import evaluate, train
 from labeltune.config import EvalConfig, SweepConfig, TrainConfig, load_saved, resolve, save, to_dict
-from labeltune.data import load_examples
+from labeltune.data import check_output_folder, load_examples
 from labeltune.decode import predict
 from labeltune.metrics import system_metrics
+from labeltune.models import resolve_preset
+from labeltune.prompts import load_template
 from labeltune.report import format_cell, md_table
 from labeltune.run import load_config, open_run
-from labeltune.splits import on_split_folder, split_once
+from labeltune.splits import make_splits, on_split_folder, write_splits
 from labeltune.task import load_task
 
 SHARED_ONLY = ("data", "output", "text_column", "label_column", "score_column", "encoding", "split")
+SAVED = "sweep.yaml"  # written first: a folder holding it is a sweep's
 
 
 def expand_grid(grid: dict) -> list[dict]:
@@ -69,11 +74,41 @@ def check_options(cfg: SweepConfig) -> None:
         raise ValueError("sweep: the grid is empty")
 
 
+def check_trials(cfg: SweepConfig) -> list[dict]:
+    """The grid's trials, each one's TrainConfig resolved and its model, task and template found (what
+    `labeltune train` would refuse), so a bad value is refused before anything is written or trained."""
+    trials = expand_grid(cfg.grid)
+    for index, params in enumerate(trials):
+        try:
+            trial = resolve(TrainConfig, None, {**cfg.train, **params})
+            resolve_preset(trial.model)
+            task = load_task(trial.task)
+            load_template(trial.template or task.default_template)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"sweep trial {trial_name(index, params)}: {e}") from None
+    return trials
+
+
+def check_same_sweep(cfg: SweepConfig, out: Path) -> None:
+    """Refuse an --output that holds files of the user's, or another sweep (other train/grid/mode)."""
+    check_output_folder(out, SAVED, "sweep")
+    if (out / SAVED).is_file():
+        before = load_saved(SweepConfig, out / SAVED)
+        if (before.train, before.grid, before.mode) != (cfg.train, cfg.grid, cfg.mode):
+            raise FileExistsError(f"{out} holds a sweep with another train/grid/mode; use another --output")
+
+
 def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
-    """Split the data once into <output>/data; returns the shared TrainConfig pointing at it."""
+    """Split the data once into <output>/data (read and checked before sweep.yaml, the first file, is
+    written); returns the shared TrainConfig pointing at it."""
     base = resolve(TrainConfig, None, cfg.train)
-    split_once(base, load_task(base.task), out / "data")
-    return on_split_folder(base, out / "data")
+    data_dir = out / "data"
+    split = None if (data_dir / "summary.json").is_file() else make_splits(base, load_task(base.task))
+    out.mkdir(parents=True, exist_ok=True)
+    save(cfg, out / SAVED)
+    if split is not None:
+        write_splits(base, *split, data_dir)
+    return on_split_folder(base, data_dir)
 
 
 def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
@@ -170,17 +205,12 @@ def plot_dev_metric(rows: list[dict], grid: dict, metric: str, path: Path) -> No
 
 def main(cfg: SweepConfig) -> list[dict]:
     check_options(cfg)
+    grid = check_trials(cfg)
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "sweep.yaml"
-    if saved.is_file():
-        before = load_saved(SweepConfig, saved)
-        if (before.train, before.grid, before.mode) != (cfg.train, cfg.grid, cfg.mode):
-            raise FileExistsError(f"{out} holds a sweep with another train/grid/mode; use another --output")
-    save(cfg, saved)
+    check_same_sweep(cfg, out)
     shared = prepare_split(cfg, out)
     trials = []
-    for index, params in enumerate(expand_grid(cfg.grid)):
+    for index, params in enumerate(grid):
         run_dir = out / "trials" / trial_name(index, params)
         dev = run_trial(shared, params, run_dir, cfg)
         trials.append((run_dir.name, params, load_config(run_dir), dev))
