@@ -19,16 +19,39 @@ import sys
 import time
 from pathlib import Path
 
-from labeltune.data import ReadReport, dropped_summary, iter_rows, load_examples
+from labeltune.data import ReadReport, dropped_summary, fingerprint, iter_rows, load_examples
 from labeltune.decode import predict, scores_given_labels
 from labeltune.metrics import (argmax_label, calibration_metrics, classification_metrics, majority_baseline, score_metrics,
                                system_metrics)
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
-from labeltune.run import load_calibration, new_eval_dir, open_run, read_training
+from labeltune.run import DATA, load_calibration, new_eval_dir, open_run, read_training
+
+
+def check_split_unchanged(run) -> None:
+    """Refuse to evaluate on a run's split files that differ from the ones it trained with (their fingerprint
+    in data/summary.json, written by train): a test split replaced by training rows would score ~1.0. A run
+    of an earlier version with no fingerprint recorded is not checked."""
+    summary_path = run.dir / DATA / "summary.json"
+    if not summary_path.is_file():
+        return
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    recorded, names = summary.get("fingerprint"), list(summary.get("counts") or {})
+    if not recorded or not names or not all(run.split(name).is_file() for name in names):
+        return
+    splits = {name: load_examples(run.split(name), run.task)[0] for name in names}
+    if fingerprint(splits) != recorded:
+        raise ValueError(
+            f"--run {run.dir}: its split files ({'/'.join(names)}.jsonl in {run.dir / DATA}) changed since training "
+            f"(their fingerprint differs from {summary_path}), so its test and dev scores would not measure held-out "
+            "rows; restore that folder as train wrote it, or evaluate on your own labelled file with --data FILE"
+        )
+
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
+    if not cfg.data:
+        check_split_unchanged(run)
     run_dir, train_cfg, task = run.dir, run.config, run.task
     source = Path(cfg.data) if cfg.data else run.split(cfg.split)
     report = ReadReport(str(source))

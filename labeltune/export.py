@@ -15,7 +15,6 @@ template (template.jinja) and the task spec (task.yaml) the run was trained with
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -60,16 +59,43 @@ def _copy_run_files(run_dir: Path, out: Path) -> None:
     shutil.copy2(task_path(config.task), out / TASK_FILE)
 
 
-def _push(out: Path, repo_id: str) -> None:
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+def hub_token(repo_id: str) -> str:
+    """The token --push-to-hub will use, found as huggingface_hub finds it (HF_TOKEN, or the one saved by
+    `hf auth login`; no network), with the repo id's syntax checked: both before anything is written."""
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"--push-to-hub {repo_id!r}: not a Hugging Face repo id ({e}); use NAME or USER/NAME") from None
+    token = get_token()
     if not token:
-        raise ValueError("--push-to-hub needs a token in the environment: export HF_TOKEN=hf_...")
+        raise ValueError("--push-to-hub needs a Hugging Face token with write access: export HF_TOKEN=hf_... or run "
+                         "`hf auth login` (nothing was exported)")
+    return token
+
+
+def _push(out: Path, repo_id: str, token: str) -> None:
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=True, exist_ok=True)
-    api.upload_folder(folder_path=str(out), repo_id=repo_id)
+    try:
+        api.create_repo(repo_id, private=True, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo_id)
+    except Exception as e:  # network, permission, rate limit ...: the export itself is complete
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise OSError(f"exported to {out}, but pushing it to {repo_id} failed ({type(e).__name__}: {first}); push it "
+                      f"again with `hf upload {repo_id} {out} --private`") from e
     print(f"pushed {out} -> https://huggingface.co/{repo_id} (private)")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an --output that is a file, or a non-empty folder without --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output {out} is a file; export writes a folder: choose another --output")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
 
 
 def export_adapter(run_dir: Path, out: Path) -> None:
@@ -227,8 +253,8 @@ def main(cfg) -> Path:
     if not (run_dir / INFO).is_file() or not (run_dir / ADAPTER).is_dir():
         raise FileNotFoundError(f"{run_dir}: not a trained run (no {INFO} / {ADAPTER}/)")
     out = Path(cfg.output) if cfg.output else run_dir.parent / f"{run_dir.name}-{cfg.format}"
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
+    check_output(out, cfg.overwrite)
+    token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None  # before anything is written
     if cfg.format == "adapter":
         export_adapter(run_dir, out)
     elif cfg.format == "merged16":
@@ -239,7 +265,7 @@ def main(cfg) -> Path:
         (out / "README.md").write_text(model_card(run_dir, out, cfg.format), encoding="utf-8")
     print(f"exported {run_dir} as {cfg.format} -> {out}" + ("" if cfg.format == "gguf" else " (model card: README.md)"))
     if cfg.push_to_hub:
-        _push(out, cfg.push_to_hub)
+        _push(out, cfg.push_to_hub, token)
     if cfg.format == "gguf":
         print(f"next: load the .gguf file in {out} with llama.cpp (llama-cli -m <file>)")
     else:

@@ -478,6 +478,21 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
     return model, tokenizer
 
 
+def full_modules_in_fp32(model, precision: str) -> None:
+    """Undo, where the model computes in fp32 (CPU: no autocast), TRL's cast of a 4-bit model's trainable
+    weights to bf16 (SFTTrainer.__init__, QLoRA's recipe) for the modules trained in full (modules_to_save:
+    tiny's lm_head). LoRA layers cast their input to their own dtype, a plain Linear does not: its bf16
+    weight would meet fp32 hidden states ("expected m1 and m2 to have the same dtype") when the dev split is
+    decoded. Call it after building the trainer, before training (the optimizer is made in train())."""
+    import torch
+
+    if precision != "fp32":
+        return
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_" not in name and param.dtype != torch.float32:
+            param.data = param.data.to(torch.float32)
+
+
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: int, modules_to_save=(),
              backend: str = "hf", gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
     """LoRA on `model` (k-bit preparation first for a 4-bit model on the hf backend); `task_type`

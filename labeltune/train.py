@@ -34,6 +34,7 @@ from labeltune.models import (
     check_fits_machine,
     check_one_gpu,
     check_trainer_supports,
+    full_modules_in_fp32,
     load_base,
     prepare_backend,
     resolve_preset,
@@ -261,6 +262,18 @@ def check_resume(cfg: TrainConfig, run_dir: Path, splits: dict) -> None:
                          "longer gives the same train/dev/test rows); restore the data, or choose another --output")
 
 
+def remove_new_files(run_dir: Path, before: set[str] | None) -> None:
+    """Take back what a failed start wrote into `run_dir` (`before`: the names it held before; None: it did
+    not exist), so the folder is as it was and the command, corrected or not, can be run again."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if before is None or path.name not in before:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if before is None and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -318,19 +331,26 @@ def _train(cfg: TrainConfig) -> Path:
         "full_id": preset.full_id, "backend": backend, "load_in_4bit": four_bit,
         "max_length": cfg.max_length, "preset": preset.name, "world_size": state.num_processes,
     }
+    fresh = state.is_main_process and not resuming  # this attempt writes the run directory
+    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     with state.main_process_first():
-        if state.is_main_process and not resuming:
+        if fresh:
             write_run_dir(cfg, preset, task, template, info, (splits, dropped, leaks), run_dir)
 
-    model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit)
-    prompter = Prompter(tokenizer, template, task, cfg.max_length)
-    train_ds, dev_ds = (
-        Dataset.from_list([prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows])
-        if rows else None
-        for rows in (splits["train"], splits["dev"])
-    )
-    model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed,
-                     preset.modules_to_save, backend, preset.gradient_checkpointing)
+    try:  # loading the model: a failure here leaves no half-made run that would refuse the next attempt
+        model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit)
+        prompter = Prompter(tokenizer, template, task, cfg.max_length)
+        train_ds, dev_ds = (
+            Dataset.from_list([prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows])
+            if rows else None
+            for rows in (splits["train"], splits["dev"])
+        )
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed,
+                         preset.modules_to_save, backend, preset.gradient_checkpointing)
+    except BaseException:
+        if fresh:
+            remove_new_files(run_dir, before)
+        raise
     info["precision"] = trainer_precision(backend, model)  # matches the model unsloth/hf loaded
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     # dev decoding through a model whose forward Unsloth replaced is not verified: the dev loss picks there
@@ -354,6 +374,7 @@ def _train(cfg: TrainConfig) -> Path:
         callbacks=extra + ([tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else []),
     )
     trainer.remove_callback(PrinterCallback)  # raw dicts; Progress says it in words
+    full_modules_in_fp32(model, info["precision"])  # after TRL's bf16 cast of a 4-bit model's trainable weights
     resume_from = checkpoints.latest_complete(run_dir / run_files.CHECKPOINTS) if resuming else None
     if resuming and state.is_main_process:
         checkpoints.remove_incomplete(run_dir / run_files.CHECKPOINTS)
