@@ -209,9 +209,9 @@ def test_lock_is_released_on_errors_and_ctrl_c_and_refuses_a_live_holder(tmp_pat
             assert json.loads(lock.read_text())["pid"] == os.getpid()
             raise error
         assert not (tmp_path / "a").exists()  # lock and the folders made for it removed
-    with hold(lock, "x"), pytest.raises(FileExistsError, match=rf"x is in use .*pid {os.getpid()} .*{lock}"):
-        with hold(lock, "x"):  # held, by this very process: still refused
-            pass
+    # held, by this very process: still refused
+    with hold(lock, "x"), pytest.raises(FileExistsError, match=rf"x is in use .*pid {os.getpid()} .*{lock}"), hold(lock, "x"):
+        pass
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.parent.mkdir(parents=True)
