@@ -73,10 +73,11 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), trust_remote_code=False,
+                                                               **kwargs)
     ensure_pad_token(tokenizer, model)
     if not four_bit:
         model = model.to(device())
@@ -117,13 +118,13 @@ def load_encoder(name: str, task: TaskSpec, seed: int):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except ImportError as e:  # tohoku-nlp BERTs tokenise with MeCab through fugashi
         raise ImportError(
             f"{name}: its tokenizer needs extra packages ({e}); for Japanese BERTs: pip install fugashi unidic-lite"
         ) from e
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=n_outputs(task))
+    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=n_outputs(task), trust_remote_code=False)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device()), tokenizer

@@ -19,13 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+from labeltune.atomic import write_inside
 from labeltune.data import ReadReport, dropped_summary, fingerprint, iter_rows, load_examples
 from labeltune.decode import predict, scores_given_labels
 from labeltune.metrics import (argmax_label, calibration_metrics, classification_metrics, majority_baseline, score_metrics,
                                system_metrics)
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
-from labeltune.run import DATA, load_calibration, new_eval_dir, open_run, read_training
+from labeltune.run import DATA, check_eval_parent, load_calibration, new_eval_dir, open_run, read_training
 
 
 def check_split_unchanged(run) -> None:
@@ -50,6 +51,7 @@ def check_split_unchanged(run) -> None:
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
+    check_eval_parent(run.dir)
     if not cfg.data:
         check_split_unchanged(run)
     run_dir, train_cfg, task = run.dir, run.config, run.task
@@ -130,9 +132,9 @@ def main(cfg) -> dict:
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}
     text = json.dumps(metrics, ensure_ascii=False, indent=1)
-    (out / "metrics.json").write_text(text, encoding="utf-8")
+    write_inside(out, out / "metrics.json", text)
     write_report(out, metrics, examples, systems, read_training(run_dir), also_in=run_dir)
-    (run_dir / "metrics.json").write_text(text, encoding="utf-8")  # last: the latest evaluation, complete
+    write_inside(run_dir, run_dir / "metrics.json", text)  # last: the latest evaluation, complete
     print(format_table(metrics))
     for warning in warnings:
         print(f"labeltune: warning: {warning}", file=sys.stderr)

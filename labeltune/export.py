@@ -22,7 +22,6 @@ from pathlib import Path
 from labeltune.card import TASK_FILE, TEMPLATE_FILE, model_card
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
 from labeltune.models import bnb_4bit_unavailable, cuda_available, import_unsloth, resolve_preset, unsloth_installed
-from labeltune.prompts import load_template
 from labeltune.run import (
     ADAPTER,
     BASE,
@@ -34,7 +33,8 @@ from labeltune.run import (
     TRAIN_LOG,
     VERSIONS,
     base_path,
-    load_config,
+    full_id_path,
+    open_run,
     read_info,
     write_info,
 )
@@ -47,16 +47,22 @@ RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG)
 
 
 def _copy_run_files(run_dir: Path, out: Path) -> None:
-    """The run's files (RUN_FILES), its template and task spec files, as trained."""
+    """The run's files (RUN_FILES), its template and task spec files, as trained. A link among them is
+    refused: an export of a shared run must never carry (and push) a file from elsewhere on this machine."""
     for name in RUN_FILES:
         src = run_dir / name
+        links = [p for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ())) if p.is_symlink()]
+        if links:
+            raise ValueError(f"--run {run_dir}: {links[0]} is a link; an export copies files of the run only: "
+                             "replace the link by the file")
         if src.is_dir():
             shutil.copytree(src, out / name, dirs_exist_ok=True)
         elif src.is_file():
             shutil.copy2(src, out / name)
-    config = load_config(run_dir)
-    shutil.copy2(load_template(config.template).filename, out / TEMPLATE_FILE)
-    shutil.copy2(task_path(config.task), out / TASK_FILE)
+    run = open_run(run_dir)
+    shutil.copy2(run.template().filename, out / TEMPLATE_FILE)
+    own_task = run_dir / TASK_FILE
+    shutil.copy2(own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task), out / TASK_FILE)
 
 
 def hub_token(repo_id: str) -> str:
@@ -189,7 +195,7 @@ def linear_weights(base_dir: Path) -> frozenset[str]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir, trust_remote_code=False))
     head = model.get_output_embeddings()
     return frozenset(f"{name}.weight" for name, module in model.named_modules()
                      if isinstance(module, torch.nn.Linear) and module is not head)
@@ -200,7 +206,7 @@ def merge_base(run_dir: Path, info: dict) -> str:
     weights were learnt against its NF4 weights); else the 16-bit base (a 4-bit preset's full_id)."""
     if info.get("load_in_4bit"):
         return base_path(run_dir, info)
-    return info.get("full_id") or base_path(run_dir, info)
+    return full_id_path(run_dir, info) or base_path(run_dir, info)
 
 
 def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:

@@ -491,12 +491,12 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path_or_id)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path_or_id, trust_remote_code=False)
         index = torch.cuda.current_device() if capability is not None else 0
         # a pre-quantised checkpoint (unsloth/*-bnb-4bit) brings its own quantization config
-        prequantized = getattr(AutoConfig.from_pretrained(path_or_id), "quantization_config", None) is not None
+        prequantized = getattr(AutoConfig.from_pretrained(path_or_id, trust_remote_code=False), "quantization_config", None) is not None
         kwargs = hf_load_kwargs(capability, load_in_4bit and not prequantized, index)
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=False, **kwargs)
     else:
         raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")
     ensure_pad_token(tokenizer, model)

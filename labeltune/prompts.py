@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+import jinja2.sandbox
 
 from labeltune.task import TaskSpec
 
@@ -26,8 +27,12 @@ def available_templates() -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def _environment(directory: str) -> jinja2.Environment:
-    return jinja2.Environment(
+def _environment(directory: str, sandboxed: bool) -> jinja2.Environment:
+    """Templates shipped with labeltune render in a plain environment; any other template (a user's file,
+    an export's or a shared run's template.jinja) in jinja2's immutable sandbox, where the attribute walks
+    that reach Python builtins (``cycler.__init__.__globals__``) raise SecurityError instead of running."""
+    cls = jinja2.sandbox.ImmutableSandboxedEnvironment if sandboxed else jinja2.Environment
+    return cls(
         loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -36,13 +41,22 @@ def _environment(directory: str) -> jinja2.Environment:
 
 
 def load_template(name_or_path: str) -> jinja2.Template:
-    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file."""
+    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file (sandboxed)."""
     path = Path(name_or_path)
     if path.suffix == ".jinja" and path.is_file():
-        return _environment(str(path.resolve().parent)).get_template(path.name)
+        folder = path.resolve().parent
+        try:
+            return _environment(str(folder), folder != PROMPTS_DIR).get_template(path.name)
+        except jinja2.TemplateError as e:
+            raise ValueError(f"{path}: not a usable prompt template ({type(e).__name__}: {e})") from None
     if name_or_path not in available_templates():
         raise ValueError(f"unknown template {name_or_path!r}; available: {', '.join(available_templates())}")
-    return _environment(str(PROMPTS_DIR)).get_template(f"{name_or_path}.jinja")
+    return _environment(str(PROMPTS_DIR), False).get_template(f"{name_or_path}.jinja")
+
+
+def is_shipped(template: jinja2.Template) -> bool:
+    """Whether `template` is one of labeltune's own files (not a user's or a shared run's)."""
+    return template.filename is not None and Path(template.filename).resolve().parent == PROMPTS_DIR
 
 
 def as_data(value: str) -> str:
@@ -53,4 +67,8 @@ def as_data(value: str) -> str:
 def render_prompt(template: jinja2.Template, task: TaskSpec, text: str, **fields: str) -> str:
     """The prompt for one example; the model's answer starts right after it."""
     data = {key: as_data(value) for key, value in fields.items()}
-    return template.render(text=as_data(text), labels=task.label_values, task=task.name, **data)
+    try:
+        return template.render(text=as_data(text), labels=task.label_values, task=task.name, **data)
+    except jinja2.exceptions.SecurityError as e:  # only a sandboxed (not shipped) template gets here
+        raise ValueError(f"{template.filename}: the prompt template tried something a template may not do ({e}); "
+                         "it was stopped before running anything: use a template that only prints its variables") from None

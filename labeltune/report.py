@@ -16,6 +16,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from labeltune.atomic import write_inside
+
 # The HTML's font stack: Japanese fonts of Linux/Android, macOS/iOS and Windows, then the browser's default,
 # then colour emoji fonts (SNS posts carry emoji, which no Japanese font has)
 CSS_FONTS = ('"Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Yu Gothic", '
@@ -411,9 +413,8 @@ def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: di
     if also_in is not None:
         targets.append((Path(also_in), Path(os.path.relpath(out_dir, also_in)).as_posix() + "/"))
     for folder, assets in targets:
-        (folder / "report.md").write_text(render_markdown(context, assets), encoding="utf-8")
-        (folder / "report.html").write_text(render_html("report.html.jinja", {**context, "assets": assets}),
-                                            encoding="utf-8")
+        write_inside(folder, folder / "report.md", render_markdown(context, assets))  # never through a link
+        write_inside(folder, folder / "report.html", render_html("report.html.jinja", {**context, "assets": assets}))
 
 def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
     plt = _pyplot()

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from labeltune.atomic import make_dir_inside, write_inside
 from labeltune.config import TrainConfig, load_saved
 from labeltune.features import Prompter
-from labeltune.models import bnb_4bit_unavailable, cuda_available, ensure_pad_token, load_base
-from labeltune.prompts import load_template
+from labeltune.models import PRESETS, bnb_4bit_unavailable, cuda_available, ensure_pad_token, load_base, resolve_base
+from labeltune.prompts import available_templates, load_template, render_prompt
 from labeltune.task import TaskSpec, load_task
 
 CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapter", "base", "model", "data"
@@ -55,7 +58,7 @@ def read_info(run_dir: str | Path) -> dict:
 
 
 def write_info(run_dir: str | Path, info: dict) -> None:
-    (Path(run_dir) / INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    write_inside(run_dir, Path(run_dir) / INFO, json.dumps(info, indent=1))
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
@@ -106,6 +109,13 @@ def load_calibration(run_dir: str | Path) -> tuple[float, dict[str, float] | Non
     return float(temperature), biases
 
 
+def check_eval_parent(run_dir: str | Path) -> None:
+    """Refuse, before any work, a run whose eval/ folder is a link (new_eval_dir would refuse it after)."""
+    evals = Path(run_dir) / EVALS
+    if evals.is_symlink():
+        raise RunError(f"{evals}: a link in {run_dir}; refusing to write through it: remove the link")
+
+
 def new_eval_dir(run_dir: str | Path, split: str, mode: str) -> Path:
     """A new, empty folder for one evaluation: eval/<split>-<mode>-<n>, n one more than any evaluation's
     before it (so earlier ones are never written over, and n orders them)."""
@@ -115,14 +125,13 @@ def new_eval_dir(run_dir: str | Path, split: str, mode: str) -> Path:
     while True:
         folder = evals / f"{split}-{mode}-{n}"
         try:
-            folder.mkdir(parents=True)
-            return folder
+            return make_dir_inside(run_dir, folder)  # a link planted in the run is refused, never followed
         except FileExistsError:  # another evaluation took it meanwhile
             n += 1
 
 
 def save_temperature(run_dir: str | Path, result: dict) -> None:
-    (Path(run_dir) / CALIBRATION).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_inside(run_dir, Path(run_dir) / CALIBRATION, json.dumps(result, indent=1))
 
 
 @dataclass
@@ -138,10 +147,29 @@ class Run:
         return bool(self.info.get("merged"))
 
     def template(self):
-        """The run's prompt template: an export's own copy (TEMPLATE) where it has one, so an export of a
-        custom template loads on a machine without the original file; else the config's name or path."""
+        """The run's prompt template: its own copy (TEMPLATE; train and export write one), so a run of a
+        custom template loads on a machine without the original file; else the config's bundled name. A
+        custom file of a run made before runs kept their own copy must lie inside the run: a shared run
+        cannot point labeltune at a file elsewhere on this machine. Files of a run render sandboxed."""
         own = self.dir / TEMPLATE
-        return load_template(str(own) if own.is_file() else self.config.template)
+        if own.is_symlink():
+            raise RunError(f"--run {self.dir}: its {TEMPLATE} is a link (to {os.readlink(own)}); a run's template must "
+                           "be a file of the run: replace the link by the file if you trust it")
+        name = self.config.template
+        if own.is_file():
+            template = load_template(str(own))
+        elif name in available_templates():
+            return load_template(name)
+        else:
+            path = Path(name) if Path(name).is_absolute() else self.dir / name
+            try:
+                path.resolve().relative_to(self.dir.resolve())
+            except ValueError:
+                raise RunError(f"--run {self.dir}: its config.yaml names the template {name}, outside the run; a run "
+                               f"uses its own {TEMPLATE} or a bundled template: copy the file to {own} if you trust it") from None
+            template = load_template(str(path))
+        render_prompt(template, self.task, "テスト")  # a template that tries what it may not is refused here, up front
+        return template
 
     def split(self, name: str) -> Path:
         return self.dir / DATA / f"{name}.jsonl"
@@ -183,10 +211,63 @@ def weights_sha256(run_dir: Path) -> str:
     raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
 
 
+TRUSTED_BASES = "LABELTUNE_TRUSTED_BASES"  # env: local base folders outside a run the user vouches for (os.pathsep)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def base_path(run_dir: str | Path, info: dict | None = None) -> str:
-    """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time."""
+    """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time, after
+    check_base: a shared run's model.json cannot make labeltune load a folder elsewhere on this machine."""
     info = read_info(run_dir) if info is None else info
-    return str(Path(run_dir) / BASE) if info["base"] == BASE + "/" else info["base"]
+    if info["base"] == BASE + "/":
+        return str(Path(run_dir) / BASE)
+    check_base(run_dir, info["base"])
+    return resolve_base(info["base"])
+
+
+def full_id_path(run_dir: str | Path, info: dict) -> str | None:
+    """A 4-bit run's 16-bit base (its preset's full_id), after check_base; None when it has none."""
+    if not info.get("full_id"):
+        return None
+    check_base(run_dir, info["full_id"])
+    return resolve_base(info["full_id"])
+
+
+def trusted_bases_file() -> Path:
+    """This machine's list of local base folders the user trained on (one resolved path a line)."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "labeltune" / "trusted_bases.txt"
+
+
+def trust_base(base: str) -> None:
+    """Remember a local base folder the user trained on here (train calls it), so runs of it load here."""
+    path = trusted_bases_file()
+    real = str(Path(base).resolve())
+    known = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if real not in known:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(real + "\n")
+
+
+def check_base(run_dir: str | Path, base: str) -> None:
+    """Accept a base that is a preset's model, a Hugging Face id (transformers never runs a repository's
+    code: trust_remote_code=False), a folder inside the run, one the user trained on here (trust_base) or
+    named in LABELTUNE_TRUSTED_BASES; refuse any other local folder in one line (a folder with an auto_map
+    and *.py files is code, and a shared run's model.json must not choose what this machine loads)."""
+    if any(base in (p.model_id, p.full_id) for p in PRESETS.values()):
+        return
+    path = Path(base)
+    if HUB_ID.fullmatch(base) and not path.exists():
+        return
+    real = path.resolve()
+    named = [p for p in os.environ.get(TRUSTED_BASES, "").split(os.pathsep) if p]
+    remembered = trusted_bases_file().read_text(encoding="utf-8").splitlines() if trusted_bases_file().is_file() else []
+    if any(real == t or t in real.parents for t in [Path(run_dir).resolve(), *map(Path, remembered),
+                                                      *(Path(p).resolve() for p in named)]):
+        return
+    raise RunError(f"--run {run_dir}: its model.json names the base model {base}, a folder outside the run that was not "
+                   f"trained on here; a shared run may not point at files on this machine: if you trust that folder, "
+                   f"name it: {TRUSTED_BASES}={base}")
 
 
 def check_not_patched_by_unsloth(model) -> None:
@@ -217,6 +298,20 @@ def load_run(run_dir: str | Path, merge: bool = False):
         ) from e
 
 
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
+
+
+def check_no_pickles(run_dir: Path) -> None:
+    """Refuse weights saved as pickles in a run's adapter/ or model/: labeltune writes safetensors only,
+    and unpickling a file someone else made can run code (torch's weights_only guards it; this does not
+    rely on it)."""
+    for folder in (run_dir / ADAPTER, run_dir / MERGED):
+        for pattern in PICKLES:
+            for found in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+                raise RunError(f"{found}: weights saved as a pickle, which can run code when loaded; labeltune "
+                               "loads .safetensors only (convert it with safetensors on a machine you trust)")
+
+
 def load_run_files(run_dir: str | Path, merge: bool = False):
     """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
 
@@ -233,6 +328,7 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
 
     run_dir = Path(run_dir)
     info = read_info(run_dir)
+    check_no_pickles(run_dir)
     if info.get("merged"):
         model, tokenizer = load_base(str(run_dir / MERGED), "hf", load_in_4bit=False)
         check_not_patched_by_unsloth(model)
@@ -242,12 +338,13 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
         raise MissingRunFile(f"{run_dir}: no {ADAPTER}/ (did `labeltune train` finish?)")
     base, four_bit = base_path(run_dir, info), bool(info.get("load_in_4bit"))
     why = bnb_4bit_unavailable(cuda_available()) if four_bit else None
-    if why and info.get("full_id"):
+    full = full_id_path(run_dir, info) if why else None
+    if why and full:
         import warnings
 
         warnings.warn(f"{run_dir} was trained on a 4-bit base; {why}: loading the 16-bit {info['full_id']} in "
                       "full precision instead (labels may differ slightly from the run's evaluation)", stacklevel=2)
-        base, four_bit = info["full_id"], False
+        base, four_bit = full, False
     elif why:
         raise RunError(f"--run {run_dir} was trained on a 4-bit base, and loading it here needs 4-bit: {why}")
     model, tokenizer = load_base(base, "hf", info.get("max_length", 512), four_bit, tokenizer_from=run_dir / ADAPTER)

@@ -44,7 +44,7 @@ from labeltune.models import (
 )
 from labeltune.prompts import load_template, render_prompt
 from labeltune.splits import make_splits, write_splits
-from labeltune.task import load_task
+from labeltune.task import load_task, task_path
 
 
 def package_versions() -> dict[str, str]:
@@ -143,6 +143,10 @@ def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: dict, 
     save(cfg, run_dir / run_files.CONFIG)
     write_splits(cfg, splits, dropped, leaks, run_dir / run_files.DATA)
     (run_dir / run_files.VERSIONS).write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
+    # the run's own template and task spec: it labels as trained where the original files are not, and never
+    # reads a file outside itself (run.Run.template)
+    shutil.copyfile(template.filename, run_dir / run_files.TEMPLATE)
+    shutil.copyfile(task_path(cfg.task), run_dir / run_files.TASK)
     if preset.model_id is None:
         corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
         build_tiny(corpus, run_dir / run_files.BASE, cfg.seed)
@@ -337,6 +341,8 @@ def _train(cfg: TrainConfig) -> Path:
         if fresh:
             write_run_dir(cfg, preset, task, template, info, (splits, dropped, leaks), run_dir)
 
+    if info["base"] != run_files.BASE + "/" and Path(info["base"]).exists():
+        run_files.trust_base(info["base"])  # the user named this folder: runs of it load on this machine
     try:  # loading the model: a failure here leaves no half-made run that would refuse the next attempt
         model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit)
         prompter = Prompter(tokenizer, template, task, cfg.max_length)

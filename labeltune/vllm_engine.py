@@ -54,7 +54,7 @@ from labeltune.models import (
     select_precision,
 )
 from labeltune.parse import parse
-from labeltune.run import ADAPTER, MERGED, MissingRunFile, base_path, open_run
+from labeltune.run import ADAPTER, MERGED, MissingRunFile, base_path, full_id_path, open_run
 
 INSTALL_HINT = "the vllm engine needs vLLM: pip install 'labeltune[vllm]' (GPU) or make env-vllm (CPU)"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
@@ -135,7 +135,7 @@ class VllmEngine:
             raise MissingRunFile(f"{run_dir}: no {MERGED}/ (merged16 export) or {ADAPTER}/ (trained run)")
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
         ensure_pad_token(tokenizer)
         self.prompter = Prompter(tokenizer, self.run.template(), self.run.task, self.run.config.max_length)
         vllm = import_vllm()
@@ -146,6 +146,7 @@ class VllmEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         kwargs.update(  # generation_config="vllm": EOS is the tokenizer's alone, as in the hf engine
             tokenizer=tokenizer_dir, dtype=self.dtype, seed=seed, enable_prefix_caching=True, generation_config="vllm",
+            trust_remote_code=False,
             enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
             max_model_len=self.run.config.max_length + 128, **llm_kwargs,
         )
@@ -167,11 +168,12 @@ class VllmEngine:
         if cuda:
             kwargs["quantization"] = "bitsandbytes"
             return base_path(run_dir, info)
-        if not info.get("full_id"):
+        full = full_id_path(run_dir, info)
+        if not full:
             raise ValueError(f"--run {run_dir} was trained on a 4-bit base, which vLLM loads on a GPU only")
         warnings.warn(f"{run_dir} was trained on a 4-bit base; on CPU vLLM serves its adapter on the 16-bit "
                       f"{info['full_id']} (labels may differ slightly from the run's evaluation)", stacklevel=3)
-        return info["full_id"]
+        return full
 
     def close(self) -> None:
         """Stop vLLM's engine process now (it also stops when the engine is garbage-collected)."""

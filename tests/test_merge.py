@@ -101,9 +101,12 @@ def test_shards_are_planned_within_the_limit():
 
 
 def _run_of_preset(tmp_path: Path, preset: str, full_id: str) -> Path:
+    from labeltune.models import PRESETS
+
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
-    (run / "model.json").write_text(json.dumps({"base": "x", "full_id": full_id, "preset": preset, "load_in_4bit": True}))
+    info = {"base": PRESETS[preset].model_id, "full_id": full_id, "preset": preset, "load_in_4bit": True}
+    (run / "model.json").write_text(json.dumps(info))
     return run
 
 
