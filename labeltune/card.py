@@ -71,8 +71,9 @@ def _metrics_section(run_dir: Path) -> list[str]:
     metrics = _json(run_dir / "metrics.json")
     if not metrics:
         return ["## Evaluation", "", "Not evaluated before export (`labeltune evaluate --run <run>`).", ""]
+    warned = [f"- Warning: {w}" for w in metrics.get("warnings") or []]
     return ["## Evaluation", "", f"`labeltune evaluate` on the {metrics['split']} split, {metrics['mode']} mode "
-            "(malformed answers count as wrong):", "", format_table(metrics), ""]
+            "(malformed answers count as wrong):", "", format_table(metrics), "", *warned, *([""] if warned else [])]
 
 
 def _calibration_section(run_dir: Path, names: dict[str, str]) -> list[str]:

@@ -3,13 +3,17 @@
     labeltune evaluate --run runs/demo [--split test] [--base false]
 
 Each evaluation writes its own folder, runs/<name>/eval/<split>-<mode>-<n>/ (labeltune.run.new_eval_dir):
-metrics.json (keys: base, finetuned, majority_baseline, forgetting, ...), report.md and report.html with
+metrics.json (keys: base, finetuned, majority_baseline, forgetting, warnings, ...), report.md and report.html with
 their plots (labeltune.report), and one predictions CSV per system; earlier evaluations are kept as they
 were. The latest is also runs/<name>/metrics.json, report.md and report.html (showing its folder's plots). Malformed
 answers count as wrong: they lower accuracy and the recall of their gold class, and are a false
 positive for no class. Score metrics (MAE, Spearman) use the rows with a gold score whose answer
 parsed; beside them, the fine-tuned model's scores with the gold label given (every row whose gold label
-carries a score, estimate and greedy), which measure the score apart from the label decision. The forgetting check (labeltune.perplexity) compares base and tuned perplexity on general text.
+carries a score, estimate and greedy), which measure the score apart from the label decision. Each system's
+macro-F1 has a 95% bootstrap interval (labeltune.metrics.macro_f1_interval); a fine-tuned model worse than the
+majority class or the untuned base, or whose interval holds the majority class's macro-F1, gets a warning
+(labeltune.metrics.result_warnings), printed at the end and shown in the report. The forgetting check
+(labeltune.perplexity) compares base and tuned perplexity on general text.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from pathlib import Path
 from labeltune.atomic import write_inside
 from labeltune.data import ReadReport, dropped_summary, fingerprint, iter_rows, load_examples
 from labeltune.decode import predict, scores_given_labels
-from labeltune.metrics import (argmax_label, calibration_metrics, classification_metrics, majority_baseline, score_metrics,
-                               system_metrics)
+from labeltune.metrics import (argmax_label, calibration_metrics, classification_metrics, macro_f1_interval,
+                               majority_baseline, result_warnings, score_metrics, system_metrics)
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
 from labeltune.run import DATA, check_eval_parent, load_calibration, new_eval_dir, open_run, read_training
@@ -88,6 +92,8 @@ def main(cfg) -> dict:
     if task.score:
         metrics["score_range"] = [task.score.min, task.score.max]
     metrics["majority_baseline"] = majority_baseline(train_labels, gold, task.label_values)
+    metrics["majority_baseline"]["macro_f1_interval"] = macro_f1_interval(
+        gold, [metrics["majority_baseline"]["label"]] * len(gold), task.label_values)
     systems = {}
     started = time.perf_counter()
 
@@ -109,6 +115,7 @@ def main(cfg) -> dict:
     metrics["eval_dir"] = str(out)
     for key, predictions in systems.items():
         metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends, task.scored_labels)
+        metrics[key]["macro_f1_interval"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
         metrics[key].update(calibration_metrics(predictions, gold, temperature if key == "finetuned" else 1.0))
         write_predictions(out / f"predictions_{key}.csv", examples, predictions)
     if biases and cfg.mode == "score":  # the same decode without the biases: argmax of log p + b - b
@@ -131,6 +138,8 @@ def main(cfg) -> dict:
         step(f"forgetting check: perplexity on {len(general_texts)} general texts")
         check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
         metrics["forgetting"] = {**check, "source": general_source}
+    warnings += result_warnings(metrics)  # worse than the majority class or the base, or too few rows to tell
+    metrics["warnings"] = warnings
     text = json.dumps(metrics, ensure_ascii=False, indent=1)
     write_inside(out, out / "metrics.json", text)
     write_report(out, metrics, examples, systems, read_training(run_dir), also_in=run_dir)

@@ -2,7 +2,7 @@
 
 Classification: accuracy, per-class and macro precision/recall/F1, confusion matrix; a malformed
 answer counts as wrong (it lowers accuracy and its gold class's recall, and is a false positive for
-no class). Scores: MAE and Spearman on the rows with a gold score whose answer parsed. Probabilities:
+no class); a bootstrap interval of macro-F1, and the warnings an evaluation's result deserves. Scores: MAE and Spearman on the rows with a gold score whose answer parsed. Probabilities:
 temperature scaling (softmax(log p / T), T fitted by NLL on dev), expected calibration error and
 reliability bins.
 """
@@ -10,6 +10,7 @@ reliability bins.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 MALFORMED = "malformed"
@@ -132,6 +133,60 @@ def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str
     metrics = classification_metrics(gold, [majority] * len(gold), labels)
     return {"label": majority, **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "malformed_rate")}}
 
+
+def macro_f1_interval(gold: list[str], pred: list[str | None], labels: list[str], resamples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """[low, high]: the percentile bootstrap interval of classification_metrics' macro-F1, from `resamples`
+    resamplings of the rows with replacement by a generator seeded with `seed` (the same rows always give the
+    same interval); None without rows."""
+    if not gold:
+        return None
+    if len(gold) != len(pred):
+        raise ValueError("gold and pred differ in length")
+    k = len(labels) + 1  # the predicted columns: the labels, then malformed
+    index = {lab: i for i, lab in enumerate(labels)}
+    cells = [index[g] * k + (len(labels) if p is None else index[p]) for g, p in zip(gold, pred)]
+    rng = random.Random(seed)
+    values = []
+    for _ in range(resamples):
+        counts = Counter(rng.choices(cells, k=len(cells)))
+        f1 = 0.0
+        for i in range(len(labels)):  # F1 = 2 tp / (predicted + support), 0 when both are 0
+            predicted = sum(counts[g * k + i] for g in range(len(labels)))
+            support = sum(counts[i * k + c] for c in range(k))
+            f1 += _div(2 * counts[i * k + i], predicted + support)
+        values.append(f1 / len(labels))
+    values.sort()
+    tail = (1 - level) / 2
+    return [values[round(tail * (resamples - 1))], values[round((1 - tail) * (resamples - 1))]]
+
+
+def result_warnings(metrics: dict) -> list[str]:
+    """What an evaluation's metrics (labeltune.evaluate) cannot claim, in words: a fine-tuned macro-F1 below the
+    majority class's or the untuned base's, and an interval of the fine-tuned macro-F1 (``macro_f1_interval``)
+    that holds the majority class's: the split is too small to tell the two apart."""
+    tuned, majority = metrics.get("finetuned"), metrics["majority_baseline"]
+    if tuned is None:
+        return []
+    label = majority["label"]
+    name = (metrics.get("label_names") or {}).get(label, label)
+    always = f"always answering {label}" + ("" if name == label else f" ({name})")
+    out = []
+    if tuned["macro_f1"] < majority["macro_f1"]:
+        out.append(f"the fine-tuned model is worse than the majority class: macro-F1 {tuned['macro_f1']:.3f} < "
+                   f"{majority['macro_f1']:.3f} ({always})")
+    base = metrics.get("base")
+    if base is not None and tuned["macro_f1"] < base["macro_f1"]:
+        out.append(f"the fine-tuned model is worse than the untuned base (adapter off): macro-F1 {tuned['macro_f1']:.3f} "
+                   f"< {base['macro_f1']:.3f}")
+    interval = tuned.get("macro_f1_interval")
+    if interval and interval[0] <= majority["macro_f1"] <= interval[1]:
+        split = metrics.get("split", "test")
+        rows = f"{tuned['n']} {split} rows" if split in ("train", "dev", "test") else f"{tuned['n']} rows of {split}"
+        out.append(f"{rows} cannot tell these apart: macro-F1 {tuned['macro_f1']:.2f} [{interval[0]:.2f}, "
+                   f"{interval[1]:.2f}] (fine-tuned, 95% bootstrap interval) holds the majority class's "
+                   f"{majority['macro_f1']:.2f} ({always}); evaluate on more rows (--data FILE) to tell them apart")
+    return out
 
 
 def apply_temperature(probs: dict[str, float], temperature: float) -> dict[str, float]:

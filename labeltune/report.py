@@ -265,8 +265,9 @@ def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[s
     n = metrics["majority_baseline"]["n"]
     context = {
         "title": f"Evaluation of {metrics['run']} on {metrics['split']} (n={n}, mode {metrics['mode']})",
-        "summary_header": SUMMARY_HEADER,
+        "summary_header": summary_header(metrics),
         "summary": summary_rows(metrics),
+        "warnings": metrics.get("warnings") or [],
         "systems": [
             _system_section(run_dir, metrics, key, examples, systems[key]) for key in TITLES if key in systems
         ],
@@ -312,6 +313,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_markdown(context: dict, assets: str = "") -> str:
     """report.md; `assets` is prefixed to every image (the folder of the plots, relative to the report)."""
     lines = [f"# {context['title']}", "", *md_table(context["summary_header"], context["summary"]), ""]
+    if context["warnings"]:
+        lines += ["## Warnings", "", *(f"- {md_cell(w)}" for w in context["warnings"]), ""]
     if context["estimates"]:
         lines += ["## Score estimates", "", "The score written (from the model's distribution over every allowed score) "
                   "beside the greedy score, on the rows where gold and prediction both carry a score; then both with "
@@ -462,18 +465,35 @@ def plot_training(log: list[dict], best: dict | None, path: str | Path) -> str:
 
 
 SUMMARY_HEADER = ["system", "n", "accuracy", "macro-F1", "malformed", "score MAE", "score Spearman", "ECE"]
+INTERVAL_HEADER = "macro-F1 [95% CI]"  # the macro-F1 column where the metrics carry its bootstrap interval
+
+
+def _systems(metrics: dict) -> list[tuple[str, dict]]:
+    systems = [("majority class", metrics["majority_baseline"])]
+    return systems + [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned"))
+                      if key in metrics]
+
+
+def summary_header(metrics: dict) -> list[str]:
+    """SUMMARY_HEADER, its macro-F1 column named INTERVAL_HEADER when a system carries macro_f1_interval."""
+    if not any(m.get("macro_f1_interval") for _, m in _systems(metrics)):
+        return SUMMARY_HEADER
+    return [INTERVAL_HEADER if h == "macro-F1" else h for h in SUMMARY_HEADER]
+
+
+def macro_f1_cell(m: dict) -> str:
+    """Macro-F1 to 3 places, with its 95% bootstrap interval (labeltune.metrics.macro_f1_interval) when known."""
+    interval = m.get("macro_f1_interval")
+    return f"{m['macro_f1']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
 def summary_rows(metrics: dict) -> list[list[str]]:
-    """The before/after table's rows (majority class, base, fine-tuned), formatted, under SUMMARY_HEADER."""
-    systems = [("majority class", metrics["majority_baseline"])]
-    systems += [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned"))
-                if key in metrics]
+    """The before/after table's rows (majority class, base, fine-tuned), formatted, under summary_header."""
     rows = []
-    for name, m in systems:
+    for name, m in _systems(metrics):
         mae, rho, ece = m.get("score_mae"), m.get("score_spearman"), m.get("ece")
         rows.append([
-            name, str(m["n"]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['malformed_rate']:.1%}",
+            name, str(m["n"]), f"{m['accuracy']:.3f}", macro_f1_cell(m), f"{m['malformed_rate']:.1%}",
             "-" if mae is None else f"{mae:.1f}", "-" if rho is None else f"{rho:.3f}",
             "-" if ece is None else f"{ece:.3f}",
         ])
@@ -522,7 +542,7 @@ def bias_rows(metrics: dict) -> list[list[str]]:
 
 def format_table(metrics: dict) -> str:
     """Markdown before/after table (and, in score mode, the score estimates side by side)."""
-    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
+    lines = ["| " + " | ".join(summary_header(metrics)) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(metrics)]
     for header, rows in ((ESTIMATE_HEADER, estimate_rows(metrics)), (BIAS_HEADER, bias_rows(metrics))):
         if rows:

@@ -188,9 +188,15 @@ def _same_notice_files(folder: Path) -> None:
 @pytest.mark.train
 def test_a_gemma3_run_and_its_exports_carry_the_terms(standin_run, tmp_path):
     """train writes the notice, the package's NOTICE.md and the Gemma Terms of Use into the run; adapter and
-    merged16 exports carry them, and their model card names the base and says the Gemma Terms of Use apply."""
+    merged16 exports carry them, and their model card names the base and says the Gemma Terms of Use apply (and
+    shows the evaluation's warnings: a model trained 1 step is worse than the majority class)."""
+    from labeltune import evaluate
+    from labeltune.config import EvalConfig, resolve
+
     assert json.loads((standin_run / "model.json").read_text(encoding="utf-8"))["base"] == gemma3.NAME
     _same_notice_files(standin_run)
+    warnings = evaluate.main(resolve(EvalConfig, None, {"run": str(standin_run), "forgetting": None}))["warnings"]
+    assert any(w.startswith("the fine-tuned model is worse than the majority class") for w in warnings), warnings
     for fmt in ("adapter", "merged16"):
         out = _export(standin_run, fmt, tmp_path / fmt)
         _same_notice_files(out)
@@ -200,6 +206,7 @@ def test_a_gemma3_run_and_its_exports_carry_the_terms(standin_run, tmp_path):
         assert "Gemma 3 270M (`google/gemma-3-270m`" in card
         assert "Gemma Terms of Use found at https://ai.google.dev/gemma/terms" in card
         assert f"[{gemma3.TERMS}]({gemma3.TERMS})" in card
+        assert all(f"- Warning: {w}" in card for w in warnings)
     assert "gemma3.ensure_model()" in (tmp_path / "adapter" / "README.md").read_text(encoding="utf-8")
 
 

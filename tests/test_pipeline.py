@@ -63,6 +63,29 @@ def test_training_learns_the_format(run_dir):
     assert {"base", "finetuned", "majority_baseline"} <= set(saved)
 
 
+
+def test_evaluate_warns_when_the_result_means_little(run_dir, capsys):
+    """The tiny random-init model on 15 test rows: each system's macro-F1 gets a 95% bootstrap interval, too wide
+    there to tell the model from the majority class; the warnings its numbers call for (that one, and worse than
+    the majority class or the base where it is) are printed at the end, kept in metrics.json and shown in the report."""
+    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run_dir), "forgetting": None, "limit": 15}))
+    tuned, majority, base = metrics["finetuned"], metrics["majority_baseline"], metrics["base"]
+    low, high = tuned["macro_f1_interval"]
+    assert low <= tuned["macro_f1"] <= high and low <= majority["macro_f1"] <= high, (tuned, majority)
+    expected = [
+        "the fine-tuned model is worse than the majority class" if tuned["macro_f1"] < majority["macro_f1"] else None,
+        "the fine-tuned model is worse than the untuned base" if tuned["macro_f1"] < base["macro_f1"] else None,
+        f"15 test rows cannot tell these apart: macro-F1 {tuned['macro_f1']:.2f} [{low:.2f}, {high:.2f}]"]
+    expected = [e for e in expected if e]
+    printed = [line.removeprefix("labeltune: warning: ") for line in capsys.readouterr().err.splitlines()
+               if line.startswith("labeltune: warning: ")]
+    assert len(printed) == len(expected) and all(w.startswith(e) for w, e in zip(printed, expected)), printed
+    saved = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["warnings"] == printed and saved["finetuned"]["macro_f1_interval"] == [low, high]
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert f"| fine-tuned | 15 | {tuned['accuracy']:.3f} | {tuned['macro_f1']:.3f} [{low:.2f}, {high:.2f}] |" in report
+    assert all(f"- {w}" in report for w in printed)
+
 def test_refuses_to_overwrite_a_trained_run(run_dir):
     with pytest.raises(FileExistsError):
         train.main(resolve(TrainConfig, None, {"output": str(run_dir), "max_steps": 1}))
