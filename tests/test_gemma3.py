@@ -288,6 +288,7 @@ def test_trains_scores_and_reloads_offline(offline, tmp_path):
                                            "batch_size": 4, "grad_accum": 1, "logging_steps": 1}))
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     assert info["base"] == "gemma3-270m"  # not a path of this machine's cache
+    _same_notice_files(run_dir)  # the Gemma notice and terms travel with the run
     log = (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
     losses = [r["loss"] for r in map(json.loads, log) if "loss" in r]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
