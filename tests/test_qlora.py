@@ -211,7 +211,7 @@ def test_nf4_round_trip_is_what_the_4bit_load_computes_with(tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_path):
+def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_path, monkeypatch):
     """A run directory as `labeltune train --backend unsloth` leaves it on a GPU, checked against
     Unsloth 2026.10.7's source: FastLanguageModel.get_peft_model builds a PEFT LoraConfig (task_type
     CAUSAL_LM, the 7 projections, dropout 0, bias none, use_rslora False, loftq_config {}) and calls PEFT's
@@ -235,6 +235,7 @@ def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_
     quantized.save_pretrained(prequantized)
     tokenizer.save_pretrained(prequantized)
     assert json.loads((prequantized / "config.json").read_text())["quantization_config"]["load_in_4bit"]
+    monkeypatch.setenv("LABELTUNE_TRUSTED_BASES", str(prequantized))  # a local base trained on elsewhere: named
 
     torch.manual_seed(1)
     config = LoraConfig(r=16, lora_alpha=16, target_modules=list(LLAMA_TARGETS), lora_dropout=0.0, bias="none",

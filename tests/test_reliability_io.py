@@ -83,6 +83,7 @@ def test_a_quote_closed_by_a_later_one_is_refused_naming_both_lines(tmp_path):
     assert len(rows) == 8 and rows[6]["text"] == '"引用" と書いた'
 
 
+@pytest.mark.train  # runs `labeltune train`, which first refuses a TRL that cannot train here
 def test_label_and_train_refuse_an_unbalanced_quote_in_one_line(tmp_path):
     path = tmp_path / "posts.csv"
     path.write_text("id,text,label\n1,a,1\n2,\"b,0\n3,c,1\n4,d,0\n", encoding="utf-8")
@@ -140,6 +141,7 @@ def test_label_with_a_given_encoding_names_the_bad_lines_before_labelling(tmp_pa
 # ---------------------------------------------------------------- 4. binary inputs
 
 
+@pytest.mark.train  # runs `labeltune train`, which first refuses a TRL that cannot train here
 def test_a_binary_input_is_one_short_line(tmp_path):
     png = tmp_path / "posts.csv"
     png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 20)
@@ -184,6 +186,7 @@ def test_a_second_train_on_one_run_folder_is_refused_naming_the_pid(tmp_path):
     assert not (tmp_path / "runs").exists()  # the folders made for the lock are gone with it
 
 
+@pytest.mark.train  # runs `labeltune train`, which first refuses a TRL that cannot train here
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path):
     posts = _posts(tmp_path / "posts.csv", ["a"])
     out = tmp_path / "out.csv"

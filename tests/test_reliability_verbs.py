@@ -155,6 +155,7 @@ def test_evaluate_refuses_a_split_replaced_since_training(tmp_path):
 # ---------------------------------------------------------------- train
 
 
+@pytest.mark.train  # runs `labeltune train`, which first refuses a TRL that cannot train here
 def test_train_whose_model_does_not_load_leaves_the_folder_as_it_was(tmp_path):
     from labeltune import train
 

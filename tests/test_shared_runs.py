@@ -19,6 +19,8 @@ import yaml
 
 from labeltune.config import TrainConfig, resolve
 
+pytestmark = pytest.mark.train  # every test opens a run trained here (the module fixture `trained`)
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = "今日のランチ最高においしかった\n"
 NOISE = ("Loading weights", "Writing model shards")  # transformers' progress bars, not errors
