@@ -10,6 +10,7 @@
 #   make bench                        labelling throughput / memory table (scripts/bench.py)
 #   make sweep [CONFIG=configs/sweep.yaml]     grid of runs, best by dev F1, test for the best
 #   make compare [CONFIG=configs/compare.yaml] generative vs classification head vs encoder vs baselines
+#   make bench-real                   real models on real data: Gemma 3 270M vs e5-small vs baselines (CPU, ~1.5 h)
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 #   make test-gpu-pins                fast suite against the gpu extra's library versions, on CPU
 #   make test-vllm                    the vLLM engine's tests (labeltune/vllm_engine.py) in .venv-vllm (make env-vllm)
@@ -36,7 +37,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow test-gpu-pins env-gpu-pins env-vllm test-vllm demo train label eval export calibrate bench sweep compare check-deps clean
+.PHONY: install test test-slow test-gpu-pins env-gpu-pins env-vllm test-vllm demo train label eval export calibrate bench sweep compare bench-real check-deps clean
 
 ifeq ($(USE_CURRENT),yes)
 install:
@@ -90,6 +91,14 @@ sweep: install
 
 compare: install
 	$(LT) compare --config $(or $(CONFIG),configs/compare.yaml)
+
+# The real-data benchmark of the README: configs/real_jtox.yaml (japanese-toxic-dataset from ../shared/data,
+# prepared into data/jtox) and configs/real_sample.yaml (the bundled sample). Resumes where it stopped.
+SHARED_DATA ?= ../shared/data
+bench-real: install
+	test -f data/jtox/train.jsonl || $(LT) data prepare --source japanese-toxic --path $(SHARED_DATA)/japanese-toxic-dataset --output data/jtox
+	$(LT) compare --config configs/real_jtox.yaml
+	$(LT) compare --config configs/real_sample.yaml
 
 export: install
 	$(LT) export --run $(RUN) --format $(or $(FORMAT),merged16)

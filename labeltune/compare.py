@@ -26,6 +26,7 @@ import csv
 import json
 import re
 import statistics
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from labeltune import classify
 from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
 from labeltune.data import Example, load_examples
 from labeltune.decode import Prediction, predict
-from labeltune.metrics import majority_baseline, system_metrics
+from labeltune.metrics import calibration_metrics, macro_f1_interval, majority_baseline, system_metrics
 from labeltune.models import Preset, base_to_load, resolve_preset, select_4bit, with_preset_defaults
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_cell, md_table, plot_confusions, render_html, write_predictions
@@ -49,9 +50,10 @@ METRICS_FILE = "system_metrics.json"
 # Changing one of these makes finished systems stale; changing models or systems only adds or drops rows.
 RESULT_FIELDS = ("data", "train", "encoder", "encoder_lr", "mode", "split", "forgetting", "forgetting_limit")
 COLUMNS = (
-    "system", "model", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
-    "malformed_rate", "score_mae", "score_spearman", "train_seconds",
+    "system", "model", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_f1_ci",
+    "malformed_rate", "score_mae", "score_spearman", "score_at_ends", "ece", "train_seconds", "posts_per_s",
 )
+RECALL_AFTER = "macro_f1_ci"  # per-class recall columns (recall_<label name>) follow this one
 
 
 def slug(model: str) -> str:
@@ -106,12 +108,17 @@ def finished(system_dir: Path) -> dict | None:
 
 
 def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examples: list[Example],
-                predictions: list[Prediction], **extra) -> None:
-    """Metrics (labeltune.metrics.system_metrics, the same for every system) + predictions.csv."""
+                predictions: list[Prediction], label_seconds: float | None = None, **extra) -> None:
+    """Metrics (labeltune.metrics.system_metrics, the same for every system, with macro-F1's 95% bootstrap
+    interval and the ECE of the label probabilities) + labelling speed + predictions.csv."""
     system_dir.mkdir(parents=True, exist_ok=True)
-    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, task.label_values,
+    gold = [ex.label for ex in examples]
+    metrics = system_metrics(gold, [ex.score for ex in examples], predictions, task.label_values,
                              task.score_ends, task.scored_labels)
-    record = {"system": system, "model": model, "train_seconds": None, **extra, **metrics}
+    metrics["macro_f1_ci"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
+    metrics["ece"] = calibration_metrics(predictions, gold).get("ece")
+    speed = round(len(examples) / label_seconds, 2) if label_seconds else None
+    record = {"system": system, "model": model, "train_seconds": None, "posts_per_s": speed, **extra, **metrics}
     write_predictions(system_dir / "predictions.csv", examples, predictions)
     (system_dir / METRICS_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"{system} ({model}): accuracy {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}")
@@ -150,12 +157,17 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
     texts = [ex.text for ex in examples]
     if "zero_shot" in todo:
         with model.disable_adapter():
+            started = time.perf_counter()
             predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
-        save_result(out / system_key("zero_shot", model_name), "zero_shot", model_name, task, examples, predictions)
+            seconds = time.perf_counter() - started
+        save_result(out / system_key("zero_shot", model_name), "zero_shot", model_name, task, examples, predictions,
+                    seconds)
     if "generative" in todo:
+        started = time.perf_counter()
         predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
+        seconds = time.perf_counter() - started
         check = forgetting(cfg, model, prompter.tokenizer, run.config.max_length)
-        save_result(run_dir, "generative", model_name, task, examples, predictions,
+        save_result(run_dir, "generative", model_name, task, examples, predictions, seconds,
                     train_seconds=run.info.get("train_seconds"), forgetting=check)
 
 
@@ -175,10 +187,12 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
     base, four_bit = llm_base(preset, tcfg, cuda)
     model, tokenizer = classify.load_llm_classifier(base, task, tcfg, preset.target_modules, four_bit)
     stats = classify.fit(model, tokenizer, train_ex, task, tcfg, tcfg.lr)
+    started = time.perf_counter()
     predictions = classify.predict(model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length, cfg.batch_size)
+    seconds = time.perf_counter() - started
     model.save_pretrained(system_dir / "adapter")
     tokenizer.save_pretrained(system_dir / "adapter")
-    save_result(system_dir, "cls_head", tcfg.model, task, examples, predictions, base=base, lr=tcfg.lr, **stats)
+    save_result(system_dir, "cls_head", tcfg.model, task, examples, predictions, seconds, base=base, lr=tcfg.lr, **stats)
 
 
 def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
@@ -193,9 +207,11 @@ def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex:
     lr = cfg.encoder_lr or lr
     stats = classify.fit(model, tokenizer, train_ex, task, settings, lr)
     texts = [ex.text for ex in examples]
+    started = time.perf_counter()
     predictions = classify.predict(model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
+    seconds = time.perf_counter() - started
     classify.save_encoder(name, model, tokenizer, system_dir / "model")
-    save_result(system_dir, "encoder", name, task, examples, predictions, lr=lr, **stats)
+    save_result(system_dir, "encoder", name, task, examples, predictions, seconds, lr=lr, **stats)
 
 
 def run_majority(task: TaskSpec, train_ex: list[Example], examples: list[Example], out: Path) -> None:
@@ -225,8 +241,23 @@ def collect(out: Path, systems: list[str], models: list[str]) -> dict[str, dict]
     return {key: finished(out / key) for key in keys}
 
 
-def table_rows(results: dict[str, dict]) -> list[list[str]]:
-    return [[format_cell(c, r[c]) for c in COLUMNS] for r in results.values()]
+def columns(task: TaskSpec) -> list[str]:
+    """COLUMNS with one recall_<label name> column per label after macro_f1_ci (is a class starved?)."""
+    at = COLUMNS.index(RECALL_AFTER) + 1
+    return [*COLUMNS[:at], *[f"recall_{lab.name}" for lab in task.labels], *COLUMNS[at:]]
+
+
+def cell_values(r: dict, task: TaskSpec) -> dict:
+    """One result's values by column; a column a result lacks (saved by an older labeltune) is None; a
+    recall of a label with no gold row is None (nothing to recall)."""
+    per_class = r.get("per_class", {})
+    recalls = {f"recall_{lab.name}": per_class[lab.value]["recall"] if per_class.get(lab.value, {}).get("support") else None
+               for lab in task.labels}
+    return {c: recalls[c] if c in recalls else r.get(c) for c in columns(task)}
+
+
+def table_rows(results: dict[str, dict], task: TaskSpec) -> list[list[str]]:
+    return [[format_cell(c, v) for c, v in cell_values(r, task).items()] for r in results.values()]
 
 
 def forgetting_lines(results: dict[str, dict]) -> list[str]:
@@ -242,17 +273,21 @@ def forgetting_lines(results: dict[str, dict]) -> list[str]:
     return out
 
 
-def write_csv(path: Path, results: dict[str, dict]) -> None:
+def write_csv(path: Path, results: dict[str, dict], task: TaskSpec) -> None:
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows([[r[c] for c in COLUMNS] for r in results.values()])
+        writer.writerow(columns(task))
+        for r in results.values():
+            values = cell_values(r, task)
+            ci = values["macro_f1_ci"]
+            values["macro_f1_ci"] = f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else None
+            writer.writerow(values.values())
 
 
 def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, results: dict[str, dict]) -> None:
     """report.html from labeltune/html/compare.html.jinja."""
     html = render_html("compare.html.jinja", dict(
-        cfg=to_dict(cfg), task=task, summary=summary, columns=COLUMNS, rows=table_rows(results), results=results,
+        cfg=to_dict(cfg), task=task, summary=summary, columns=columns(task), rows=table_rows(results, task), results=results,
         forgetting=forgetting_lines(results), image="confusions.png",
     ))
     path.write_text(html, encoding="utf-8")
@@ -260,14 +295,14 @@ def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, re
 
 def write_outputs(cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, results: dict[str, dict]) -> str:
     """results.csv/.md, confusions.png, report.html, metrics.json; returns the Markdown table."""
-    table = "\n".join(md_table(list(COLUMNS), table_rows(results)))
+    table = "\n".join(md_table(columns(task), table_rows(results, task)))
     n = next(iter(results.values()))["n"]
     notes = [f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",
              *forgetting_lines(results)]
     md = [f"# Comparison on {cfg.split} (n={n})", "", table, "", *[f"- {line}" for line in notes], "",
           "![confusion matrices](confusions.png)", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    write_csv(out / "results.csv", results)
+    write_csv(out / "results.csv", results, task)
     names = {lab.value: lab.name for lab in task.labels}
     confusions = {key: r["confusion"] for key, r in results.items()}
     plot_confusions(confusions, out / "confusions.png", f"{task.name}, {cfg.split} split (n={n})", names)

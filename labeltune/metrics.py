@@ -21,7 +21,8 @@ def _div(a: float, b: float) -> float:
 
 
 def classification_metrics(gold: list[str], pred: list[str | None], labels: list[str]) -> dict:
-    """Accuracy, per-class and macro precision/recall/F1, confusion matrix (gold rows x predicted cols)."""
+    """Accuracy, per-class and macro precision/recall/F1 (macro: over the labels in gold or predicted),
+    confusion matrix (gold rows x predicted cols)."""
     if len(gold) != len(pred):
         raise ValueError("gold and pred differ in length")
     columns = [*labels, MALFORMED]
@@ -41,12 +42,16 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
             "support": support,
         }
     n = len(gold)
+    # Macro averages over the labels that occur (in gold or predicted), as scikit-learn's f1_score does
+    # without `labels=`: a task label absent from a dataset (no positive posts in japanese-toxic) is not a
+    # class the system failed on; a label predicted but never gold still counts (F1 0).
+    present = [c for lab, c in per_class.items() if c["support"] or sum(matrix[g][lab] for g in labels)] or list(per_class.values())
     return {
         "n": n,
         "accuracy": _div(sum(g == p for g, p in zip(gold, pred)), n),
-        "macro_precision": _div(sum(c["precision"] for c in per_class.values()), len(labels)),
-        "macro_recall": _div(sum(c["recall"] for c in per_class.values()), len(labels)),
-        "macro_f1": _div(sum(c["f1"] for c in per_class.values()), len(labels)),
+        "macro_precision": _div(sum(c["precision"] for c in present), len(present)),
+        "macro_recall": _div(sum(c["recall"] for c in present), len(present)),
+        "macro_f1": _div(sum(c["f1"] for c in present), len(present)),
         "per_class": per_class,
         "confusion": {"labels": labels, "columns": columns, "matrix": [[matrix[g][c] for c in columns] for g in labels]},
         "malformed_rate": _div(sum(p is None for p in pred), n),
@@ -150,12 +155,13 @@ def macro_f1_interval(gold: list[str], pred: list[str | None], labels: list[str]
     values = []
     for _ in range(resamples):
         counts = Counter(rng.choices(cells, k=len(cells)))
-        f1 = 0.0
-        for i in range(len(labels)):  # F1 = 2 tp / (predicted + support), 0 when both are 0
+        f1, present = 0.0, 0
+        for i in range(len(labels)):  # F1 = 2 tp / (predicted + support); labels with neither are left out
             predicted = sum(counts[g * k + i] for g in range(len(labels)))
             support = sum(counts[i * k + c] for c in range(k))
             f1 += _div(2 * counts[i * k + i], predicted + support)
-        values.append(f1 / len(labels))
+            present += bool(predicted + support)
+        values.append(_div(f1, present))
     values.sort()
     tail = (1 - level) / 2
     return [values[round(tail * (resamples - 1))], values[round((1 - tail) * (resamples - 1))]]

@@ -380,12 +380,16 @@ def format_cell(column: str, value) -> str:
     seconds whole, learning rates short, other floats to 3 places."""
     if value is None:
         return "-"
+    if isinstance(value, (list, tuple)) and len(value) == 2:  # an interval: macro_f1_ci
+        return f"[{value[0]:.3f}, {value[1]:.3f}]"
     if column.endswith("malformed") or column == "malformed_rate":
         return f"{value:.1%}"
     if column == "score_mae":
         return f"{value:.1f}"
     if column == "train_seconds":
         return f"{value:.0f}"
+    if column == "posts_per_s":
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.4g}" if column == "lr" else f"{value:.3f}"
     return str(value)

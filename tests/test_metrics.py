@@ -7,6 +7,7 @@ import math
 import pytest
 
 from labeltune.metrics import (
+    macro_f1_interval,
     MALFORMED,
     classification_metrics,
     majority_baseline,
@@ -67,12 +68,23 @@ def test_all_malformed_counts_as_wrong():
 
 
 def test_perfect_and_absent_class():
-    # class "0" never occurs and is never predicted: its P/R/F1 are 0 (no division by zero) and it
-    # still counts in the macro average over the task's labels.
+    # class "0" never occurs and is never predicted (japanese-toxic has no positive posts): its P/R/F1 are 0
+    # (no division by zero) and it is left out of the macro averages, as scikit-learn's f1_score leaves out
+    # labels in neither y_true nor y_pred; a perfect system scores 1.0, not 2/3.
     m = classification_metrics(["1", "-1"], ["1", "-1"], LABELS)
     assert m["accuracy"] == 1.0 and m["malformed_rate"] == 0.0
     assert m["per_class"]["0"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert m["macro_f1"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == m["macro_precision"] == m["macro_recall"] == 1.0
+    assert macro_f1_interval(["1", "-1"] * 5, ["1", "-1"] * 5, LABELS) == [1.0, 1.0]
+
+
+def test_a_label_predicted_but_never_gold_still_counts():
+    # "0" is predicted once but never gold: it is in the average with F1 0 (a wrong answer is not free).
+    m = classification_metrics(["1", "-1", "-1"], ["1", "-1", "0"], LABELS)
+    # "1": F1 1; "-1": P 1, R 1/2, F1 2/3; "0": F1 0 -> (1 + 2/3 + 0) / 3
+    assert m["macro_f1"] == pytest.approx(5 / 9)
+    low, high = macro_f1_interval(["1", "-1", "-1"], ["1", "-1", "0"], LABELS, resamples=200)
+    assert 0 <= low <= 5 / 9 <= high <= 1
 
 
 def test_classification_metrics_empty_and_length_mismatch():
