@@ -7,9 +7,9 @@ import math
 import pytest
 
 from labeltune.metrics import (
-    macro_f1_interval,
     MALFORMED,
     classification_metrics,
+    macro_f1_interval,
     majority_baseline,
     score_metrics,
     spearman,
