@@ -107,6 +107,12 @@ def finished(system_dir: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def timed(fn, *args):
+    """(fn(*args), seconds it took): the labelling speed of a system."""
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
+
+
 def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examples: list[Example],
                 predictions: list[Prediction], label_seconds: float | None = None, **extra) -> None:
     """Metrics (labeltune.metrics.system_metrics, the same for every system, with macro-F1's 95% bootstrap
@@ -157,15 +163,11 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
     texts = [ex.text for ex in examples]
     if "zero_shot" in todo:
         with model.disable_adapter():
-            started = time.perf_counter()
-            predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
-            seconds = time.perf_counter() - started
+            predictions, seconds = timed(predict, model, prompter, texts, None, cfg.batch_size, cfg.mode)
         save_result(out / system_key("zero_shot", model_name), "zero_shot", model_name, task, examples, predictions,
                     seconds)
     if "generative" in todo:
-        started = time.perf_counter()
-        predictions = predict(model, prompter, texts, None, cfg.batch_size, cfg.mode)
-        seconds = time.perf_counter() - started
+        predictions, seconds = timed(predict, model, prompter, texts, None, cfg.batch_size, cfg.mode)
         check = forgetting(cfg, model, prompter.tokenizer, run.config.max_length)
         save_result(run_dir, "generative", model_name, task, examples, predictions, seconds,
                     train_seconds=run.info.get("train_seconds"), forgetting=check)
@@ -187,9 +189,8 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
     base, four_bit = llm_base(preset, tcfg, cuda)
     model, tokenizer = classify.load_llm_classifier(base, task, tcfg, preset.target_modules, four_bit)
     stats = classify.fit(model, tokenizer, train_ex, task, tcfg, tcfg.lr)
-    started = time.perf_counter()
-    predictions = classify.predict(model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length, cfg.batch_size)
-    seconds = time.perf_counter() - started
+    predictions, seconds = timed(classify.predict, model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length,
+                                 cfg.batch_size)
     model.save_pretrained(system_dir / "adapter")
     tokenizer.save_pretrained(system_dir / "adapter")
     save_result(system_dir, "cls_head", tcfg.model, task, examples, predictions, seconds, base=base, lr=tcfg.lr, **stats)
@@ -207,9 +208,7 @@ def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex:
     lr = cfg.encoder_lr or lr
     stats = classify.fit(model, tokenizer, train_ex, task, settings, lr)
     texts = [ex.text for ex in examples]
-    started = time.perf_counter()
-    predictions = classify.predict(model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
-    seconds = time.perf_counter() - started
+    predictions, seconds = timed(classify.predict, model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
     classify.save_encoder(name, model, tokenizer, system_dir / "model")
     save_result(system_dir, "encoder", name, task, examples, predictions, seconds, lr=lr, **stats)
 

@@ -29,7 +29,10 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
     matrix = {g: {c: 0 for c in columns} for g in labels}
     for g, p in zip(gold, pred):
         matrix[g][p if p is not None else MALFORMED] += 1
-    per_class = {}
+    # Macro averages over the labels that occur (in gold or predicted), as scikit-learn's f1_score does
+    # without `labels=`: a task label absent from a dataset (no positive posts in japanese-toxic) is not a
+    # class the system failed on; a label predicted but never gold still counts (F1 0).
+    per_class, present = {}, []
     for lab in labels:
         tp = matrix[lab][lab]
         predicted = sum(matrix[g][lab] for g in labels)
@@ -41,11 +44,9 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
             "f1": _div(2 * precision * recall, precision + recall),
             "support": support,
         }
+        if support or predicted:
+            present.append(per_class[lab])
     n = len(gold)
-    # Macro averages over the labels that occur (in gold or predicted), as scikit-learn's f1_score does
-    # without `labels=`: a task label absent from a dataset (no positive posts in japanese-toxic) is not a
-    # class the system failed on; a label predicted but never gold still counts (F1 0).
-    present = [c for lab, c in per_class.items() if c["support"] or sum(matrix[g][lab] for g in labels)] or list(per_class.values())
     return {
         "n": n,
         "accuracy": _div(sum(g == p for g, p in zip(gold, pred)), n),
