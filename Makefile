@@ -10,7 +10,7 @@
 #   make bench                        labelling throughput / memory table (scripts/bench.py)
 #   make sweep [CONFIG=configs/sweep.yaml]     grid of runs, best by dev F1, test for the best
 #   make compare [CONFIG=configs/compare.yaml] generative vs classification head vs encoder vs baselines
-#   make bench-real                   real models on real data: Gemma 3 270M vs e5-small vs baselines (CPU, ~1.5 h)
+#   make bench-real                   real models on real data: Gemma 3 270M vs e5-small vs baselines (CPU, over an hour)
 #   make check-deps                   core + gpu extra resolve together (uv, metadata only)
 #   make test-gpu-pins                fast suite against the gpu extra's library versions, on CPU
 #   make test-vllm                    the vLLM engine's tests (labeltune/vllm_engine.py) in .venv-vllm (make env-vllm)
