@@ -1,7 +1,7 @@
 # labeltune — every target calls the same `labeltune` CLI (labeltune/cli.py) the notebook uses.
 #   make demo                         tiny model on the bundled sample, CPU, a few minutes
 #   make test                         fast test suite (what CI runs first)
-#   make train MODEL=tiny DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]
+#   make train [MODEL=gemma3-270m] DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]   (Gemma 3 270M: CPU or GPU)
 #   make train MODEL=gemma2           (Gemma 2 9B 4-bit; GPU)   MODEL=llama3.1 (Llama 3.1 8B 4-bit)
 #   make label RUN=runs/mine IN=posts.csv OUT=labelled.csv
 #   make eval RUN=runs/mine
@@ -29,7 +29,7 @@ GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
 # CPU wheel by default (found locally on the project machines; elsewhere use
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
 TORCH ?= torch==2.13.0
-MODEL ?= tiny
+MODEL ?= gemma3-270m
 DATA ?= data/sample.csv
 RUN ?= runs/$(MODEL)
 CONFIG ?=

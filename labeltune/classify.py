@@ -36,6 +36,7 @@ from labeltune.models import (
     ensure_pad_token,
     gpu_capability,
     hf_load_kwargs,
+    train_precision,
 )
 from labeltune.task import TaskSpec
 
@@ -50,12 +51,13 @@ def n_outputs(task: TaskSpec) -> int:
     return len(task.labels) + (1 if task.score is not None else 0)
 
 
-def _precision_dtype():
-    """Autocast dtype on CUDA as the generative training uses (bf16 from compute capability 8, else
-    fp16); None on CPU."""
+def _precision_dtype(dtype: str = "auto"):
+    """Autocast dtype as the generative training uses: `dtype` (a TrainConfig.dtype) checked for this
+    device; auto = bf16 from compute capability 8, else fp16, None (no autocast) on CPU."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[device_precision()]
+    precision = device_precision() if dtype == "auto" else train_precision(dtype, gpu_capability())
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def device() -> str:
@@ -222,7 +224,7 @@ def fit(model, tokenizer, examples: list[Example], task: TaskSpec, cfg: TrainCon
     from transformers import get_cosine_schedule_with_warmup
 
     device = _device(model)
-    dtype = _precision_dtype()
+    dtype = _precision_dtype(cfg.dtype)
     encoded = [ids for ids, _ in encode(tokenizer, [ex.text for ex in examples], cfg.max_length)]
     labels, scores = targets(examples, task)
     per_step = cfg.batch_size * cfg.grad_accum

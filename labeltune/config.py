@@ -23,6 +23,8 @@ import yaml
 POSITIVE = (lambda v: v > 0, "> 0")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # compute precisions (labeltune.models.check_dtype)
+MODEL_ENV = "LABELTUNE_MODEL"  # the default --model of train (the test suite sets tiny)
 
 
 def _f(default, help: str, choices: tuple | None = None, valid: tuple | None = None):
@@ -40,7 +42,9 @@ def default_of(f: dataclasses.Field):
 
 @dataclass
 class TrainConfig:
-    model: str = _f("tiny", "model preset (see `labeltune models`), Hugging Face id or local path")
+    model: str = _f(os.environ.get(MODEL_ENV) or "gemma3-270m",
+                    "model preset (see `labeltune models`), Hugging Face id or local path; default gemma3-270m (a real "
+                    f"pretrained model that trains on a CPU; tiny = random-init, for tests), or ${MODEL_ENV} when set")
     backend: str = _f(
         "auto",
         "auto = unsloth when a CUDA GPU and unsloth are present, else hf (transformers + PEFT, "
@@ -52,6 +56,9 @@ class TrainConfig:
         "load the base in 4-bit NF4 (bitsandbytes; QLoRA): None = on a CUDA GPU for downloaded models, "
         "true = also on CPU (bitsandbytes >= 0.50; slow, the GPU path's code), false = 16-bit on a GPU, fp32 on CPU",
     )
+    dtype: str = _f("auto", "training precision: auto = the device's (fp32 on CPU, bf16 from GPU compute capability 8, "
+                    "fp16 below); bf16 on a CPU with AMX/AVX512-BF16 (base weights in bf16, LoRA in fp32, autocast)",
+                    DTYPES)
     data: str = _f(
         "data/sample.csv",
         "labelled CSV/TSV/JSONL (split here), or a folder with train/dev/test files (splits as given)",
@@ -113,7 +120,6 @@ class TrainConfig:
 
 COMPARE_SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")  # labeltune.compare
 ENGINES = ("hf", "vllm")  # labeltune.engine
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
 SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.decode.estimate_score
 SCORE_ESTIMATE_HELP = (

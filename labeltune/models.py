@@ -362,12 +362,21 @@ def precision_of(model) -> str:
     return DTYPE_PRECISION[str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")]
 
 
-def trainer_precision(backend: str, model) -> str:
+def trainer_precision(backend: str, model, chosen: str | None = None) -> str:
     """Precision of the trainer's autocast (its bf16/fp16 flags), which must match the loaded model:
     unsloth chose it when it loaded the model (dtype=None: fp16 below compute capability 8; 2026.10.7
     also chose fp16 on every GPU when any visible one was older, 2026.10.9 looks at the current GPU
-    only), so it is read back; hf loaded in device_precision()."""
-    return precision_of(model) if backend == "unsloth" else device_precision()
+    only), so it is read back; hf loaded in `chosen` (train_precision), else device_precision()."""
+    return precision_of(model) if backend == "unsloth" else chosen or device_precision()
+
+
+def train_precision(dtype: str, capability: tuple[int, int] | None) -> str:
+    """The precision a run trains in: ``auto`` = select_precision (fp32 on CPU); an explicit dtype after
+    check_dtype (bf16 on a CPU only where it is native; fp16 on GPUs only)."""
+    if dtype == "auto":
+        return select_precision(capability)
+    check_dtype(dtype, capability is not None, capability)
+    return dtype
 
 
 MIN_CPU_BNB = "0.50"  # bitsandbytes 4-bit on CPU: checked here with 0.50.2 (load, QLoRA training, decoding)
@@ -452,11 +461,12 @@ def _torch_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, device_index: int = 0) -> dict:
+def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, device_index: int = 0,
+                   precision: str | None = None) -> dict:
     """from_pretrained kwargs of the hf backend on the GPU of `capability` (None: the CPU): 4-bit NF4
-    (bitsandbytes) when asked, computing in the device's precision (fp16 on a T4, bf16 on Ampere+, fp32
-    on CPU); else the model in that precision."""
-    dtype = _torch_dtype(select_precision(capability))
+    (bitsandbytes) when asked, computing in `precision` (None: the device's, fp16 on a T4, bf16 on
+    Ampere+, fp32 on CPU); else the model in that precision."""
+    dtype = _torch_dtype(precision or select_precision(capability))
     kwargs: dict = {"dtype": dtype}
     if load_in_4bit:  # bitsandbytes quantises on CPU too (tests run the 4-bit path there)
         from transformers import BitsAndBytesConfig
@@ -472,10 +482,11 @@ def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, devic
 
 
 def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None,
-              tokenizer_from: str | Path | None = None):
+              tokenizer_from: str | Path | None = None, precision: str | None = None):
     """(model, tokenizer) of a base model. hf: 4-bit NF4 (bitsandbytes) when load_in_4bit (None: on
-    CUDA), on the GPU or the CPU; else the device's precision (fp32 on CPU). unsloth: FastLanguageModel 4-bit in the precision Unsloth picks for the GPU
-    (``dtype=None``: fp16 below compute capability 8); read it back with precision_of(model).
+    CUDA), on the GPU or the CPU; else in `precision` (None: the device's, fp32 on CPU). unsloth:
+    FastLanguageModel 4-bit in `precision`, None = the one Unsloth picks for the GPU (``dtype=None``:
+    fp16 below compute capability 8); read it back with precision_of(model).
     hf: the tokenizer comes from `tokenizer_from` when given (a run's own, saved with its adapter: loading
     a 256k-token tokenizer twice costs seconds)."""
     path_or_id = resolve_base(path_or_id)
@@ -485,7 +496,8 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         FastLanguageModel = import_unsloth().FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=path_or_id, max_seq_length=max_length, dtype=None, load_in_4bit=load_in_4bit
+            model_name=path_or_id, max_seq_length=max_length, dtype=_torch_dtype(precision) if precision else None,
+            load_in_4bit=load_in_4bit,
         )
     elif backend == "hf":
         import torch
@@ -495,7 +507,7 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         index = torch.cuda.current_device() if capability is not None else 0
         # a pre-quantised checkpoint (unsloth/*-bnb-4bit) brings its own quantization config
         prequantized = getattr(AutoConfig.from_pretrained(path_or_id, trust_remote_code=False), "quantization_config", None) is not None
-        kwargs = hf_load_kwargs(capability, load_in_4bit and not prequantized, index)
+        kwargs = hf_load_kwargs(capability, load_in_4bit and not prequantized, index, precision)
         model = AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=False, **kwargs)
     else:
         raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")

@@ -36,10 +36,12 @@ from labeltune.models import (
     check_one_gpu,
     check_trainer_supports,
     full_modules_in_fp32,
+    gpu_capability,
     load_base,
     prepare_backend,
     resolve_preset,
     select_4bit,
+    train_precision,
     trainer_precision,
     with_preset_defaults,
 )
@@ -316,6 +318,7 @@ def _train(cfg: TrainConfig) -> Path:
     cfg = with_preset_defaults(cfg, preset)
     cuda = torch.cuda.is_available()
     check_machine(preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
+    precision = train_precision(cfg.dtype, gpu_capability() if cuda else None)  # a refused --dtype writes nothing
     backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
 
     from accelerate import PartialState
@@ -355,7 +358,8 @@ def _train(cfg: TrainConfig) -> Path:
     if info["base"] != run_files.BASE + "/" and Path(info["base"]).exists():
         run_files.trust_base(info["base"])  # the user named this folder: runs of it load on this machine
     try:  # loading the model: a failure here leaves no half-made run that would refuse the next attempt
-        model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit)
+        model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit,
+                                     precision=None if backend == "unsloth" and cfg.dtype == "auto" else precision)
         prompter = Prompter(tokenizer, template, task, cfg.max_length)
         train_ds, dev_ds = (
             Dataset.from_list([prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows])
@@ -368,7 +372,7 @@ def _train(cfg: TrainConfig) -> Path:
         if fresh:
             remove_new_files(run_dir, before)
         raise
-    info["precision"] = trainer_precision(backend, model)  # matches the model unsloth/hf loaded
+    info["precision"] = trainer_precision(backend, model, precision)  # matches the model unsloth/hf loaded
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     # dev decoding through a model whose forward Unsloth replaced is not verified: the dev loss picks there
     metric = "loss" if backend == "unsloth" else cfg.best_metric

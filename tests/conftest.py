@@ -5,8 +5,13 @@ skip where the installed TRL cannot train on this device (TRL 1.15, the gpu extr
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 
 import pytest
+
+# train's default model is gemma3-270m (a real model, minutes per step on a CPU): tests that do not name a
+# model train the random-init tiny one; test_config checks the default without this (a fresh process)
+os.environ["LABELTUNE_MODEL"] = "tiny"
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "tokenizers")
 

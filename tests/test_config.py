@@ -32,6 +32,21 @@ def test_defaults(cls):
     assert resolve(cls) == cls()
 
 
+def test_train_default_model_is_the_real_one_and_LABELTUNE_MODEL_overrides_it():
+    """A user who names no model trains Gemma 3 270M (a random-init model's answers mean nothing); the suite
+    itself trains tiny through LABELTUNE_MODEL (tests/conftest.py)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from labeltune.config import TrainConfig; print(TrainConfig().model)"
+    env = {k: v for k, v in os.environ.items() if k != config.MODEL_ENV}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "gemma3-270m"
+    env[config.MODEL_ENV] = "llama3.1"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "llama3.1"
+    assert TrainConfig().model == "tiny"
+
+
 def test_defaults_yaml_overrides_precedence(tmp_path):
     path = _yaml(tmp_path, "model: smol\nseed: 7\nlr: 2.0e-4\nleakage: drop\n")
     cfg = resolve(TrainConfig, path, {"seed": 11})

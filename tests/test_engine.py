@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labeltune.models import check_dtype, cpu_has_native_bf16
+from labeltune.models import check_dtype, cpu_has_native_bf16, train_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
@@ -28,6 +28,42 @@ def test_precisions_a_device_computes_are_accepted():
         check_dtype(dtype, False)
     check_dtype("bf16", True, (8, 0))
     check_dtype("fp16", True, (7, 5))
+
+
+def test_training_precision_is_the_devices_unless_one_is_asked_for():
+    assert train_precision("auto", None) == "fp32"
+    assert train_precision("auto", (7, 5)) == "fp16"
+    assert train_precision("auto", (8, 0)) == "bf16"
+    assert train_precision("fp32", (8, 0)) == "fp32"
+    with pytest.raises(ValueError, match="not supported on CPU"):
+        train_precision("fp16", None)
+    with pytest.raises(ValueError, match="emulated and slow"):
+        train_precision("bf16", (7, 5))
+
+
+@pytest.mark.train
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AMX / AVX512-BF16)")
+def test_training_in_bf16_on_a_cpu_loads_bf16_weights_trains_fp32_lora_and_records_it(tmp_path):
+    """train --dtype bf16 on a CPU with native bf16: the base in bf16, the LoRA weights kept in fp32 (PEFT's
+    autocast_adapter_dtype), the trainer's bf16 autocast, model.json says bf16, and the run labels."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from labeltune import train
+    from labeltune.config import TrainConfig, resolve
+    from labeltune.engine import HfEngine
+    from labeltune.run import open_run
+
+    out = tmp_path / "run"
+    train.main(resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 12, "dtype": "bf16"}))
+    assert json.loads((out / "model.json").read_text())["precision"] == "bf16"
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for name, t in adapter.items() if "lora_" in name} == {torch.float32}
+    assert all(torch.isfinite(t).all() for t in adapter.values())
+    predictions = HfEngine(open_run(out)).predict(["最高の一日でした", "最悪だ"], "score")
+    assert all(p.ok for p in predictions)
 
 
 @pytest.fixture(scope="module")
