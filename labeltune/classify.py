@@ -36,6 +36,7 @@ from labeltune.models import (
     ensure_pad_token,
     gpu_capability,
     hf_load_kwargs,
+    resolve_base,
     train_precision,
 )
 from labeltune.task import TaskSpec
@@ -80,6 +81,7 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    base = resolve_base(base)  # gemma3-270m: its converted folder in labeltune's cache
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
     torch.manual_seed(cfg.seed)  # the new head's initialisation

@@ -35,6 +35,7 @@ from labeltune.models import (
     check_fits_machine,
     check_one_gpu,
     check_trainer_supports,
+    cpu_has_native_bf16,
     full_modules_in_fp32,
     gpu_capability,
     load_base,
@@ -319,6 +320,9 @@ def _train(cfg: TrainConfig) -> Path:
     cuda = torch.cuda.is_available()
     check_machine(preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
     precision = train_precision(cfg.dtype, gpu_capability() if cuda else None)  # a refused --dtype writes nothing
+    if not cuda and cfg.dtype == "auto" and preset.model_id is not None and cpu_has_native_bf16():
+        print("labeltune: note: this CPU computes bf16 natively (AMX/AVX512-BF16): --dtype bf16 trains a real model "
+              "~1.6x faster than the fp32 default (measured with Gemma 3 270M)", file=sys.stderr)
     backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
 
     from accelerate import PartialState
