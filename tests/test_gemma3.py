@@ -310,3 +310,29 @@ def test_trains_scores_and_reloads_offline(offline, tmp_path):
     written = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
     assert [(w["label"], w["score"], w["ok"]) for w in written] == [(p.label, str(p.score), "True") for p in predictions]
     assert [float(w["confidence"]) for w in written] == pytest.approx([p.confidence for p in predictions], abs=1e-4)
+
+
+@needs_package
+@pytest.mark.slow
+def test_classification_head_on_gemma3_loads_offline_and_learns(offline):
+    """compare's cls_head system on gemma3-270m: the preset's name is loaded from its converted folder (it
+    once went to the Hub with the name), Gemma 3's sequence classifier gets LoRA + a trained head, and a few
+    steps on four posts lower the loss (bf16 autocast where the CPU has it, as configs/real_*.yaml train)."""
+    from labeltune import classify
+    from labeltune.config import TrainConfig, resolve
+    from labeltune.data import Example
+    from labeltune.models import cpu_has_native_bf16, resolve_preset, with_preset_defaults
+    from labeltune.task import load_task
+
+    task, preset = load_task("sentiment_toxicity"), resolve_preset("gemma3")
+    cfg = with_preset_defaults(resolve(TrainConfig, None, {
+        "model": "gemma3-270m", "max_steps": 6, "batch_size": 4, "grad_accum": 1, "warmup_ratio": 0.0,
+        "dtype": "bf16" if cpu_has_native_bf16() else "auto"}), preset)
+    model, tokenizer = classify.load_llm_classifier("gemma3-270m", task, cfg, preset.target_modules, False)
+    assert type(model.base_model.model).__name__ == "Gemma3TextForSequenceClassification"
+    posts = [Example("最悪な人だ、消えろ", "-1", 90), Example("今日は晴れです", "0", 0), Example("最高の一日！", "1", 0),
+             Example("会議は三時から", "0", 0)]
+    stats = classify.fit(model, tokenizer, posts, task, cfg, 3e-4)
+    assert stats["losses"][-1] < stats["losses"][0], stats["losses"]
+    predictions = classify.predict(model, tokenizer, [ex.text for ex in posts], task, 64)
+    assert [p.label for p in predictions] and all(p.ok for p in predictions)
