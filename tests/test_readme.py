@@ -39,11 +39,15 @@ def test_readme_first_lines_are_the_two_commands():
 
 
 def test_cli_reference_is_generated_from_the_real_help():
-    import importlib.util
+    """In a fresh process without the suite's LABELTUNE_MODEL (conftest.py): the defaults a user sees."""
+    import os
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == module.reference(), (
+    env = {k: v for k, v in os.environ.items() if k != "LABELTUNE_MODEL"}
+    code = "import runpy, sys; sys.stdout.write(runpy.run_path(sys.argv[1])['reference']())"
+    generated = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts" / "cli_reference.py")], env=env,
+                               capture_output=True, text=True, encoding="utf-8", check=True).stdout
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == generated, (
         "docs/cli.md is stale: run python scripts/cli_reference.py"
     )
