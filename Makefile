@@ -1,6 +1,6 @@
 # labeltune — every target calls the same `labeltune` CLI (labeltune/cli.py) the notebook uses.
 #   make demo                         tiny model on the bundled sample, CPU, a few minutes
-#   make demo-real                    the same with a real pretrained model (Gemma 3 270M), CPU, ~10 minutes
+#   make demo-real                    the same with a real pretrained model (Gemma 3 270M), CPU, ~12 minutes
 #   make test                         fast test suite (what CI runs first)
 #   make train [MODEL=gemma3-270m] DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]   (Gemma 3 270M: CPU or GPU)
 #   make train MODEL=gemma2           (Gemma 2 9B 4-bit; GPU)   MODEL=llama3.1 (Llama 3.1 8B 4-bit)
