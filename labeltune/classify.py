@@ -32,7 +32,6 @@ from labeltune.features import pad_ids
 from labeltune.models import (
     add_lora,
     build_tiny_tokenizer,
-    device_precision,
     ensure_pad_token,
     gpu_capability,
     hf_load_kwargs,
@@ -57,8 +56,7 @@ def _precision_dtype(dtype: str = "auto"):
     device; auto = bf16 from compute capability 8, else fp16, None (no autocast) on CPU."""
     import torch
 
-    precision = device_precision() if dtype == "auto" else train_precision(dtype, gpu_capability())
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[train_precision(dtype, gpu_capability())]
 
 
 def device() -> str:
