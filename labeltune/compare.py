@@ -26,6 +26,7 @@ import csv
 import json
 import re
 import statistics
+import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -47,8 +48,10 @@ from labeltune.train import spawn
 SYSTEMS = COMPARE_SYSTEMS
 LLM_SYSTEMS = ("generative", "cls_head", "zero_shot")  # one row per model
 METRICS_FILE = "system_metrics.json"
-# Changing one of these makes finished systems stale; changing models or systems only adds or drops rows.
-RESULT_FIELDS = ("data", "train", "encoder", "encoder_lr", "mode", "split", "forgetting", "forgetting_limit")
+# Changing one of these makes finished systems stale; changing models or systems only adds or drops rows,
+# and changing the encoder's settings (ENCODER_FIELDS) trains the encoder row again.
+RESULT_FIELDS = ("data", "train", "mode", "split", "forgetting", "forgetting_limit")
+ENCODER_FIELDS = ("encoder", "encoder_lr", "encoder_epochs")
 COLUMNS = (
     "system", "model", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_f1_ci",
     "malformed_rate", "score_mae", "score_spearman", "score_at_ends", "ece", "train_seconds", "posts_per_s",
@@ -200,17 +203,26 @@ def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex:
                 examples: list[Example], out: Path, cuda: bool) -> None:
     """Full fine-tune of an encoder classifier (e5-small on CPU by default); model saved in its folder."""
     system_dir = out / "encoder"
-    if finished(system_dir) is not None:
-        return
+    asked = {k: getattr(cfg, k) for k in ENCODER_FIELDS}
+    done = finished(system_dir)
+    if done is not None:
+        before = done.get("settings", {})
+        if all(before.get(k) == v for k, v in asked.items()):
+            return
+        print(f"compare: the encoder's settings changed ({', '.join(f'{k} {before.get(k)} -> {v}' for k, v in asked.items() if before.get(k) != v)}): "
+              f"training it again in {system_dir}", file=sys.stderr)
+        (system_dir / METRICS_FILE).unlink()
     name, model, tokenizer, lr = classify.build_encoder(cfg.encoder, [ex.text for ex in train_ex], task,
                                                         max_length=tcfg.max_length, seed=tcfg.seed, cuda=cuda)
-    settings = replace(tcfg, max_length=min(tcfg.max_length, model.config.max_position_embeddings))
+    settings = replace(tcfg, max_length=min(tcfg.max_length, model.config.max_position_embeddings),
+                       epochs=cfg.encoder_epochs or tcfg.epochs)
     lr = cfg.encoder_lr or lr
     stats = classify.fit(model, tokenizer, train_ex, task, settings, lr)
     texts = [ex.text for ex in examples]
     predictions, seconds = timed(classify.predict, model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
     classify.save_encoder(name, model, tokenizer, system_dir / "model")
-    save_result(system_dir, "encoder", name, task, examples, predictions, seconds, lr=lr, **stats)
+    save_result(system_dir, "encoder", name, task, examples, predictions, seconds, lr=lr, epochs=settings.epochs,
+                settings=asked, **stats)
 
 
 def run_majority(task: TaskSpec, train_ex: list[Example], examples: list[Example], out: Path) -> None:

@@ -198,6 +198,8 @@ class PrepareConfig:
     per_label: int | None = _f(None, "livedoor: keep N articles per category (a subset); None = all", valid=AT_LEAST_1)
     balance: str = _f("none", "train class balance: none, downsample to the smallest, upsample to the largest",
                       ("none", "downsample", "upsample"))
+    train_per_label: int | None = _f(None, "keep at most N train rows per label (sampled with --seed; after --balance); "
+                                     "dev/test untouched, so a large test split stays whole; None = all", valid=AT_LEAST_1)
     split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")
     seed: int = _f(0, "seed for split and balancing")
     download: bool = _f(False, "fetch the source's file into --path first (where its licence allows; sha256-checked)")
@@ -268,6 +270,9 @@ class CompareConfig:
     encoder_lr: float | None = _f(
         None, "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a pretrained one"
     )
+    encoder_epochs: float | None = _f(
+        None, "encoder epochs (full fine-tune); None = the LLM systems' epochs (train.epochs). A pretrained encoder "
+        "usually needs more passes than a LoRA run on the same rows (see configs/real_*.yaml)", valid=AT_LEAST_1)
     output: str = _f("runs/compare", "comparison directory: one sub-directory per system + results.csv/md, report.html")
     train: dict = _f({}, "TrainConfig options shared by the trained systems (epochs, lr, task, ...); YAML mapping")
     mode: str = _f("score", MODE_HELP, MODES)

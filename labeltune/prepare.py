@@ -7,7 +7,8 @@
 Every input row is accounted for: kept (in one split) or dropped with a reason, in card.json and
 README.md. Duplicates: exact and normalised duplicates and near-duplicates (character 5-gram Jaccard
 >= 0.9) of dev/test rows are removed from train, never from dev/test; duplicates within a split are
-reported. `--balance` down- or up-samples train to the smallest / largest class (dev/test untouched).
+reported. `--balance` down- or up-samples train to the smallest / largest class and `--train-per-label N`
+keeps at most N train rows per class (dev/test untouched by both).
 
 Sources and their rules (also written into each card):
 - japanese-toxic: score = round(100 * (0*NotToxic + 1/3*HardToSay + 2/3*Toxic + 1*VeryToxic) / annotation_num);
@@ -306,6 +307,18 @@ def balance(examples: list[Example], how: str, seed: int) -> list[Example]:
     return out
 
 
+def cap_per_label(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most `limit` examples per label, sampled with `seed`; the kept rows stay in input order."""
+    if limit is None:
+        return examples
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_label[ex.label].append(i)
+    rng = random.Random(f"{seed}:train-per-label")
+    keep = {i for label in sorted(by_label) for i in rng.sample(by_label[label], min(limit, len(by_label[label])))}
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
+
 # ---------------------------------------------------------------- card and main
 
 
@@ -331,6 +344,7 @@ def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_
         "dropped_rows": dropped,
         "duplicates": duplicates,
         "balance": cfg.balance,
+        "train_per_label": cfg.train_per_label,
         "train_rows_changed_by_balance": removed_by_balance,
         "seed": cfg.seed,
     }
@@ -338,7 +352,9 @@ def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_
     lines = [f"# Data card: {cfg.source}", "", f"Source: `{cfg.path}`; licence: {card['licence']}", "",
              f"Input rows: {total}; kept: {sum(card['kept_rows'].values())}; dropped: {len(dropped)} "
              f"({', '.join(f'{k}: {v}' for k, v in card['dropped'].items()) or 'none'}); "
-             f"duplicate rows removed from train: {sum(d['action'] == 'removed from train' for d in duplicates)}.", "",
+             f"duplicate rows removed from train: {sum(d['action'] == 'removed from train' for d in duplicates)}; "
+             f"train rows changed by --balance {cfg.balance} / --train-per-label {cfg.train_per_label}: "
+             f"{removed_by_balance:+d}.", "",
              "| split | rows | " + " | ".join(f"label {lab}" for lab in sorted({lab for c in card['labels'].values() for lab in c})) + " |"]
     labels = sorted({lab for c in card["labels"].values() for lab in c})
     lines.append("|---|---|" + "---|" * len(labels))
@@ -391,15 +407,18 @@ def main(cfg) -> dict:
     splits, duplicates = deduplicate(splits)
     step(f"{len(duplicates)} duplicates found; writing {out}")
     before = len(splits["train"])
-    splits["train"] = balance(splits["train"], cfg.balance, cfg.seed)
+    splits["train"] = cap_per_label(balance(splits["train"], cfg.balance, cfg.seed), cfg.train_per_label, cfg.seed)
     check_output_folder(out, "card.json", "data prepare")
     out.mkdir(parents=True, exist_ok=True)
     (out / "card.json").write_text('{"complete": false}\n', encoding="utf-8")  # ours from now on; replaced at the end
     for name, rows in splits.items():
         write_jsonl(rows, out / f"{name}.jsonl")
     card = write_card(out, cfg, total, splits, dropped, duplicates, len(splits["train"]) - before)
+    changed = len(splits["train"]) - before
+    why = [f"--balance {cfg.balance}"] * (cfg.balance != "none") + [f"--train-per-label {cfg.train_per_label}"] * bool(cfg.train_per_label)
+    resampled = f", train {changed:+d} rows by {' and '.join(why)}" if changed else ""
     print(f"{cfg.source}: {total} rows -> " + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
-          + f", dropped {len(dropped)} -> {out} (data card: {out / 'README.md'})")
+          + f", dropped {len(dropped)}{resampled} -> {out} (data card: {out / 'README.md'})")
     if dropped:
         print(f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in {out / 'card.json'})",
               file=sys.stderr)

@@ -18,6 +18,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -406,11 +407,34 @@ def _train(cfg: TrainConfig) -> Path:
         print(f"resuming {run_dir} from {resume_from.name}" if resume_from else
               f"resuming {run_dir}: no complete checkpoint yet, training from the start")
     started = time.time()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with answer_positions_only(not cuda):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if trainer.is_world_process_zero():
         save_run(trainer, model, tokenizer, info, run_dir, metric, time.time() - started, warnings)
     state.wait_for_everyone()
     return run_dir
+
+
+@contextmanager
+def answer_positions_only(enabled: bool = True):
+    """While open, TRL's fused LM head projects only the positions whose next token carries loss (the
+    answer and EOS), as it does on CUDA/XPU with Triton. TRL 1.16 (trl/trainer/utils.py, add_fused_lm_head)
+    scores every position elsewhere (`compact = _use_triton(device)`: a fixed tile shape avoids recompiles
+    on Neuron), so on CPU each step ran the whole prompt through the LM head, in fp32
+    (trl/kernels/chunked_logprob.py, _addmm_fp32) -- for Gemma 3's 262k-token head most of a step. The
+    loss and gradients are the same (masked positions are zeroed either way); scripts/bench_train_lmhead.py
+    measures both. A TRL without `_use_triton` (1.15 and older compute the loss their own way) is left as it is."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: True  # read by add_fused_lm_head's forward only (utils.py: compact)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def spawn(cfg: TrainConfig) -> Path:

@@ -234,3 +234,9 @@ def test_compare_runs_every_system(tmp_path):
     assert len(before) == 5
     assert cli.run(argv) == 0  # finished systems are read back, not run again
     assert _mtimes(out) == before and (out / "results.csv").read_text(encoding="utf-8") == table
+
+    assert cli.run(argv + ["--encoder-epochs", "2"]) == 0  # the encoder's own settings: only its row runs again
+    after = _mtimes(out)
+    assert [k for k in after if after[k] != before[k]] == [str(out / "encoder" / compare.METRICS_FILE)]
+    record = json.loads((out / "encoder" / compare.METRICS_FILE).read_text(encoding="utf-8"))
+    assert record["epochs"] == 2 and record["settings"]["encoder_epochs"] == 2

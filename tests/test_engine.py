@@ -133,3 +133,43 @@ def test_vllm_precision_follows_compute_capability_not_is_bf16_supported(monkeyp
     monkeypatch.setattr(vllm_engine, "gpu_capability", lambda: (7, 5))
     with pytest.raises(ValueError, match="emulated and slow"):
         vllm_engine.resolve_dtype("bf16", cuda=True)
+
+
+def test_cpu_training_projects_only_the_answer_positions_with_the_same_loss_and_gradients(tmp_path, monkeypatch):
+    """labeltune.train.answer_positions_only: TRL's fused LM head on CPU scores the answer tokens only,
+    as on a GPU, and the loss and LoRA gradients are those of scoring every position."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    if not hasattr(trl_utils, "_use_triton"):
+        pytest.skip("this TRL has no fused LM head switch (TRL < 1.16 computes the loss its own way)")
+    from labeltune.models import add_lora, build_tiny, load_base
+    from labeltune.train import answer_positions_only
+
+    base = build_tiny(["学習の文です。", "もう一つの文。"] * 20, tmp_path / "base", seed=0)
+    model, _ = load_base(str(base), "hf", 64, False)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    model = add_lora(model, 4, 8, 0.0, ["q_proj", "v_proj"], 0)
+    torch.manual_seed(0)
+    input_ids = torch.randint(5, model.config.vocab_size, (3, 20))
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -4:] = input_ids[:, -4:]  # the answer: the last 4 tokens of each row carry loss
+    rows_seen = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: rows_seen.append(hidden.shape[0]) or apply(hidden, *rest))
+
+    def loss_and_grads(compact: bool):
+        with answer_positions_only(compact):
+            out = model(input_ids=input_ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad(set_to_none=True)
+        return out.loss.detach(), grads
+
+    every, every_grads = loss_and_grads(False)
+    answer, answer_grads = loss_and_grads(True)
+    assert rows_seen == [3 * 19, 3 * 4]  # every shifted position, then only those with a label
+    assert torch.allclose(every, answer, atol=1e-6)
+    assert all(torch.allclose(every_grads[n], answer_grads[n], atol=1e-6) for n in every_grads)
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # the switch is put back

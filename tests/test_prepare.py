@@ -151,6 +151,23 @@ def test_livedoor_subset_real_corpus(tmp_path):
     assert first["text"].split("\n", 1)[0] == first["title"] and first["url"].startswith("http")
 
 
+def test_train_per_label_caps_train_only_and_says_so(tmp_path, capsys):
+    corpus = ROOT.parent / "shared" / "data" / "livedoor-news-corpus"
+    if not (corpus / "text").is_dir():
+        pytest.skip(f"{corpus} is absent")
+    full = _prepare(tmp_path / "full", source="livedoor", path=str(corpus), per_label=20)
+    capped = _prepare(tmp_path / "capped", source="livedoor", path=str(corpus), per_label=20, train_per_label=3)
+    assert capped["labels"]["test"] == full["labels"]["test"] and capped["labels"]["dev"] == full["labels"]["dev"]
+    assert set(capped["labels"]["train"].values()) == {3} and len(capped["labels"]["train"]) == 9
+    removed = 3 * 9 - full["kept_rows"]["train"]
+    assert capped["train_rows_changed_by_balance"] == removed and capped["train_per_label"] == 3
+    assert f"train {removed:+d} rows by --train-per-label 3" in capsys.readouterr().out
+    read = lambda d: [json.loads(line) for line in open(tmp_path / d / "out" / "train.jsonl", encoding="utf-8")]
+    full_ids = [r["url"] for r in read("full")]
+    kept = [r["url"] for r in read("capped")]
+    assert kept == [u for u in full_ids if u in set(kept)]  # a subset of the full train split, in its order
+
+
 def test_livedoor_long_articles_cut_by_tokens_keep_the_answer_header():
     from labeltune.features import Prompter
     from labeltune.models import build_tiny_tokenizer
