@@ -111,7 +111,7 @@ bench-real: install
 	test -f data/jtox/train.jsonl || $(LT) data prepare --source japanese-toxic --path $(SHARED_DATA)/japanese-toxic-dataset --output data/jtox
 	$(LT) compare --config configs/real_jtox.yaml
 	$(LT) compare --config configs/real_sample.yaml
-	test -f data/livedoor/train.jsonl || $(LT) data prepare --source livedoor --path $(SHARED_DATA)/livedoor-news-corpus --train-per-label 24 --output data/livedoor
+	test -f data/livedoor/train.jsonl || $(LT) data prepare --source livedoor --path $(SHARED_DATA)/livedoor-news-corpus --train-per-label 40 --dev-per-label 15 --output data/livedoor
 	$(LT) compare --config configs/real_livedoor.yaml
 
 export: install

@@ -199,7 +199,9 @@ class PrepareConfig:
     balance: str = _f("none", "train class balance: none, downsample to the smallest, upsample to the largest",
                       ("none", "downsample", "upsample"))
     train_per_label: int | None = _f(None, "keep at most N train rows per label (sampled with --seed; after --balance); "
-                                     "dev/test untouched, so a large test split stays whole; None = all", valid=AT_LEAST_1)
+                                     "test untouched, so a large test split stays whole; None = all", valid=AT_LEAST_1)
+    dev_per_label: int | None = _f(None, "keep at most N dev rows per label (training decodes dev every epoch); None = all",
+                                   valid=AT_LEAST_1)
     split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")
     seed: int = _f(0, "seed for split and balancing")
     download: bool = _f(False, "fetch the source's file into --path first (where its licence allows; sha256-checked)")

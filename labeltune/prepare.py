@@ -8,7 +8,8 @@ Every input row is accounted for: kept (in one split) or dropped with a reason, 
 README.md. Duplicates: exact and normalised duplicates and near-duplicates (character 5-gram Jaccard
 >= 0.9) of dev/test rows are removed from train, never from dev/test; duplicates within a split are
 reported. `--balance` down- or up-samples train to the smallest / largest class and `--train-per-label N`
-keeps at most N train rows per class (dev/test untouched by both).
+keeps at most N train rows per class (dev/test untouched by both); `--dev-per-label N` caps dev the same way.
+Test is never subsampled here.
 
 Sources and their rules (also written into each card):
 - japanese-toxic: score = round(100 * (0*NotToxic + 1/3*HardToSay + 2/3*Toxic + 1*VeryToxic) / annotation_num);
@@ -345,6 +346,7 @@ def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_
         "duplicates": duplicates,
         "balance": cfg.balance,
         "train_per_label": cfg.train_per_label,
+        "dev_per_label": cfg.dev_per_label,
         "train_rows_changed_by_balance": removed_by_balance,
         "seed": cfg.seed,
     }
@@ -408,6 +410,8 @@ def main(cfg) -> dict:
     step(f"{len(duplicates)} duplicates found; writing {out}")
     before = len(splits["train"])
     splits["train"] = cap_per_label(balance(splits["train"], cfg.balance, cfg.seed), cfg.train_per_label, cfg.seed)
+    dev_before = len(splits["dev"])
+    splits["dev"] = cap_per_label(splits["dev"], cfg.dev_per_label, cfg.seed)
     check_output_folder(out, "card.json", "data prepare")
     out.mkdir(parents=True, exist_ok=True)
     (out / "card.json").write_text('{"complete": false}\n', encoding="utf-8")  # ours from now on; replaced at the end
@@ -417,6 +421,8 @@ def main(cfg) -> dict:
     changed = len(splits["train"]) - before
     why = [f"--balance {cfg.balance}"] * (cfg.balance != "none") + [f"--train-per-label {cfg.train_per_label}"] * bool(cfg.train_per_label)
     resampled = f", train {changed:+d} rows by {' and '.join(why)}" if changed else ""
+    if len(splits["dev"]) != dev_before:
+        resampled += f", dev {len(splits['dev']) - dev_before:+d} rows by --dev-per-label {cfg.dev_per_label}"
     print(f"{cfg.source}: {total} rows -> " + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
           + f", dropped {len(dropped)}{resampled} -> {out} (data card: {out / 'README.md'})")
     if dropped:

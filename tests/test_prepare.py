@@ -151,17 +151,18 @@ def test_livedoor_subset_real_corpus(tmp_path):
     assert first["text"].split("\n", 1)[0] == first["title"] and first["url"].startswith("http")
 
 
-def test_train_per_label_caps_train_only_and_says_so(tmp_path, capsys):
+def test_train_and_dev_per_label_cap_those_splits_only_and_say_so(tmp_path, capsys):
     corpus = ROOT.parent / "shared" / "data" / "livedoor-news-corpus"
     if not (corpus / "text").is_dir():
         pytest.skip(f"{corpus} is absent")
     full = _prepare(tmp_path / "full", source="livedoor", path=str(corpus), per_label=20)
-    capped = _prepare(tmp_path / "capped", source="livedoor", path=str(corpus), per_label=20, train_per_label=3)
-    assert capped["labels"]["test"] == full["labels"]["test"] and capped["labels"]["dev"] == full["labels"]["dev"]
+    capped = _prepare(tmp_path / "capped", source="livedoor", path=str(corpus), per_label=20, train_per_label=3,
+                      dev_per_label=1)
+    assert capped["labels"]["test"] == full["labels"]["test"] and set(capped["labels"]["dev"].values()) == {1}
     assert set(capped["labels"]["train"].values()) == {3} and len(capped["labels"]["train"]) == 9
     removed = 3 * 9 - full["kept_rows"]["train"]
     assert capped["train_rows_changed_by_balance"] == removed and capped["train_per_label"] == 3
-    assert f"train {removed:+d} rows by --train-per-label 3" in capsys.readouterr().out
+    assert f"train {removed:+d} rows by --train-per-label 3, dev {9 - full['kept_rows']['dev']:+d} rows by --dev-per-label 1" in capsys.readouterr().out
     read = lambda d: [json.loads(line) for line in open(tmp_path / d / "out" / "train.jsonl", encoding="utf-8")]
     full_ids = [r["url"] for r in read("full")]
     kept = [r["url"] for r in read("capped")]
