@@ -105,6 +105,16 @@ def resolve_dtype(dtype: str, cuda: bool) -> str:
     return TORCH_DTYPES[select_precision(capability) if dtype == "auto" else dtype]
 
 
+def vllm_has_bitsandbytes() -> bool:
+    """Whether this vLLM loads bitsandbytes 4-bit checkpoints: 0.32-0.34 list no such method in
+    vllm/model_executor/layers/quantization/__init__.py (QUANTIZATION_METHODS), so asking for it fails in
+    vLLM's config validation ("Unknown quantization method") after the tokenizer and engine start."""
+    import_vllm()
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    return "bitsandbytes" in QUANTIZATION_METHODS
+
+
 class VllmEngine:
     """A run served by vLLM (one engine per process: start it once, predict many times)."""
 
@@ -166,6 +176,11 @@ class VllmEngine:
         if not info.get("load_in_4bit"):
             return base_path(run_dir, info)
         if cuda:
+            if not vllm_has_bitsandbytes():
+                raise ValueError(
+                    f"--run {run_dir} was trained on a 4-bit (bitsandbytes) base, which this vLLM cannot load (it lists "
+                    "no bitsandbytes quantization method); export it merged first: labeltune export --run "
+                    f"{run_dir} --format merged16 (LoRA merged into the 4-bit weights it trained on), and serve the export")
             kwargs["quantization"] = "bitsandbytes"
             return base_path(run_dir, info)
         full = full_id_path(run_dir, info)

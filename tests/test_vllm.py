@@ -147,6 +147,26 @@ def _lora_only(run_dir: Path, out: Path) -> Path:
     return out
 
 
+def test_a_4bit_run_on_a_gpu_is_refused_in_one_line_where_vllm_has_no_bitsandbytes(run_dir, tmp_path, monkeypatch):
+    """A run trained on a 4-bit base (the GPU presets' QLoRA) served with --engine vllm on a GPU: vLLM
+    0.32-0.34 list no bitsandbytes method, so the engine says so before vLLM starts and names the export
+    that serves (merged16). The GPU is simulated at labeltune's device probe (a T4's compute capability)."""
+    from labeltune import vllm_engine
+
+    if not (run_dir / ADAPTER).is_dir():
+        pytest.skip(f"{run_dir} has no adapter/ (a merged export)")
+    if vllm_engine.vllm_has_bitsandbytes():
+        pytest.skip("this vLLM lists a bitsandbytes quantization method")
+    out = _lora_only(run_dir, tmp_path / "qlora-run")
+    info = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    (out / "model.json").write_text(json.dumps({**info, "load_in_4bit": True}), encoding="utf-8")
+    monkeypatch.setattr(vllm_engine, "cuda_available", lambda: True)
+    monkeypatch.setattr(vllm_engine, "gpu_capability", lambda: (7, 5))
+    with pytest.raises(ValueError, match=r"4-bit \(bitsandbytes\) base.*--format merged16") as refused:
+        VllmEngine(out)
+    assert "\n" not in str(refused.value)
+
+
 def test_lora_adapter_is_served_on_its_base(run_dir, tmp_path, texts):
     if not (run_dir / ADAPTER).is_dir():
         pytest.skip(f"{run_dir} has no adapter/ (a merged export)")
