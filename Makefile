@@ -32,10 +32,17 @@ GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
 TORCH ?= torch==2.13.0
 MODEL ?= gemma3-270m
 DATA ?= data/sample.csv
-RUN ?= runs/$(MODEL)
+# `make train` writes RUN (default runs/$(MODEL)) and remembers it in runs/.last-run, so a bare `make eval`,
+# `make label` or `make export` after `make train MODEL=gemma2` opens runs/gemma2, not runs/$(MODEL)'s default
+RUN ?=
+TRAIN_RUN := $(or $(RUN),runs/$(MODEL))
+LAST_RUN_FILE ?= runs/.last-run
+LAST_RUN := $(shell cat $(LAST_RUN_FILE) 2>/dev/null)
+USE_RUN := $(or $(RUN),$(LAST_RUN),runs/$(MODEL))
+RUN_NOTE := $(if $(RUN),,$(if $(LAST_RUN), (the run make train wrote last; RUN=... for another)))
 CONFIG ?=
 IN ?= data/new_posts.csv
-OUT ?= $(RUN)/labelled.csv
+OUT ?= $(USE_RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
 .PHONY: install test test-slow test-gpu-pins env-gpu-pins env-vllm test-vllm demo demo-real train label eval export calibrate bench sweep compare bench-real check-deps clean
@@ -82,16 +89,19 @@ demo-real: install
 	@echo "== runs/demo-real: metrics.json, report.md, labelled.csv =="
 
 train: install
-	$(LT) train --model $(MODEL) --data $(DATA) --output $(RUN) $(CONFIG_FLAG)
+	$(LT) train --model $(MODEL) --data $(DATA) --output $(TRAIN_RUN) $(CONFIG_FLAG)
+	mkdir -p $(dir $(LAST_RUN_FILE)) && echo '$(TRAIN_RUN)' > $(LAST_RUN_FILE)
 
 eval: install
-	$(LT) evaluate --run $(RUN)
+	@echo "make eval: $(USE_RUN)$(RUN_NOTE)"
+	$(LT) evaluate --run $(USE_RUN)
 
 label: install
-	$(LT) label --run $(RUN) --input $(IN) --output $(OUT)
+	@echo "make label: $(USE_RUN)$(RUN_NOTE)"
+	$(LT) label --run $(USE_RUN) --input $(IN) --output $(OUT)
 
 calibrate: install
-	$(LT) calibrate --run $(RUN)
+	$(LT) calibrate --run $(USE_RUN)
 
 # Throughput and memory table (scripts/bench.py); trains the demo run first if it is missing.
 bench: install
@@ -115,7 +125,8 @@ bench-real: install
 	$(LT) compare --config configs/real_livedoor.yaml
 
 export: install
-	$(LT) export --run $(RUN) --format $(or $(FORMAT),merged16)
+	@echo "make export: $(USE_RUN)$(RUN_NOTE)"
+	$(LT) export --run $(USE_RUN) --format $(or $(FORMAT),merged16)
 
 # Core deps + the `gpu` extra resolve together (metadata only, nothing downloaded or installed), and
 # whether the torch already installed here (Colab's) would be kept by `pip install -e '.[gpu]'`.

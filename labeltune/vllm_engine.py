@@ -39,6 +39,7 @@ import json
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeltune.config import MODES
@@ -51,6 +52,7 @@ from labeltune.models import (
     cuda_available,
     ensure_pad_token,
     gpu_capability,
+    gpu_memory_gib,
     select_precision,
 )
 from labeltune.parse import parse
@@ -96,23 +98,172 @@ def adapter_problem(adapter_dir: Path) -> str | None:
     return None
 
 
-def resolve_dtype(dtype: str, cuda: bool) -> str:
+def resolve_dtype(dtype: str, cuda: bool, capability: tuple[int, int] | None = None) -> str:
     """vLLM's dtype for labeltune's --dtype, decided as the hf engine decides it (labeltune.models): auto =
     fp32 on CPU, bf16 from compute capability 8, fp16 below (a T4 answers is_bf16_supported() True but
     only emulates bf16); a precision the device cannot compute well is refused (check_dtype)."""
-    capability = gpu_capability() if cuda else None
+    if cuda and capability is None:
+        capability = gpu_capability()
     check_dtype(dtype, cuda, capability)
     return TORCH_DTYPES[select_precision(capability) if dtype == "auto" else dtype]
 
 
-def vllm_has_bitsandbytes() -> bool:
-    """Whether this vLLM loads bitsandbytes 4-bit checkpoints: 0.32-0.34 list no such method in
-    vllm/model_executor/layers/quantization/__init__.py (QUANTIZATION_METHODS), so asking for it fails in
-    vLLM's config validation ("Unknown quantization method") after the tokenizer and engine start."""
+@dataclass(frozen=True)
+class Device:
+    """Where vLLM would run: CPU, or a GPU of this compute capability and memory (tests simulate GPUs)."""
+
+    cuda: bool
+    capability: tuple[int, int] | None = None
+    memory_gib: float | None = None
+
+
+def this_device() -> Device:
+    if not cuda_available():
+        return Device(cuda=False)
+    return Device(cuda=True, capability=gpu_capability(), memory_gib=gpu_memory_gib())
+
+
+@dataclass(frozen=True)
+class VllmFacts:
+    """What the installed vLLM accepts, read from its source of truth (tests build one by hand)."""
+
+    has_bitsandbytes: bool
+    fp16_refused: frozenset[str]  # model types vLLM refuses in float16
+    gpu_memory_utilization: float  # share of the GPU's memory vLLM takes by default
+
+
+# vllm/config/model.py (0.32.0 and 0.33.0): _FLOAT16_NOT_SUPPORTED_MODELS, checked by _check_valid_dtype
+FP16_REFUSED = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
+
+
+def vllm_facts() -> VllmFacts:
+    """The installed vLLM's quantization methods (vllm/model_executor/layers/quantization/__init__.py:
+    0.32-0.34 list no bitsandbytes), float16-refused model types and default gpu_memory_utilization."""
     import_vllm()
+    from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
 
-    return "bitsandbytes" in QUANTIZATION_METHODS
+    try:
+        from vllm.config.model import _FLOAT16_NOT_SUPPORTED_MODELS as refused
+    except ImportError:  # a vLLM that moved it: the types of 0.32/0.33
+        refused = FP16_REFUSED
+    return VllmFacts("bitsandbytes" in QUANTIZATION_METHODS, frozenset(refused),
+                     float(getattr(EngineArgs, "gpu_memory_utilization", 0.92)))
+
+
+def vllm_has_bitsandbytes() -> bool:
+    """Whether this vLLM loads bitsandbytes 4-bit checkpoints (see vllm_facts)."""
+    return vllm_facts().has_bitsandbytes
+
+
+@dataclass
+class Plan:
+    """What VllmEngine hands vLLM for a run on a device, decided before anything loads."""
+
+    model: str  # folder or Hugging Face id vLLM loads
+    tokenizer: str
+    adapter: str | None  # a LoRA adapter folder served on `model`
+    dtype: str  # vLLM's dtype name
+    model_type: str | None
+    weights_gib: float | None  # the weights' size in vLLM's dtype (None: unknown)
+    kwargs: dict = field(default_factory=dict)  # quantization, LoRA settings
+    warning: str | None = None
+
+
+NF4_BYTES = 0.56  # bitsandbytes NF4 with its block scales, per parameter
+KV_HEADROOM_GIB = 1.0  # what vLLM needs beside the weights (activations, a minimal KV cache)
+
+
+def _model_type(folder_or_id: str, preset) -> str | None:
+    config = Path(folder_or_id) / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    return preset.model_type if preset is not None else None
+
+
+def _params(folder_or_id: str, preset) -> float | None:
+    """Parameter count: the preset's, else the folder's safetensors bytes over its dtype's width."""
+    if preset is not None and preset.params_b:
+        return preset.params_b * 1e9
+    folder = Path(folder_or_id)
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+    width = {"float32": 4}.get(str(config.get("torch_dtype") or config.get("dtype")), 2)
+    return sum(f.stat().st_size for f in files) / width
+
+
+def plan(run_dir: str | Path, info: dict, dtype: str, device: Device, facts: VllmFacts) -> Plan:
+    """How vLLM serves this run here, or a one-line ValueError naming what does work:
+    - a merged16 export: its model/ folder;
+    - an adapter vLLM's LoRA can serve, on the base it trained on; a 4-bit (bitsandbytes) base where
+      this vLLM loads bitsandbytes, else the preset's 16-bit full_id (the adapter trained against NF4
+      weights: labels may differ slightly from the evaluated run, said in a warning);
+    - the dtype as the hf engine picks it, but float32 where vLLM refuses float16 for the model type
+      (Gemma 2/3 on a T4: vLLM's _check_valid_dtype) and bf16 is not native;
+    - on a GPU, refused when the weights do not fit the share of memory vLLM takes."""
+    from labeltune.models import PRESETS
+
+    run_dir = Path(run_dir)
+    preset = PRESETS.get(info.get("preset") or "")
+    kwargs: dict = {}
+    warning = None
+    quantized = False
+    adapter = None
+    if info.get("merged"):
+        model = tokenizer = str(run_dir / MERGED)
+    elif (run_dir / ADAPTER / "adapter_config.json").is_file():
+        if why := adapter_problem(run_dir / ADAPTER):
+            raise ValueError(f"--run {run_dir}: its adapter {why}; export it merged first: "
+                             f"labeltune export --run {run_dir} --format merged16, and serve the export")
+        adapter = tokenizer = str(run_dir / ADAPTER)
+        if not info.get("load_in_4bit"):
+            model = base_path(run_dir, info)
+        elif device.cuda and facts.has_bitsandbytes:
+            model, quantized = base_path(run_dir, info), True
+            kwargs["quantization"] = "bitsandbytes"
+        else:
+            full = full_id_path(run_dir, info)
+            if not full:
+                raise ValueError(
+                    f"--run {run_dir} was trained on a 4-bit (bitsandbytes) base, which this vLLM cannot load"
+                    + (" (it lists no bitsandbytes quantization method)" if device.cuda else " on CPU")
+                    + f", and its preset names no 16-bit base; export it merged first: labeltune export --run {run_dir} "
+                    "--format merged16 (LoRA merged into the 4-bit weights it trained on), and serve the export")
+            model = full
+            warning = (f"{run_dir} was trained on a 4-bit base, which "
+                       + ("this vLLM cannot load (no bitsandbytes method)" if device.cuda else "vLLM loads on a GPU only")
+                       + f"; its adapter is served on the 16-bit {info['full_id']} (labels may differ slightly from the "
+                       f"run's evaluation; for the same weights: labeltune export --run {run_dir} --format merged16)")
+        rank = json.loads((run_dir / ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))["r"]
+        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=min(r for r in LORA_RANKS if r >= rank))
+    else:
+        raise MissingRunFile(f"{run_dir}: no {MERGED}/ (merged16 export) or {ADAPTER}/ (trained run)")
+
+    model_type = _model_type(model, preset)
+    chosen, why = resolve_dtype(dtype, device.cuda, device.capability), ""
+    if chosen == "float16" and model_type in facts.fp16_refused:
+        if dtype == "fp16":
+            raise ValueError(f"--dtype fp16: vLLM refuses float16 for {model_type} models (numerical instability); "
+                             "use --dtype fp32 (or bf16 on a GPU of compute capability 8+), or --engine hf")
+        chosen, why = "float32", f" (vLLM refuses float16 for {model_type}, and bf16 is emulated on this GPU)"
+    params = _params(model, preset)
+    weights_gib = None if params is None else params * (NF4_BYTES if quantized else _BYTES[chosen]) / (1 << 30)
+    if device.cuda and weights_gib is not None and device.memory_gib:
+        usable = device.memory_gib * facts.gpu_memory_utilization
+        if weights_gib + KV_HEADROOM_GIB > usable:
+            need = (weights_gib + KV_HEADROOM_GIB) / facts.gpu_memory_utilization
+            hf = "on the run this was exported from" if info.get("merged") else "the run as trained"
+            raise ValueError(
+                f"--run {run_dir}: vLLM would hold {params / 1e9:.1f}B parameters in {chosen}{why}, ~{weights_gib:.1f} GiB, "
+                f"and takes {facts.gpu_memory_utilization:.0%} of this GPU's {device.memory_gib:.1f} GiB with room for its "
+                f"KV cache; label with --engine hf ({hf}), a smaller preset, or a GPU with "
+                f">= {math.ceil(need)} GiB")
+    return Plan(model, tokenizer, adapter, chosen, model_type, weights_gib, kwargs, warning)
+
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 class VllmEngine:
@@ -126,69 +277,36 @@ class VllmEngine:
         RAM), vLLM's gpu_memory_utilization on a GPU. `enforce_eager`: no torch.compile (default on CPU,
         where compiling costs minutes of start-up). `llm_kwargs` go to vllm.LLM as they are."""
         self.run = open_run(run_dir)
-        run_dir = Path(run_dir)
-        cuda = cuda_available()
-        self.dtype = resolve_dtype(dtype, cuda)
-        kwargs: dict = {}
-        adapter = None
-        if self.run.merged:
-            model = tokenizer_dir = str(run_dir / MERGED)
-        elif (run_dir / ADAPTER / "adapter_config.json").is_file():
-            if why := adapter_problem(run_dir / ADAPTER):
-                raise ValueError(f"--run {run_dir}: its adapter {why}; export it merged first: "
-                                 f"labeltune export --run {run_dir} --format merged16, and serve the export")
-            adapter = tokenizer_dir = str(run_dir / ADAPTER)
-            model = self._lora_base(run_dir, cuda, kwargs)
-            rank = json.loads((run_dir / ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))["r"]
-            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=min(r for r in LORA_RANKS if r >= rank))
-        else:
-            raise MissingRunFile(f"{run_dir}: no {MERGED}/ (merged16 export) or {ADAPTER}/ (trained run)")
+        device = this_device()
+        served = plan(run_dir, self.run.info, dtype, device, vllm_facts())
+        if served.warning:
+            warnings.warn(served.warning, stacklevel=2)
+        self.dtype, kwargs = served.dtype, dict(served.kwargs)
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(served.tokenizer, trust_remote_code=False)
         ensure_pad_token(tokenizer)
         self.prompter = Prompter(tokenizer, self.run.template(), self.run.task, self.run.config.max_length)
         vllm = import_vllm()
-        if not cuda:  # 32-token blocks (the least CPU attention takes; 128 by default): score mode's requests
+        if not device.cuda:  # 32-token blocks (the least CPU attention takes; 128 by default): score mode's requests
             # share the prompt's full blocks through the prefix cache (1.8x faster score mode on the demo run)
             kwargs.update(kv_cache_memory_bytes=int((kv_cache_gib or 2) * (1 << 30)), block_size=32)
         elif kv_cache_gib:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         kwargs.update(  # generation_config="vllm": EOS is the tokenizer's alone, as in the hf engine
-            tokenizer=tokenizer_dir, dtype=self.dtype, seed=seed, enable_prefix_caching=True, generation_config="vllm",
+            tokenizer=served.tokenizer, dtype=self.dtype, seed=seed, enable_prefix_caching=True, generation_config="vllm",
             trust_remote_code=False,
-            enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
+            enforce_eager=(not device.cuda) if enforce_eager is None else enforce_eager,
             max_model_len=self.run.config.max_length + 128, **llm_kwargs,
         )
         started = time.perf_counter()
-        self.llm = vllm.LLM(model, **kwargs)
+        self.llm = vllm.LLM(served.model, **kwargs)
         self.startup_s = time.perf_counter() - started
         self.lora = None
-        if adapter is not None:
+        if served.adapter is not None:
             from vllm.lora.request import LoRARequest
 
-            self.lora = LoRARequest("labeltune", 1, adapter)
-
-    def _lora_base(self, run_dir: Path, cuda: bool, kwargs: dict) -> str:
-        """The base vLLM loads under the adapter: the one it trained on; a 4-bit base as bitsandbytes on a
-        GPU, its 16-bit full_id on CPU (with a warning, as labeltune.run.load_run does)."""
-        info = self.run.info
-        if not info.get("load_in_4bit"):
-            return base_path(run_dir, info)
-        if cuda:
-            if not vllm_has_bitsandbytes():
-                raise ValueError(
-                    f"--run {run_dir} was trained on a 4-bit (bitsandbytes) base, which this vLLM cannot load (it lists "
-                    "no bitsandbytes quantization method); export it merged first: labeltune export --run "
-                    f"{run_dir} --format merged16 (LoRA merged into the 4-bit weights it trained on), and serve the export")
-            kwargs["quantization"] = "bitsandbytes"
-            return base_path(run_dir, info)
-        full = full_id_path(run_dir, info)
-        if not full:
-            raise ValueError(f"--run {run_dir} was trained on a 4-bit base, which vLLM loads on a GPU only")
-        warnings.warn(f"{run_dir} was trained on a 4-bit base; on CPU vLLM serves its adapter on the 16-bit "
-                      f"{info['full_id']} (labels may differ slightly from the run's evaluation)", stacklevel=3)
-        return full
+            self.lora = LoRARequest("labeltune", 1, served.adapter)
 
     def close(self) -> None:
         """Stop vLLM's engine process now (it also stops when the engine is garbage-collected)."""

@@ -310,6 +310,31 @@ def test_make_on_colab_uses_the_installed_environment(tmp_path, target):
     assert f"{sys.executable} -m labeltune.cli" in out
 
 
+def test_bare_make_eval_label_export_after_make_train_open_the_run_train_wrote(tmp_path):
+    """`make train MODEL=gemma2` then a bare `make eval` / `make label` / `make export` (MODEL back at its
+    default) opens runs/gemma2, not runs/gemma3-270m; RUN= still picks another run."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    last = tmp_path / "last-run"
+
+    def make_n(*args: str) -> str:
+        proc = subprocess.run(["make", "-n", *args, f"PY={sys.executable}", f"LAST_RUN_FILE={last}"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    train = make_n("train", "MODEL=gemma2")
+    assert "train --model gemma2" in train and "--output runs/gemma2" in train
+    assert f"echo 'runs/gemma2' > {last}" in train
+    assert "--run runs/gemma3-270m" in make_n("eval")  # nothing trained yet: the default model's run
+    last.write_text("runs/gemma2\n")  # what the train recipe writes
+    assert "evaluate --run runs/gemma2" in make_n("eval")
+    assert "label --run runs/gemma2 --input data/new_posts.csv --output runs/gemma2/labelled.csv" in make_n("label")
+    assert "export --run runs/gemma2 --format merged16" in make_n("export")
+    assert "evaluate --run runs/other" in make_n("eval", "RUN=runs/other")
+    assert "--output runs/llama3.1" in make_n("train", "MODEL=llama3.1")  # train never reuses the last run
+
+
 def test_make_on_a_bare_gpu_box_installs_cuda_torch_and_the_gpu_extra(tmp_path):
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
