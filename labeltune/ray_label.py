@@ -92,12 +92,20 @@ def connect(address: str):
     return ray
 
 
-def replica_resources(ray, replicas: int) -> dict:
-    """Each replica's share: one GPU where the cluster has at least one per replica, else its CPUs split
-    evenly (at least one each), which is also its torch thread count."""
-    total = ray.cluster_resources()
-    if total.get("GPU", 0) >= replicas:
+def replica_resources(total: dict, replicas: int) -> dict:
+    """Each replica's share of a cluster with these resources (ray.cluster_resources()): one whole GPU
+    where it has at least one per replica; its CPUs split evenly (at least one each, also the torch thread
+    count) where it has none; refused where it has GPUs but fewer than replicas. Each replica loads the
+    whole model onto its device, and Ray 2.60 does not hide the GPUs from an actor that asked for none
+    (ray/_private/utils.py, set_visible_accelerator_ids: with no accelerator ids it leaves
+    CUDA_VISIBLE_DEVICES as it is unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is set), so replicas without a GPU of their own would all load onto
+    cuda:0: two 9B copies overflow a T4, two vLLM engines each claim 92% of it."""
+    gpus = int(total.get("GPU", 0))
+    if gpus >= replicas:
         return {"num_gpus": 1, "num_cpus": 1, "threads": None}
+    if gpus:
+        raise ValueError(f"--replicas {replicas}: the Ray cluster has {gpus} GPU{'s' * (gpus > 1)}, and each replica loads "
+                         f"the whole model onto a GPU of its own (sharing one runs out of memory); use --replicas {gpus}")
     cpus = max(1, int(total.get("CPU", 1)) // replicas)
     return {"num_gpus": 0, "num_cpus": cpus, "threads": cpus}
 
@@ -116,7 +124,7 @@ def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype
     context = DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    share = replica_resources(ray, replicas)
+    share = replica_resources(ray.cluster_resources(), replicas)
     items = [{"chunk": i, "texts": ["" if t is None else str(t) for t in texts]} for i, texts in enumerate(chunks)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ChunkLabeller,

@@ -173,3 +173,21 @@ def test_cpu_training_projects_only_the_answer_positions_with_the_same_loss_and_
     assert torch.allclose(every, answer, atol=1e-6)
     assert all(torch.allclose(every_grads[n], answer_grads[n], atol=1e-6) for n in every_grads)
     assert trl_utils._use_triton(torch.device("cpu")) is False  # the switch is put back
+
+
+def test_ray_replicas_get_a_whole_gpu_each_or_a_refusal_saying_how_many_fit():
+    """Replica placement from a cluster's resources (what ray.cluster_resources() reports): one GPU each,
+    never a shared cuda:0 (Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor that asked for no GPU),
+    an even CPU share where there is no GPU."""
+    from labeltune.ray_label import replica_resources
+
+    assert replica_resources({"CPU": 16.0, "GPU": 4.0}, 2) == {"num_gpus": 1, "num_cpus": 1, "threads": None}
+    assert replica_resources({"CPU": 16.0, "GPU": 4.0}, 4)["num_gpus"] == 1
+    assert replica_resources({"CPU": 8.0, "GPU": 1.0}, 1)["num_gpus"] == 1
+    with pytest.raises(ValueError, match=r"--replicas 2: the Ray cluster has 1 GPU,.*use --replicas 1$") as refused:
+        replica_resources({"CPU": 8.0, "GPU": 1.0}, 2)  # Colab or a one-GPU box with the default --replicas 2
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"has 4 GPUs.*use --replicas 4$"):
+        replica_resources({"CPU": 64.0, "GPU": 4.0}, 8)
+    assert replica_resources({"CPU": 8.0}, 2) == {"num_gpus": 0, "num_cpus": 4, "threads": 4}
+    assert replica_resources({"CPU": 2.0}, 4) == {"num_gpus": 0, "num_cpus": 1, "threads": 1}
