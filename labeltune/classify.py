@@ -31,6 +31,7 @@ from labeltune.decode import Prediction
 from labeltune.features import pad_ids
 from labeltune.models import (
     add_lora,
+    attention_kwargs,
     build_tiny_tokenizer,
     ensure_pad_token,
     gpu_capability,
@@ -77,11 +78,12 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     """(PEFT LoRA sequence classifier, tokenizer) on the causal LM `base`; 4-bit (bitsandbytes) when
     `four_bit` (CUDA only). The pad token is set on the model config: pooling looks for it."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     base = resolve_base(base)  # gemma3-270m: its converted folder in labeltune's cache
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
+    kwargs.update(attention_kwargs(AutoConfig.from_pretrained(base, trust_remote_code=False)))  # Gemma 2: soft-capping
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), trust_remote_code=False,
                                                                **kwargs)

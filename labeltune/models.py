@@ -493,6 +493,15 @@ def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, devic
     return kwargs
 
 
+def attention_kwargs(config) -> dict:
+    """Eager attention for a model whose attention logits are soft-capped (Gemma 2:
+    config.attn_logit_softcapping): transformers 5.17, the gpu extra's, loads Gemma 2 with sdpa by default
+    (models/gemma2/modeling_gemma2.py: _supports_sdpa = True) and its sdpa path never applies the cap
+    (integrations/sdpa_attention.py), so labels would come from other attention than Unsloth trained
+    with; transformers 5.25 marks Gemma 2 sdpa-unsupported. Eager computes the cap in every version."""
+    return {"attn_implementation": "eager"} if getattr(config, "attn_logit_softcapping", None) else {}
+
+
 def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None,
               tokenizer_from: str | Path | None = None, precision: str | None = None):
     """(model, tokenizer) of a base model. hf: 4-bit NF4 (bitsandbytes) when load_in_4bit (None: on
@@ -518,8 +527,9 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path_or_id, trust_remote_code=False)
         index = torch.cuda.current_device() if capability is not None else 0
         # a pre-quantised checkpoint (unsloth/*-bnb-4bit) brings its own quantization config
-        prequantized = getattr(AutoConfig.from_pretrained(path_or_id, trust_remote_code=False), "quantization_config", None) is not None
-        kwargs = hf_load_kwargs(capability, load_in_4bit and not prequantized, index, precision)
+        config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=False)
+        prequantized = getattr(config, "quantization_config", None) is not None
+        kwargs = {**hf_load_kwargs(capability, load_in_4bit and not prequantized, index, precision), **attention_kwargs(config)}
         model = AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=False, **kwargs)
     else:
         raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")

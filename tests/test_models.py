@@ -125,3 +125,26 @@ def test_unsloth_never_imported_on_cpu_path(tmp_path):
 def test_generic_preset_defaults():
     p = resolve_preset("org/x")
     assert isinstance(p, Preset) and not p.needs_gpu and p.lr <= 1e-3
+
+
+def test_gemma2_loads_with_the_attention_that_applies_its_soft_capping(tmp_path):
+    """Gemma 2 soft-caps its attention logits; transformers 5.17 (the gpu extra's) loads it with sdpa by
+    default, whose path drops the cap. load_base asks for eager wherever the config soft-caps (Gemma 2),
+    and leaves other models to transformers' default."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from labeltune.models import build_tiny_tokenizer, load_base
+
+    tokenizer = build_tiny_tokenizer(["こんにちは 世界", "テスト の 投稿"], vocab_size=300)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    for name, model in (("gemma2", Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8))),
+                        ("llama", LlamaForCausalLM(LlamaConfig(**common)))):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    gemma2, _ = load_base(str(tmp_path / "gemma2"), "hf", load_in_4bit=False)
+    assert gemma2.config.attn_logit_softcapping and gemma2.config._attn_implementation == "eager"
+    llama, _ = load_base(str(tmp_path / "llama"), "hf", load_in_4bit=False)
+    assert llama.config._attn_implementation != "eager" or not hasattr(torch.nn.functional, "scaled_dot_product_attention")
