@@ -243,20 +243,55 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
                      "weights_sha256": files_sha256(written)})
 
 
-def export_gguf(run_dir: Path, out: Path, quant: str) -> None:
+# llama.cpp's converter writes f16 or bf16 (unsloth/save.py save_to_gguf asserts one of the two, 2026.10.7): the
+# merged weights are written in the precision the run computed in (fp32 runs, on a CPU: f16)
+GGUF_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float16"}
+
+
+def gguf_arguments(info: dict, merged_dir: Path, out: Path, quant: str) -> dict:
+    """Keyword arguments of Unsloth's HF-folder-to-GGUF conversion (unsloth.save.save_to_gguf: model_name,
+    model_type, model_dtype, is_sentencepiece, model_directory, quantization_method, ..., gguf_directory;
+    unsloth/save.py:2133 in 2026.10.7, :2341 in 2026.10.9, called the same way by its save_pretrained_gguf) for
+    `merged_dir`, the run's merged16 export (labeltune.merge: a 4-bit run's LoRA merged into the NF4 weights
+    it trained against, so the GGUF starts from the weights the run was evaluated with)."""
+    config = json.loads((merged_dir / "config.json").read_text(encoding="utf-8"))
+    return {"model_name": str(merged_dir), "model_type": config["model_type"],
+            "model_dtype": GGUF_DTYPE[info.get("precision", "fp16")], "is_sentencepiece": False,
+            "model_directory": str(merged_dir), "quantization_method": [quant.lower()], "gguf_directory": str(out)}
+
+
+def export_gguf(run_dir: Path, out: Path, quant: str, convert=None) -> None:
+    """The run's merged16 export (labeltune.merge, as `--format merged16` writes it, in the run's precision),
+    converted by Unsloth's llama.cpp converter (`convert`: unsloth.save.save_to_gguf by default), all in
+    `<out>.partial`, renamed to `out` once the .gguf is written: a failed or killed export never leaves a
+    folder that looks complete. Any failure of the converter is one line (ValueError)."""
     if not (cuda_available() and unsloth_installed()):
         raise ValueError(
             "GGUF export goes through Unsloth (it builds llama.cpp) and needs a CUDA GPU with "
             "`pip install -e '.[gpu]'`. Here: export --format merged16, then run llama.cpp's "
             "convert_hf_to_gguf.py and llama-quantize on <output>/model."
         )
-    FastLanguageModel = import_unsloth().FastLanguageModel  # GPU only
     info = read_info(run_dir)
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(run_dir / ADAPTER), max_seq_length=info.get("max_length", 512), load_in_4bit=True
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained_gguf(str(out), tokenizer, quantization_method=quant)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged = partial / "merged16"
+    export_merged16(run_dir, merged, GGUF_DTYPE[info.get("precision", "fp16")])
+    if convert is None:
+        import_unsloth()  # before trl/transformers/peft are patched by anything else in a fresh process
+        from unsloth.save import save_to_gguf as convert
+    try:
+        convert(**gguf_arguments(info, merged / MERGED, partial, quant))
+    except Exception as e:  # the converter raises RuntimeError, CalledProcessError, OSError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"GGUF conversion failed ({type(e).__name__}: {first}); the merged16 export it converts is "
+                         f"kept in {merged} (label with it, or convert it with llama.cpp yourself)") from e
+    if not list(partial.glob("*.gguf")):
+        raise ValueError(f"GGUF conversion wrote no .gguf file in {partial}; the merged16 export is kept in {merged}")
+    shutil.rmtree(merged)  # the GGUF holds the same weights; the merged copy is the size of the model again
+    _copy_run_files(run_dir, partial)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
 
 
 def main(cfg) -> Path:

@@ -239,6 +239,44 @@ def test_export_gguf_without_gpu_says_what_to_do(run_dir, tmp_path):
         export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": "gguf", "output": str(tmp_path / "g")}))
 
 
+def test_gguf_export_converts_the_merged16_weights_the_run_was_evaluated_with(run_dir, tmp_path, monkeypatch):
+    """GGUF = the run's merged16 export (labeltune.merge, in the run's precision) handed to Unsloth's
+    llama.cpp converter with arguments from model.json; the converter (Unsloth, GPU only) is replaced by a
+    stand-in that records what it was given. Nothing looks complete until the .gguf exists; a converter
+    failure is one line and keeps the merged export."""
+    from labeltune import export
+    from labeltune.merge import files_sha256
+    from labeltune.run import MERGED, read_info
+
+    monkeypatch.setattr(export, "cuda_available", lambda: True)  # the probes a GPU machine answers
+    monkeypatch.setattr(export, "unsloth_installed", lambda: True)
+    info = read_info(run_dir)
+    dtype = export.GGUF_DTYPE[info["precision"]]
+    export.export_merged16(run_dir, tmp_path / "reference", dtype)
+    reference = files_sha256(sorted((tmp_path / "reference" / MERGED).glob("*.safetensors")))
+    seen = {}
+
+    def convert(**kwargs):
+        seen.update(kwargs, weights=files_sha256(sorted(Path(kwargs["model_directory"]).glob("*.safetensors"))))
+        assert not (tmp_path / "g").exists()  # not complete-looking while converting
+        (Path(kwargs["gguf_directory"]) / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+
+    export.export_gguf(run_dir, tmp_path / "g", "Q4_K_M", convert=convert)
+    assert seen["weights"] == reference  # the very weights `--format merged16` writes (and evaluate measured)
+    assert seen["model_dtype"] == dtype and seen["model_type"] == "llama" and seen["quantization_method"] == ["q4_k_m"]
+    assert (tmp_path / "g" / "model.Q4_K_M.gguf").is_file() and (tmp_path / "g" / "config.yaml").is_file()
+    assert not (tmp_path / "g.partial").exists() and not (tmp_path / "g" / "merged16").exists()
+
+    def broken(**kwargs):
+        raise RuntimeError("Unsloth: GGUF conversion failed: llama.cpp could not be built\ncmake: not found")
+
+    with pytest.raises(ValueError, match=r"\(RuntimeError: Unsloth: GGUF conversion failed: llama.cpp could not be built\); "
+                                         "the merged16 export it converts is kept") as failed:
+        export.export_gguf(run_dir, tmp_path / "h", "q8_0", convert=broken)
+    assert "\n" not in str(failed.value) and not (tmp_path / "h").exists()
+    assert (tmp_path / "h.partial" / "merged16" / MERGED).is_dir()
+
+
 def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir):
     from labeltune.config import TrainConfig, load_saved
     from labeltune.data import load_examples
