@@ -28,7 +28,8 @@ from labeltune.run import CALIBRATION, open_run, save_temperature
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
-    examples, _ = load_examples(run.split(cfg.split), run.task)
+    examples, _ = load_examples(run.held_split(cfg.split, "calibrate the run it was exported from (an export copies "
+                                                         "its calibration.json), or export it again with --include-data"), run.task)
     if len(examples) < 10:
         raise ValueError(f"{cfg.split} split has {len(examples)} rows; calibration needs at least 10")
     model, prompter = run.load()

@@ -51,10 +51,11 @@ def _task_section(task, template_name: str) -> list[str]:
     return lines
 
 
-def _data_section(run_dir: Path) -> list[str]:
+def _data_section(run_dir: Path, out: Path) -> list[str]:
     summary = _json(run_dir / DATA / "summary.json")
     if not summary:
         return []
+    carried = (out / DATA / "train.jsonl").is_file()
     labels = sorted({lab for counts in summary["counts"].values() for lab in counts})
     lines = ["## Training data", "", f"Source: `{summary['source']}`; {len(summary.get('dropped', []))} rows dropped, "
              f"{len(summary.get('leaks', []))} dev/test rows also in train (policy: {summary.get('leakage_policy', '-')}).", "",
@@ -64,6 +65,10 @@ def _data_section(run_dir: Path) -> list[str]:
     card = _json(Path(summary["source"]) / "card.json") if Path(summary["source"]).is_dir() else None
     if card and card.get("licence"):  # a folder made by `labeltune data prepare`
         lines += ["", f"Data card of the source: {card.get('source', '-')}, licence: {card['licence']}."]
+    lines += ["", "This export carries the data splits (`data/*.jsonl`, exported with `--include-data`)." if carried else
+              f"The data itself is not part of this export: `data/summary.json` keeps the counts above and the splits' "
+              f"fingerprint (`{str(summary.get('fingerprint', '-'))[:16]}...`); evaluate it on labelled posts of yours with "
+              "`labeltune evaluate --run <export> --data FILE`."]
     return lines + [""]
 
 
@@ -177,11 +182,11 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
         f"{what}. Base model: {shown} (preset `{info.get('preset') or '-'}`), trained with "
         f"LoRA r={lora.get('r', config.lora_r or '-')} alpha={lora.get('lora_alpha', config.lora_alpha or '-')}, {precision}, on the {info.get('backend', 'hf')} backend, by "
         f"[labeltune](https://github.com/labeltune/labeltune). The folder is a labeltune run directory "
-        f"(config.yaml, model.json, data/), so every labeltune verb takes it as `--run`.",
+        f"(config.yaml, model.json), so labeltune's verbs take it as `--run`.",
         "",
         *(_gemma_section() if gemma else []),
         *_task_section(task, config.template),
-        *_data_section(run_dir),
+        *_data_section(run_dir, Path(out)),
         *_metrics_section(run_dir),
         *_calibration_section(run_dir, {lab.value: lab.name for lab in task.labels}),
         *_usage_section(out, fmt, base, info, task),

@@ -235,6 +235,8 @@ class ExportConfig:
     quant: str = _f("q4_k_m", "GGUF quantisation (q4_k_m, q8_0, f16, ...)")
     dtype: str = _f("float16", "dtype of merged16 weights", ("float16", "bfloat16"))
     push_to_hub: str | None = _f(None, "also upload to this Hugging Face repo (private), token from $HF_TOKEN")
+    include_data: bool = _f(False, "also copy the run's data splits (data/*.jsonl: every labelled post) into the export; "
+                            "by default it carries only data/summary.json (sizes, label counts, fingerprint)")
     overwrite: bool = _f(False, "write into a non-empty output directory")
 
 

@@ -24,10 +24,18 @@ import time
 from pathlib import Path
 
 from labeltune.atomic import write_inside
-from labeltune.data import ReadReport, dropped_summary, fingerprint, iter_rows, load_examples
+from labeltune.data import ReadReport, dropped_summary, fingerprint, load_examples
 from labeltune.decode import predict, scores_given_labels
-from labeltune.metrics import (argmax_label, calibration_metrics, classification_metrics, macro_f1_interval,
-                               majority_baseline, result_warnings, score_metrics, system_metrics)
+from labeltune.metrics import (
+    argmax_label,
+    calibration_metrics,
+    classification_metrics,
+    macro_f1_interval,
+    majority_baseline,
+    result_warnings,
+    score_metrics,
+    system_metrics,
+)
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
 from labeltune.run import DATA, check_eval_parent, load_calibration, new_eval_dir, open_run, read_training
@@ -59,7 +67,7 @@ def main(cfg) -> dict:
     if not cfg.data:
         check_split_unchanged(run)
     run_dir, train_cfg, task = run.dir, run.config, run.task
-    source = Path(cfg.data) if cfg.data else run.split(cfg.split)
+    source = Path(cfg.data) if cfg.data else run.held_split(cfg.split, "evaluate on a labelled file of yours with --data FILE")
     report = ReadReport(str(source))
     examples, dropped = load_examples(
         source, task, train_cfg.text_column if cfg.data else "text", train_cfg.label_column if cfg.data else "label",
@@ -82,7 +90,7 @@ def main(cfg) -> dict:
     tokenizer = prompter.tokenizer
     texts = [ex.text for ex in examples]
     gold, gold_scores = [ex.label for ex in examples], [ex.score for ex in examples]
-    train_labels = [row["label"] for row in iter_rows(run.split("train"))]
+    train_labels = run.train_labels()
 
     metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode, "dropped_rows": len(dropped)}
     if cfg.mode == "score":

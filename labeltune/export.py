@@ -22,7 +22,13 @@ from pathlib import Path
 from labeltune import gemma3
 from labeltune.card import TASK_FILE, TEMPLATE_FILE, made_from_gemma, model_card
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
-from labeltune.models import bnb_4bit_unavailable, cuda_available, import_unsloth, resolve_preset, unsloth_installed
+from labeltune.models import (
+    bnb_4bit_unavailable,
+    cuda_available,
+    import_unsloth,
+    resolve_preset,
+    unsloth_installed,
+)
 from labeltune.run import (
     ADAPTER,
     BASE,
@@ -48,11 +54,18 @@ FORMATS = ("adapter", "merged16", "gguf")
 RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG, *gemma3.NOTICE_FILES)
 
 
-def _copy_run_files(run_dir: Path, out: Path) -> None:
-    """The run's files (RUN_FILES), its template and task spec files, as trained. A link among them is
-    refused: an export of a shared run must never carry (and push) a file from elsewhere on this machine.
-    An export of a gemma3-270m run whose notice files are missing gets them from the package."""
+DATA_SUMMARY = "summary.json"  # what an export keeps of data/ by default: split sizes, label counts, fingerprint
+
+
+def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> None:
+    """The run's files (RUN_FILES), its template and task spec files, as trained; of data/ only its
+    summary.json unless `include_data` (the splits hold every labelled post, often private or licensed).
+    A link among them is refused: an export of a shared run must never carry (and push) a file from
+    elsewhere on this machine. An export of a gemma3-270m run whose notice files are missing gets them
+    from the package."""
     for name in RUN_FILES:
+        if name == DATA and not include_data:
+            name = f"{DATA}/{DATA_SUMMARY}"
         src = run_dir / name
         links = [p for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ())) if p.is_symlink()]
         if links:
@@ -61,6 +74,7 @@ def _copy_run_files(run_dir: Path, out: Path) -> None:
         if src.is_dir():
             shutil.copytree(src, out / name, dirs_exist_ok=True)
         elif src.is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, out / name)
     run = open_run(run_dir)
     shutil.copy2(run.template().filename, out / TEMPLATE_FILE)
@@ -90,6 +104,11 @@ def hub_token(repo_id: str) -> str:
 def _push(out: Path, repo_id: str, token: str) -> None:
     from huggingface_hub import HfApi
 
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    print(f"pushing {len(files)} files ({size / 2**20:.1f} MiB) to {repo_id} (private):")
+    for path in files:
+        print(f"  {path.relative_to(out)}  ({path.stat().st_size / 2**20:.2f} MiB)")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=True, exist_ok=True)
@@ -109,9 +128,9 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --output")
 
 
-def export_adapter(run_dir: Path, out: Path) -> None:
+def export_adapter(run_dir: Path, out: Path, include_data: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _copy_run_files(run_dir, out)
+    _copy_run_files(run_dir, out, include_data)
     shutil.copytree(run_dir / ADAPTER, out / ADAPTER, dirs_exist_ok=True)
     info = read_info(run_dir)
     if info["base"] == BASE + "/":  # tiny: the base travels with the adapter
@@ -214,7 +233,7 @@ def merge_base(run_dir: Path, info: dict) -> str:
     return full_id_path(run_dir, info) or base_path(run_dir, info)
 
 
-def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
+def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_data: bool = False) -> None:
     """Merge LoRA into a 16-bit copy of the base, streamed tensor by tensor (labeltune.merge): the 8B/9B
     presets merge in a few GiB of RAM. A run trained on a 4-bit base is merged into the weights it
     trained against (dequantised NF4), so the merged model labels as the evaluated run did. Checks the
@@ -237,7 +256,7 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16") -> None:
     for path in (run_dir / ADAPTER).iterdir():  # the run's tokenizer files, as saved beside its adapter
         if path.is_file() and not path.name.startswith("adapter_") and path.name != "README.md":
             shutil.copy2(path, out / MERGED / path.name)
-    _copy_run_files(run_dir, out)
+    _copy_run_files(run_dir, out, include_data)
     write_info(out, {**info, "base": MERGED + "/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False,
                      "merged_from": base + (" (dequantised NF4)" if info.get("load_in_4bit") else ""),
                      "weights_sha256": files_sha256(written)})
@@ -260,7 +279,7 @@ def gguf_arguments(info: dict, merged_dir: Path, out: Path, quant: str) -> dict:
             "model_directory": str(merged_dir), "quantization_method": [quant.lower()], "gguf_directory": str(out)}
 
 
-def export_gguf(run_dir: Path, out: Path, quant: str, convert=None) -> None:
+def export_gguf(run_dir: Path, out: Path, quant: str, convert=None, include_data: bool = False) -> None:
     """The run's merged16 export (labeltune.merge, as `--format merged16` writes it, in the run's precision),
     converted by Unsloth's llama.cpp converter (`convert`: unsloth.save.save_to_gguf by default), all in
     `<out>.partial`, renamed to `out` once the .gguf is written: a failed or killed export never leaves a
@@ -288,7 +307,7 @@ def export_gguf(run_dir: Path, out: Path, quant: str, convert=None) -> None:
     if not list(partial.glob("*.gguf")):
         raise ValueError(f"GGUF conversion wrote no .gguf file in {partial}; the merged16 export is kept in {merged}")
     shutil.rmtree(merged)  # the GGUF holds the same weights; the merged copy is the size of the model again
-    _copy_run_files(run_dir, partial)
+    _copy_run_files(run_dir, partial, include_data)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
@@ -302,14 +321,16 @@ def main(cfg) -> Path:
     check_output(out, cfg.overwrite)
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None  # before anything is written
     if cfg.format == "adapter":
-        export_adapter(run_dir, out)
+        export_adapter(run_dir, out, cfg.include_data)
     elif cfg.format == "merged16":
-        export_merged16(run_dir, out, cfg.dtype)
+        export_merged16(run_dir, out, cfg.dtype, cfg.include_data)
     else:
-        export_gguf(run_dir, out, cfg.quant)
+        export_gguf(run_dir, out, cfg.quant, include_data=cfg.include_data)
     if cfg.format != "gguf":
         (out / "README.md").write_text(model_card(run_dir, out, cfg.format), encoding="utf-8")
-    print(f"exported {run_dir} as {cfg.format} -> {out}" + ("" if cfg.format == "gguf" else " (model card: README.md)"))
+    print(f"exported {run_dir} as {cfg.format} -> {out}" + ("" if cfg.format == "gguf" else " (model card: README.md)")
+          + ("; with its data splits (--include-data)" if cfg.include_data else
+             "; without its training data (data/summary.json only; --include-data adds the splits)"))
     if cfg.push_to_hub:
         _push(out, cfg.push_to_hub, token)
     if cfg.format == "gguf":

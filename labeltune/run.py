@@ -30,8 +30,16 @@ from pathlib import Path
 
 from labeltune.atomic import make_dir_inside, write_inside
 from labeltune.config import TrainConfig, load_saved
+from labeltune.data import iter_rows
 from labeltune.features import Prompter
-from labeltune.models import PRESETS, bnb_4bit_unavailable, cuda_available, ensure_pad_token, load_base, resolve_base
+from labeltune.models import (
+    PRESETS,
+    bnb_4bit_unavailable,
+    cuda_available,
+    ensure_pad_token,
+    load_base,
+    resolve_base,
+)
 from labeltune.prompts import available_templates, load_template, render_prompt
 from labeltune.task import TaskSpec, load_task
 
@@ -173,6 +181,24 @@ class Run:
 
     def split(self, name: str) -> Path:
         return self.dir / DATA / f"{name}.jsonl"
+
+    def held_split(self, name: str, verb: str) -> Path:
+        """The split file `verb` reads, or a one-line ValueError: an export carries no splits unless it was
+        made with --include-data (they hold every labelled post)."""
+        path = self.split(name)
+        if not path.is_file():
+            raise ValueError(f"--run {self.dir} has no {name} split ({path}): an export carries no training data unless "
+                             f"made with `labeltune export --include-data`; {verb}")
+        return path
+
+    def train_labels(self) -> list[str]:
+        """The training split's labels (for the majority baseline): from data/train.jsonl, else from the counts
+        in data/summary.json (all an export keeps by default)."""
+        if self.split("train").is_file():
+            return [str(row["label"]) for row in iter_rows(self.split("train"))]
+        summary = self.dir / DATA / "summary.json"
+        counts = json.loads(summary.read_text(encoding="utf-8")).get("counts", {}).get("train", {}) if summary.is_file() else {}
+        return [label for label, n in counts.items() for _ in range(int(n))]
 
     def load(self, merge: bool = False):
         """(model, prompter) of this run on this machine (the prompter holds the tokenizer)."""

@@ -221,10 +221,39 @@ def test_export_adapter_and_merged_label_the_same(run_dir, tmp_path):
     assert [(r["label"], r["ok"]) for r in outputs["adapter"]] == expected
     assert [(r["label"], r["ok"]) for r in outputs["merged16"]] == expected
     assert json.loads((tmp_path / "merged16" / "model.json").read_text())["merged"] is True
-    # a merged export is a run: evaluate works on it (no adapter to switch off: the tuned model only)
-    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "split": "dev", "limit": 16,
+    # a merged export is a run: evaluate works on it (no adapter to switch off: the tuned model only), on
+    # labelled posts of the user's: the export carries no training data
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("".join(open(SAMPLE, encoding="utf-8").readlines()[:17]), encoding="utf-8")  # header + 16
+    with pytest.raises(ValueError, match=r"no dev split .*--include-data.*--data FILE") as refused:
+        evaluate.main(resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "split": "dev", "forgetting": None}))
+    assert "\n" not in str(refused.value)
+    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "data": str(labelled),
                                                        "forgetting": None}))
     assert "finetuned" in metrics and "base" not in metrics and metrics["finetuned"]["n"] == 16
+
+
+def test_exports_leave_the_training_data_out_unless_asked(run_dir, tmp_path, capsys):
+    """The splits hold every labelled post: an export keeps data/summary.json (sizes, label counts,
+    fingerprint) and says so in its card and its last line; --include-data adds the splits."""
+    from labeltune import export
+    from labeltune.config import ExportConfig
+
+    plain = export.main(resolve(ExportConfig, None, {"run": str(run_dir), "output": str(tmp_path / "plain")}))
+    assert sorted(p.name for p in (plain / "data").iterdir()) == ["summary.json"]
+    assert not list(plain.rglob("*.jsonl")) or all(p.name == "train_log.jsonl" for p in plain.rglob("*.jsonl"))
+    card = (plain / "README.md").read_text(encoding="utf-8")
+    assert "The data itself is not part of this export" in card and "--data FILE" in card
+    assert "without its training data" in capsys.readouterr().out
+    full = export.main(resolve(ExportConfig, None, {"run": str(run_dir), "output": str(tmp_path / "full"),
+                                                    "include_data": True}))
+    for split in ("train", "dev", "test"):
+        assert (full / "data" / f"{split}.jsonl").read_bytes() == (run_dir / "data" / f"{split}.jsonl").read_bytes()
+    assert "This export carries the data splits" in (full / "README.md").read_text(encoding="utf-8")
+    # the majority baseline of an export's evaluation comes from the counts it keeps
+    from labeltune.run import open_run
+
+    assert sorted(open_run(plain).train_labels()) == sorted(open_run(run_dir).train_labels())
 
 
 def test_export_gguf_without_gpu_says_what_to_do(run_dir, tmp_path):

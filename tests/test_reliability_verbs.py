@@ -67,6 +67,40 @@ def test_push_without_a_token_is_refused_before_the_export_is_written(tmp_path):
     assert "not a Hugging Face repo id" in said and not out.exists()
 
 
+def test_push_lists_what_it_uploads_and_uploads_no_training_data(tmp_path, monkeypatch, capsys):
+    """--push-to-hub prints every file it uploads with its size; the export it uploads keeps the data's
+    summary, not its splits. The Hub is a stand-in HfApi that records the folder it was given."""
+    import huggingface_hub
+
+    from labeltune import export
+    from labeltune.config import ExportConfig
+
+    run = _untrained_run(tmp_path / "run")
+    (run / "base").mkdir()  # tiny's base travels with its adapter (empty here: nothing is loaded)
+    uploaded = {}
+
+    class Hub:
+        def __init__(self, token):
+            uploaded["token"] = token
+
+        def create_repo(self, repo_id, private, exist_ok):
+            uploaded["private"] = private
+
+        def upload_folder(self, folder_path, repo_id):
+            uploaded["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    export.main(resolve(ExportConfig, None, {"run": str(run), "output": str(tmp_path / "out"), "push_to_hub": "me/labeller"}))
+    said = capsys.readouterr().out
+    assert uploaded["private"] is True and uploaded["token"] == "hf_test"
+    assert f"pushing {len(uploaded['files'])} files" in said and "to me/labeller (private):" in said
+    for name in uploaded["files"]:
+        assert f"  {name}  (" in said
+    assert "data/summary.json" in uploaded["files"] and not any(n.startswith("data/") and n.endswith(".jsonl")
+                                                                for n in uploaded["files"])
+
+
 def test_the_token_saved_by_hf_auth_login_is_found(tmp_path, monkeypatch):
     from huggingface_hub import constants
 

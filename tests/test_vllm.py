@@ -51,7 +51,7 @@ def merged(run_dir, tmp_path_factory) -> Path:
     if open_run(run_dir).merged:
         return run_dir
     out = tmp_path_factory.mktemp("exports") / "merged16"
-    export_merged16(run_dir, out)
+    export_merged16(run_dir, out, include_data=True)  # the tests label its test split
     return out
 
 
