@@ -37,7 +37,7 @@ def _hub_id(base: str) -> str | None:
     return None if base == BASE + "/" or Path(base).exists() or base.count("/") != 1 else base
 
 
-def _task_section(task, template_name: str) -> list[str]:
+def _task_section(task, template_name: str, score_trained: bool = True) -> list[str]:
     example = task.render_answer(task.labels[-1].value, task.score.max if task.score_allowed(task.labels[-1].value) else None)
     lines = ["## Task", "", f"`{task.name}`: {task.description}", "",
              "The model answers a prompt with exactly (then EOS):", "", "```", example, "```", "",
@@ -45,7 +45,10 @@ def _task_section(task, template_name: str) -> list[str]:
     lines += [f"| `{lab.value}` | {lab.name} | {', '.join(lab.aliases) or '-'} |" for lab in task.labels]
     if task.score:
         only = ", ".join(task.score.only_for) if task.score.only_for else "every label"
-        lines += ["", f"Score: an integer {task.score.min}..{task.score.max}, carried by {only} (the others answer 0)."]
+        lines += ["", f"Score: an integer {task.score.min}..{task.score.max}, carried by {only} (the others answer 0)."
+                  if score_trained else
+                  "Score: **not trained**: the training data had no scores, so the model answers 0 for every post and "
+                  "labeltune leaves the score empty (`label`, `predict`); train with a score column to learn it."]
     lines += ["", f"Prompt template `{template_name}`: [{TEMPLATE_FILE}]({TEMPLATE_FILE}) (Jinja2; `text` is the post, "
               f"`labels` the label values, `task` the task name). Task spec: [{TASK_FILE}]({TASK_FILE}).", ""]
     return lines
@@ -185,7 +188,7 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
         f"(config.yaml, model.json), so labeltune's verbs take it as `--run`.",
         "",
         *(_gemma_section() if gemma else []),
-        *_task_section(task, config.template),
+        *_task_section(task, config.template, run.score_trained),
         *_data_section(run_dir, Path(out)),
         *_metrics_section(run_dir),
         *_calibration_section(run_dir, {lab.value: lab.name for lab in task.labels}),

@@ -46,12 +46,30 @@ class HfEngine:
                        score_estimate, label_bias)
 
 
+class WithoutScore:
+    """An engine of a run whose training data had no scores: its predictions carry no score (the model's
+    "score : 0" is a format filler, not a measurement), so label and predict leave the score empty."""
+
+    def __init__(self, engine):
+        self.engine, self.name = engine, engine.name
+
+    def predict(self, texts: list, mode: str, **settings):
+        from dataclasses import replace
+
+        return [replace(p, score=None, score_greedy=None) for p in self.engine.predict(texts, mode, **settings)]
+
+    def __getattr__(self, name):  # close(), startup_s, ... of the engine itself
+        return getattr(self.engine, name)
+
+
 def load_engine(run, engine: str = "hf", dtype: str = "auto", threads: int | None = None, batch_size: int = 16):
     """The named engine over an opened run (labeltune.run.open_run)."""
     if engine == "hf":
-        return HfEngine(run, dtype, threads, batch_size)
-    if engine == "vllm":
+        loaded = HfEngine(run, dtype, threads, batch_size)
+    elif engine == "vllm":
         from labeltune.vllm_engine import VllmEngine
 
-        return VllmEngine(run.dir, dtype=dtype)
-    raise ValueError(f"unknown --engine {engine!r}; available: {', '.join(ENGINES)}")
+        loaded = VllmEngine(run.dir, dtype=dtype)
+    else:
+        raise ValueError(f"unknown --engine {engine!r}; available: {', '.join(ENGINES)}")
+    return loaded if run.score_trained or run.task.score is None else WithoutScore(loaded)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from labeltune.atomic import write_inside
@@ -119,6 +120,11 @@ def main(cfg) -> dict:
     step(f"fine-tuned model on {where}")
     systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
                                    cfg.score_estimate, biases)
+    if not run.score_trained and task.score is not None:  # the model's "score : 0" is a format filler, not a score
+        systems = {key: [replace(p, score=None, score_greedy=None) for p in predictions] for key, predictions in systems.items()}
+        gold_scores = [None] * len(gold_scores)
+        warnings.append("score not trained: the training data had no scores, so this run leaves the score empty and no "
+                        "score metric is computed (train with a 0-100 score column to learn it)")
     out = new_eval_dir(run_dir, Path(cfg.data).stem if cfg.data else cfg.split, cfg.mode)  # decoded: a folder of its own
     metrics["eval_dir"] = str(out)
     for key, predictions in systems.items():

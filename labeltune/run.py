@@ -179,6 +179,12 @@ class Run:
         render_prompt(template, self.task, "テスト")  # a template that tries what it may not is refused here, up front
         return template
 
+    @property
+    def score_trained(self) -> bool:
+        """Whether training taught the task's score (False: no training row had one, so the model writes 0 and
+        labeltune leaves the score empty); runs of earlier versions: True."""
+        return self.task.score is not None and self.info.get("score_trained", True)
+
     def split(self, name: str) -> Path:
         return self.dir / DATA / f"{name}.jsonl"
 

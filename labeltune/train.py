@@ -26,8 +26,8 @@ from labeltune import checkpoints, gemma3
 from labeltune import data as data_mod
 from labeltune import run as run_files
 from labeltune.config import TrainConfig, save, to_dict
-from labeltune.lock import FOLDER_LOCK, hold
 from labeltune.features import IGNORE_INDEX, Prompter, pad_ids
+from labeltune.lock import FOLDER_LOCK, hold
 from labeltune.models import (
     Preset,
     add_lora,
@@ -354,6 +354,12 @@ def _train(cfg: TrainConfig) -> Path:
         "full_id": preset.full_id, "backend": backend, "load_in_4bit": four_bit,
         "max_length": cfg.max_length, "preset": preset.name, "world_size": state.num_processes,
     }
+    if task.score is not None:
+        info["score_trained"] = any(ex.score is not None for ex in splits["train"])
+        if not info["score_trained"] and state.is_main_process:
+            print(f"labeltune: note: no training row has a score (no {cfg.score_column!r} column, or it is empty): the model "
+                  f"learns the labels only, and label/predict leave its score empty; add a "
+                  f"{task.score.min}-{task.score.max} score column (--score-column) to train the score", file=sys.stderr)
     fresh = state.is_main_process and not resuming  # this attempt writes the run directory
     before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     with state.main_process_first():
