@@ -124,13 +124,10 @@ def run(argv: list[str] | None = None) -> int:
     cls, _, module = VERBS[verb]
     texts = args.pop("texts", None)  # predict's positional texts
     cfg = config_mod.resolve(cls, args.pop("config", None), args)
-    if verb == "train":
-        from labeltune.models import prepare_backend
-
-        # Unsloth patches trl/transformers/peft when imported: resolve the backend (and import unsloth
-        # when it is the one) before the verb imports any of them. sweep and compare train through
-        # labeltune.train.spawn, which runs this same path in a child process.
-        prepare_backend(cfg.backend)
+    # train: Unsloth patches trl/transformers/peft when imported, so labeltune.train imports none of them at
+    # module level and resolves the backend (importing unsloth when it is the one) once it has read and
+    # checked the data, before it imports them; sweep and compare train through labeltune.train.spawn,
+    # which runs this same path in a child process.
     if verb in DECODING_VERBS:
         from labeltune.decode import tune_cpu_allocator
 

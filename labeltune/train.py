@@ -314,10 +314,24 @@ def main(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig) -> Path:
-    import torch
-
     preset = resolve_preset(cfg.model)
     cfg = with_preset_defaults(cfg, preset)
+    # the data first, before torch, transformers, TRL (or Unsloth) load: a wrong column or file is refused in a
+    # second or two, and the rows dropped are said before a model is loaded, not after training
+    task = load_task(cfg.task)
+    cfg = replace(cfg, template=cfg.template or task.default_template)
+    template = load_template(cfg.template)
+    run_dir = Path(cfg.output)
+    if (run_dir / run_files.ADAPTER).exists():
+        raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
+    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
+    splits, dropped, leaks, warnings = read_data(cfg, task, run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for warning in warnings:  # said again at the end, beside the result
+            print(f"labeltune: warning: {warning}", file=sys.stderr, flush=True)
+
+    import torch
+
     cuda = torch.cuda.is_available()
     check_machine(preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
     precision = train_precision(cfg.dtype, gpu_capability() if cuda else None)  # a refused --dtype writes nothing
@@ -333,14 +347,6 @@ def _train(cfg: TrainConfig) -> Path:
 
     from labeltune.callbacks import Checkpoints, DevScore, EarlyStopOnLoss, Progress
 
-    task = load_task(cfg.task)
-    cfg = replace(cfg, template=cfg.template or task.default_template)
-    template = load_template(cfg.template)
-    run_dir = Path(cfg.output)
-    if (run_dir / run_files.ADAPTER).exists():
-        raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
-    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
-    splits, dropped, leaks, warnings = read_data(cfg, task, run_dir)
     resuming = (run_dir / run_files.INFO).is_file()  # ours (model.json) and unfinished (no adapter/)
     if resuming:
         check_resume(cfg, run_dir, splits)
