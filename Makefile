@@ -4,7 +4,7 @@
 #   make test                         fast test suite (what CI runs first)
 #   make train [MODEL=gemma3-270m] DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]   (Gemma 3 270M: CPU or GPU)
 #   make train MODEL=gemma2           (Gemma 2 9B 4-bit; GPU)   MODEL=llama3.1 (Llama 3.1 8B 4-bit)
-#   make label RUN=runs/mine IN=posts.csv OUT=labelled.csv
+#   make label RUN=runs/mine IN=posts.csv OUT=labelled.csv [TEXT=本文]   (default: the run's text column)
 #   make eval RUN=runs/mine
 #   make export RUN=runs/mine FORMAT=adapter|merged16|gguf
 #   make calibrate RUN=runs/mine      fit a temperature for label probabilities on the dev split
@@ -98,7 +98,7 @@ eval: install
 
 label: install
 	@echo "make label: $(USE_RUN)$(RUN_NOTE)"
-	$(LT) label --run $(USE_RUN) --input $(IN) --output $(OUT)
+	$(LT) label --run $(USE_RUN) --input $(IN) --output $(OUT) $(if $(TEXT),--text-column $(TEXT),)
 
 calibrate: install
 	$(LT) calibrate --run $(USE_RUN)

@@ -159,7 +159,7 @@ class LabelConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
     input: str = _f("data/new_posts.csv", "CSV/TSV/JSONL of texts to label")
     output: str = _f("runs/demo/labelled.csv", "output CSV (UTF-8): the input's columns + predictions")
-    text_column: str = _f("text", "column holding the text")
+    text_column: str | None = _f(None, "column holding the text; None = the column the run was trained on (its --text-column)")
     encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
     mode: str = _f("generate", MODE_HELP, MODES)

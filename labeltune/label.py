@@ -35,6 +35,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -182,7 +183,10 @@ def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
     from tqdm import tqdm
 
     run_dir = Path(cfg.run)
+    run = open_run(run_dir)
     columns = read_columns(source, cfg.encoding)
+    if cfg.text_column is None:  # the column the run was trained on (its config.yaml), as the verbs' hints assume
+        cfg = replace(cfg, text_column=run.config.text_column)
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {shown_columns(columns)} "
                          "(use --text-column)")
@@ -190,7 +194,6 @@ def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
     total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # the whole file's shape checked first
     for warning in report.warnings():  # said now, not after minutes of labelling
         print(f"labeltune: warning: {warning}", file=sys.stderr)
-    run = open_run(run_dir)
     task = run.task
     header = output_columns(columns, [lab.name for lab in task.labels])
     identity = {

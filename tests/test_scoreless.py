@@ -48,7 +48,7 @@ def test_label_and_predict_leave_the_score_empty(run_dir, tmp_path):
     source.write_text("本文\n今日は楽しかった\nひどい対応だった\n", encoding="utf-8")
     out = tmp_path / "out.csv"
     label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out),
-                                           "text_column": "本文", "mode": "score", "progress": False}))
+                                           "mode": "score", "progress": False}))  # 本文: the run's own text column
     rows = list(csv.DictReader(open(out, encoding="utf-8-sig", newline="")))
     assert len(rows) == 2 and all(r["label"] for r in rows)
     assert all(r["score"] == "" and r["score_greedy"] == "" for r in rows)
