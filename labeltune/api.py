@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,41 @@ def as_text(value, index: int = 0) -> str:
     raise ValueError(f"texts[{index}]: a {type(value).__name__}, not a text (str, UTF-8 bytes, or None for a missing one)")
 
 
+NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "kernels")  # notes at import that the CLI silences too (labeltune.cli)
+
+
+@contextmanager
+def quiet():
+    """As quiet as the CLI (labeltune.cli.quiet_libraries) while labeltune loads a run and predicts, and
+    the caller's settings as they were afterwards: no FutureWarning / DeprecationWarning from the libraries,
+    no transformers progress bars or info/warning log lines ("Loading weights", deprecation notes), no
+    bitsandbytes / kernels notes at import. Errors still raise."""
+    import logging
+    import warnings
+
+    import transformers
+
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    log = transformers.logging
+    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+        try:
+            yield
+        finally:
+            log.set_verbosity(verbosity)
+            if bars:
+                log.enable_progress_bar()
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
 class Labeller:
     """A loaded run and the decode settings its predictions use (make one with load_run)."""
 
@@ -78,7 +114,8 @@ class Labeller:
         if not texts:
             return []
         names = self.labels
-        out = self.engine.predict(texts, self.mode, **self.settings)
+        with quiet():
+            out = self.engine.predict(texts, self.mode, **self.settings)
         return [Prediction(text, p.label, names.get(p.label), p.score, p.confidence, p.probs, p.ok, p.reason, p.truncated)
                 for text, p in zip(texts, out)]
 
@@ -96,7 +133,8 @@ def load_run(path: str | Path, mode: str = "score", *, score_estimate: str = "ex
         raise ValueError(f"score_estimate {score_estimate!r} is not one of: {', '.join(SCORE_ESTIMATES)}")
     run = open_run(path)
     temperature, biases = load_calibration(run.dir) if calibrated else (1.0, None)
-    engine = load_engine(run, "hf", dtype, threads, batch_size)
+    with quiet():
+        engine = load_engine(run, "hf", dtype, threads, batch_size)
     settings = dict(temperature=temperature, score_estimate=score_estimate, label_bias=biases,
                     max_new_tokens=max_new_tokens)
     return Labeller(run, engine, mode, settings)

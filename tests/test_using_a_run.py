@@ -185,3 +185,14 @@ def test_export_of_a_custom_template_and_task_loads_without_the_original_files(t
     assert Path(opened.template().filename) == tmp_path / "export" / "template.jinja"
     assert opened.task.name == "sentiment_toxicity"
     assert [(p.label, p.score) for p in labeltune.load_run(tmp_path / "export").predict(TEXTS)] == before
+
+
+def test_the_python_api_is_as_quiet_as_the_cli(run):
+    """labeltune.load_run(...).predict(...) in a plain Python process prints the predictions only: no
+    library FutureWarning / deprecation notes, no progress bars, no bitsandbytes / kernels notes; the
+    caller's own warnings still show afterwards."""
+    script = (f"import labeltune, warnings\nlabeller = labeltune.load_run({str(run)!r})\n"
+              f"print(labeller.predict({TEXTS!r})[0].ok)\nwarnings.warn('mine', FutureWarning)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == ["<string>:4: FutureWarning: mine"], done.stderr[-2000:]
