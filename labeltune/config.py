@@ -174,8 +174,9 @@ class LabelConfig:
                      "'labeltune[vllm]')", ENGINES)
     dtype: str = _f("auto", "compute precision: auto = the device's (fp32 on CPU, bf16/fp16 by GPU); bf16 on a CPU "
                     "with AMX/AVX512-BF16", DTYPES)
-    threads: int | None = _f(None, "hf engine: torch CPU threads (1 holds up best on a shared machine); None = torch's "
-                             "default", valid=AT_LEAST_1)
+    threads: int | None = _f(None, "hf engine: torch CPU threads; None = on a CPU, one per core other processes leave "
+                             "free now (at least 1; torch's one-per-core default collapses on a shared machine)",
+                             valid=AT_LEAST_1)
     ray: str | None = _f(None, "label on a Ray cluster with Ray Data (pip install 'labeltune[ray]'): local = start one "
                          "on this machine, or a cluster address (auto, ray://host:10001); None = this process")
     replicas: int = _f(2, "--ray: model replicas (Ray actors; one GPU each where the cluster has GPUs)", valid=AT_LEAST_1)

@@ -217,9 +217,15 @@ def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
         connect(cfg.ray)
         engine = None
     else:
-        from labeltune.engine import load_engine
+        from labeltune.engine import auto_threads, load_engine
+        from labeltune.models import cuda_available
 
-        engine = load_engine(run, cfg.engine, cfg.dtype, cfg.threads, cfg.batch_size)
+        threads, note = cfg.threads, f"{cfg.threads} CPU threads" if cfg.threads else ""
+        if threads is None and cfg.engine == "hf" and not cuda_available():
+            threads, note = auto_threads()  # torch's default (every core) collapses when other work holds one
+        print(f"label: loading {run_dir} on the {cfg.engine} engine" + (f", {note}" if note else ""), file=sys.stderr,
+              flush=True)
+        engine = load_engine(run, cfg.engine, cfg.dtype, threads, cfg.batch_size)
     temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
     settings = dict(mode=cfg.mode, temperature=temperature, score_estimate=cfg.score_estimate, label_bias=biases,
                     max_new_tokens=cfg.max_new_tokens)

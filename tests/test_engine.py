@@ -191,3 +191,25 @@ def test_ray_replicas_get_a_whole_gpu_each_or_a_refusal_saying_how_many_fit():
         replica_resources({"CPU": 64.0, "GPU": 4.0}, 8)
     assert replica_resources({"CPU": 8.0}, 2) == {"num_gpus": 0, "num_cpus": 4, "threads": 4}
     assert replica_resources({"CPU": 2.0}, 4) == {"num_gpus": 0, "num_cpus": 1, "threads": 1}
+
+
+def test_label_threads_follow_the_cores_other_work_leaves_free():
+    """label's default threads on a CPU: the cores other processes leave free now (at least one): torch's
+    one-per-core default collapses when another process keeps a core busy."""
+    import subprocess
+    import sys
+    import time
+
+    from labeltune.engine import busy_cores, choose_threads, usable_cores
+
+    assert [choose_threads(2, b) for b in (0.0, 0.4, 1.0, 3.0)] == [2, 2, 1, 1]
+    assert choose_threads(16, 4.0) == 12 and choose_threads(4, 1.6) == 2
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())]
+    try:
+        time.sleep(0.5)
+        busy = busy_cores()
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert busy >= usable_cores() - 0.5, busy  # every hog is runnable whenever /proc/loadavg is read
+    assert choose_threads(usable_cores(), busy) == 1
