@@ -163,21 +163,26 @@ def threads_under_load(model, prompter, texts, args) -> None:
 
     from labeltune.decode import predict
 
+    from labeltune.engine import auto_threads
+
     every = torch.get_num_threads()
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        rounds = {1: [], every: []}
+        time.sleep(0.5)
+        auto, note = auto_threads()  # what `label` picks by default now, with the hog running
+        rounds = {"1 torch thread (--threads 1)": 1, f"label's default: {note}": auto, f"torch's default ({every})": every}
+        figures = {name: [] for name in rounds}
         for _ in range(args.repeats):
-            for n in rounds:
+            for name, n in rounds.items():
                 torch.set_num_threads(n)
-                rounds[n].append(len(texts) / timed(lambda: predict(model, prompter, texts, batch_size=args.batch_size,
-                                                                    mode="score")))
+                figures[name].append(len(texts) / timed(lambda: predict(model, prompter, texts, batch_size=args.batch_size,
+                                                                         mode="score")))
     finally:
         hog.kill()
         torch.set_num_threads(every)
     print("\n| score mode, one core kept busy by another process | posts/s (best round) | all rounds |\n|---|---|---|")
-    for n, values in rounds.items():
-        print(f"| {n} torch thread{'s' if n > 1 else ''} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
+    for name, values in figures.items():
+        print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
 
 
 def engine_table(args, run, texts) -> None:
