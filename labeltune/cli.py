@@ -96,6 +96,11 @@ def explicit_bools(argv: list[str]) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     argv = explicit_bools(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
+    verbs = [*VERBS, *(a for a in ("data", "models", "templates") if a not in VERBS)]
+    if argv and not argv[0].startswith("-") and argv[0] not in verbs:  # a typo: name the closest verb
+        close = difflib.get_close_matches(argv[0], verbs, n=1, cutoff=0.6)
+        parser.error(f"unknown verb {argv[0]!r}" + (f"; did you mean {close[0]}?" if close else "")
+                     + f" (verbs: {', '.join(verbs)})")
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
         reject_unknown(parser, argv, unknown)

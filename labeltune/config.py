@@ -178,7 +178,7 @@ class LabelConfig:
                              "free now (at least 1; torch's one-per-core default collapses on a shared machine)",
                              valid=AT_LEAST_1)
     ray: str | None = _f(None, "label on a Ray cluster with Ray Data (pip install 'labeltune[ray]'): local = start one "
-                         "on this machine, or a cluster address (auto, ray://host:10001); None = this process")
+                         "on this machine, or a running cluster: auto (on one of its nodes) or HOST:6379; None = this process")
     replicas: int = _f(2, "--ray: model replicas (Ray actors; one GPU each where the cluster has GPUs)", valid=AT_LEAST_1)
 
 

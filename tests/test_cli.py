@@ -62,6 +62,10 @@ def test_a_typo_gets_the_verbs_usage_and_the_closest_option(capsys):
         run(["evaluate", "--zzzzzz"])
     err = capsys.readouterr().err
     assert "unrecognized arguments: --zzzzzz" in err and "did you mean" not in err
+    with pytest.raises(SystemExit) as e:
+        run(["evalute", "--run", "runs/demo"])  # a verb typo gets the closest verb too
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "labeltune: error: unknown verb 'evalute'; did you mean evaluate?" in err
 
 
 def test_a_bool_option_before_a_text_leaves_the_text_a_text():
