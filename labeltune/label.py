@@ -39,10 +39,10 @@ from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
-from labeltune.config import LabelConfig
+from labeltune.config import LabelConfig, TrainConfig, load_saved
 from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns, shown_columns
 from labeltune.lock import hold
-from labeltune.run import CALIBRATION, file_sha256, load_calibration, open_run, weights_sha256
+from labeltune.run import CALIBRATION, CONFIG, file_sha256, load_calibration, open_run, weights_sha256
 
 PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
 
@@ -183,10 +183,11 @@ def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
     from tqdm import tqdm
 
     run_dir = Path(cfg.run)
-    run = open_run(run_dir)
     columns = read_columns(source, cfg.encoding)
-    if cfg.text_column is None:  # the column the run was trained on (its config.yaml), as the verbs' hints assume
-        cfg = replace(cfg, text_column=run.config.text_column)
+    if cfg.text_column is None:  # the column the run was trained on (its config.yaml), as the verbs' hints assume;
+        # the input is checked before the run (its problems are said first), so a missing run leaves "text"
+        saved = run_dir / CONFIG
+        cfg = replace(cfg, text_column=load_saved(TrainConfig, saved).text_column if saved.is_file() else "text")
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {shown_columns(columns)} "
                          "(use --text-column)")
@@ -194,6 +195,7 @@ def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
     total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # the whole file's shape checked first
     for warning in report.warnings():  # said now, not after minutes of labelling
         print(f"labeltune: warning: {warning}", file=sys.stderr)
+    run = open_run(run_dir)
     task = run.task
     header = output_columns(columns, [lab.name for lab in task.labels])
     identity = {
@@ -220,6 +222,7 @@ def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
         from labeltune.engine import auto_threads, load_engine
         from labeltune.models import cuda_available
 
+        run.template()  # a template that may not run is refused before the model loads
         threads, note = cfg.threads, f"{cfg.threads} CPU threads" if cfg.threads else ""
         if threads is None and cfg.engine == "hf" and not cuda_available():
             threads, note = auto_threads()  # torch's default (every core) collapses when other work holds one
