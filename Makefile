@@ -1,6 +1,6 @@
 # labeltune — every target calls the same `labeltune` CLI (labeltune/cli.py) the notebook uses.
 #   make demo                         tiny model on the bundled sample, CPU, a few minutes
-#   make demo-real                    the same with a real pretrained model (Gemma 3 270M), CPU, ~12 minutes
+#   make demo-real                    the same with a real pretrained model (Gemma 3 270M, one epoch), CPU, 25-50 minutes
 #   make test                         fast test suite (what CI runs first)
 #   make train [MODEL=gemma3-270m] DATA=data/sample.csv RUN=runs/mine [CONFIG=run.yaml]   (Gemma 3 270M: CPU or GPU)
 #   make train MODEL=gemma2           (Gemma 2 9B 4-bit; GPU)   MODEL=llama3.1 (Llama 3.1 8B 4-bit)
@@ -80,7 +80,7 @@ demo: install
 # the real-model demo: Gemma 3 270M (pretrained; Gemma Terms of Use) on a subset of the same sample, in bf16 where the
 # CPU computes it natively (AMX / AVX512-BF16; fp32 elsewhere), the short prompt; steps chosen by measurement (README)
 CPU_BF16 := $(shell grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo auto)
-DEMO_REAL_STEPS ?= 16
+DEMO_REAL_STEPS ?= 35
 demo-real: install
 	rm -rf runs/demo-real
 	$(LT) train --model gemma3-270m --dtype $(CPU_BF16) --template short_ja_sentiment_toxicity --data data/sample.csv --max-steps $(DEMO_REAL_STEPS) --output runs/demo-real
