@@ -86,6 +86,13 @@ class HfEngine:
                        score_estimate, label_bias)
 
 
+def without_score(predictions: list) -> list:
+    """The predictions with no score (a run trained without scores: its "score : 0" is a format filler)."""
+    from dataclasses import replace
+
+    return [replace(p, score=None, score_greedy=None) for p in predictions]
+
+
 class WithoutScore:
     """An engine of a run whose training data had no scores: its predictions carry no score (the model's
     "score : 0" is a format filler, not a measurement), so label and predict leave the score empty."""
@@ -94,9 +101,7 @@ class WithoutScore:
         self.engine, self.name = engine, engine.name
 
     def predict(self, texts: list, mode: str, **settings):
-        from dataclasses import replace
-
-        return [replace(p, score=None, score_greedy=None) for p in self.engine.predict(texts, mode, **settings)]
+        return without_score(self.engine.predict(texts, mode, **settings))
 
     def __getattr__(self, name):  # close(), startup_s, ... of the engine itself
         return getattr(self.engine, name)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from labeltune.atomic import write_inside
 from labeltune.data import ReadReport, dropped_summary, fingerprint, load_examples
 from labeltune.decode import predict, scores_given_labels
+from labeltune.engine import without_score
 from labeltune.metrics import (
     argmax_label,
     calibration_metrics,
@@ -121,7 +121,7 @@ def main(cfg) -> dict:
     systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
                                    cfg.score_estimate, biases)
     if not run.score_trained and task.score is not None:  # the model's "score : 0" is a format filler, not a score
-        systems = {key: [replace(p, score=None, score_greedy=None) for p in predictions] for key, predictions in systems.items()}
+        systems = {key: without_score(predictions) for key, predictions in systems.items()}
         gold_scores = [None] * len(gold_scores)
         warnings.append("score not trained: the training data had no scores, so this run leaves the score empty and no "
                         "score metric is computed (train with a 0-100 score column to learn it)")
