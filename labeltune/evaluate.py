@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from labeltune.atomic import write_inside
-from labeltune.data import ReadReport, dropped_summary, fingerprint, load_examples
+from labeltune.data import ReadReport, dropped_summary, load_examples
 from labeltune.decode import predict, scores_given_labels
 from labeltune.engine import without_score
 from labeltune.metrics import (
@@ -40,6 +40,7 @@ from labeltune.metrics import (
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
 from labeltune.run import DATA, check_eval_parent, load_calibration, new_eval_dir, open_run, read_training
+from labeltune.splits import fingerprint
 
 
 def check_split_unchanged(run) -> None:

@@ -45,13 +45,12 @@ from labeltune.data import (
     dropped_summary,
     iter_rows,
     label_counts,
-    normalize_text,
     read_columns,
     read_livedoor,
     score_from_flags,
-    split_examples,
     write_jsonl,
 )
+from labeltune.splits import normalize_text, split_examples
 from labeltune.task import load_task
 
 SOURCES = ("japanese-toxic", "wrime", "annotated-csv", "livedoor", "hf:<dataset id or local folder>")

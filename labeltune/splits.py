@@ -1,13 +1,21 @@
-"""The split policy shared by train, sweep and compare: labelled data -> train/dev/test, the leakage
-policy applied, train cut to --limit, checked to give meaningful results, and written as a split folder
+"""Splitting and the split policy shared by train, sweep and compare.
+
+The mechanics: ``split_examples`` is a deterministic stratified split that keeps normalised duplicates
+in one split; ``find_leaks`` finds exact and normalised duplicates across splits; ``fingerprint``
+identifies a split's rows. The policy: labelled data -> train/dev/test, the leakage policy applied,
+train cut to --limit, checked to give meaningful results, and written as a split folder
 (train/dev/test.jsonl + summary.json) that every run of a sweep or comparison reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import sys
-from dataclasses import replace
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labeltune.config import TrainConfig
@@ -15,19 +23,101 @@ from labeltune.data import (
     SPLITS,
     Example,
     ReadReport,
-    drop_leaked_from_train,
     dropped_summary,
-    find_leaks,
-    fingerprint,
     label_counts,
     load_examples,
-    split_examples,
     write_jsonl,
 )
 from labeltune.task import TaskSpec
 
-SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+# ---------------------------------------------------------------- splitting and leakage
 
+
+def normalize_text(text: str) -> str:
+    """NFKC, casefolded, all whitespace removed: the key for 'normalised duplicate'."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).hexdigest()
+
+
+def split_examples(
+    examples: list[Example], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[Example]]:
+    """Deterministic stratified train/dev/test split.
+
+    Examples are grouped by normalised text (duplicates never straddle splits, even with conflicting
+    labels); each group is stratified under the label of its first example; within a label, groups
+    are ordered by a seeded hash of their key (independent of file order) and cut by the ratios.
+    Each split keeps the input order of its examples.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+    first_label: dict[str, str] = {}
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, ex in enumerate(examples):
+        key = normalize_text(ex.text)
+        groups[first_label.setdefault(key, ex.label)][key].append(i)
+    assignment: dict[int, str] = {}
+    for label_groups in groups.values():
+        keys = sorted(label_groups, key=lambda k: _rank(seed, k))
+        total = sum(len(v) for v in label_groups.values())
+        bounds = (ratios[0] * total, (ratios[0] + ratios[1]) * total)
+        seen = 0
+        for key in keys:
+            name = "train" if seen < bounds[0] else "dev" if seen < bounds[1] else "test"
+            for i in label_groups[key]:
+                assignment[i] = name
+            seen += len(label_groups[key])
+    out: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    for i, ex in enumerate(examples):
+        out[assignment[i]].append(ex)
+    return out
+
+
+@dataclass(frozen=True)
+class Leak:
+    kind: str  # "exact" or "normalised"
+    split: str  # the evaluation split holding the row ("dev" or "test")
+    index: int  # its position in that split
+    train_index: int  # the position of its duplicate in train
+    text: str
+
+
+def find_leaks(splits: dict[str, list[Example]]) -> list[Leak]:
+    """Rows of dev/test whose text also appears in train, exactly or after normalisation."""
+    exact = {ex.text: i for i, ex in enumerate(splits.get("train", []))}
+    normal = {normalize_text(ex.text): i for i, ex in enumerate(splits.get("train", []))}
+    leaks = []
+    for name in ("dev", "test"):
+        for i, ex in enumerate(splits.get(name, [])):
+            if ex.text in exact:
+                leaks.append(Leak("exact", name, i, exact[ex.text], ex.text))
+            elif normalize_text(ex.text) in normal:
+                leaks.append(Leak("normalised", name, i, normal[normalize_text(ex.text)], ex.text))
+    return leaks
+
+
+def drop_leaked_from_train(splits: dict[str, list[Example]], leaks: list[Leak]) -> dict[str, list[Example]]:
+    """Remove from train every row that duplicates a dev/test row (evaluation rows are never dropped)."""
+    keys = {normalize_text(leak.text) for leak in leaks}
+    return {**splits, "train": [ex for ex in splits["train"] if normalize_text(ex.text) not in keys]}
+
+
+def fingerprint(splits: dict[str, list[Example]]) -> str:
+    """sha256 over (split, text, label, score) of every example, in order."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        for ex in splits[name]:
+            h.update(json.dumps([name, ex.text, ex.label, ex.score], ensure_ascii=False).encode("utf-8"))
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the policy
+
+SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 def load_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None,

@@ -48,7 +48,7 @@ from labeltune.models import (
     with_preset_defaults,
 )
 from labeltune.prompts import load_template, render_prompt
-from labeltune.splits import make_splits, write_splits
+from labeltune.splits import fingerprint, make_splits, write_splits
 from labeltune.task import load_task, task_path
 
 
@@ -275,7 +275,7 @@ def check_resume(cfg: TrainConfig, run_dir: Path, splits: dict) -> None:
                          + ". Rerun with the run's options (its config.yaml: --config " + str(run_dir / run_files.CONFIG)
                          + ") to resume it, or choose another --output")
     summary = json.loads((run_dir / run_files.DATA / "summary.json").read_text(encoding="utf-8"))
-    if summary.get("fingerprint") != data_mod.fingerprint(splits):
+    if summary.get("fingerprint") != fingerprint(splits):
         raise ValueError(f"{run_dir} is an unfinished run whose data has changed since it started ({cfg.data} no "
                          "longer gives the same train/dev/test rows); restore the data, or choose another --output")
 

@@ -16,17 +16,13 @@ from labeltune.data import (
     SPLITS,
     Example,
     detect_encoding,
-    drop_leaked_from_train,
-    find_leaks,
-    fingerprint,
     iter_rows,
     load_examples,
-    normalize_text,
     read_columns,
     score_from_flags,
-    split_examples,
     write_jsonl,
 )
+from labeltune.splits import drop_leaked_from_train, find_leaks, fingerprint, normalize_text, split_examples
 from labeltune.task import load_task
 
 ST = load_task("sentiment_toxicity")

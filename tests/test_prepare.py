@@ -8,7 +8,8 @@ import pytest
 
 from labeltune import prepare
 from labeltune.config import PrepareConfig, resolve
-from labeltune.data import Example, normalize_text
+from labeltune.data import Example
+from labeltune.splits import normalize_text
 
 ROOT = Path(__file__).resolve().parent.parent
 JTOX = ROOT.parent / "shared" / "data" / "japanese-toxic-dataset"
