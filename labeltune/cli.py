@@ -107,7 +107,7 @@ def run(argv: list[str] | None = None) -> int:
     args = vars(parsed)
     verb = args.pop("verb")
     if verb == "models":
-        from labeltune.models import ALIASES, PRESETS
+        from labeltune.presets import ALIASES, PRESETS
 
         for p in PRESETS.values():
             aliases = [a for a, target in ALIASES.items() if target == p.name]

@@ -37,8 +37,9 @@ from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_s
 from labeltune.data import Example, load_examples
 from labeltune.decode import Prediction, predict
 from labeltune.metrics import calibration_metrics, macro_f1_interval, majority_baseline, system_metrics
-from labeltune.models import Preset, base_to_load, resolve_preset, select_4bit, with_preset_defaults
+from labeltune.models import base_to_load, select_4bit
 from labeltune.perplexity import forgetting_check, load_general_texts
+from labeltune.presets import Preset, resolve_preset, with_preset_defaults
 from labeltune.report import format_cell, md_table, plot_confusions, render_html, write_predictions
 from labeltune.run import BASE, open_run
 from labeltune.splits import on_split_folder, split_once

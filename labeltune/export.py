@@ -26,9 +26,9 @@ from labeltune.models import (
     bnb_4bit_unavailable,
     cuda_available,
     import_unsloth,
-    resolve_preset,
     unsloth_installed,
 )
+from labeltune.presets import resolve_preset
 from labeltune.run import (
     ADAPTER,
     BASE,

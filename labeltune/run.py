@@ -33,13 +33,13 @@ from labeltune.config import TrainConfig, load_saved
 from labeltune.data import iter_rows
 from labeltune.features import Prompter
 from labeltune.models import (
-    PRESETS,
     bnb_4bit_unavailable,
     cuda_available,
     ensure_pad_token,
     load_base,
     resolve_base,
 )
+from labeltune.presets import PRESETS
 from labeltune.prompts import available_templates, load_template, render_prompt
 from labeltune.task import TaskSpec, load_task
 

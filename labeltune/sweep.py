@@ -33,7 +33,7 @@ from labeltune.config import EvalConfig, SweepConfig, TrainConfig, load_saved, r
 from labeltune.data import check_output_folder, load_examples
 from labeltune.decode import predict
 from labeltune.metrics import system_metrics
-from labeltune.models import resolve_preset
+from labeltune.presets import resolve_preset
 from labeltune.prompts import load_template
 from labeltune.report import format_cell, md_table
 from labeltune.run import load_config, open_run

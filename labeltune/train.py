@@ -29,7 +29,6 @@ from labeltune.config import TrainConfig, save, to_dict
 from labeltune.features import IGNORE_INDEX, Prompter, pad_ids
 from labeltune.lock import FOLDER_LOCK, hold
 from labeltune.models import (
-    Preset,
     add_lora,
     base_to_load,
     build_tiny,
@@ -41,12 +40,11 @@ from labeltune.models import (
     gpu_capability,
     load_base,
     prepare_backend,
-    resolve_preset,
     select_4bit,
     train_precision,
     trainer_precision,
-    with_preset_defaults,
 )
+from labeltune.presets import Preset, resolve_preset, with_preset_defaults
 from labeltune.prompts import load_template, render_prompt
 from labeltune.splits import fingerprint, make_splits, write_splits
 from labeltune.task import load_task, task_path

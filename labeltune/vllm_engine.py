@@ -203,7 +203,7 @@ def plan(run_dir: str | Path, info: dict, dtype: str, device: Device, facts: Vll
     - the dtype as the hf engine picks it, but float32 where vLLM refuses float16 for the model type
       (Gemma 2/3 on a T4: vLLM's _check_valid_dtype) and bf16 is not native;
     - on a GPU, refused when the weights do not fit the share of memory vLLM takes."""
-    from labeltune.models import PRESETS
+    from labeltune.presets import PRESETS
 
     run_dir = Path(run_dir)
     preset = PRESETS.get(info.get("preset") or "")

@@ -35,7 +35,8 @@ def main() -> None:
     import torch
 
     from labeltune.features import pad_ids
-    from labeltune.models import add_lora, cpu_has_native_bf16, load_base, resolve_preset
+    from labeltune.models import add_lora, cpu_has_native_bf16, load_base
+    from labeltune.presets import resolve_preset
     from labeltune.prompts import load_template, render_prompt
     from labeltune.task import load_task
 

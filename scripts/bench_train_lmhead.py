@@ -38,7 +38,8 @@ def main() -> None:
     from trl.trainer.utils import add_fused_lm_head
 
     from labeltune.features import Prompter, pad_ids
-    from labeltune.models import add_lora, load_base, resolve_preset
+    from labeltune.models import add_lora, load_base
+    from labeltune.presets import resolve_preset
     from labeltune.prompts import load_template
     from labeltune.task import load_task
     from labeltune.train import answer_positions_only

@@ -18,10 +18,10 @@ import pytest
 from labeltune import classify, cli, compare
 from labeltune.config import CompareConfig, TrainConfig, resolve, save
 from labeltune.data import Example, iter_rows, load_examples
-from labeltune.models import build_tiny, resolve_preset
+from labeltune.models import build_tiny
 from labeltune.parse import parse
+from labeltune.presets import resolve_preset, with_preset_defaults
 from labeltune.task import load_task
-from labeltune.models import with_preset_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from labeltune import gemma3
-from labeltune.models import PRESETS, resolve_base, resolve_preset
+from labeltune.models import resolve_base
+from labeltune.presets import PRESETS, resolve_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
@@ -321,7 +322,8 @@ def test_classification_head_on_gemma3_loads_offline_and_learns(offline):
     from labeltune import classify
     from labeltune.config import TrainConfig, resolve
     from labeltune.data import Example
-    from labeltune.models import cpu_has_native_bf16, resolve_preset, with_preset_defaults
+    from labeltune.models import cpu_has_native_bf16
+    from labeltune.presets import resolve_preset, with_preset_defaults
     from labeltune.task import load_task
 
     task, preset = load_task("sentiment_toxicity"), resolve_preset("gemma3")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labeltune import models
+from labeltune import models, presets
 from labeltune import run as run_mod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -485,7 +485,7 @@ def test_sweep_and_compare_train_in_a_child_process(monkeypatch, tmp_path):
     metrics = sweep.run_trial(shared, {"lr": 1e-3}, tmp_path / "sweep" / "trial", sweep_cfg)
     assert "macro_f1" in metrics and (tmp_path / "sweep" / "trial" / "adapter").is_dir()
     tcfg = resolve(TrainConfig, None, {"max_steps": 2, "limit": 32, "output": str(tmp_path / "compare" / "gen")})
-    compare.ensure_run(tcfg, models.resolve_preset("tiny"), ["generative"], tmp_path / "compare")
+    compare.ensure_run(tcfg, presets.resolve_preset("tiny"), ["generative"], tmp_path / "compare")
     assert (tmp_path / "compare" / "gen" / "adapter").is_dir()
 
 

@@ -101,7 +101,7 @@ def test_shards_are_planned_within_the_limit():
 
 
 def _run_of_preset(tmp_path: Path, preset: str, full_id: str) -> Path:
-    from labeltune.models import PRESETS
+    from labeltune.presets import PRESETS
 
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)

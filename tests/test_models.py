@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labeltune.models import (
-    ALIASES,
-    PRESETS,
-    Preset,
-    check_fits_machine,
-    resolve_preset,
-    select_backend,
-    select_precision,
-)
+from labeltune.models import check_fits_machine, select_backend, select_precision
+from labeltune.presets import ALIASES, PRESETS, Preset, resolve_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 

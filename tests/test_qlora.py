@@ -225,7 +225,8 @@ def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_
     from peft import LoraConfig, get_peft_model
 
     from labeltune.decode import predict
-    from labeltune.models import LLAMA_TARGETS, load_base
+    from labeltune.models import load_base
+    from labeltune.presets import LLAMA_TARGETS
     from labeltune.run import open_run
     from labeltune.task import load_task
 
@@ -286,12 +287,12 @@ def test_4bit_on_request_is_refused_where_bitsandbytes_cannot(monkeypatch):
     """--load-in-4bit true on a machine whose bitsandbytes cannot run 4-bit there: one clear line."""
     from importlib import metadata
 
-    from labeltune import models
+    from labeltune import models, presets
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: "0.45.0" if name == "bitsandbytes" else real(name))
     with pytest.raises(ValueError, match=r"\(--load-in-4bit true\): bitsandbytes 0.45.0 cannot run 4-bit on CPU"):
-        models.select_4bit(True, False, models.resolve_preset("tiny"))
-    assert models.select_4bit(None, False, models.resolve_preset("llama3.1")) is False  # auto: not on CPU
-    assert models.select_4bit(None, True, models.resolve_preset("llama3.1")) is True  # auto on a GPU
-    assert models.select_4bit(None, True, models.resolve_preset("tiny")) is False  # built here in full precision
+        models.select_4bit(True, False, presets.resolve_preset("tiny"))
+    assert models.select_4bit(None, False, presets.resolve_preset("llama3.1")) is False  # auto: not on CPU
+    assert models.select_4bit(None, True, presets.resolve_preset("llama3.1")) is True  # auto on a GPU
+    assert models.select_4bit(None, True, presets.resolve_preset("tiny")) is False  # built here in full precision

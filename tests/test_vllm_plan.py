@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labeltune.models import PRESETS
+from labeltune.presets import PRESETS
 from labeltune.run import ADAPTER, MERGED
 from labeltune.vllm_engine import FP16_REFUSED, Device, VllmFacts, plan
 
