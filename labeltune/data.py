@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -297,29 +296,6 @@ def _looks_like_rows(cell: str, delimiter: str, width: int) -> bool:
     if width < 2 or "\n" not in cell:
         return False
     return sum(line.count(delimiter) >= width - 1 for line in cell.split("\n")[1:]) >= 2
-
-
-def read_livedoor(path: Path, per_label: int | None, seed: int) -> tuple[list[Example], list[dict]]:
-    """Articles of the livedoor news corpus (text/<category>/*.txt): text = title + newline + body, label =
-    the category folder; `per_label` articles per category sampled with `seed` (None = all)."""
-    root = path / "text" if (path / "text").is_dir() else path
-    folders = sorted(d for d in root.iterdir() if d.is_dir())
-    if not folders:
-        raise ValueError(f"{root}: no category folders (expected text/<category>/*.txt)")
-    kept, dropped = [], []
-    for folder in folders:
-        files = sorted(f for f in folder.glob("*.txt") if f.name != "LICENSE.txt")
-        if per_label is not None:
-            files = sorted(random.Random(f"{seed}:{folder.name}").sample(files, min(per_label, len(files))))
-        for f in files:
-            lines = f.read_text(encoding="utf-8").splitlines()
-            title, body = (lines[2].strip() if len(lines) > 2 else ""), "\n".join(lines[3:]).strip()
-            if not title or not body:
-                dropped.append({"row": str(f.relative_to(root)), "reason": "no_title_or_body"})
-                continue
-            meta = {"url": lines[0].strip(), "date": lines[1].strip(), "title": title, "file": f.name}
-            kept.append(Example(text=f"{title}\n{body}", label=folder.name, score=None, meta=meta))
-    return kept, dropped
 
 
 # ---------------------------------------------------------------- examples

@@ -18,8 +18,8 @@ import json
 import math
 from pathlib import Path
 
-from labeltune.data import read_livedoor
 from labeltune.features import pad_ids
+from labeltune.sources import read_livedoor
 
 BUNDLED_TEXTS = Path(__file__).resolve().parent / "texts"  # package data: general_ja.txt
 

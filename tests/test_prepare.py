@@ -1,12 +1,13 @@
 """Dataset adapters: every row accounted for, the documented rules, duplicates, balance."""
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from labeltune import prepare
+from labeltune import prepare, sources
 from labeltune.config import PrepareConfig, resolve
 from labeltune.data import Example
 from labeltune.splits import normalize_text
@@ -55,6 +56,22 @@ def test_japanese_toxic_bad_rows_are_dropped_with_reasons(tmp_path):
     train = [json.loads(line) for line in open(tmp_path / "out" / "train.jsonl", encoding="utf-8")]
     toxic = next(r for r in train if r["text"] == "ひどい投稿")
     assert toxic["label"] == "-1" and toxic["score"] == round(100 * (1 / 3 + 2 / 3 + 1) / 3) == 67
+
+
+def test_card_carries_the_licence_and_rules_of_its_own_source(tmp_path):
+    src = tmp_path / "subset.csv"
+    src.write_text("id,text,Not Toxic,Hard to Say,Toxic,Very Toxic,annotation_num\n1,普通の投稿,3,0,0,0,3\n",
+                   encoding="utf-8")
+    card = _prepare(tmp_path, source="japanese-toxic", path=str(src), split="1,0,0")
+    source = sources.SOURCES["japanese-toxic"]
+    assert card["licence"] == source.licence and card["rules"] == source.rules
+    assert source.rules in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_source_is_named_in_the_help_of_source():
+    """A new dataset is its reader and one Source entry in labeltune.sources.SOURCES, plus its name here."""
+    help_text = next(f for f in dataclasses.fields(PrepareConfig) if f.name == "source").metadata["help"]
+    assert [name for name in sources.SOURCES if name not in help_text] == []
 
 
 def _wrime(path: Path, rows):
