@@ -31,13 +31,15 @@ from labeltune.splits import normalize_text, split_examples
 
 
 def download(name: str, path: Path, url: str | None = None) -> Path:
-    """Fetch the file of the source called `name` into `path` and check its sha256; a clear error when offline."""
+    """Fetch the file of the source called `name` into `path` and check its sha256; a clear error when
+    offline."""
     import hashlib
     import urllib.request
 
     source = find_source(name)
     if source.download is None:
-        raise ValueError(f"no download for {name!r}: get it from {source.manual or 'its publisher'} and pass --path")
+        where = source.manual or "its publisher"
+        raise ValueError(f"no download for {name!r}: get it from {where} and pass --path")
     default_url, checksum, relative = source.download.url, source.download.sha256, source.download.file
     target = path / relative
     if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == checksum:
@@ -200,7 +202,8 @@ def main(cfg) -> dict:
     if cfg.download:
         download(cfg.source, path)
     if source is not HF and not path.exists():
-        hint = " or pass --download" if source.download else f"; get it from {source.manual or 'your own files'}"
+        hint = (" or pass --download" if source.download
+                else f"; get it from {source.manual or 'your own files'}")
         raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder{hint})")
     started = time.perf_counter()
 
