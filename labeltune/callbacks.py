@@ -20,8 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from labeltune import checkpoints
-from labeltune.decode import predict
-from labeltune.metrics import system_metrics
+from labeltune.devscore import describe, dev_record
 
 
 def _duration(seconds: float) -> str:
@@ -37,20 +36,8 @@ class DevScore(TrainerCallback):
         self.metric, self.patience, self.say = metric, patience, say
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        import torch
-
-        started = time.time()
-        training = model.training
-        model.eval()
-        with torch.no_grad():
-            predictions = predict(model, self.prompter, [ex.text for ex in self.examples], None, self.batch_size, "score")
-        model.train(training)
-        task = self.prompter.task
-        scores = system_metrics([ex.label for ex in self.examples], [ex.score for ex in self.examples], predictions,
-                                task.label_values, task.score_ends, task.scored_labels)
-        record = {"epoch": round(state.epoch or 0, 4), "step": state.global_step, "dev_macro_f1": scores["macro_f1"],
-                  "dev_accuracy": scores["accuracy"], "dev_score_mae": scores.get("score_mae"),
-                  "dev_seconds": round(time.time() - started, 2)}
+        record = {"epoch": round(state.epoch or 0, 4), "step": state.global_step,
+                  **dev_record(model, self.prompter, self.examples, self.batch_size)}
         loss = (metrics or {}).get("eval_loss")
         if loss is not None:
             record["dev_loss"] = loss  # breaks ties of the metric (not "eval_loss": that is the Trainer's record)
@@ -61,10 +48,7 @@ class DevScore(TrainerCallback):
             control.should_training_stop = True
             record["early_stop"] = True
         if state.is_world_process_zero:
-            mae = record["dev_score_mae"]
-            self.say(f"epoch {record['epoch']:g}: dev macro-F1 {record['dev_macro_f1']:.3f}, accuracy "
-                     f"{record['dev_accuracy']:.3f}" + (f", score MAE {mae:.1f}" if mae is not None else "")
-                     + (f", loss {loss:.4f}" if loss is not None else "")
+            self.say(describe(record)
                      + (" (best so far)" if best is record else f" (best: epoch {best['epoch']:g})")
                      + (f"; no better dev {self.metric} for {waited} epochs: stopping early" if record.get("early_stop") else ""))
         return control
@@ -89,7 +73,7 @@ class EarlyStopOnLoss(TrainerCallback):
 class Checkpoints(TrainerCallback):
     """A checkpoint at every epoch end; each marked complete after the Trainer wrote it; rotation."""
 
-    def __init__(self, ckpt_dir: Path, keep: int, metric: str):
+    def __init__(self, ckpt_dir: Path, keep: int | None, metric: str):
         self.ckpt_dir, self.keep, self.metric = ckpt_dir, keep, metric
 
     def on_epoch_end(self, args, state, control, **kwargs):

@@ -103,7 +103,7 @@ class TrainConfig:
     best_metric: str = _f(
         "macro_f1",
         "dev metric that picks the epoch whose adapter is kept (dev decoded in score mode at each epoch end); "
-        "loss = dev loss (the only one on the unsloth backend)",
+        "on the unsloth backend each epoch's checkpoint, after training; loss = the dev loss",
         ("macro_f1", "accuracy", "score_mae", "loss"),
     )
     early_stopping_patience: int | None = _f(

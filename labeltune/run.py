@@ -206,9 +206,10 @@ class Run:
         counts = json.loads(summary.read_text(encoding="utf-8")).get("counts", {}).get("train", {}) if summary.is_file() else {}
         return [label for label, n in counts.items() for _ in range(int(n))]
 
-    def load(self, merge: bool = False):
-        """(model, prompter) of this run on this machine (the prompter holds the tokenizer)."""
-        model, tokenizer = load_run(self.dir, merge)
+    def load(self, merge: bool = False, adapter: Path | None = None):
+        """(model, prompter) of this run on this machine (the prompter holds the tokenizer); `adapter`: a
+        checkpoint's adapter instead of the run's."""
+        model, tokenizer = load_run(self.dir, merge, adapter)
         return model, Prompter(tokenizer, self.template(), self.task, self.config.max_length)
 
 
@@ -315,11 +316,11 @@ def check_not_patched_by_unsloth(model) -> None:
         )
 
 
-def load_run(run_dir: str | Path, merge: bool = False):
+def load_run(run_dir: str | Path, merge: bool = False, adapter: Path | None = None):
     """load_run_files with a damaged run (a truncated or corrupted weight file, missing tokenizer files or
     base/) reported in one line naming the run and what to do, not a traceback from deep in a library."""
     try:
-        return load_run_files(run_dir, merge)
+        return load_run_files(run_dir, merge, adapter)
     except RunError:
         raise
     except Exception as e:  # safetensors, tokenizers, transformers, json, OSError ... on files of the run
@@ -344,7 +345,7 @@ def check_no_pickles(run_dir: Path) -> None:
                                "loads .safetensors only (convert it with safetensors on a machine you trust)")
 
 
-def load_run_files(run_dir: str | Path, merge: bool = False):
+def load_run_files(run_dir: str | Path, merge: bool = False, adapter: Path | None = None):
     """(model with adapter, tokenizer) of a trained or merged run, in eval mode, on this machine.
 
     Always through the hf backend (transformers + PEFT), whatever backend trained it: an Unsloth adapter
@@ -354,7 +355,8 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
     16-bit `full_id` is loaded in full precision instead, with a warning (labels may differ slightly).
     A merged export is loaded as saved (16-bit, never re-quantised). ``merge`` folds the LoRA weights
     into the base weights (16/32-bit base only), so inference pays no adapter overhead;
-    ``disable_adapter()`` still gives the base model.
+    ``disable_adapter()`` still gives the base model. ``adapter``: another adapter folder than the run's
+    adapter/ (a training checkpoint of the run, with its tokenizer: labeltune.devscore).
     """
     from peft import PeftModel
 
@@ -366,8 +368,9 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
         check_not_patched_by_unsloth(model)
         model.eval()
         return model, tokenizer
-    if not (run_dir / ADAPTER).is_dir():
-        raise MissingRunFile(f"{run_dir}: no {ADAPTER}/ (did `labeltune train` finish?)")
+    adapter = Path(adapter) if adapter is not None else run_dir / ADAPTER
+    if not adapter.is_dir():
+        raise MissingRunFile(f"{run_dir}: no {adapter.name}/ (did `labeltune train` finish?)")
     base, four_bit = base_path(run_dir, info), bool(info.get("load_in_4bit"))
     why = bnb_4bit_unavailable(cuda_available()) if four_bit else None
     full = full_id_path(run_dir, info) if why else None
@@ -379,11 +382,11 @@ def load_run_files(run_dir: str | Path, merge: bool = False):
         base, four_bit = full, False
     elif why:
         raise RunError(f"--run {run_dir} was trained on a 4-bit base, and loading it here needs 4-bit: {why}")
-    model, tokenizer = load_base(base, "hf", info.get("max_length", 512), four_bit, tokenizer_from=run_dir / ADAPTER)
+    model, tokenizer = load_base(base, "hf", info.get("max_length", 512), four_bit, tokenizer_from=adapter)
     check_not_patched_by_unsloth(model)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(model, run_dir / ADAPTER)
+    model = PeftModel.from_pretrained(model, adapter)
     check_not_patched_by_unsloth(model)
     ensure_pad_token(tokenizer, model)
     model.eval()

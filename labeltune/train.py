@@ -220,13 +220,51 @@ def best_epoch(log_history: list[dict], metric: str, last_step: int) -> dict | N
             "last_value": last[key], "is_last_step": best["step"] == last_step, "why": why}
 
 
+def dev_scoring(backend: str, metric: str, has_dev: bool) -> str | None:
+    """Where the dev split is decoded to choose the kept epoch by `metric`: "loop" (at each epoch end, in
+    training: labeltune.callbacks.DevScore), "after" (the unsloth backend: its forward is not one score mode
+    decodes through, so each epoch's checkpoint is scored in a fresh process after training), or None (no
+    dev split, or --best-metric loss: the Trainer's dev loss)."""
+    if not has_dev or metric == "loss":
+        return None
+    return "after" if backend == "unsloth" else "loop"
+
+
+def score_checkpoints(run_dir: Path, log_history: list[dict], say) -> list[dict]:
+    """The dev record of each epoch-end checkpoint, each scored by `python -m labeltune.devscore` in a child
+    process (one that never imports Unsloth), with that epoch's dev loss."""
+    import subprocess
+
+    from labeltune.devscore import describe
+
+    records = []
+    losses = {r["step"]: r["eval_loss"] for r in log_history if "eval_loss" in r}
+    for path in checkpoints.complete(run_dir / run_files.CHECKPOINTS):
+        step = checkpoints.step_of(path)
+        if step not in losses:  # a --save-steps checkpoint, not an epoch end
+            continue
+        proc = subprocess.run([sys.executable, "-m", "labeltune.devscore", str(run_dir), str(path)],
+                              capture_output=True, text=True, encoding="utf-8", errors="replace")
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+            raise RuntimeError(f"scoring the dev split with {path} failed (exit {proc.returncode}):\n{tail}")
+        epoch = json.loads((path / checkpoints.MARKER).read_text(encoding="utf-8"))["epoch"]
+        record = {"epoch": round(epoch or 0, 4), "step": step, **json.loads(proc.stdout.strip().splitlines()[-1]),
+                  "dev_loss": losses[step]}
+        say(describe(record) + " (scored after training, in a fresh process)")
+        records.append(record)
+    return records
+
+
 def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     """adapter/: the best epoch's checkpoint weights, or the model in memory when that is the best (or
     there was no dev evaluation); written beside and renamed, so a kill never leaves a half adapter/ that
-    would make the run look finished."""
+    would make the run look finished. `model` None (freed: dev scored after training): the best epoch's
+    checkpoint, whichever it is."""
     tmp = run_dir / (run_files.ADAPTER + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    source = run_dir / run_files.CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}" if best and not best["is_last_step"] else None
+    source = (run_dir / run_files.CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}"
+              if best and (model is None or not best["is_last_step"]) else None)
     if source is not None and (source / "adapter_model.safetensors").is_file():
         tmp.mkdir(parents=True)
         for name in ("adapter_model.safetensors", "adapter_config.json"):
@@ -237,10 +275,10 @@ def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     os.replace(tmp, run_dir / run_files.ADAPTER)
 
 
-def save_run(trainer, model, tokenizer, info: dict, run_dir: Path, metric: str, seconds: float, warnings: list[str]) -> None:
+def save_run(state, model, tokenizer, info: dict, run_dir: Path, metric: str, seconds: float, warnings: list[str]) -> None:
     """The adapter of the best epoch (+ tokenizer), the training log and model.json's training record
-    (steps, seconds, which epoch was kept and why); then the warnings and the next command."""
-    state = trainer.state
+    (steps, seconds, which epoch was kept and why); then the warnings and the next command. `state`: the
+    Trainer's state."""
     best = best_epoch(state.log_history, metric, state.global_step)
     with open(run_dir / run_files.TRAIN_LOG, "w", encoding="utf-8") as f:
         for record in state.log_history:
@@ -389,14 +427,16 @@ def _train(cfg: TrainConfig) -> Path:
         raise
     info["precision"] = trainer_precision(backend, model, precision)  # matches the model unsloth/hf loaded
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
-    # dev decoding through a model whose forward Unsloth replaced is not verified: the dev loss picks there
-    metric = "loss" if backend == "unsloth" else cfg.best_metric
-    if metric != cfg.best_metric:
-        print(f"labeltune: note: the unsloth backend keeps the epoch with the best dev loss (--best-metric {cfg.best_metric} "
-              "decodes the dev split, which is verified on the hf backend only)", file=sys.stderr)
+    metric, scoring = cfg.best_metric, dev_scoring(backend, cfg.best_metric, dev_ds is not None)
+    if scoring == "after" and state.is_main_process:
+        print(f"labeltune: note: on the unsloth backend every epoch's checkpoint is kept and scored on the dev split "
+              f"after training (in a fresh process) to keep the best by {metric}"
+              + ("; early stopping follows the dev loss" if cfg.early_stopping_patience else ""), file=sys.stderr)
     progress = Progress(say, cfg.logging_steps)
-    extra = [Checkpoints(run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints, metric), progress]
-    if dev_ds is not None and metric != "loss":
+    # scored after training: every epoch's checkpoint stays until then (the best one decides what is kept)
+    keep = None if scoring == "after" else cfg.keep_checkpoints
+    extra = [Checkpoints(run_dir / run_files.CHECKPOINTS, keep, "loss" if scoring == "after" else metric), progress]
+    if scoring == "loop":
         extra.insert(0, DevScore(prompter, splits["dev"], cfg.batch_size, metric, cfg.early_stopping_patience, progress.write))
     elif dev_ds is not None and cfg.early_stopping_patience:
         extra.insert(0, EarlyStopOnLoss(cfg.early_stopping_patience, progress.write))
@@ -419,10 +459,29 @@ def _train(cfg: TrainConfig) -> Path:
     started = time.time()
     with answer_positions_only(not cuda):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if trainer.is_world_process_zero():
-        save_run(trainer, model, tokenizer, info, run_dir, metric, time.time() - started, warnings)
+    seconds, trained = time.time() - started, trainer.state
+    if scoring == "after":  # unsloth: one process, so rank 0
+        del trainer
+        model = free_model(model)  # the child loads the base again: one copy on the GPU at a time
+        trained.log_history += score_checkpoints(run_dir, trained.log_history, progress.write)
+        checkpoints.rotate(run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints,
+                           (checkpoints.best_record(trained.log_history, metric) or {}).get("step"))
+    if state.is_main_process:
+        save_run(trained, model, tokenizer, info, run_dir, metric, seconds, warnings)
     state.wait_for_everyone()
     return run_dir
+
+
+def free_model(model) -> None:
+    """Drop the training process's model and give its GPU memory back; returns None (the new `model`)."""
+    import gc
+
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @contextmanager

@@ -106,6 +106,40 @@ def test_the_best_epoch_is_kept_not_the_last(uninterrupted_run):
     assert "step 4/40 (epoch 0.50): loss" in stdout and "ETA" in stdout and "{'loss'" not in stdout
 
 
+@pytest.mark.slow
+def test_dev_scored_after_training_keeps_the_same_epoch(uninterrupted_run, tmp_path, monkeypatch, capsys):
+    """The unsloth backend's way (each epoch's checkpoint scored on the dev split in a fresh process after
+    training, labeltune.devscore), forced on the hf backend: the same dev records, kept epoch and adapter as
+    scoring inside the training loop."""
+    from labeltune import cli, train
+
+    whole, _ = uninterrupted_run
+    monkeypatch.setattr(train, "dev_scoring", lambda backend, metric, has_dev: "after")
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "after"
+    assert cli.run(["train", "--output", str(out), *ARGS]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("(scored after training, in a fresh process)") == 5
+    info, whole_info = (json.loads((d / "model.json").read_text()) for d in (out, whole))
+    assert _dev_records(out) == _dev_records(whole)
+    assert info["best"] == whole_info["best"] and info["best"]["epoch"] == 3
+    assert _same(_weights(out / "adapter"), _weights(whole / "adapter"))
+    # then rotated as usual: the newest 2 and the best
+    assert sorted(checkpoints.step_of(p) for p in checkpoints.complete(out / "checkpoints")) == [info["best"]["step"], 36, 40]
+
+
+def test_the_kept_epoch_follows_best_metric_on_every_backend():
+    """--best-metric macro_f1 on the unsloth backend decodes the dev split too (after training), not the
+    dev loss in its place; loss, or no dev split, decode nothing."""
+    from labeltune.train import dev_scoring
+
+    assert dev_scoring("hf", "macro_f1", True) == "loop"
+    assert dev_scoring("unsloth", "macro_f1", True) == "after"
+    assert dev_scoring("unsloth", "accuracy", True) == "after"
+    assert dev_scoring("unsloth", "loss", True) is None and dev_scoring("hf", "loss", True) is None
+    assert dev_scoring("unsloth", "macro_f1", False) is None
+
+
 # ---------------------------------------------------------------- the checkpoint files (no training)
 
 
