@@ -22,8 +22,11 @@ def test_wheel_installed_elsewhere_lists_tasks_and_labels_a_csv(tmp_path):
     from labeltune import train
     from labeltune.config import TrainConfig, resolve
 
+    # no PYTHONPATH anywhere below: a checkout on it (with the wheel build's labeltune.egg-info) would make pip
+    # take labeltune as installed already and skip the wheel
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, env=env)
     wheel = next((tmp_path / "dist").glob("labeltune-*.whl"))
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
@@ -32,10 +35,9 @@ def test_wheel_installed_elsewhere_lists_tasks_and_labels_a_csv(tmp_path):
     # the dependencies from this environment (a .pth line), labeltune only from the wheel
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, capture_output=True)
+                    str(wheel)], check=True, capture_output=True, env=env)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     lt = [str(env_dir / "bin" / "python"), "-m", "labeltune.cli"]
     where = subprocess.run([*lt[:1], "-c", "import labeltune; print(labeltune.__file__)"], cwd=outside, env=env,
                            capture_output=True, text=True, check=True).stdout
