@@ -121,7 +121,7 @@ class TrainConfig:
 COMPARE_SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")  # labeltune.compare
 ENGINES = ("hf", "vllm")  # labeltune.engine
 MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
-SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.decode.estimate_score
+SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.answers.estimate_score
 SCORE_ESTIMATE_HELP = (
     "score mode: the score written, from the model's distribution over every allowed score: expected = its "
     "mean, rounded (a graded score is not collapsed onto its mode), median, or greedy = the most probable "

@@ -22,6 +22,10 @@
   ids, ~3/4 of a prompt for the bundled templates): its KV cache is computed once and every batch
   prefills only the rest of its prompts on top of it (pads sit between the shared prefix and each
   row's own tokens, masked; positions continue from the prefix), as vLLM / SGLang prefix caching do.
+
+This module runs the model (torch, the KV cache); what turns its logits into answers (label and score
+distributions, the greedy score, parsing a generation) is labeltune.answers, shared with the vLLM engine.
+A decode mode is a function in DECODERS (and its name in config.MODES).
 """
 
 from __future__ import annotations
