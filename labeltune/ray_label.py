@@ -126,6 +126,8 @@ def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     share = replica_resources(ray.cluster_resources(), replicas)
+    if engine != "hf":  # the replica's CPU share as torch threads: the hf engine's setting (vLLM sets its own)
+        share["threads"] = None
     items = [{"chunk": i, "texts": ["" if t is None else str(t) for t in texts]} for i, texts in enumerate(chunks)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ChunkLabeller,
