@@ -54,6 +54,7 @@ from labeltune.answers import (
     has_score,
     label_distribution,
     label_nodes,
+    log_softmax,
     one_token_labels,
     score_distribution,
     score_root,
@@ -361,12 +362,7 @@ class VllmEngine:
         for (i, _, allowed), out in zip(parts, self._generate([ids for _, ids, _ in parts], params)):
             at = out.outputs[0].logprobs[0]
             raw[i].update({t: at[t].logprob for t in allowed})
-        result = []
-        for lp in raw:
-            top = max(lp.values())
-            norm = top + math.log(sum(math.exp(v - top) for v in lp.values()))
-            result.append({t: v - norm for t, v in lp.items()})
-        return result
+        return [log_softmax(lp) for lp in raw]
 
     def predict(self, texts: list, mode: str, temperature: float = 1.0, score_estimate: str = "expected",
                 label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None) -> list[Answer]:
