@@ -15,7 +15,7 @@ Two systems share this module:
 Both have ``len(task.labels)`` label logits, plus, when the task has a score, one regression output
 predicting the score rescaled to 0..1 (loss: cross-entropy + MSE on the rows with a gold score).
 Input is the raw text (no prompt), cut to ``max_length`` tokens. ``predict`` returns
-``labeltune.decode.Prediction`` rows, so every system is measured by the same metric code.
+``labeltune.answers.Answer`` rows, so every system is measured by the same metric code.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import random
 import time
 
 from labeltune import e5
+from labeltune.answers import Answer
 from labeltune.config import TrainConfig
 from labeltune.data import Example
-from labeltune.decode import Prediction
 from labeltune.features import pad_ids
 from labeltune.models import (
     add_lora,
@@ -264,8 +264,8 @@ def fit(model, tokenizer, examples: list[Example], task: TaskSpec, cfg: TrainCon
     return {"steps": steps, "train_seconds": round(time.time() - started, 1), "losses": losses}
 
 
-def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int, batch_size: int = 16) -> list[Prediction]:
-    """One Prediction per text, in input order: the most probable label, label probabilities (softmax),
+def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int, batch_size: int = 16) -> list[Answer]:
+    """One Answer per text, in input order: the most probable label, label probabilities (softmax),
     and the score output mapped back to the task's range (0 for labels that carry no score)."""
     import torch
 
@@ -289,5 +289,5 @@ def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int,
                 span = task.score.max - task.score.min
                 score = round(task.score.min + scaled * span) if task.score_allowed(label) else 0
             answer = task.render_answer(label, score)
-            out.append(Prediction(label, score, True, "", answer, truncated, dict(zip(task.label_values, p.tolist()))))
+            out.append(Answer(label, score, True, "", answer, truncated, dict(zip(task.label_values, p.tolist()))))
     return out

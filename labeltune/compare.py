@@ -33,9 +33,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from labeltune import classify
+from labeltune.answers import Answer
 from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_saved, resolve, save, to_dict
 from labeltune.data import Example, load_examples
-from labeltune.decode import Prediction, predict
+from labeltune.decode import predict
 from labeltune.metrics import calibration_metrics, macro_f1_interval, majority_baseline, system_metrics
 from labeltune.models import base_to_load, select_4bit
 from labeltune.perplexity import forgetting_check, load_general_texts
@@ -118,7 +119,7 @@ def timed(fn, *args):
 
 
 def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examples: list[Example],
-                predictions: list[Prediction], label_seconds: float | None = None, **extra) -> None:
+                predictions: list[Answer], label_seconds: float | None = None, **extra) -> None:
     """Metrics (labeltune.metrics.system_metrics, the same for every system, with macro-F1's 95% bootstrap
     interval and the ECE of the label probabilities) + labelling speed + predictions.csv."""
     system_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,7 @@ def run_majority(task: TaskSpec, train_ex: list[Example], examples: list[Example
         score = round(statistics.median(known)) if known else None
     counts = Counter(train_labels)
     probs = {lab: counts[lab] / len(train_labels) for lab in task.label_values}
-    prediction = Prediction(label, score, True, "", task.render_answer(label, score), False, probs)
+    prediction = Answer(label, score, True, "", task.render_answer(label, score), False, probs)
     save_result(system_dir, "majority", "-", task, examples, [prediction] * len(examples))
 
 

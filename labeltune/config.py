@@ -121,7 +121,7 @@ class TrainConfig:
 COMPARE_SYSTEMS = ("generative", "cls_head", "encoder", "majority", "zero_shot")  # labeltune.compare
 ENGINES = ("hf", "vllm")  # labeltune.engine
 MODES = ("generate", "constrained", "score")  # decode modes (labeltune.decode), the one list of them
-SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.decode.estimate_score
+SCORE_ESTIMATES = ("expected", "greedy", "median")  # labeltune.answers.estimate_score
 SCORE_ESTIMATE_HELP = (
     "score mode: the score written, from the model's distribution over every allowed score: expected = its "
     "mean, rounded (a graded score is not collapsed onto its mode), median, or greedy = the most probable "
@@ -164,7 +164,8 @@ class LabelConfig:
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
     mode: str = _f("generate", MODE_HELP, MODES)
     score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
-    batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
+    batch_size: int | None = _f(None, "prompts decoded at once; None = the engine's default: 16 on hf, vLLM's own "
+                                "scheduling on vllm (where N sets its max_num_seqs)", valid=AT_LEAST_1)
     chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time", valid=AT_LEAST_1)
     max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
     overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")

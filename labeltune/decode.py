@@ -22,18 +22,36 @@
   ids, ~3/4 of a prompt for the bundled templates): its KV cache is computed once and every batch
   prefills only the rest of its prompts on top of it (pads sit between the shared prefix and each
   row's own tokens, masked; positions continue from the prefix), as vLLM / SGLang prefix caching do.
+
+This module runs the model (torch, the KV cache); what turns its logits into answers (label and score
+distributions, the greedy score, parsing a generation) is labeltune.answers, shared with the vLLM engine.
+A decode mode is a function in DECODERS (and its name in config.MODES).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
-from labeltune.config import MODES, SCORE_ESTIMATES
+from labeltune.answers import (
+    Answer,
+    DecodeSettings,
+    answer_texts,
+    branching_nodes,
+    check_mode,
+    choose_label,
+    estimate_score,
+    first_token_label_probs,
+    generated_answer,
+    label_distribution,
+    label_nodes,
+    one_token_labels,
+    score_distribution,
+    score_tree,
+    scored_answer,
+)
+from labeltune.config import MODES  # noqa: F401  (decode.MODES: the modes DECODERS serves, all of them)
 from labeltune.features import AnswerTrie, pad_ids
-from labeltune.metrics import adjust, apply_temperature, argmax_label
-from labeltune.parse import parse
 
 
 @dataclass(frozen=True)
@@ -124,14 +142,6 @@ def prefill_inputs(rows: list[list[int]], shared_len: int, shared_cache, pad: in
     return own, attention, positions, cache
 
 
-def _renormalised(logits_row, allowed: list[int], temperature: float) -> list[float]:
-    values = [float(logits_row[t]) / temperature for t in allowed]
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
 def generate(
     model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 16,
     trie: AnswerTrie | None = None,
@@ -142,6 +152,7 @@ def generate(
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     results: list[Generation | None] = [None] * len(prompt_ids)
+    branch = one_token_labels(trie) if trie is not None else None  # label probabilities at one position
     with torch.inference_mode():
         for index in length_batches(prompt_ids, batch_size):
             input_ids, attention = pad_ids([prompt_ids[i] for i in index], pad, left=True)
@@ -164,11 +175,9 @@ def generate(
                 if finished:
                     new = new[: new.index(eos)]
                 probs = None
-                one_step_labels = isinstance(trie, AnswerTrie) and all(len(p) == 1 for p in trie.label_path.values())
-                if one_step_labels and len(new) > len(trie.shared):
-                    branch = trie.allowed(trie.shared)
-                    p = _renormalised(out.logits[len(trie.shared)][row], branch, 1.0)
-                    probs = {next(iter(trie.labels_under[trie.shared + (t,)])): q for t, q in zip(branch, p)}
+                if branch is not None and len(new) > len(trie.shared):
+                    at = out.logits[len(trie.shared)][row, branch].float().tolist()
+                    probs = first_token_label_probs(trie, dict(zip(branch, at)))
                 results[i] = Generation(tokenizer.decode(new, skip_special_tokens=False), finished, probs)
     return results  # type: ignore[return-value]
 
@@ -236,17 +245,12 @@ def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, la
 
 
 def _label_probs(trie: AnswerTrie, logits_at: dict) -> list[dict[str, float]]:
-    """Every row's label distribution: log p(label) = sum over its tokens of the log softmax over the
-    node's allowed tokens, then normalised over the labels."""
-    import torch
-
-    labels = list(trie.label_path)
-    logp = torch.zeros((next(iter(logits_at.values())).shape[0], len(labels)))
-    for j, path in enumerate(trie.label_path.values()):
-        for k, token in enumerate(path):
-            allowed = trie.allowed(trie.shared + path[:k])
-            logp[:, j] += torch.log_softmax(logits_at[path[:k]][:, allowed], dim=-1)[:, allowed.index(token)]
-    return [dict(zip(labels, probs)) for probs in torch.softmax(logp.double(), dim=-1).tolist()]
+    """Every row's label distribution (answers.label_distribution) from the logits at the label nodes."""
+    allowed = {node: trie.allowed(trie.shared + node) for node in label_nodes(trie)}
+    rows = {node: logits_at[node][:, ids].tolist() for node, ids in allowed.items()}
+    n = next(iter(logits_at.values())).shape[0]
+    return [label_distribution(trie, {node: dict(zip(ids, rows[node][r])) for node, ids in allowed.items()})
+            for r in range(n)]
 
 
 def _to_score(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns,
@@ -331,62 +335,33 @@ def _tree_levels(model, pad: int, prefixes: list[tuple], base_mask, base_pos, ca
     return logits_at
 
 
-def _score_tree(trie: AnswerTrie, root: tuple) -> tuple[list[tuple], list[tuple[tuple, int]]]:
-    """Below the branching node `root` of a scored answer: (the prefixes to feed, shorter first: every node
-    where the answer still branches and their ancestors; the leaves: (path to EOS, score))."""
-    leaves = [(ids[len(root):], score) for ids, (_, score) in trie.answers.items() if ids[: len(root)] == root]
-    branching = {path[:k] for path, _ in leaves for k in range(1, len(path)) if len(trie.allowed(root + path[:k])) > 1}
-    feed = {b[:k] for b in branching for k in range(1, len(b) + 1)}
-    return sorted(feed, key=lambda p: (len(p), p)), leaves
-
-
 def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch: dict, cache, mask, positions,
                  alive: list[int]) -> dict[int, tuple[dict[int, float], int]]:
     """(4) The exact distribution of each branching row's score under the answer trie: every node of the
     score tree where the answer branches gets its logits (none for Llama 3, which writes every score
     0..100 as one token; ten nodes for one-digit-per-token tokenizers, fed one call per depth), and
-    p(score) is the product of the renormalised probabilities along its path, computed for all rows at
-    the same node at once. Also the greedy score (the most probable token at each node, as generation
-    would write it).
+    each row's logits there go to answers.score_distribution: p(score) is the product of the renormalised
+    probabilities along its path; the greedy score takes the most probable token at each node, as
+    generation would write it.
     Returns row -> ({score: probability}, greedy score)."""
-    import torch
-
     rows = [row for row in alive if row in at_branch]
     if not rows:
         return {}
-    trees = {node[row]: _score_tree(trie, node[row]) for row in rows}
+    trees = {node[row]: score_tree(trie, node[row]) for row in rows}
     feed = sorted({p for prefixes, _ in trees.values() for p in prefixes}, key=lambda p: (len(p), p))
     if feed and hasattr(cache, "batch_select_indices"):  # one call per depth of the tree (two for digits)
         logits_at = _tree_levels(model, pad, feed, mask, positions, cache)
     else:  # one call per node
         logits_at = _tree_steps(model, pad, feed, mask, positions, cache)[0] if feed else {}
     out = {}
-    groups: dict[tuple, list[int]] = {}
-    for row in rows:  # rows at the same node share one score tree: computed for all of them at once
-        groups.setdefault(node[row], []).append(row)
-    for root, members in groups.items():
-        _, leaves = trees[root]
-        at = [alive.index(row) for row in members]  # the rows' places in the cache
-        logp: dict[tuple, torch.Tensor] = {}  # branching prefix -> log p over its allowed tokens, (rows, allowed)
-        terms = torch.zeros((len(members), len(leaves)), dtype=torch.float64)
-        for j, (path, _) in enumerate(leaves):
-            for d in range(len(path)):
-                allowed = trie.allowed(root + path[:d])
-                if len(allowed) > 1:
-                    if path[:d] not in logp:
-                        logits = (torch.stack([at_branch[row] for row in members]) if not path[:d]
-                                  else logits_at[path[:d]][at])
-                        logp[path[:d]] = torch.log_softmax(logits[:, allowed].double(), dim=-1)
-                    terms[:, j] += logp[path[:d]][:, allowed.index(path[d])]
-        probs = terms.exp().tolist()
-        best = {prefix: lp.argmax(-1).tolist() for prefix, lp in logp.items()}
-        score_of_path = dict(leaves)
-        for r, row in enumerate(members):
-            greedy: tuple = ()
-            while not greedy or greedy[-1] != trie.eos:  # the most probable token at every branch, to EOS
-                allowed = trie.allowed(root + greedy)
-                greedy += (allowed[best[greedy][r]] if len(allowed) > 1 else allowed[0],)
-            out[row] = (dict(zip((score for _, score in leaves), probs[r])), score_of_path[greedy])
+    asked = {root: branching_nodes(trie, root) for root in trees}
+    for row in rows:  # the logits at the row's branching nodes, as log p of their allowed tokens
+        root, k = node[row], alive.index(row)  # k: the row's place in the cache
+        at = {}
+        for path in asked[root]:
+            ids = trie.allowed(root + path)
+            at[path] = dict(zip(ids, (at_branch[row] if not path else logits_at[path][k])[ids].double().tolist()))
+        out[row] = score_distribution(trie, root, at)
     return out
 
 
@@ -422,7 +397,7 @@ def score_decode(
             logits_at, cache, slots, columns = _label_nodes(model, pad, trie, logits, cache, attention, last_pos)
             batch_dists = _label_probs(trie, logits_at)
             chosen = [labels[i] if labels is not None and labels[i] is not None
-                      else argmax_label(apply_temperature(d, temperature), label_bias) for i, d in zip(index, batch_dists)]
+                      else choose_label(d, temperature, label_bias) for i, d in zip(index, batch_dists)]
             nodes, at_branch, cache, mask, positions, alive = _to_score(
                 model, pad, trie, chosen, cache, slots, attention, columns, last_pos)
             score_of = _score_dists(model, pad, trie, nodes, at_branch, cache, mask, positions, alive)
@@ -433,26 +408,6 @@ def score_decode(
                     node = by_pair[(chosen[row], score_of[row][1])]
                 answers[i] = node[len(trie.shared) :]
     return dists, answers, scores
-
-
-def estimate_score(probs: dict[int, float], greedy: int, how: str) -> int:
-    """One score from a score distribution: the allowed score nearest the expected value (the default:
-    a graded quantity is not collapsed onto its mode), the median, or the greedy one (what generation
-    writes: the most probable token at each step)."""
-    if how == "greedy":
-        return greedy
-    allowed = sorted(probs)
-    if how == "median":
-        total, acc = sum(probs.values()), 0.0
-        for score in allowed:
-            acc += probs[score]
-            if acc >= total / 2:
-                return score
-        return allowed[-1]
-    if how != "expected":
-        raise ValueError(f"unknown score estimate {how!r}; available: {', '.join(SCORE_ESTIMATES)}")
-    mean = sum(s * p for s, p in probs.items()) / sum(probs.values())
-    return min(allowed, key=lambda s: (abs(s - mean), s))
 
 
 def scores_given_labels(model, prompter, texts: list[str], labels: list[str], batch_size: int = 16,
@@ -466,23 +421,6 @@ def scores_given_labels(model, prompter, texts: list[str], labels: list[str], ba
     if any(s is None for s in scored):
         raise ValueError(f"scores_given_labels: a label without a score among {sorted(set(labels))}")
     return [(estimate_score(probs, greedy, estimate), greedy) for probs, greedy in scored]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str | None
-    score: int | None
-    ok: bool
-    reason: str  # "" when ok; a parse.REASONS value, "no_eos" or "empty_input" otherwise
-    raw: str  # the generated (or, in score mode, the spec-written) answer
-    truncated: bool  # the text was cut to fit the model's length budget
-    probs: dict | None = None  # label -> probability (constrained and score modes)
-    score_greedy: int | None = None  # score mode: the greedy score, beside the chosen estimate in `score`
-
-    @property
-    def confidence(self) -> float | None:
-        return None if self.probs is None or self.label is None else self.probs[self.label]
-
 
 
 _ALLOCATOR_TUNED = False
@@ -515,40 +453,42 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
+def _generated(model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings,
+               trie: AnswerTrie | None = None) -> list[Answer]:
+    """generate mode: greedy generation until EOS (with `trie`: constrained to the task's answers), parsed."""
+    max_new_tokens = settings.max_new_tokens or prompter.answer_budget + 8
+    generations = generate(model, prompter.tokenizer, prompts, max_new_tokens, batch_size, trie)
+    return [generated_answer(g.text, g.finished, prompter.task, g.label_probs, settings.temperature)
+            for g in generations]
+
+
+def _constrained(model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings) -> list[Answer]:
+    return _generated(model, prompter, prompts, batch_size, settings, prompter.answer_trie)
+
+
+def _scored(model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings) -> list[Answer]:
+    """score mode: score_decode's label and score distributions, the answer written by the task spec."""
+    trie = prompter.answer_trie
+    dists, paths, scored = score_decode(model, prompter.tokenizer, prompts, trie, batch_size, settings.temperature,
+                                        settings.label_bias)
+    return [scored_answer(trie, prompter.task, trie.answers[trie.shared + path][0], dist, score_dist, settings)
+            for dist, path, score_dist in zip(dists, paths, scored)]
+
+
+# the hf engine's decode modes (config.MODES names them): mode -> fn(model, prompter, prompts, batch_size, settings)
+DECODERS = {"generate": _generated, "constrained": _constrained, "score": _scored}
+
+
 def predict(
     model, prompter, texts: list, max_new_tokens: int | None = None, batch_size: int = 16,
     mode: str = "generate", temperature: float = 1.0, score_estimate: str = "expected",
     label_bias: dict[str, float] | None = None,
-) -> list[Prediction]:
+) -> list[Answer]:
     """Label texts: render, decode in `mode`, parse. Empty texts get ok=False without decoding.
     `temperature` rescales label probabilities (see labeltune.calibrate); labels are unaffected.
-    score mode: `score_estimate` picks the score from its distribution (estimate_score), the greedy one
-    is kept in Prediction.score_greedy; `label_bias` (fitted on dev by labeltune.calibrate) shifts the
+    score mode: `score_estimate` picks the score from its distribution (answers.estimate_score), the greedy
+    one is kept in Answer.score_greedy; `label_bias` (fitted on dev by labeltune.calibrate) shifts the
     label decision and the probabilities reported."""
-
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
-    tokenizer, task = prompter.tokenizer, prompter.task
-    todo = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
-    encoded = prompter.prompt_ids_many([str(texts[i]) for i in todo])
-    prompts = [ids for ids, _ in encoded]
-    out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
-    if mode == "score":
-        trie = prompter.answer_trie
-        raw_dists, paths, score_dists = score_decode(model, tokenizer, prompts, trie, batch_size, temperature, label_bias)
-        for i, (_, truncated), dist, path, scored in zip(todo, encoded, raw_dists, paths, score_dists):
-            label, greedy = trie.answers[trie.shared + path]  # the greedy path is one of the task's answers
-            score = estimate_score(scored[0], greedy, score_estimate) if scored else greedy  # fixed (or no) score
-            answer = task.render_answer(label, score)  # an allowed score: well-formed by construction
-            out[i] = Prediction(label, score, True, "", answer, truncated, adjust(dist, temperature, label_bias), greedy)
-        return out
-    trie = prompter.answer_trie if mode == "constrained" else None
-    max_new_tokens = max_new_tokens or prompter.answer_budget + 8
-    generations = generate(model, tokenizer, prompts, max_new_tokens, batch_size, trie)
-    for i, (_, truncated), gen in zip(todo, encoded, generations):
-        parsed = parse(gen.text, task)
-        reason = parsed.reason or ("" if gen.finished else "no_eos")
-        ok = parsed.ok and gen.finished
-        probs = apply_temperature(gen.label_probs, temperature) if gen.label_probs else None
-        out[i] = Prediction(parsed.label if ok else None, parsed.score if ok else None, ok, reason, gen.text, truncated, probs)
-    return out
+    check_mode(mode, "hf", DECODERS)
+    settings = DecodeSettings(temperature, score_estimate, label_bias, max_new_tokens)
+    return answer_texts(prompter, texts, lambda prompts: DECODERS[mode](model, prompter, prompts, batch_size, settings))

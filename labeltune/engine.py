@@ -5,8 +5,11 @@
   (AMX / AVX512-BF16) halves the weights and speeds up matmuls), ``threads`` torch's intra-op threads.
 - ``vllm``: vLLM (labeltune.vllm_engine), for GPUs: continuous batching, prefix caching, structured outputs.
 
-Both answer ``predict(texts, mode, temperature, score_estimate, label_bias, max_new_tokens)`` with the
-meaning of labeltune.decode.predict, so label (and its Ray path, labeltune.ray_label) treat them alike.
+Every engine is a class made as ``cls(run, dtype=, threads=, batch_size=)`` that answers
+``predict(texts, mode, temperature, score_estimate, label_bias, max_new_tokens)`` with the meaning of
+labeltune.decode.predict (a list of labeltune.answers.Answer), so label (and its Ray path,
+labeltune.ray_label) treat them alike. Adding one: its module, an entry in ENGINE_CLASSES, its name in
+config.ENGINES (the CLI's choices).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 
-from labeltune.config import ENGINES
 from labeltune.models import TORCH_DTYPES, check_dtype
 
 
@@ -55,12 +57,17 @@ def auto_threads() -> tuple[int, str]:
                      "now; --threads N sets it)")
 
 
+BATCH_SIZE = 16  # the hf engine's prompts per batch when none is given
+
+
 class HfEngine:
     """A run loaded with transformers (+ PEFT, LoRA merged where the base is 16/32-bit) in this process."""
 
     name = "hf"
 
-    def __init__(self, run, dtype: str = "auto", threads: int | None = None, batch_size: int = 16):
+    def __init__(self, run, dtype: str = "auto", threads: int | None = None, batch_size: int | None = None):
+        """`threads`: torch's intra-op threads (None: torch's default); `batch_size`: prompts per forward batch
+        (None: BATCH_SIZE)."""
         import torch
 
         from labeltune.models import gpu_capability
@@ -76,7 +83,7 @@ class HfEngine:
                 raise ValueError(f"--run {run.dir} computes on a 4-bit base; --dtype {dtype} applies to 16/32-bit models "
                                  "only (use --dtype auto)")
             self.model.to(getattr(torch, TORCH_DTYPES[dtype]))
-        self.dtype, self.batch_size = dtype, batch_size
+        self.dtype, self.batch_size = dtype, batch_size or BATCH_SIZE
 
     def predict(self, texts: list, mode: str, temperature: float = 1.0, score_estimate: str = "expected",
                 label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None):
@@ -107,14 +114,21 @@ class WithoutScore:
         return getattr(self.engine, name)
 
 
-def load_engine(run, engine: str = "hf", dtype: str = "auto", threads: int | None = None, batch_size: int = 16):
-    """The named engine over an opened run (labeltune.run.open_run)."""
-    if engine == "hf":
-        loaded = HfEngine(run, dtype, threads, batch_size)
-    elif engine == "vllm":
-        from labeltune.vllm_engine import VllmEngine
+def _vllm_engine():
+    from labeltune.vllm_engine import VllmEngine  # vLLM is imported only when its engine is asked for
 
-        loaded = VllmEngine(run.dir, dtype=dtype)
-    else:
-        raise ValueError(f"unknown --engine {engine!r}; available: {', '.join(ENGINES)}")
+    return VllmEngine
+
+
+# engine name (config.ENGINES) -> a function returning its class, so that a heavy one is imported on use only
+ENGINE_CLASSES = {"hf": lambda: HfEngine, "vllm": _vllm_engine}
+
+
+def load_engine(run, engine: str = "hf", dtype: str = "auto", threads: int | None = None,
+                batch_size: int | None = None):
+    """The named engine over an opened run (labeltune.run.open_run); `threads` and `batch_size` as the
+    engine's class takes them (None: the engine's default)."""
+    if engine not in ENGINE_CLASSES:
+        raise ValueError(f"unknown --engine {engine!r}; available: {', '.join(ENGINE_CLASSES)}")
+    loaded = ENGINE_CLASSES[engine]()(run, dtype=dtype, threads=threads, batch_size=batch_size)
     return loaded if run.score_trained or run.task.score is None else WithoutScore(loaded)

@@ -101,7 +101,7 @@ def score_metrics(gold: list[int | None], pred: list[int | None], ends: tuple[in
 
 def system_metrics(gold_labels, gold_scores, predictions, labels: list[str], ends: tuple[int, int] = (0, 100),
                    scored: tuple[str, ...] | None = None) -> dict:
-    """All metrics of one system's predictions (decode.Prediction) against gold; in score mode also the
+    """All metrics of one system's predictions (answers.Answer) against gold; in score mode also the
     greedy score's (greedy_score_mae, ...), beside the estimate's. Score metrics compare the rows where
     gold and prediction both carry a score: both labels in `scored` (the task's labels with a real score,
     TaskSpec.scored_labels; None: every label), both scores present."""

@@ -33,7 +33,8 @@ def _ray():
 class ChunkLabeller:
     """A Ray Data actor: one engine (model replica) that labels whole chunks."""
 
-    def __init__(self, run_dir: str, engine: str, dtype: str, threads: int | None, batch_size: int, settings: dict):
+    def __init__(self, run_dir: str, engine: str, dtype: str, threads: int | None, batch_size: int | None,
+                 settings: dict):
         from labeltune.engine import load_engine
         from labeltune.run import open_run
 
@@ -111,10 +112,10 @@ def replica_resources(total: dict, replicas: int) -> dict:
 
 
 def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype: str, threads: int | None,
-                   batch_size: int, settings: dict, chunks: list[list]) -> Iterator[list]:
+                   batch_size: int | None, settings: dict, chunks: list[list]) -> Iterator[list]:
     """The predictions of each chunk of texts, in chunk order, labelled by `replicas` actors on the
     cluster at `address`."""
-    from labeltune.decode import Prediction
+    from labeltune.answers import Answer
 
     if not chunks:
         return
@@ -125,6 +126,8 @@ def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     share = replica_resources(ray.cluster_resources(), replicas)
+    if engine != "hf":  # the replica's CPU share as torch threads: the hf engine's setting (vLLM sets its own)
+        share["threads"] = None
     items = [{"chunk": i, "texts": ["" if t is None else str(t) for t in texts]} for i, texts in enumerate(chunks)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ChunkLabeller,
@@ -138,4 +141,4 @@ def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype
         if int(row["chunk"]) != expected:
             raise RuntimeError(f"Ray returned chunk {row['chunk']} where chunk {expected} was due (order not preserved)")
         expected += 1
-        yield [Prediction(**p) for p in json.loads(row["predictions"])]
+        yield [Answer(**p) for p in json.loads(row["predictions"])]

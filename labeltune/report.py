@@ -412,7 +412,7 @@ def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: di
     training_curves.png) in `out_dir`; with `also_in`, a second report.md/.html there whose images are
     the ones in `out_dir` (the run directory's copy of its latest evaluation).
 
-    `examples` are the gold rows (data.Example), `systems` each system's decode.Prediction list, and
+    `examples` are the gold rows (data.Example), `systems` each system's answers.Answer list, and
     `training` the run's training log and kept epoch (see report_context)."""
     out_dir = Path(out_dir)
     context = report_context(out_dir, metrics, examples, systems, training)

@@ -2,7 +2,7 @@
 
     from labeltune.vllm_engine import VllmEngine
     with VllmEngine("runs/demo-merged16") as engine:     # start-up: ~25-60 s on CPU
-        predictions = engine.predict(texts, "score")      # list[labeltune.decode.Prediction]
+        predictions = engine.predict(texts, "score")      # list[labeltune.answers.Answer]
 
 The run is a merged16 export (its model/ is served as is), or a run with an adapter/ that vLLM's LoRA
 support can serve (base + LoRARequest). An adapter that trains whole modules (modules_to_save, e.g. the
@@ -23,11 +23,11 @@ tokenizer through its Prompter, passed to vLLM as token prompts; the truncation 
   cache; here each node is one vLLM request (prompt + the answer's tokens up to the node, one token,
   ``logprob_token_ids`` = the tokens the trie allows there), vLLM's prefix cache sharing the prompt's
   blocks between them. Label: log p summed over its tokens, each renormalised over the node's allowed
-  tokens, softmax over labels, the decision after temperature and label_bias (labeltune.metrics), as
-  decode.score_decode. Score: the chosen label's exact distribution over its allowed scores (one node
-  for a tokenizer that writes 0..100 as one token, eleven for one digit per token) and its greedy
-  path, then decode.estimate_score. The same numbers as the hf engine up to float rounding; only ties
-  broken by rounding can differ.
+  tokens, softmax over labels, the decision after temperature and label_bias, as the hf engine
+  (labeltune.answers does that maths for both). Score: the chosen label's exact distribution over its
+  allowed scores (one node for a tokenizer that writes 0..100 as one token, eleven for one digit per
+  token) and its greedy path, then answers.estimate_score. The same numbers as the hf engine up to float
+  rounding; only ties broken by rounding can differ.
 
 vLLM is imported here only (never when labeltune is imported). On CPU, vLLM starts its engine in a
 spawned process: a script that builds a VllmEngine needs ``if __name__ == "__main__":``.
@@ -42,10 +42,25 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labeltune.config import MODES
-from labeltune.decode import Prediction, _score_tree, estimate_score
+from labeltune.answers import (
+    Answer,
+    DecodeSettings,
+    answer_texts,
+    branching_nodes,
+    check_mode,
+    choose_label,
+    first_token_label_probs,
+    generated_answer,
+    has_score,
+    label_distribution,
+    label_nodes,
+    log_softmax,
+    one_token_labels,
+    score_distribution,
+    score_root,
+    scored_answer,
+)
 from labeltune.features import Prompter
-from labeltune.metrics import adjust, apply_temperature, argmax_label
 from labeltune.models import (
     TORCH_DTYPES,
     check_dtype,
@@ -55,8 +70,7 @@ from labeltune.models import (
     gpu_memory_gib,
     select_precision,
 )
-from labeltune.parse import parse
-from labeltune.run import ADAPTER, MERGED, MissingRunFile, base_path, full_id_path, open_run
+from labeltune.run import ADAPTER, MERGED, MissingRunFile, Run, base_path, full_id_path, open_run
 
 INSTALL_HINT = "the vllm engine needs vLLM: pip install 'labeltune[vllm]' (GPU) or make env-vllm (CPU)"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
@@ -271,17 +285,26 @@ class VllmEngine:
 
     name = "vllm"
 
-    def __init__(self, run_dir: str | Path, dtype: str = "auto", kv_cache_gib: float | None = None,
+    def __init__(self, run: Run | str | Path, dtype: str = "auto", threads: int | None = None,
+                 batch_size: int | None = None, *, kv_cache_gib: float | None = None,
                  enforce_eager: bool | None = None, seed: int = 0, **llm_kwargs):
-        """`kv_cache_gib`: KV cache size; default 2 GiB on CPU (vLLM would reserve 92% of the machine's
-        RAM), vLLM's gpu_memory_utilization on a GPU. `enforce_eager`: no torch.compile (default on CPU,
-        where compiling costs minutes of start-up). `llm_kwargs` go to vllm.LLM as they are."""
-        self.run = open_run(run_dir)
+        """`run`: an opened run (labeltune.run.open_run) or its folder. `threads`: not applied (vLLM picks its
+        own CPU threads; a warning says so). `batch_size`: the most sequences vLLM decodes at once (its
+        max_num_seqs); None = vLLM's default. `kv_cache_gib`: KV cache size; default 2 GiB on CPU (vLLM
+        would reserve 92% of the machine's RAM), vLLM's gpu_memory_utilization on a GPU. `enforce_eager`: no
+        torch.compile (default on CPU, where compiling costs minutes of start-up). `llm_kwargs` go to
+        vllm.LLM as they are."""
+        self.run = run if isinstance(run, Run) else open_run(run)
+        if threads is not None:
+            warnings.warn(f"the vllm engine does not apply threads={threads}: vLLM picks its own CPU threads "
+                          "(VLLM_CPU_OMP_THREADS_BIND sets them)", stacklevel=2)
         device = this_device()
-        served = plan(run_dir, self.run.info, dtype, device, vllm_facts())
+        served = plan(self.run.dir, self.run.info, dtype, device, vllm_facts())
         if served.warning:
             warnings.warn(served.warning, stacklevel=2)
         self.dtype, kwargs = served.dtype, dict(served.kwargs)
+        if batch_size is not None:
+            kwargs["max_num_seqs"] = batch_size
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(served.tokenizer, trust_remote_code=False)
@@ -339,121 +362,80 @@ class VllmEngine:
         for (i, _, allowed), out in zip(parts, self._generate([ids for _, ids, _ in parts], params)):
             at = out.outputs[0].logprobs[0]
             raw[i].update({t: at[t].logprob for t in allowed})
-        result = []
-        for lp in raw:
-            top = max(lp.values())
-            norm = top + math.log(sum(math.exp(v - top) for v in lp.values()))
-            result.append({t: v - norm for t, v in lp.items()})
-        return result
+        return [log_softmax(lp) for lp in raw]
 
     def predict(self, texts: list, mode: str, temperature: float = 1.0, score_estimate: str = "expected",
-                label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None) -> list[Prediction]:
-        """Label texts as labeltune.decode.predict does (same arguments, same Prediction fields): render,
+                label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None) -> list[Answer]:
+        """Label texts as labeltune.decode.predict does (same arguments, same Answer fields): render,
         decode in `mode`, parse. Empty texts get ok=False (empty_input) without decoding."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
-        todo = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
-        encoded = self.prompter.prompt_ids_many([str(texts[i]) for i in todo])
-        out = [Prediction(None, None, False, "empty_input", "", False)] * len(texts)
-        if not todo:
-            return out
-        prompts = [ids for ids, _ in encoded]
-        if mode == "score":
-            done = self._score(prompts, temperature, score_estimate, label_bias)
-        else:
-            done = self._decode(prompts, mode, temperature, max_new_tokens)
-        for i, (_, truncated), p in zip(todo, encoded, done):
-            out[i] = Prediction(p.label, p.score, p.ok, p.reason, p.raw, truncated, p.probs, p.score_greedy)
-        return out
+        check_mode(mode, self.name, DECODERS)
+        settings = DecodeSettings(temperature, score_estimate, label_bias, max_new_tokens)
+        return answer_texts(self.prompter, texts, lambda prompts: DECODERS[mode](self, prompts, settings))
 
-    def _decode(self, prompts: list[list[int]], mode: str, temperature: float, max_new_tokens: int | None) -> list[Prediction]:
-        """generate / constrained: greedy decoding, then the strict parser."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
 
-        tokenizer, task, trie = self.prompter.tokenizer, self.run.task, self.prompter.answer_trie
-        branch, probs_at = None, None
-        if mode == "constrained":
-            answers = task.all_answers()
-            extra = {"max_tokens": max(len(a.encode("utf-8")) for a in answers) + 1,  # any spelling fits
-                     "structured_outputs": StructuredOutputsParams(choice=answers)}
-            if all(len(p) == 1 for p in trie.label_path.values()):  # label probabilities, as the hf engine
-                branch, probs_at = trie.allowed(trie.shared), len(trie.shared)
-                extra["logprob_token_ids"] = branch
-        else:
-            extra = {"max_tokens": max_new_tokens or self.prompter.answer_budget + 8}
-        params = SamplingParams(temperature=0.0, detokenize=False, **extra)
-        results = []
-        for out in self._generate(prompts, params):
-            ids = list(out.outputs[0].token_ids)
-            finished = trie.eos in ids
-            if finished:
-                ids = ids[: ids.index(trie.eos)]
-            text = tokenizer.decode(ids, skip_special_tokens=False)
-            probs = None
-            if branch is not None and len(ids) > probs_at and tuple(ids[:probs_at]) == trie.shared:
-                at = out.outputs[0].logprobs[probs_at]
-                top = max(at[t].logprob for t in branch)
-                weights = [math.exp(at[t].logprob - top) for t in branch]
-                label_of = [next(iter(trie.labels_under[trie.shared + (t,)])) for t in branch]
-                probs = apply_temperature({lab: w / sum(weights) for lab, w in zip(label_of, weights)}, temperature)
-            parsed = parse(text, task)
-            ok = parsed.ok and finished
-            reason = parsed.reason or ("" if finished else "no_eos")
-            results.append(Prediction(parsed.label if ok else None, parsed.score if ok else None, ok, reason, text,
-                                      False, probs))
-        return results
+def _finished(engine: VllmEngine, outputs: list, settings: DecodeSettings, branch: list[int] | None = None) -> list[Answer]:
+    """Each greedy generation cut at EOS and parsed; with `branch` (one_token_labels), the label probabilities
+    at the label's position where the answer took that path."""
+    trie, at_label = engine.prompter.answer_trie, len(engine.prompter.answer_trie.shared)
+    results = []
+    for out in outputs:
+        ids = list(out.outputs[0].token_ids)
+        finished = trie.eos in ids
+        if finished:
+            ids = ids[: ids.index(trie.eos)]
+        probs = None
+        if branch is not None and len(ids) > at_label and tuple(ids[:at_label]) == trie.shared:
+            at = out.outputs[0].logprobs[at_label]
+            probs = first_token_label_probs(trie, {t: at[t].logprob for t in branch})
+        text = engine.prompter.tokenizer.decode(ids, skip_special_tokens=False)
+        results.append(generated_answer(text, finished, engine.run.task, probs, settings.temperature))
+    return results
 
-    def _score(self, prompts: list[list[int]], temperature: float, score_estimate: str,
-               label_bias: dict[str, float] | None) -> list[Prediction]:
-        """score mode: the label trie's nodes, then the chosen label's score tree (see the module doc)."""
-        trie, task = self.prompter.answer_trie, self.run.task
-        nodes = sorted({p[:k] for p in trie.label_path.values() for k in range(len(p))}, key=len)  # () first
-        lps = self.next_logprobs([(p + list(trie.shared + n), trie.allowed(trie.shared + n))
-                                  for p in prompts for n in nodes])
-        dists, chosen, roots = [], [], []
-        for row in range(len(prompts)):
-            at = dict(zip(nodes, lps[row * len(nodes):(row + 1) * len(nodes)]))
-            logp = {lab: sum(at[path[:k]][t] for k, t in enumerate(path)) for lab, path in trie.label_path.items()}
-            top = max(logp.values())
-            total = sum(math.exp(v - top) for v in logp.values())
-            dists.append({lab: math.exp(v - top) / total for lab, v in logp.items()})
-            chosen.append(argmax_label(apply_temperature(dists[-1], temperature), label_bias))
-            root = trie.shared + trie.label_path[chosen[-1]]
-            while len(nxt := trie.allowed(root)) == 1 and nxt[0] != trie.eos:  # the fixed run ("\nscore : ")
-                root += (nxt[0],)
-            roots.append(root)
-        # the score tree below each scored label's root: the nodes where the answer branches
-        trees = {root: _score_tree(trie, root) for root in set(roots) if trie.allowed(root) != [trie.eos]}
-        branching = {root: [()] + [p for p in feed if len(trie.allowed(root + p)) > 1] for root, (feed, _) in trees.items()}
-        asked = [(row, p) for row, root in enumerate(roots) if root in trees for p in branching[root]]
-        lps = self.next_logprobs([(prompts[row] + list(roots[row] + p), trie.allowed(roots[row] + p)) for row, p in asked])
-        at_row: dict[int, dict[tuple, dict[int, float]]] = {}
-        for (row, p), lp in zip(asked, lps):
-            at_row.setdefault(row, {})[p] = lp
-        results = []
-        for row, (dist, label, root) in enumerate(zip(dists, chosen, roots)):
-            if root in trees:
-                scores, greedy = self._score_of(trie, root, trees[root][1], at_row[row])
-                score = estimate_score(scores, greedy, score_estimate)
-            else:  # a label without a score (fixed 0), or a task without scores
-                score = greedy = trie.answers[root + (trie.eos,)][1]
-            results.append(Prediction(label, score, True, "", task.render_answer(label, score), False,
-                                      adjust(dist, temperature, label_bias), greedy))
-        return results
 
-    @staticmethod
-    def _score_of(trie, root: tuple, leaves: list[tuple[tuple, int]], at: dict[tuple, dict[int, float]]):
-        """({score: probability}, greedy score) below `root` from the log-probabilities at its branching
-        nodes (`at`, keyed by the path below root), as decode._score_dists: p(score) is the product of the
-        renormalised probabilities along its path; greedy takes the most probable token at every branch."""
-        scores = {}
-        for path, value in leaves:
-            steps = [(path[:j], t) for j, t in enumerate(path) if len(trie.allowed(root + path[:j])) > 1]
-            scores[value] = math.exp(sum(at[pre][t] for pre, t in steps))
-        walk: tuple = ()
-        while not walk or walk[-1] != trie.eos:
-            allowed = trie.allowed(root + walk)
-            lp = at[walk] if len(allowed) > 1 else {allowed[0]: 0.0}
-            walk += (max(allowed, key=lambda t: (lp[t], -allowed.index(t))),)  # ties: the first, as argmax
-        return scores, dict(leaves)[walk]
+def _generated(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSettings) -> list[Answer]:
+    """generate: free greedy decoding until the tokenizer's EOS, then the strict parser."""
+    from vllm import SamplingParams
+
+    max_tokens = settings.max_new_tokens or engine.prompter.answer_budget + 8
+    params = SamplingParams(temperature=0.0, detokenize=False, max_tokens=max_tokens)
+    return _finished(engine, engine._generate(prompts, params), settings)
+
+
+def _constrained(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSettings) -> list[Answer]:
+    """constrained: greedy decoding limited to the task's answers (structured outputs' choice), then parsed."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    answers = engine.run.task.all_answers()
+    extra = {"max_tokens": max(len(a.encode("utf-8")) for a in answers) + 1,  # any spelling fits
+             "structured_outputs": StructuredOutputsParams(choice=answers)}
+    branch = one_token_labels(engine.prompter.answer_trie)
+    if branch is not None:  # label probabilities, as the hf engine
+        extra["logprob_token_ids"] = branch
+    params = SamplingParams(temperature=0.0, detokenize=False, **extra)
+    return _finished(engine, engine._generate(prompts, params), settings, branch)
+
+
+def _scored(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSettings) -> list[Answer]:
+    """score: the label trie's nodes, then the chosen label's branching score nodes (see the module doc),
+    each one next_logprobs request; labeltune.answers turns them into answers."""
+    trie, task = engine.prompter.answer_trie, engine.run.task
+    nodes = label_nodes(trie)
+    lps = engine.next_logprobs([(p + list(trie.shared + n), trie.allowed(trie.shared + n)) for p in prompts for n in nodes])
+    dists = [label_distribution(trie, dict(zip(nodes, lps[row * len(nodes):(row + 1) * len(nodes)])))
+             for row in range(len(prompts))]
+    chosen = [choose_label(dist, settings.temperature, settings.label_bias) for dist in dists]
+    roots = [score_root(trie, label) for label in chosen]
+    branching = {root: branching_nodes(trie, root) for root in set(roots) if has_score(trie, root)}
+    asked = [(row, p) for row, root in enumerate(roots) if root in branching for p in branching[root]]
+    lps = engine.next_logprobs([(prompts[row] + list(roots[row] + p), trie.allowed(roots[row] + p)) for row, p in asked])
+    at_row: dict[int, dict[tuple, dict[int, float]]] = {}
+    for (row, p), lp in zip(asked, lps):
+        at_row.setdefault(row, {})[p] = lp
+    return [scored_answer(trie, task, label, dist, score_distribution(trie, root, at_row[row]) if row in at_row else None,
+                          settings)
+            for row, (dist, label, root) in enumerate(zip(dists, chosen, roots))]
+
+
+# the vllm engine's decode modes (config.MODES names them): mode -> fn(engine, prompts, settings)
+DECODERS = {"generate": _generated, "constrained": _constrained, "score": _scored}

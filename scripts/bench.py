@@ -196,7 +196,8 @@ def engine_table(args, run, texts) -> None:
     for name in (n for n in names if n in ("hf", "hf-bf16", "vllm")):
         started = time.perf_counter()
         engine, dtype = (("hf", "bf16") if name == "hf-bf16" else (name, "auto"))
-        engines[name] = load_engine(run, engine, dtype, batch_size=args.batch_size)
+        batch_size = args.batch_size if engine == "hf" else None  # vLLM schedules its own batches
+        engines[name] = load_engine(run, engine, dtype, batch_size=batch_size)
         startup[name] = time.perf_counter() - started
     methods, malformed = {}, {}
 

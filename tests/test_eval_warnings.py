@@ -8,8 +8,8 @@ import random
 
 import pytest
 
+from labeltune.answers import Answer
 from labeltune.data import Example
-from labeltune.decode import Prediction
 from labeltune.metrics import classification_metrics, macro_f1_interval, result_warnings, system_metrics
 from labeltune.report import format_table, write_report
 
@@ -104,7 +104,7 @@ def test_without_a_fine_tuned_system_nothing_is_said():
 
 
 def _pred(label):
-    return Prediction(label, 0, label is not None, "" if label is not None else "no_label", "", False, None)
+    return Answer(label, 0, label is not None, "" if label is not None else "no_label", "", False, None)
 
 
 def test_report_shows_the_interval_and_the_warnings(tmp_path):

@@ -91,3 +91,22 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+def test_engines_share_the_answer_maths_and_not_each_other():
+    """labeltune.answers (log-probabilities -> answers) sits below both engines and imports neither; the vLLM
+    engine does not reach into the hf engine's decoding (labeltune.decode), nor the engine registry."""
+    assert not _imports(PACKAGE / "answers.py") & {"labeltune.decode", "labeltune.vllm_engine", "labeltune.engine"}
+    assert not _imports(PACKAGE / "vllm_engine.py") & {"labeltune.decode", "labeltune.engine"}
+    assert "labeltune.answers" in _imports(PACKAGE / "decode.py") & _imports(PACKAGE / "vllm_engine.py")
+
+
+def test_every_engine_and_decode_mode_is_registered_once():
+    """config's lists (the CLI's choices) name exactly the registered engines, the hf engine decodes every
+    mode and the vLLM engine no other; importing them imports no vLLM."""
+    code = ("import sys; from labeltune import config, decode, engine, vllm_engine; "
+            "assert tuple(engine.ENGINE_CLASSES) == config.ENGINES, engine.ENGINE_CLASSES; "
+            "assert tuple(decode.DECODERS) == config.MODES, decode.DECODERS; "
+            "assert set(vllm_engine.DECODERS) <= set(config.MODES), vllm_engine.DECODERS; "
+            "assert 'vllm' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

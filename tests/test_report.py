@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
+from labeltune.answers import Answer
 from labeltune.data import Example
-from labeltune.decode import Prediction
 from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
 from labeltune.report import cjk_font, md_cell, plot_confusions, write_report
 
@@ -21,7 +21,7 @@ LONG = "長" * 300
 
 
 def _pred(label, score=None, probs=None, reason=""):
-    return Prediction(label, score, label is not None, "" if label is not None else reason, "", False, probs)
+    return Answer(label, score, label is not None, "" if label is not None else reason, "", False, probs)
 
 
 def _probs(top: str, p: float) -> dict:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from labeltune import train
+from labeltune.answers import Answer
 from labeltune.config import TrainConfig, resolve
-from labeltune.decode import Prediction, predict
+from labeltune.decode import predict
 from labeltune.export import export_merged16
 from labeltune.run import ADAPTER, open_run
 from labeltune.vllm_engine import VllmEngine, VllmUnavailable, import_vllm
@@ -74,7 +75,7 @@ def texts(merged) -> list[str]:
     return [json.loads(line)["text"] for line in lines if line.strip()]
 
 
-def _compare(mode: str, engine, hf, texts) -> tuple[list[Prediction], list[Prediction], list[str]]:
+def _compare(mode: str, engine, hf, texts) -> tuple[list[Answer], list[Answer], list[str]]:
     """Both engines' predictions in `mode`, and a line per row whose label differs."""
     served = engine.predict(texts, mode)
     reference = predict(hf[0], hf[1], texts, mode=mode)
@@ -112,7 +113,7 @@ def test_generate_mode_parses_like_hf_engine(engine, hf, texts):
 
 
 def test_empty_texts_are_not_decoded(engine, texts):
-    empty = Prediction(None, None, False, "empty_input", "", False)
+    empty = Answer(None, None, False, "empty_input", "", False)
     for mode in ("generate", "constrained", "score"):
         out = engine.predict(["", None, " \n", texts[0]], mode)
         assert out[:3] == [empty] * 3 and out[3].ok, mode
