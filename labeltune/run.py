@@ -12,7 +12,7 @@
       eval/<split>-<mode>-<n>/  one folder per `labeltune evaluate` (EVALS; new_eval_dir): metrics.json,
                        report.md/.html, plots, predictions_*.csv
       metrics.json, report.md, report.html  the latest evaluation's (its report shows that folder's plots)
-      train_log.jsonl, versions.json, training_curves.png
+      train_log.jsonl, versions.json, training_curves.png, tensorboard/ (--report-to tensorboard)
       template.jinja, task.yaml  the run's own copies of its prompt template and task spec
       README.md        an export's model card (labeltune.card)
 
@@ -49,11 +49,12 @@ CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapte
 CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
 TEMPLATE, TASK = "template.jinja", "task.yaml"  # an export's own copies of the template and task spec
 CHECKPOINTS, EVALS = "checkpoints", "eval"
-METRICS, REPORT_MD, REPORT_HTML = "metrics.json", "report.md", "report.html"  # a run's and each eval/ folder's
+METRICS, REPORT_MD, REPORT_HTML = "metrics.json", "report.md", "report.html"  # the run's and each eval/'s
 TRAINING_CURVES = "training_curves.png"  # the report's plot of train_log.jsonl
+TENSORBOARD = "tensorboard"  # train --report-to tensorboard's event files
 DATA_SUMMARY = "summary.json"  # in data/: source, fingerprint, label counts, dropped rows; written last
 MODEL_CARD = "README.md"  # an export's model card (labeltune.card)
-SWEEP_DEV_METRICS, SWEEP_TEST_METRICS = "dev_metrics.json", "test_metrics.json"  # a sweep trial's (labeltune.sweep)
+SWEEP_DEV_METRICS, SWEEP_TEST_METRICS = "dev_metrics.json", "test_metrics.json"  # a sweep trial's (sweep.py)
 # PEFT's and transformers' own names inside adapter/ and model/ (what labeltune reads and hashes there)
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_FILE_PREFIX = "adapter_"  # PEFT's files in adapter/ (the others there are the tokenizer's)
@@ -85,22 +86,23 @@ class RunInfo:
     merged16 export adds merged .. weights_sha256. A run of an earlier version may lack later keys: they
     take the defaults below, which are what the code used when a key was missing."""
 
-    base: str | None = None  # what loads: a preset's model id, a Hugging Face id, a local folder, "base/" (tiny's
-    # own) or "model/" (a merged16 export); None only in a model.json labeltune did not write
-    full_id: str | None = None  # a 4-bit preset's 16-bit model (loaded where 4-bit cannot be); None: it has none
+    # what loads: a preset's model id, a Hugging Face id, a local folder, "base/" (tiny's own) or "model/" (a
+    # merged16 export); None only in a model.json labeltune did not write
+    base: str | None = None
+    full_id: str | None = None  # a 4-bit preset's 16-bit model (loaded where 4-bit cannot be); None: none
     backend: str = "hf"  # hf or unsloth (what trained it; every run loads through hf)
     load_in_4bit: bool = False  # trained on a bitsandbytes NF4 base (a merged16 export: False, it is 16-bit)
-    max_length: int = 512
+    max_length: int = 512  # the config's (512: what a run that did not record it loads with)
     preset: str | None = None  # the model preset's name (labeltune.models.PRESETS)
     world_size: int = 1  # training processes (accelerate launch)
-    score_trained: bool | None = None  # False: no training row had a score; None: not recorded (a task without a
-    # score, or a run of an earlier version), which counts as trained (Run.score_trained)
-    precision: str | None = None  # fp32, fp16 or bf16, the trainer's; None until training starts (readers say
-    # what they assume then)
+    # False: no training row had a score; None: not recorded (a task without a score, or a run of an earlier
+    # version), which counts as trained (Run.score_trained)
+    score_trained: bool | None = None
+    precision: str | None = None  # fp32, fp16 or bf16 (the trainer's); None before training: readers assume
     train_seconds: float | None = None  # the training record, written together at the end of training
     steps: int | None = None
     epochs_run: float | None = None
-    best: dict | None = None  # the kept epoch (train.best_epoch); None: no dev evaluation, the last weights kept
+    best: dict | None = None  # the kept epoch (train.best_epoch); None: no dev evaluation, the last weights
     early_stopped: bool = False
     merged: bool = False  # a merged16 export: model/ instead of adapter/
     merged_dtype: str | None = None
@@ -108,8 +110,9 @@ class RunInfo:
     weights_sha256: str | None = None  # a merged export's weights (run.weights_sha256)
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
 
-    FIRST = ("base", "full_id", "backend", "load_in_4bit", "max_length", "preset", "world_size")  # always written
-    TRAINING = ("train_seconds", "steps", "epochs_run", "best", "early_stopped")  # written once steps is
+    # to_dict: the first record is written always, the training record once it has steps
+    FIRST = ("base", "full_id", "backend", "load_in_4bit", "max_length", "preset", "world_size")
+    TRAINING = ("train_seconds", "steps", "epochs_run", "best", "early_stopped")
 
     @classmethod
     def from_dict(cls, data: dict) -> RunInfo:
@@ -146,7 +149,7 @@ class RunInfo:
     def save(self, run_dir: str | Path) -> None:
         write_inside(run_dir, Path(run_dir) / INFO, json.dumps(self.to_dict(), indent=1))
 
-    # transitional: decode.py / vllm_engine.py still read model.json's keys by name (info.get("preset"),
+    # transitional: vllm_engine.py still reads model.json's keys by name (info.get("preset"),
     # info["full_id"]); remove these two once they read the attributes
     def get(self, key: str, default=None):
         return self.to_dict().get(key, default)
@@ -343,7 +346,7 @@ def base_path(run_dir: str | Path, info: RunInfo | dict | None = None) -> str:
     check_base: a shared run's model.json cannot make labeltune load a folder elsewhere on this machine."""
     info = RunInfo.load(run_dir) if info is None else _typed(info)
     if info.base is None:
-        raise RunError(f"--run {run_dir}: its {INFO} names no base model (it was not written by `labeltune train`)")
+        raise RunError(f"--run {run_dir}: its {INFO} names no base model (not written by `labeltune train`)")
     if info.base == BASE + "/":
         return str(Path(run_dir) / BASE)
     check_base(run_dir, info.base)

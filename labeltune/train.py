@@ -410,7 +410,7 @@ def _train(cfg: TrainConfig) -> Path:
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=extra + ([tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else []),
+        callbacks=extra + ([tensorboard_callback(run_dir / run_files.TENSORBOARD)] if "tensorboard" in tracking and state.is_main_process else []),
     )
     trainer.remove_callback(PrinterCallback)  # raw dicts; Progress says it in words
     full_modules_in_fp32(model, info.precision)  # after TRL's bf16 cast of a 4-bit model's trainable weights
