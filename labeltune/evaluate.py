@@ -39,7 +39,18 @@ from labeltune.metrics import (
 )
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
-from labeltune.run import DATA, check_eval_parent, load_calibration, new_eval_dir, open_run, read_training
+from labeltune.run import (
+    DATA,
+    DATA_SUMMARY,
+    METRICS,
+    REPORT_HTML,
+    check_eval_parent,
+    load_calibration,
+    new_eval_dir,
+    open_run,
+    predictions_file,
+    read_training,
+)
 from labeltune.splits import fingerprint
 
 
@@ -47,7 +58,7 @@ def check_split_unchanged(run) -> None:
     """Refuse to evaluate on a run's split files that differ from the ones it trained with (their fingerprint
     in data/summary.json, written by train): a test split replaced by training rows would score ~1.0. A run
     of an earlier version with no fingerprint recorded is not checked."""
-    summary_path = run.dir / DATA / "summary.json"
+    summary_path = run.dir / DATA / DATA_SUMMARY
     if not summary_path.is_file():
         return
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -97,7 +108,7 @@ def main(cfg) -> dict:
     metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode, "dropped_rows": len(dropped)}
     if cfg.mode == "score":
         metrics["score_estimate"] = cfg.score_estimate
-    metrics["preset"] = run.info.get("preset")
+    metrics["preset"] = run.info.preset
     metrics["label_names"] = {lab.value: lab.name for lab in task.labels}
     if task.score:
         metrics["score_range"] = [task.score.min, task.score.max]
@@ -132,7 +143,7 @@ def main(cfg) -> dict:
         metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends, task.scored_labels)
         metrics[key]["macro_f1_interval"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
         metrics[key].update(calibration_metrics(predictions, gold, temperature if key == "finetuned" else 1.0))
-        write_predictions(out / f"predictions_{key}.csv", examples, predictions)
+        write_predictions(out / predictions_file(key), examples, predictions)
     if biases and cfg.mode == "score":  # the same decode without the biases: argmax of log p + b - b
         unbiased = [argmax_label(p.probs, {k: -v for k, v in biases.items()}) if p.probs else None for p in systems["finetuned"]]
         plain = classification_metrics(gold, unbiased, task.label_values)
@@ -156,14 +167,14 @@ def main(cfg) -> dict:
     warnings += result_warnings(metrics)  # worse than the majority class or the base, or too few rows to tell
     metrics["warnings"] = warnings
     text = json.dumps(metrics, ensure_ascii=False, indent=1)
-    write_inside(out, out / "metrics.json", text)
+    write_inside(out, out / METRICS, text)
     write_report(out, metrics, examples, systems, read_training(run_dir), also_in=run_dir)
-    write_inside(run_dir, run_dir / "metrics.json", text)  # last: the latest evaluation, complete
+    write_inside(run_dir, run_dir / METRICS, text)  # last: the latest evaluation, complete
     print(format_table(metrics))
     for warning in warnings:
         print(f"labeltune: warning: {warning}", file=sys.stderr)
-    print(f"wrote {out}/ (metrics.json, predictions, plots); report: {out / 'report.html'} (latest also in "
-          f"{run_dir / 'report.html'})")
+    print(f"wrote {out}/ (metrics.json, predictions, plots); report: {out / REPORT_HTML} (latest also in "
+          f"{run_dir / REPORT_HTML})")
     print(f"next: labeltune label --run {run_dir} --input posts.csv --output labelled.csv"
           + ("" if cfg.mode == "generate" else f" --mode {cfg.mode}"))
     return metrics

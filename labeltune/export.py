@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from labeltune import gemma3
-from labeltune.card import TASK_FILE, TEMPLATE_FILE, made_from_gemma, model_card
+from labeltune.card import made_from_gemma, model_card
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
 from labeltune.models import (
     bnb_4bit_unavailable,
@@ -35,15 +36,19 @@ from labeltune.run import (
     CALIBRATION,
     CONFIG,
     DATA,
+    DATA_SUMMARY,
     INFO,
     MERGED,
+    MODEL_CARD,
+    PEFT_FILE_PREFIX,
+    TASK,
+    TEMPLATE,
     TRAIN_LOG,
     VERSIONS,
+    RunInfo,
     base_path,
     full_id_path,
     open_run,
-    read_info,
-    write_info,
 )
 from labeltune.task import task_path
 
@@ -53,8 +58,6 @@ FORMATS = ("adapter", "merged16", "gguf")
 # and, from a run of gemma3-270m, the Gemma notice and terms, which must travel with the weights
 RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG, *gemma3.NOTICE_FILES)
 
-
-DATA_SUMMARY = "summary.json"  # what an export keeps of data/ by default: split sizes, label counts, fingerprint
 
 
 def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> None:
@@ -77,9 +80,9 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, out / name)
     run = open_run(run_dir)
-    shutil.copy2(run.template().filename, out / TEMPLATE_FILE)
-    own_task = run_dir / TASK_FILE
-    shutil.copy2(own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task), out / TASK_FILE)
+    shutil.copy2(run.template().filename, out / TEMPLATE)
+    own_task = run_dir / TASK
+    shutil.copy2(own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task), out / TASK)
     if made_from_gemma(run.info) and not all((out / name).is_file() for name in gemma3.NOTICE_FILES):
         gemma3.copy_notice(out)
 
@@ -132,10 +135,10 @@ def export_adapter(run_dir: Path, out: Path, include_data: bool = False) -> None
     out.mkdir(parents=True, exist_ok=True)
     _copy_run_files(run_dir, out, include_data)
     shutil.copytree(run_dir / ADAPTER, out / ADAPTER, dirs_exist_ok=True)
-    info = read_info(run_dir)
-    if info["base"] == BASE + "/":  # tiny: the base travels with the adapter
+    info = RunInfo.load(run_dir)
+    if info.base == BASE + "/":  # tiny: the base travels with the adapter
         shutil.copytree(run_dir / BASE, out / BASE, dirs_exist_ok=True)
-    write_info(out, info)
+    info.save(out)
 
 
 GIB = 1 << 30
@@ -170,7 +173,7 @@ def hub_cache() -> Path:
     return Path(HF_HUB_CACHE)
 
 
-def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
+def check_merge_fits(info: RunInfo, base: str, out: Path, dtype: str) -> None:
     """Refuse a merged16 export this machine cannot hold, before anything is downloaded or loaded, saying
     what it needs: RAM for the streamed merge (labeltune.merge) and disk for the merged checkpoint (plus
     the 16-bit base's download when it is not a local folder)."""
@@ -179,14 +182,14 @@ def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
         needs = needs_for_files(base_files(Path(base)), dtype)
         download = 0
     else:
-        params_b = resolve_preset(info["preset"]).params_b if info.get("preset") else 0.0
+        params_b = resolve_preset(info.preset).params_b if info.preset else 0.0
         if not params_b:
             return  # a model of unknown size: nothing to check against
         # the largest tensor (the embeddings: Gemma 2 9B 256000 x 3584) is at most ~10% of these models,
         # the largest LoRA target (an MLP projection) under 1%; the 16-bit bases are bf16
         needs = needs_for_params(params_b * 1e9, params_b * 1e8, params_b * 1e7, dtype)
         # the base: bf16 safetensors, or a 4-bit checkpoint (NF4 layers, 16-bit embeddings: < 0.7 bytes a parameter)
-        download = int(params_b * 1e9 * (0.7 if info.get("load_in_4bit") else 2))
+        download = int(params_b * 1e9 * (0.7 if info.load_in_4bit else 2))
     problems = []
     ram = available_ram()
     if ram is not None and ram < needs.ram:
@@ -204,7 +207,7 @@ def check_merge_fits(info: dict, base: str, out: Path, dtype: str) -> None:
         problems.append(f"{disk_need / GIB:.1f} GiB of free disk at {out}{what} (free: {disk_out / GIB:.1f} GiB)")
     if problems:
         raise ValueError(
-            f"merged16 export of {info.get('preset') or base} needs " + " and ".join(problems)
+            f"merged16 export of {info.preset or base} needs " + " and ".join(problems)
             + "; free some, export on a larger machine, or use --format adapter (a few MB; labels the same)"
         )
 
@@ -225,10 +228,10 @@ def linear_weights(base_dir: Path) -> frozenset[str]:
                      if isinstance(module, torch.nn.Linear) and module is not head)
 
 
-def merge_base(run_dir: Path, info: dict) -> str:
+def merge_base(run_dir: Path, info: RunInfo) -> str:
     """The checkpoint the merge starts from: the one the run trained on when it trained 4-bit (the LoRA
     weights were learnt against its NF4 weights); else the 16-bit base (a 4-bit preset's full_id)."""
-    if info.get("load_in_4bit"):
+    if info.load_in_4bit:
         return base_path(run_dir, info)
     return full_id_path(run_dir, info) or base_path(run_dir, info)
 
@@ -238,8 +241,8 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_da
     presets merge in a few GiB of RAM. A run trained on a 4-bit base is merged into the weights it
     trained against (dequantised NF4), so the merged model labels as the evaluated run did. Checks the
     machine first (check_merge_fits), then downloads the base's safetensors when it is a hub id."""
-    info = read_info(run_dir)
-    if info.get("load_in_4bit") and (why := bnb_4bit_unavailable(cuda_available())):
+    info = RunInfo.load(run_dir)
+    if info.load_in_4bit and (why := bnb_4bit_unavailable(cuda_available())):
         raise ValueError(f"{run_dir} was trained on a 4-bit base, whose NF4 weights the merge starts from: {why}")
     base = merge_base(run_dir, info)
     check_merge_fits(info, base, out, dtype)
@@ -249,17 +252,17 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_da
 
         base_dir = Path(snapshot_download(base, allow_patterns=["*.safetensors", "*.json"]))
     nf4 = None
-    if info.get("load_in_4bit") and "quantization_config" not in json.loads((base_dir / "config.json").read_text(encoding="utf-8")):
-        nf4 = Nf4(linear_weights(base_dir), LOAD_DTYPE[info.get("precision", "fp32")])
+    if info.load_in_4bit and "quantization_config" not in json.loads((base_dir / "config.json").read_text(encoding="utf-8")):
+        nf4 = Nf4(linear_weights(base_dir), LOAD_DTYPE[info.precision or "fp32"])
     written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype, nf4=nf4,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     for path in (run_dir / ADAPTER).iterdir():  # the run's tokenizer files, as saved beside its adapter
-        if path.is_file() and not path.name.startswith("adapter_") and path.name != "README.md":
+        if path.is_file() and not path.name.startswith(PEFT_FILE_PREFIX) and path.name != MODEL_CARD:
             shutil.copy2(path, out / MERGED / path.name)
     _copy_run_files(run_dir, out, include_data)
-    write_info(out, {**info, "base": MERGED + "/", "merged": True, "merged_dtype": dtype, "load_in_4bit": False,
-                     "merged_from": base + (" (dequantised NF4)" if info.get("load_in_4bit") else ""),
-                     "weights_sha256": files_sha256(written)})
+    replace(info, base=MERGED + "/", merged=True, merged_dtype=dtype, load_in_4bit=False,
+            merged_from=base + (" (dequantised NF4)" if info.load_in_4bit else ""),
+            weights_sha256=files_sha256(written)).save(out)
 
 
 # llama.cpp's converter writes f16 or bf16 (unsloth/save.py save_to_gguf asserts one of the two, 2026.10.7): the
@@ -267,7 +270,7 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_da
 GGUF_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float16"}
 
 
-def gguf_arguments(info: dict, merged_dir: Path, out: Path, quant: str) -> dict:
+def gguf_arguments(info: RunInfo, merged_dir: Path, out: Path, quant: str) -> dict:
     """Keyword arguments of Unsloth's HF-folder-to-GGUF conversion (unsloth.save.save_to_gguf: model_name,
     model_type, model_dtype, is_sentencepiece, model_directory, quantization_method, ..., gguf_directory;
     unsloth/save.py:2133 in 2026.10.7, :2341 in 2026.10.9, called the same way by its save_pretrained_gguf) for
@@ -275,7 +278,7 @@ def gguf_arguments(info: dict, merged_dir: Path, out: Path, quant: str) -> dict:
     it trained against, so the GGUF starts from the weights the run was evaluated with)."""
     config = json.loads((merged_dir / "config.json").read_text(encoding="utf-8"))
     return {"model_name": str(merged_dir), "model_type": config["model_type"],
-            "model_dtype": GGUF_DTYPE[info.get("precision", "fp16")], "is_sentencepiece": False,
+            "model_dtype": GGUF_DTYPE[info.precision or "fp16"], "is_sentencepiece": False,
             "model_directory": str(merged_dir), "quantization_method": [quant.lower()], "gguf_directory": str(out)}
 
 
@@ -290,11 +293,11 @@ def export_gguf(run_dir: Path, out: Path, quant: str, convert=None, include_data
             "`pip install -e '.[gpu]'`. Here: export --format merged16, then run llama.cpp's "
             "convert_hf_to_gguf.py and llama-quantize on <output>/model."
         )
-    info = read_info(run_dir)
+    info = RunInfo.load(run_dir)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     merged = partial / "merged16"
-    export_merged16(run_dir, merged, GGUF_DTYPE[info.get("precision", "fp16")])
+    export_merged16(run_dir, merged, GGUF_DTYPE[info.precision or "fp16"])
     if convert is None:
         import_unsloth()  # before trl/transformers/peft are patched by anything else in a fresh process
         from unsloth.save import save_to_gguf as convert
@@ -327,7 +330,7 @@ def main(cfg) -> Path:
     else:
         export_gguf(run_dir, out, cfg.quant, include_data=cfg.include_data)
     if cfg.format != "gguf":
-        (out / "README.md").write_text(model_card(run_dir, out, cfg.format), encoding="utf-8")
+        (out / MODEL_CARD).write_text(model_card(run_dir, out, cfg.format), encoding="utf-8")
     print(f"exported {run_dir} as {cfg.format} -> {out}" + ("" if cfg.format == "gguf" else " (model card: README.md)")
           + ("; with its data splits (--include-data)" if cfg.include_data else
              "; without its training data (data/summary.json only; --include-data adds the splits)"))
@@ -337,5 +340,5 @@ def main(cfg) -> Path:
         print(f"next: load the .gguf file in {out} with llama.cpp (llama-cli -m <file>)")
     else:
         print(f"next: labeltune label --run {out} --input posts.csv --output labelled.csv, or from Python "
-              f"labeltune.load_run(\"{out}\").predict([...]); transformers/PEFT: see {out / 'README.md'}")
+              f"labeltune.load_run(\"{out}\").predict([...]); transformers/PEFT: see {out / MODEL_CARD}")
     return out

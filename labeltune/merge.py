@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from labeltune.run import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 SHARD_BYTES = 2 << 30  # output shard size (files are written tensor by tensor: no memory cost)
 ADAPTER_PREFIX = "base_model.model."
 DTYPES = ("float16", "bfloat16")
@@ -163,11 +165,11 @@ def read_adapter(adapter_dir: Path) -> tuple[dict, dict, float]:
     """(LoRA pairs: base tensor name -> (A, B), full tensors: base tensor name -> tensor, scale)."""
     from safetensors.torch import load_file
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     scale = _adapter_scales(config)
     pairs: dict[str, dict] = {}
     full: dict = {}
-    for key, tensor in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+    for key, tensor in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items():
         name = key.removeprefix(ADAPTER_PREFIX)
         for part in ("lora_A", "lora_B"):
             marker = f".{part}.weight"

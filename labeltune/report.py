@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from labeltune.atomic import write_inside
+from labeltune.run import REPORT_HTML, REPORT_MD, TRAINING_CURVES
 
 # The HTML's font stack: Japanese fonts of Linux/Android, macOS/iOS and Windows, then the browser's default,
 # then colour emoji fonts (SNS posts carry emoji, which no Japanese font has)
@@ -283,8 +284,8 @@ def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[s
         "biases": bias_rows(metrics),
     }
     if training and training["log"]:
-        text = plot_training(training["log"], training["best"], run_dir / "training_curves.png")
-        context["training"] = {"png": "training_curves.png", "text": text}
+        text = plot_training(training["log"], training["best"], run_dir / TRAINING_CURVES)
+        context["training"] = {"png": TRAINING_CURVES, "text": text}
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         context["forgetting"] = {
@@ -420,8 +421,8 @@ def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: di
     if also_in is not None:
         targets.append((Path(also_in), Path(os.path.relpath(out_dir, also_in)).as_posix() + "/"))
     for folder, assets in targets:
-        write_inside(folder, folder / "report.md", render_markdown(context, assets))  # never through a link
-        write_inside(folder, folder / "report.html", render_html("report.html.jinja", {**context, "assets": assets}))
+        write_inside(folder, folder / REPORT_MD, render_markdown(context, assets))  # never through a link
+        write_inside(folder, folder / REPORT_HTML, render_html("report.html.jinja", {**context, "assets": assets}))
 
 def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
     plt = _pyplot()

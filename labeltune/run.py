@@ -12,7 +12,9 @@
       eval/<split>-<mode>-<n>/  one folder per `labeltune evaluate` (EVALS; new_eval_dir): metrics.json,
                        report.md/.html, plots, predictions_*.csv
       metrics.json, report.md, report.html  the latest evaluation's (its report shows that folder's plots)
-      train_log.jsonl, versions.json
+      train_log.jsonl, versions.json, training_curves.png, tensorboard/ (--report-to tensorboard)
+      template.jinja, task.yaml  the run's own copies of its prompt template and task spec
+      README.md        an export's model card (labeltune.card)
 
 Trained runs and exports (adapter, merged16) are all runs. ``open_run`` reads what is cheap (config,
 task, template, model.json); ``Run.load`` adds the model, its tokenizer and the prompter, always
@@ -25,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from labeltune.atomic import make_dir_inside, write_inside
@@ -47,6 +49,26 @@ CONFIG, INFO, ADAPTER, BASE, MERGED, DATA = "config.yaml", "model.json", "adapte
 CALIBRATION, TRAIN_LOG, VERSIONS = "calibration.json", "train_log.jsonl", "versions.json"
 TEMPLATE, TASK = "template.jinja", "task.yaml"  # an export's own copies of the template and task spec
 CHECKPOINTS, EVALS = "checkpoints", "eval"
+METRICS, REPORT_MD, REPORT_HTML = "metrics.json", "report.md", "report.html"  # the run's and each eval/'s
+TRAINING_CURVES = "training_curves.png"  # the report's plot of train_log.jsonl
+TENSORBOARD = "tensorboard"  # train --report-to tensorboard's event files
+DATA_SUMMARY = "summary.json"  # in data/: source, fingerprint, label counts, dropped rows; written last
+MODEL_CARD = "README.md"  # an export's model card (labeltune.card)
+SWEEP_DEV_METRICS, SWEEP_TEST_METRICS = "dev_metrics.json", "test_metrics.json"  # a sweep trial's (sweep.py)
+# PEFT's and transformers' own names inside adapter/ and model/ (what labeltune reads and hashes there)
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+PEFT_FILE_PREFIX = "adapter_"  # PEFT's files in adapter/ (the others there are the tokenizer's)
+MERGED_WEIGHTS = "model.safetensors"  # a single-shard merged model (merge.py names the shards of larger ones)
+
+
+def split_file(name: str) -> str:
+    """A split's file in data/ (train, dev, test)."""
+    return f"{name}.jsonl"
+
+
+def predictions_file(system: str) -> str:
+    """An evaluation's predictions of one system (finetuned, base, majority ...) in its eval/ folder."""
+    return f"predictions_{system}.csv"
 
 
 class RunError(ValueError):
@@ -57,16 +79,83 @@ class MissingRunFile(RunError, FileNotFoundError):
     pass
 
 
-def read_info(run_dir: str | Path) -> dict:
-    """model.json of a run; a folder without one is not a run (MissingRunFile)."""
-    path = Path(run_dir) / INFO
-    if not path.is_file():
-        raise MissingRunFile(f"{run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
-    return json.loads(path.read_text(encoding="utf-8"))
+@dataclass
+class RunInfo:
+    """model.json: what a run was trained on and how. `train` writes the first record before the model loads
+    (base .. world_size, score_trained), the training record at the end (precision .. early_stopped); a
+    merged16 export adds merged .. weights_sha256. A run of an earlier version may lack later keys: they
+    take the defaults below, which are what the code used when a key was missing."""
 
+    # what loads: a preset's model id, a Hugging Face id, a local folder, "base/" (tiny's own) or "model/" (a
+    # merged16 export); None only in a model.json labeltune did not write
+    base: str | None = None
+    full_id: str | None = None  # a 4-bit preset's 16-bit model (loaded where 4-bit cannot be); None: none
+    backend: str = "hf"  # hf or unsloth (what trained it; every run loads through hf)
+    load_in_4bit: bool = False  # trained on a bitsandbytes NF4 base (a merged16 export: False, it is 16-bit)
+    max_length: int = 512  # the config's (512: what a run that did not record it loads with)
+    preset: str | None = None  # the model preset's name (labeltune.models.PRESETS)
+    world_size: int = 1  # training processes (accelerate launch)
+    # False: no training row had a score; None: not recorded (a task without a score, or a run of an earlier
+    # version), which counts as trained (Run.score_trained)
+    score_trained: bool | None = None
+    precision: str | None = None  # fp32, fp16 or bf16 (the trainer's); None before training: readers assume
+    train_seconds: float | None = None  # the training record, written together at the end of training
+    steps: int | None = None
+    epochs_run: float | None = None
+    best: dict | None = None  # the kept epoch (train.best_epoch); None: no dev evaluation, the last weights
+    early_stopped: bool = False
+    merged: bool = False  # a merged16 export: model/ instead of adapter/
+    merged_dtype: str | None = None
+    merged_from: str | None = None
+    weights_sha256: str | None = None  # a merged export's weights (run.weights_sha256)
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
 
-def write_info(run_dir: str | Path, info: dict) -> None:
-    write_inside(run_dir, Path(run_dir) / INFO, json.dumps(info, indent=1))
+    # to_dict: the first record is written always, the training record once it has steps
+    FIRST = ("base", "full_id", "backend", "load_in_4bit", "max_length", "preset", "world_size")
+    TRAINING = ("train_seconds", "steps", "epochs_run", "best", "early_stopped")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunInfo:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """model.json's keys as labeltune writes them: the first record always; score_trained, precision and
+        the merged16 keys when set; the training record once training finished; unknown keys last."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra":
+                continue
+            if f.name in self.TRAINING:
+                written = self.steps is not None
+            elif f.name == "merged":
+                written = value
+            else:
+                written = f.name in self.FIRST or value is not None
+            if written:
+                out[f.name] = value
+        return {**out, **self.extra}
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunInfo:
+        """model.json of a run; a folder without one is not a run (MissingRunFile)."""
+        path = Path(run_dir) / INFO
+        if not path.is_file():
+            raise MissingRunFile(f"{run_dir}: no {INFO} (is this a run directory made by `labeltune train`?)")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def save(self, run_dir: str | Path) -> None:
+        write_inside(run_dir, Path(run_dir) / INFO, json.dumps(self.to_dict(), indent=1))
+
+    # transitional: vllm_engine.py still reads model.json's keys by name (info.get("preset"),
+    # info["full_id"]); remove these two once they read the attributes
+    def get(self, key: str, default=None):
+        return self.to_dict().get(key, default)
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
@@ -87,8 +176,8 @@ def read_training(run_dir: str | Path) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         log = [json.loads(line) for line in f if line.strip()]
-    info = read_info(run_dir) if (Path(run_dir) / INFO).is_file() else {}
-    return {"log": log, "best": info.get("best")}
+    info = RunInfo.load(run_dir) if (Path(run_dir) / INFO).is_file() else RunInfo()
+    return {"log": log, "best": info.best}
 
 
 def load_calibration(run_dir: str | Path) -> tuple[float, dict[str, float] | None]:
@@ -146,13 +235,13 @@ def save_temperature(run_dir: str | Path, result: dict) -> None:
 class Run:
     dir: Path
     config: TrainConfig
-    info: dict
+    info: RunInfo
     task: TaskSpec
 
     @property
     def merged(self) -> bool:
         """A merged16 export: no adapter to switch off, so no base-model comparison."""
-        return bool(self.info.get("merged"))
+        return self.info.merged
 
     def template(self):
         """The run's prompt template: its own copy (TEMPLATE; train and export write one), so a run of a
@@ -183,10 +272,10 @@ class Run:
     def score_trained(self) -> bool:
         """Whether training taught the task's score (False: no training row had one, so the model writes 0 and
         labeltune leaves the score empty); runs of earlier versions: True."""
-        return self.task.score is not None and self.info.get("score_trained", True)
+        return self.task.score is not None and self.info.score_trained is not False
 
     def split(self, name: str) -> Path:
-        return self.dir / DATA / f"{name}.jsonl"
+        return self.dir / DATA / split_file(name)
 
     def held_split(self, name: str, verb: str) -> Path:
         """The split file `verb` reads, or a one-line ValueError: an export carries no splits unless it was
@@ -202,7 +291,7 @@ class Run:
         in data/summary.json (all an export keeps by default)."""
         if self.split("train").is_file():
             return [str(row["label"]) for row in iter_rows(self.split("train"))]
-        summary = self.dir / DATA / "summary.json"
+        summary = self.dir / DATA / DATA_SUMMARY
         counts = json.loads(summary.read_text(encoding="utf-8")).get("counts", {}).get("train", {}) if summary.is_file() else {}
         return [label for label, n in counts.items() for _ in range(int(n))]
 
@@ -218,7 +307,7 @@ def open_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     own = run_dir / TASK  # an export's own copy of the task spec (see Run.template)
-    return Run(run_dir, config, read_info(run_dir), load_task(str(own) if own.is_file() else config.task))
+    return Run(run_dir, config, RunInfo.load(run_dir), load_task(str(own) if own.is_file() else config.task))
 
 
 def file_sha256(path: Path) -> str:
@@ -233,14 +322,14 @@ def weights_sha256(run_dir: Path) -> str:
     """Digest of the run's trained weights: its adapter, or a merged export's (recorded at export time,
     where the weights may be many shards)."""
     run_dir = Path(run_dir)
-    weights = run_dir / ADAPTER / "adapter_model.safetensors"
+    weights = run_dir / ADAPTER / ADAPTER_WEIGHTS
     if weights.is_file():
         return file_sha256(weights)
-    info = read_info(run_dir) if (run_dir / INFO).is_file() else {}
-    if info.get("merged") and info.get("weights_sha256"):
-        return info["weights_sha256"]
-    if (run_dir / MERGED / "model.safetensors").is_file():  # a merged export of an earlier version
-        return file_sha256(run_dir / MERGED / "model.safetensors")
+    info = RunInfo.load(run_dir) if (run_dir / INFO).is_file() else RunInfo()
+    if info.merged and info.weights_sha256:
+        return info.weights_sha256
+    if (run_dir / MERGED / MERGED_WEIGHTS).is_file():  # a merged export of an earlier version
+        return file_sha256(run_dir / MERGED / MERGED_WEIGHTS)
     raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
 
 
@@ -248,22 +337,30 @@ TRUSTED_BASES = "LABELTUNE_TRUSTED_BASES"  # env: local base folders outside a r
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def base_path(run_dir: str | Path, info: dict | None = None) -> str:
+def _typed(info: RunInfo | dict) -> RunInfo:
+    # transitional: vllm_engine.plan (and its tests) still hand model.json as a dict
+    return RunInfo.from_dict(info) if isinstance(info, dict) else info
+
+
+def base_path(run_dir: str | Path, info: RunInfo | dict | None = None) -> str:
     """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time, after
     check_base: a shared run's model.json cannot make labeltune load a folder elsewhere on this machine."""
-    info = read_info(run_dir) if info is None else info
-    if info["base"] == BASE + "/":
+    info = RunInfo.load(run_dir) if info is None else _typed(info)
+    if info.base is None:
+        raise RunError(f"--run {run_dir}: its {INFO} names no base model (not written by `labeltune train`)")
+    if info.base == BASE + "/":
         return str(Path(run_dir) / BASE)
-    check_base(run_dir, info["base"])
-    return resolve_base(info["base"])
+    check_base(run_dir, info.base)
+    return resolve_base(info.base)
 
 
-def full_id_path(run_dir: str | Path, info: dict) -> str | None:
+def full_id_path(run_dir: str | Path, info: RunInfo | dict) -> str | None:
     """A 4-bit run's 16-bit base (its preset's full_id), after check_base; None when it has none."""
-    if not info.get("full_id"):
+    info = _typed(info)
+    if not info.full_id:
         return None
-    check_base(run_dir, info["full_id"])
-    return resolve_base(info["full_id"])
+    check_base(run_dir, info.full_id)
+    return resolve_base(info.full_id)
 
 
 def trusted_bases_file() -> Path:
@@ -361,9 +458,9 @@ def load_run_files(run_dir: str | Path, merge: bool = False, adapter: Path | Non
     from peft import PeftModel
 
     run_dir = Path(run_dir)
-    info = read_info(run_dir)
+    info = RunInfo.load(run_dir)
     check_no_pickles(run_dir)
-    if info.get("merged"):
+    if info.merged:
         model, tokenizer = load_base(str(run_dir / MERGED), "hf", load_in_4bit=False)
         check_not_patched_by_unsloth(model)
         model.eval()
@@ -371,18 +468,18 @@ def load_run_files(run_dir: str | Path, merge: bool = False, adapter: Path | Non
     adapter = Path(adapter) if adapter is not None else run_dir / ADAPTER
     if not adapter.is_dir():
         raise MissingRunFile(f"{run_dir}: no {adapter.name}/ (did `labeltune train` finish?)")
-    base, four_bit = base_path(run_dir, info), bool(info.get("load_in_4bit"))
+    base, four_bit = base_path(run_dir, info), bool(info.load_in_4bit)
     why = bnb_4bit_unavailable(cuda_available()) if four_bit else None
     full = full_id_path(run_dir, info) if why else None
     if why and full:
         import warnings
 
-        warnings.warn(f"{run_dir} was trained on a 4-bit base; {why}: loading the 16-bit {info['full_id']} in "
+        warnings.warn(f"{run_dir} was trained on a 4-bit base; {why}: loading the 16-bit {info.full_id} in "
                       "full precision instead (labels may differ slightly from the run's evaluation)", stacklevel=2)
         base, four_bit = full, False
     elif why:
         raise RunError(f"--run {run_dir} was trained on a 4-bit base, and loading it here needs 4-bit: {why}")
-    model, tokenizer = load_base(base, "hf", info.get("max_length", 512), four_bit, tokenizer_from=adapter)
+    model, tokenizer = load_base(base, "hf", info.max_length, four_bit, tokenizer_from=adapter)
     check_not_patched_by_unsloth(model)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))

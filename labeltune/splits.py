@@ -28,6 +28,7 @@ from labeltune.data import (
     load_examples,
     write_jsonl,
 )
+from labeltune.run import DATA_SUMMARY, split_file
 from labeltune.task import TaskSpec
 
 # ---------------------------------------------------------------- splitting and leakage
@@ -164,7 +165,7 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
     `data_dir`; summary.json is written last, so its presence means the split is complete."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, examples in splits.items():
-        write_jsonl(examples, data_dir / f"{name}.jsonl")
+        write_jsonl(examples, data_dir / split_file(name))
     summary = {
         "source": str(cfg.data),
         "fingerprint": fingerprint(splits),
@@ -173,7 +174,7 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
         "leaks": [vars(lk) for lk in leaks],
         "leakage_policy": cfg.leakage,
     }
-    (data_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    (data_dir / DATA_SUMMARY).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     return summary
 
 
@@ -218,8 +219,8 @@ def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
     """Split `cfg.data` as `labeltune train` does (leakage policy, --limit) into `data_dir` unless a
     complete split is already there; returns its summary. sweep and compare hand this folder to every
     run (see on_split_folder), so all of them train and are measured on the same rows."""
-    if (data_dir / "summary.json").is_file():
-        return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
+    if (data_dir / DATA_SUMMARY).is_file():
+        return json.loads((data_dir / DATA_SUMMARY).read_text(encoding="utf-8"))
     return write_splits(cfg, *make_splits(cfg, task), data_dir)
 
 

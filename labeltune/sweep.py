@@ -36,7 +36,7 @@ from labeltune.metrics import system_metrics
 from labeltune.presets import resolve_preset
 from labeltune.prompts import load_template
 from labeltune.report import format_cell, md_table
-from labeltune.run import load_config, open_run
+from labeltune.run import DATA, DATA_SUMMARY, SWEEP_DEV_METRICS, SWEEP_TEST_METRICS, load_config, open_run
 from labeltune.splits import make_splits, on_split_folder, write_splits
 from labeltune.task import load_task
 
@@ -102,8 +102,8 @@ def prepare_split(cfg: SweepConfig, out: Path) -> TrainConfig:
     """Split the data once into <output>/data (read and checked before sweep.yaml, the first file, is
     written); returns the shared TrainConfig pointing at it."""
     base = resolve(TrainConfig, None, cfg.train)
-    data_dir = out / "data"
-    split = None if (data_dir / "summary.json").is_file() else make_splits(base, load_task(base.task))
+    data_dir = out / DATA
+    split = None if (data_dir / DATA_SUMMARY).is_file() else make_splits(base, load_task(base.task))
     out.mkdir(parents=True, exist_ok=True)
     save(cfg, out / SAVED)
     if split is not None:
@@ -121,13 +121,13 @@ def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
     predictions = predict(model, prompter, [ex.text for ex in examples], None, batch_size, mode)
     metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, run.task.label_values,
                              run.task.score_ends, run.task.scored_labels)
-    metrics["train_seconds"] = run.info.get("train_seconds")
+    metrics["train_seconds"] = run.info.train_seconds
     return metrics
 
 
 def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig) -> dict:
     """Train + dev-evaluate one trial, or load it when it is already done."""
-    done = run_dir / "dev_metrics.json"
+    done = run_dir / SWEEP_DEV_METRICS
     if done.is_file():
         print(f"sweep: {run_dir.name} done before, not trained again")
         return json.loads(done.read_text(encoding="utf-8"))
@@ -145,7 +145,7 @@ def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig
 
 def evaluate_best(run_dir: Path, cfg: SweepConfig) -> dict:
     """The best trial on test through `labeltune evaluate` (report in its run directory)."""
-    path = run_dir / "test_metrics.json"
+    path = run_dir / SWEEP_TEST_METRICS
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     metrics = evaluate.main(resolve(EvalConfig, None, {

@@ -137,19 +137,20 @@ def read_data(cfg: TrainConfig, task, run_dir: Path) -> tuple[dict, list[dict], 
     splits, dropped, leaks = make_splits(cfg, task, warnings)
     if dropped:
         warnings.append(data_mod.dropped_summary(dropped, sum(map(len, splits.values())) + len(dropped))
-                        + f" (each with its reason in {run_dir / run_files.DATA / 'summary.json'})")
+                        + f" (each with its reason in {run_dir / run_files.DATA / run_files.DATA_SUMMARY})")
     if leaks and cfg.leakage != "error":
         what = "removed from train" if cfg.leakage == "drop" else "left in train (--leakage allow)"
         warnings.append(f"{len(leaks)} dev/test rows duplicate training rows: {what}")
     return splits, dropped, leaks, warnings
 
 
-def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: dict, data: tuple, run_dir: Path) -> None:
+def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: run_files.RunInfo, data: tuple,
+                  run_dir: Path) -> None:
     """Everything of the run directory before training: model.json first (the folder is ours from then
     on), config, splits, versions and, for tiny, the base model built from the rendered training prompts."""
     splits, dropped, leaks = data
     (run_dir / run_files.DATA).mkdir(parents=True, exist_ok=True)
-    run_files.write_info(run_dir, info)
+    info.save(run_dir)
     save(cfg, run_dir / run_files.CONFIG)
     write_splits(cfg, splits, dropped, leaks, run_dir / run_files.DATA)
     (run_dir / run_files.VERSIONS).write_text(json.dumps(package_versions(), indent=1), encoding="utf-8")
@@ -265,9 +266,9 @@ def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     source = (run_dir / run_files.CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}"
               if best and (model is None or not best["is_last_step"]) else None)
-    if source is not None and (source / "adapter_model.safetensors").is_file():
+    if source is not None and (source / run_files.ADAPTER_WEIGHTS).is_file():
         tmp.mkdir(parents=True)
-        for name in ("adapter_model.safetensors", "adapter_config.json"):
+        for name in (run_files.ADAPTER_WEIGHTS, run_files.ADAPTER_CONFIG):
             shutil.copy2(source / name, tmp / name)
     else:
         model.save_pretrained(tmp)
@@ -275,7 +276,8 @@ def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     os.replace(tmp, run_dir / run_files.ADAPTER)
 
 
-def save_run(state, model, tokenizer, info: dict, run_dir: Path, metric: str, seconds: float, warnings: list[str]) -> None:
+def save_run(state, model, tokenizer, info: run_files.RunInfo, run_dir: Path, metric: str, seconds: float,
+             warnings: list[str]) -> None:
     """The adapter of the best epoch (+ tokenizer), the training log and model.json's training record
     (steps, seconds, which epoch was kept and why); then the warnings and the next command. `state`: the
     Trainer's state."""
@@ -284,12 +286,12 @@ def save_run(state, model, tokenizer, info: dict, run_dir: Path, metric: str, se
         for record in state.log_history:
             f.write(json.dumps(record) + "\n")
     stopped = any(r.get("early_stop") for r in state.log_history)
-    info.update(train_seconds=round(seconds, 1), steps=state.global_step, epochs_run=round(state.epoch or 0, 4),
-                best=best, early_stopped=stopped)
-    run_files.write_info(run_dir, info)
+    info.train_seconds, info.steps = round(seconds, 1), state.global_step
+    info.epochs_run, info.best, info.early_stopped = round(state.epoch or 0, 4), best, stopped
+    info.save(run_dir)
     save_adapter(model, tokenizer, run_dir, best)  # last: adapter/ is what makes the run finished
     checkpoints.finish(run_dir / run_files.CHECKPOINTS)
-    print(f"trained {state.global_step} steps in {seconds:.0f}s on {info['backend']}/{info['precision']} -> {run_dir}")
+    print(f"trained {state.global_step} steps in {seconds:.0f}s on {info.backend}/{info.precision} -> {run_dir}")
     if best:
         print(f"kept epoch {best['epoch']:g}: {best['why']}" + ("; stopped early" if stopped else ""))
     for warning in warnings:
@@ -310,7 +312,7 @@ def check_resume(cfg: TrainConfig, run_dir: Path, splits: dict) -> None:
         raise ValueError(f"{run_dir} is an unfinished run started with other options: " + "; ".join(changed)
                          + ". Rerun with the run's options (its config.yaml: --config " + str(run_dir / run_files.CONFIG)
                          + ") to resume it, or choose another --output")
-    summary = json.loads((run_dir / run_files.DATA / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((run_dir / run_files.DATA / run_files.DATA_SUMMARY).read_text(encoding="utf-8"))
     if summary.get("fingerprint") != fingerprint(splits):
         raise ValueError(f"{run_dir} is an unfinished run whose data has changed since it started ({cfg.data} no "
                          "longer gives the same train/dev/test rows); restore the data, or choose another --output")
@@ -391,14 +393,14 @@ def _train(cfg: TrainConfig) -> Path:
     if state.num_processes > 1 and backend == "unsloth":
         raise ValueError("multi-process training runs on the hf backend: add --backend hf")
     four_bit = select_4bit(cfg.load_in_4bit, cuda, preset)
-    info = {
-        "base": base_to_load(preset, four_bit) or run_files.BASE + "/",
-        "full_id": preset.full_id, "backend": backend, "load_in_4bit": four_bit,
-        "max_length": cfg.max_length, "preset": preset.name, "world_size": state.num_processes,
-    }
+    info = run_files.RunInfo(
+        base=base_to_load(preset, four_bit) or run_files.BASE + "/",
+        full_id=preset.full_id, backend=backend, load_in_4bit=four_bit,
+        max_length=cfg.max_length, preset=preset.name, world_size=state.num_processes,
+    )
     if task.score is not None:
-        info["score_trained"] = any(ex.score is not None for ex in splits["train"])
-        if not info["score_trained"] and state.is_main_process:
+        info.score_trained = any(ex.score is not None for ex in splits["train"])
+        if not info.score_trained and state.is_main_process:
             print(f"labeltune: note: no training row has a score (no {cfg.score_column!r} column, or it is empty): the model "
                   f"learns the labels only, and label/predict leave its score empty; add a "
                   f"{task.score.min}-{task.score.max} score column (--score-column) to train the score", file=sys.stderr)
@@ -408,8 +410,8 @@ def _train(cfg: TrainConfig) -> Path:
         if fresh:
             write_run_dir(cfg, preset, task, template, info, (splits, dropped, leaks), run_dir)
 
-    if info["base"] != run_files.BASE + "/" and Path(info["base"]).exists():
-        run_files.trust_base(info["base"])  # the user named this folder: runs of it load on this machine
+    if info.base != run_files.BASE + "/" and Path(info.base).exists():
+        run_files.trust_base(info.base)  # the user named this folder: runs of it load on this machine
     try:  # loading the model: a failure here leaves no half-made run that would refuse the next attempt
         model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit,
                                      precision=None if backend == "unsloth" and cfg.dtype == "auto" else precision)
@@ -425,7 +427,7 @@ def _train(cfg: TrainConfig) -> Path:
         if fresh:
             remove_new_files(run_dir, before)
         raise
-    info["precision"] = trainer_precision(backend, model, precision)  # matches the model unsloth/hf loaded
+    info.precision = trainer_precision(backend, model, precision)  # matches the model unsloth/hf loaded
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     metric, scoring = cfg.best_metric, dev_scoring(backend, cfg.best_metric, dev_ds is not None)
     if scoring == "after" and state.is_main_process:
@@ -442,15 +444,15 @@ def _train(cfg: TrainConfig) -> Path:
         extra.insert(0, EarlyStopOnLoss(cfg.early_stopping_patience, progress.write))
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(cfg, preset, backend, info["precision"], tracking, run_dir, cuda, state.num_processes, dev_ds is not None),
+        args=sft_config(cfg, preset, backend, info.precision, tracking, run_dir, cuda, state.num_processes, dev_ds is not None),
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=extra + ([tensorboard_callback(run_dir / "tensorboard")] if "tensorboard" in tracking and state.is_main_process else []),
+        callbacks=extra + ([tensorboard_callback(run_dir / run_files.TENSORBOARD)] if "tensorboard" in tracking and state.is_main_process else []),
     )
     trainer.remove_callback(PrinterCallback)  # raw dicts; Progress says it in words
-    full_modules_in_fp32(model, info["precision"])  # after TRL's bf16 cast of a 4-bit model's trainable weights
+    full_modules_in_fp32(model, info.precision)  # after TRL's bf16 cast of a 4-bit model's trainable weights
     resume_from = checkpoints.latest_complete(run_dir / run_files.CHECKPOINTS) if resuming else None
     if resuming and state.is_main_process:
         checkpoints.remove_incomplete(run_dir / run_files.CHECKPOINTS)

@@ -134,11 +134,15 @@ def test_notice_files_are_written(tmp_path):
 
 def test_only_gemma3_runs_carry_the_terms():
     from labeltune.card import made_from_gemma
+    from labeltune.run import RunInfo
 
-    assert made_from_gemma({"base": "gemma3-270m", "preset": "gemma3-270m"})
-    assert made_from_gemma({"base": "model/", "full_id": "gemma3-270m", "preset": "gemma3-270m", "merged": True})
-    assert not made_from_gemma({"base": "base/", "preset": "tiny"})
-    assert not made_from_gemma({"base": "unsloth/gemma-2-2b-bnb-4bit", "full_id": "unsloth/gemma-2-2b", "preset": "gemma2-2b"})
+    def made(info: dict) -> bool:
+        return made_from_gemma(RunInfo.from_dict(info))
+
+    assert made({"base": "gemma3-270m", "preset": "gemma3-270m"})
+    assert made({"base": "model/", "full_id": "gemma3-270m", "preset": "gemma3-270m", "merged": True})
+    assert not made({"base": "base/", "preset": "tiny"})
+    assert not made({"base": "unsloth/gemma-2-2b-bnb-4bit", "full_id": "unsloth/gemma-2-2b", "preset": "gemma2-2b"})
 
 
 # ---------------------------------------------------------------- a stand-in base: the preset's run, exports, card

@@ -131,8 +131,9 @@ def test_merged16_of_a_9b_preset_is_refused_when_memory_is_short(tmp_path, monke
 def test_merged16_of_a_9b_preset_fits_a_colab_vm_and_checks_disk(tmp_path, monkeypatch):
     """Streamed, the 9B merge needs well under a free Colab VM's ~12.7 GB; a short disk is refused too."""
     from labeltune import export
+    from labeltune.run import RunInfo
 
-    info = {"preset": "gemma2-9b", "full_id": "unsloth/gemma-2-9b"}
+    info = RunInfo(preset="gemma2-9b", full_id="unsloth/gemma-2-9b")
     monkeypatch.setattr(export, "available_ram", lambda: 11 << 30)
     monkeypatch.setattr(export, "free_disk", lambda path: 500 << 30)
     export.check_merge_fits(info, "unsloth/gemma-2-9b", tmp_path / "out", "float16")  # fits

@@ -275,12 +275,12 @@ def test_gguf_export_converts_the_merged16_weights_the_run_was_evaluated_with(ru
     failure is one line and keeps the merged export."""
     from labeltune import export
     from labeltune.merge import files_sha256
-    from labeltune.run import MERGED, read_info
+    from labeltune.run import MERGED, RunInfo
 
     monkeypatch.setattr(export, "cuda_available", lambda: True)  # the probes a GPU machine answers
     monkeypatch.setattr(export, "unsloth_installed", lambda: True)
-    info = read_info(run_dir)
-    dtype = export.GGUF_DTYPE[info["precision"]]
+    info = RunInfo.load(run_dir)
+    dtype = export.GGUF_DTYPE[info.precision]
     export.export_merged16(run_dir, tmp_path / "reference", dtype)
     reference = files_sha256(sorted((tmp_path / "reference" / MERGED).glob("*.safetensors")))
     seen = {}

@@ -38,14 +38,14 @@ def _error(proc: subprocess.CompletedProcess) -> str:
 def _untrained_run(out: Path) -> Path:
     """A run directory as train writes it before the model loads (config, model.json, data/ split from the
     sample with its fingerprint), without adapter or training."""
-    from labeltune.run import write_info
+    from labeltune.run import RunInfo
     from labeltune.splits import make_splits, write_splits
     from labeltune.task import load_task
 
     cfg = resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "limit": 48})
     cfg = replace(cfg, template=load_task(cfg.task).default_template)  # as train resolves it
     out.mkdir(parents=True)
-    write_info(out, {"base": "base/", "backend": "hf", "load_in_4bit": False, "preset": "tiny"})
+    RunInfo.from_dict({"base": "base/", "backend": "hf", "load_in_4bit": False, "preset": "tiny"}).save(out)
     save(cfg, out / "config.yaml")
     write_splits(cfg, *make_splits(cfg, load_task(cfg.task)), out / "data")
     (out / "adapter").mkdir()
