@@ -149,14 +149,6 @@ class RunInfo:
     def save(self, run_dir: str | Path) -> None:
         write_inside(run_dir, Path(run_dir) / INFO, json.dumps(self.to_dict(), indent=1))
 
-    # transitional: vllm_engine.py still reads model.json's keys by name (info.get("preset"),
-    # info["full_id"]); remove these two once they read the attributes
-    def get(self, key: str, default=None):
-        return self.to_dict().get(key, default)
-
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
 
 def load_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig a run directory was trained with; a path that is not a run says so."""
@@ -337,15 +329,10 @@ TRUSTED_BASES = "LABELTUNE_TRUSTED_BASES"  # env: local base folders outside a r
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def _typed(info: RunInfo | dict) -> RunInfo:
-    # transitional: vllm_engine.plan (and its tests) still hand model.json as a dict
-    return RunInfo.from_dict(info) if isinstance(info, dict) else info
-
-
-def base_path(run_dir: str | Path, info: RunInfo | dict | None = None) -> str:
+def base_path(run_dir: str | Path, info: RunInfo | None = None) -> str:
     """Where a run's base model lives: its own `base/` (tiny) or the id recorded at training time, after
     check_base: a shared run's model.json cannot make labeltune load a folder elsewhere on this machine."""
-    info = RunInfo.load(run_dir) if info is None else _typed(info)
+    info = RunInfo.load(run_dir) if info is None else info
     if info.base is None:
         raise RunError(f"--run {run_dir}: its {INFO} names no base model (not written by `labeltune train`)")
     if info.base == BASE + "/":
@@ -354,9 +341,8 @@ def base_path(run_dir: str | Path, info: RunInfo | dict | None = None) -> str:
     return resolve_base(info.base)
 
 
-def full_id_path(run_dir: str | Path, info: RunInfo | dict) -> str | None:
+def full_id_path(run_dir: str | Path, info: RunInfo) -> str | None:
     """A 4-bit run's 16-bit base (its preset's full_id), after check_base; None when it has none."""
-    info = _typed(info)
     if not info.full_id:
         return None
     check_base(run_dir, info.full_id)

@@ -70,7 +70,17 @@ from labeltune.models import (
     gpu_memory_gib,
     select_precision,
 )
-from labeltune.run import ADAPTER, MERGED, MissingRunFile, Run, base_path, full_id_path, open_run
+from labeltune.run import (
+    ADAPTER,
+    ADAPTER_CONFIG,
+    MERGED,
+    MissingRunFile,
+    Run,
+    RunInfo,
+    base_path,
+    full_id_path,
+    open_run,
+)
 
 INSTALL_HINT = "the vllm engine needs vLLM: pip install 'labeltune[vllm]' (GPU) or make env-vllm (CPU)"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
@@ -102,7 +112,7 @@ def import_vllm():
 
 def adapter_problem(adapter_dir: Path) -> str | None:
     """Why vLLM cannot serve this PEFT adapter as a LoRA (None: it can)."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if config.get("modules_to_save"):
         return f"trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which vLLM's LoRA cannot serve"
     if config.get("peft_type", "LORA") != "LORA":
@@ -208,7 +218,7 @@ def _params(folder_or_id: str, preset) -> float | None:
     return sum(f.stat().st_size for f in files) / width
 
 
-def plan(run_dir: str | Path, info: dict, dtype: str, device: Device, facts: VllmFacts) -> Plan:
+def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: VllmFacts) -> Plan:
     """How vLLM serves this run here, or a one-line ValueError naming what does work:
     - a merged16 export: its model/ folder;
     - an adapter vLLM's LoRA can serve, on the base it trained on; a 4-bit (bitsandbytes) base where
@@ -220,19 +230,19 @@ def plan(run_dir: str | Path, info: dict, dtype: str, device: Device, facts: Vll
     from labeltune.presets import PRESETS
 
     run_dir = Path(run_dir)
-    preset = PRESETS.get(info.get("preset") or "")
+    preset = PRESETS.get(info.preset or "")
     kwargs: dict = {}
     warning = None
     quantized = False
     adapter = None
-    if info.get("merged"):
+    if info.merged:
         model = tokenizer = str(run_dir / MERGED)
-    elif (run_dir / ADAPTER / "adapter_config.json").is_file():
+    elif (run_dir / ADAPTER / ADAPTER_CONFIG).is_file():
         if why := adapter_problem(run_dir / ADAPTER):
             raise ValueError(f"--run {run_dir}: its adapter {why}; export it merged first: "
                              f"labeltune export --run {run_dir} --format merged16, and serve the export")
         adapter = tokenizer = str(run_dir / ADAPTER)
-        if not info.get("load_in_4bit"):
+        if not info.load_in_4bit:
             model = base_path(run_dir, info)
         elif device.cuda and facts.has_bitsandbytes:
             model, quantized = base_path(run_dir, info), True
@@ -248,9 +258,9 @@ def plan(run_dir: str | Path, info: dict, dtype: str, device: Device, facts: Vll
             model = full
             warning = (f"{run_dir} was trained on a 4-bit base, which "
                        + ("this vLLM cannot load (no bitsandbytes method)" if device.cuda else "vLLM loads on a GPU only")
-                       + f"; its adapter is served on the 16-bit {info['full_id']} (labels may differ slightly from the "
+                       + f"; its adapter is served on the 16-bit {info.full_id} (labels may differ slightly from the "
                        f"run's evaluation; for the same weights: labeltune export --run {run_dir} --format merged16)")
-        rank = json.loads((run_dir / ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))["r"]
+        rank = json.loads((run_dir / ADAPTER / ADAPTER_CONFIG).read_text(encoding="utf-8"))["r"]
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=min(r for r in LORA_RANKS if r >= rank))
     else:
         raise MissingRunFile(f"{run_dir}: no {MERGED}/ (merged16 export) or {ADAPTER}/ (trained run)")
@@ -268,7 +278,7 @@ def plan(run_dir: str | Path, info: dict, dtype: str, device: Device, facts: Vll
         usable = device.memory_gib * facts.gpu_memory_utilization
         if weights_gib + KV_HEADROOM_GIB > usable:
             need = (weights_gib + KV_HEADROOM_GIB) / facts.gpu_memory_utilization
-            hf = "on the run this was exported from" if info.get("merged") else "the run as trained"
+            hf = "on the run this was exported from" if info.merged else "the run as trained"
             raise ValueError(
                 f"--run {run_dir}: vLLM would hold {params / 1e9:.1f}B parameters in {chosen}{why}, ~{weights_gib:.1f} GiB, "
                 f"and takes {facts.gpu_memory_utilization:.0%} of this GPU's {device.memory_gib:.1f} GiB with room for its "

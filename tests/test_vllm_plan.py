@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from labeltune.presets import PRESETS
-from labeltune.run import ADAPTER, MERGED
+from labeltune.run import ADAPTER, MERGED, RunInfo
 from labeltune.vllm_engine import FP16_REFUSED, Device, VllmFacts, plan
 
 DEVICES = {  # compute capability, total memory as torch reports it (GiB)
@@ -49,7 +49,7 @@ def plans(root: Path, facts: VllmFacts):
     """(case, Plan or the refusal's text) for every GPU preset x run kind x simulated GPU."""
     for preset in GPU_PRESETS:
         for run in (qlora_run(root, preset), merged_run(root, preset)):
-            info = json.loads((run / "model.json").read_text(encoding="utf-8"))
+            info = RunInfo.load(run)
             for gpu, device in DEVICES.items():
                 try:
                     yield (run.name, gpu), plan(run, info, "auto", device, facts)
@@ -82,7 +82,7 @@ def test_every_gpu_preset_is_served_or_refused_in_one_line_naming_what_works(tmp
 def test_a_vllm_with_bitsandbytes_serves_the_4bit_base_the_run_trained_on(tmp_path):
     bnb = VllmFacts(has_bitsandbytes=True, fp16_refused=FP16_REFUSED, gpu_memory_utilization=0.92)
     run = qlora_run(tmp_path, "llama3.1-8b")
-    served = plan(run, json.loads((run / "model.json").read_text()), "auto", DEVICES["T4"], bnb)
+    served = plan(run, RunInfo.load(run), "auto", DEVICES["T4"], bnb)
     assert served.model == PRESETS["llama3.1-8b"].model_id and served.kwargs["quantization"] == "bitsandbytes"
     assert served.warning is None and served.weights_gib < 5
 
@@ -90,7 +90,7 @@ def test_a_vllm_with_bitsandbytes_serves_the_4bit_base_the_run_trained_on(tmp_pa
 def test_asking_fp16_for_gemma2_is_refused_in_one_line(tmp_path):
     run = merged_run(tmp_path, "gemma2-2b")
     with pytest.raises(ValueError, match=r"vLLM refuses float16 for gemma2.*--dtype fp32") as refused:
-        plan(run, json.loads((run / "model.json").read_text()), "fp16", DEVICES["T4"], NO_BNB)
+        plan(run, RunInfo.load(run), "fp16", DEVICES["T4"], NO_BNB)
     assert "\n" not in str(refused.value)
 
 
