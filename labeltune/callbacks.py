@@ -73,8 +73,10 @@ class EarlyStopOnLoss(TrainerCallback):
 class Checkpoints(TrainerCallback):
     """A checkpoint at every epoch end; each marked complete after the Trainer wrote it; rotation."""
 
-    def __init__(self, ckpt_dir: Path, keep: int | None, metric: str):
-        self.ckpt_dir, self.keep, self.metric = ckpt_dir, keep, metric
+    def __init__(self, ckpt_dir: Path, keep: int, metric: str, keep_epochs: bool = False):
+        """`keep_epochs`: every epoch end's checkpoint stays too (the dev split is scored on them after
+        training: labeltune.train.dev_scoring)."""
+        self.ckpt_dir, self.keep, self.metric, self.keep_epochs = ckpt_dir, keep, metric, keep_epochs
 
     def on_epoch_end(self, args, state, control, **kwargs):
         control.should_save = True
@@ -88,7 +90,8 @@ class Checkpoints(TrainerCallback):
             best = checkpoints.best_record(state.log_history, self.metric)
             checkpoints.mark_complete(path, {"step": state.global_step, "epoch": state.epoch,
                                              "best_step": best["step"] if best else None})
-            checkpoints.rotate(self.ckpt_dir, self.keep, best["step"] if best else None)
+            epochs = frozenset(r["step"] for r in state.log_history if "eval_loss" in r) if self.keep_epochs else frozenset()
+            checkpoints.rotate(self.ckpt_dir, self.keep, best["step"] if best else None, epochs)
         return control
 
 

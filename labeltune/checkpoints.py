@@ -102,13 +102,11 @@ def epochs_since_best(log_history: list[dict], metric: str) -> int:
     return 0 if best is None else sum(1 for r in log_history if key in r and r["step"] > best["step"])
 
 
-def rotate(ckpt_dir: Path, keep: int | None, best_step: int | None) -> None:
-    """Keep the newest `keep` complete checkpoints and the best one; delete the rest (keep None: all)."""
-    if keep is None:
-        return
+def rotate(ckpt_dir: Path, keep: int, best_step: int | None, also_keep: frozenset[int] = frozenset()) -> None:
+    """Keep the newest `keep` complete checkpoints, the best one and those of `also_keep` steps; delete the rest."""
     done = complete(ckpt_dir)
     for path in done[:-keep] if keep else done:
-        if step_of(path) != best_step:
+        if step_of(path) != best_step and step_of(path) not in also_keep:
             shutil.rmtree(path, ignore_errors=True)
 
 

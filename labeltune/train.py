@@ -435,9 +435,10 @@ def _train(cfg: TrainConfig) -> Path:
               f"after training (in a fresh process) to keep the best by {metric}"
               + ("; early stopping follows the dev loss" if cfg.early_stopping_patience else ""), file=sys.stderr)
     progress = Progress(say, cfg.logging_steps)
-    # scored after training: every epoch's checkpoint stays until then (the best one decides what is kept)
-    keep = None if scoring == "after" else cfg.keep_checkpoints
-    extra = [Checkpoints(run_dir / run_files.CHECKPOINTS, keep, "loss" if scoring == "after" else metric), progress]
+    # scored after training: every epoch end's checkpoint stays until then (the best one decides what is kept)
+    after = scoring == "after"
+    extra = [Checkpoints(run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints, "loss" if after else metric, after),
+             progress]
     if scoring == "loop":
         extra.insert(0, DevScore(prompter, splits["dev"], cfg.batch_size, metric, cfg.early_stopping_patience, progress.write))
     elif dev_ds is not None and cfg.early_stopping_patience:
