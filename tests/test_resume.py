@@ -169,6 +169,13 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path):
     assert [checkpoints.step_of(p) for p in checkpoints.complete(tmp_path)] == [8, 16, 20]
 
 
+def test_rotation_holds_back_the_epoch_ends_to_be_scored_after_training(tmp_path):
+    for step in (2, 4, 6, 8, 10, 12):
+        _checkpoint(tmp_path, step)
+    checkpoints.rotate(tmp_path, keep=1, best_step=None, also_keep=frozenset({4, 8}))
+    assert [checkpoints.step_of(p) for p in checkpoints.complete(tmp_path)] == [4, 8, 12]
+
+
 def test_best_record_and_patience_follow_the_log():
     log = [{"loss": 3.0, "step": 2},
            {"epoch": 1, "step": 4, "dev_macro_f1": 0.3, "dev_loss": 1.0, "dev_score_mae": 20.0},
