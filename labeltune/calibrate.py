@@ -84,7 +84,7 @@ def main(cfg) -> dict:
             f"{before['macro_f1']:.3f} -> {after['macro_f1']:.3f}; recall {recall}"
         )
     print(
-        f"wrote {run.dir / CALIBRATION}; next: labeltune evaluate --run {run.dir} --mode score (applies it), then "
-        f"labeltune label --run {run.dir} --input posts.csv --output labelled.csv --mode score"
+        f"wrote {run.dir / CALIBRATION}; next: labeltune evaluate --run {run.dir} --mode score (applies it), "
+        f"then labeltune label --run {run.dir} --input posts.csv --output labelled.csv --mode score"
     )
     return result

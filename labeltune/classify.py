@@ -144,7 +144,8 @@ def load_encoder(name: str, task: TaskSpec, seed: int):
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except ImportError as e:  # tohoku-nlp BERTs tokenise with MeCab through fugashi
         raise ImportError(
-            f"{name}: its tokenizer needs extra packages ({e}); for Japanese BERTs: pip install fugashi unidic-lite"
+            f"{name}: its tokenizer needs extra packages ({e}); for Japanese BERTs: pip install fugashi "
+            "unidic-lite"
         ) from e
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(

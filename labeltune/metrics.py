@@ -205,8 +205,8 @@ def result_warnings(metrics: dict) -> list[str]:
     base = metrics.get("base")
     if base is not None and tuned["macro_f1"] < base["macro_f1"]:
         out.append(
-            f"the fine-tuned model is worse than the untuned base (adapter off): macro-F1 {tuned['macro_f1']:.3f} "
-            f"< {base['macro_f1']:.3f}"
+            "the fine-tuned model is worse than the untuned base (adapter off): macro-F1 "
+            f"{tuned['macro_f1']:.3f} < {base['macro_f1']:.3f}"
         )
     interval = tuned.get("macro_f1_interval")
     if interval and interval[0] <= majority["macro_f1"] <= interval[1]:

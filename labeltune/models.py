@@ -343,9 +343,9 @@ def check_trainer_supports(cuda: bool, trl_version: str) -> None:
 
     if not cuda and Version(trl_version) < Version(MIN_CPU_TRL):
         raise ValueError(
-            f"trl {trl_version} cannot train on a CPU (its SFT loss needs a CUDA device; installing triton does "
-            f"not help): pip install 'trl>={MIN_CPU_TRL}' (the gpu extra's unsloth pins trl<=1.15, so do not "
-            "install the gpu extra on a CPU machine)"
+            f"trl {trl_version} cannot train on a CPU (its SFT loss needs a CUDA device; installing triton "
+            f"does not help): pip install 'trl>={MIN_CPU_TRL}' (the gpu extra's unsloth pins trl<=1.15, so "
+            "do not install the gpu extra on a CPU machine)"
         )
 
 

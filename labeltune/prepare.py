@@ -276,8 +276,9 @@ def main(cfg) -> dict:
     splits = rows if isinstance(rows, dict) else split_examples(rows, cfg.split, cfg.seed)
     total = sum(len(v) for v in splits.values()) + len(dropped)
     step(
-        f"read {total} rows; looking for duplicates of the {len(splits['dev']) + len(splits['test'])} dev/test rows "
-        f"among the {len(splits['train'])} train rows (exact, normalised, 5-gram Jaccard >= 0.9)"
+        f"read {total} rows; looking for duplicates of the {len(splits['dev']) + len(splits['test'])} "
+        f"dev/test rows among the {len(splits['train'])} train rows (exact, normalised, 5-gram Jaccard >= "
+        "0.9)"
     )
     splits, duplicates = deduplicate(splits)
     step(f"{len(duplicates)} duplicates found; writing {out}")
@@ -309,7 +310,8 @@ def main(cfg) -> dict:
     )
     if dropped:
         print(
-            f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in {out / 'card.json'})",
+            f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in "
+            f"{out / 'card.json'})",
             file=sys.stderr,
         )
     print(f"next: labeltune train --data {out} --output runs/{out.name}")

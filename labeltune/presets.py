@@ -122,7 +122,8 @@ PRESETS.update(
                 name="swallow-8b",
                 model_id="tokyotech-llm/Llama-3.1-Swallow-8B-v0.2",
                 full_id="tokyotech-llm/Llama-3.1-Swallow-8B-v0.2",
-                description="Llama 3.1 Swallow 8B: Llama 3.1 with Japanese continued pre-training (quantised to 4-bit on load)",
+                description="Llama 3.1 Swallow 8B: Llama 3.1 with Japanese continued pre-training (quantised "
+                "to 4-bit on load)",
                 params_b=8.0,
                 batch_size=4,
                 grad_accum=4,

@@ -120,8 +120,9 @@ def replica_resources(total: dict, replicas: int) -> dict:
         return {"num_gpus": 1, "num_cpus": 1, "threads": None}
     if gpus:
         raise ValueError(
-            f"--replicas {replicas}: the Ray cluster has {gpus} GPU{'s' * (gpus > 1)}, and each replica loads "
-            f"the whole model onto a GPU of its own (sharing one runs out of memory); use --replicas {gpus}"
+            f"--replicas {replicas}: the Ray cluster has {gpus} GPU{'s' * (gpus > 1)}, and each replica "
+            "loads the whole model onto a GPU of its own (sharing one runs out of memory); use --replicas "
+            f"{gpus}"
         )
     cpus = max(1, int(total.get("CPU", 1)) // replicas)
     return {"num_gpus": 0, "num_cpus": cpus, "threads": cpus}

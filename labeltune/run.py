@@ -437,8 +437,9 @@ def load_run(run_dir: str | Path, merge: bool = False, adapter: Path | None = No
     except Exception as e:  # safetensors, tokenizers, transformers, json, OSError ... on files of the run
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ValueError(
-            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the run's "
-            "files are complete (train it again if they are damaged) and that a Hugging Face base can be downloaded"
+            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the "
+            "run's files are complete (train it again if they are damaged) and that a Hugging Face base can "
+            "be downloaded"
         ) from e
 
 

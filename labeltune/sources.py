@@ -99,13 +99,14 @@ def read_wrime(
         split = (row.get("Train/Dev/Test") or "").strip().lower()
         if "投稿本文" in row:
             raise ValueError(
-                f"{path}: this is the WRIME ver1 layout (投稿本文, 主観_*, 客観*_*), which has no sentiment polarity; "
-                "the wrime source needs wrime-ver2.tsv (Sentence, Train/Dev/Test, *_Sentiment): "
+                f"{path}: this is the WRIME ver1 layout (投稿本文, 主観_*, 客観*_*), which has no sentiment "
+                "polarity; the wrime source needs wrime-ver2.tsv (Sentence, Train/Dev/Test, *_Sentiment): "
                 + WRIME_MANUAL
             )
         if column not in row or "Train/Dev/Test" not in row:
             raise ValueError(
-                f"{path}: not WRIME ver2 (needs 'Sentence', 'Train/Dev/Test', {column!r}); columns: {list(row)}"
+                f"{path}: not WRIME ver2 (needs 'Sentence', 'Train/Dev/Test', {column!r}); columns: "
+                f"{list(row)}"
             )
         if not text:
             dropped.append({"row": i, "reason": "empty_text"})
@@ -135,8 +136,9 @@ def read_annotated_csv(
 ):
     if task.score is not None and not flag_columns:
         raise ValueError(
-            f"annotated-csv: the task {task.name!r} scores its {', '.join(task.score.only_for or task.label_values)} rows "
-            "from annotator flags: pass --flag-columns a1,a2,... (without them every such row would be dropped)"
+            f"annotated-csv: the task {task.name!r} scores its "
+            f"{', '.join(task.score.only_for or task.label_values)} rows from annotator flags: pass "
+            "--flag-columns a1,a2,... (without them every such row would be dropped)"
         )
     missing = [c for c in (text_column, label_column, *flag_columns) if c not in read_columns(path)]
     if missing:

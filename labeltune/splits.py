@@ -229,8 +229,8 @@ def check_splits(splits: dict, task: TaskSpec, allow_incomplete: bool) -> None:
     for v in task.label_values:
         if v not in counts and v not in evaluated:
             print(
-                f"labeltune: warning: label {v} ({task.label_name(v)}) appears in no split: the model will not "
-                "learn to predict it",
+                f"labeltune: warning: label {v} ({task.label_name(v)}) appears in no split: the model will "
+                "not learn to predict it",
                 file=sys.stderr,
             )
 

@@ -269,15 +269,17 @@ def main(cfg: SweepConfig) -> list[dict]:
         writer.writerows(rows)
     table = markdown_table(rows)
     (out / "results.md").write_text(
-        f"# Sweep `{out}`\n\nSelected by dev {cfg.metric} ({cfg.mode} mode); only the best trial is evaluated on "
-        f"test (report: trials/{best}/report.md).\n\n{table}\n\n![dev {cfg.metric}](dev_{cfg.metric}.png)\n",
+        f"# Sweep `{out}`\n\nSelected by dev {cfg.metric} ({cfg.mode} mode); only the best trial is "
+        f"evaluated on test (report: trials/{best}/report.md).\n\n{table}\n\n"
+        f"![dev {cfg.metric}](dev_{cfg.metric}.png)\n",
         encoding="utf-8",
     )
     plot_dev_metric(rows, cfg.grid, cfg.metric, out / f"dev_{cfg.metric}.png")
     print(table)
     best_dev = next(dev for name, _, _, dev in trials if name == best)[cfg.metric]
     print(
-        f"best: {best} (dev {cfg.metric} {best_dev:.3f}, test macro-F1 {test['macro_f1']:.3f}) -> {out}/results.md"
+        f"best: {best} (dev {cfg.metric} {best_dev:.3f}, test macro-F1 {test['macro_f1']:.3f}) -> "
+        f"{out}/results.md"
     )
     print(f"next: labeltune label --run {out / 'trials' / best} --input posts.csv --output labelled.csv")
     return rows

@@ -434,8 +434,8 @@ def _train(cfg: TrainConfig) -> Path:
     )  # a refused --dtype writes nothing
     if not cuda and cfg.dtype == "auto" and preset.model_id is not None and cpu_has_native_bf16():
         print(
-            "labeltune: note: this CPU computes bf16 natively (AMX/AVX512-BF16): --dtype bf16 trains a real model "
-            "~1.6x faster than the fp32 default (measured with Gemma 3 270M)",
+            "labeltune: note: this CPU computes bf16 natively (AMX/AVX512-BF16): --dtype bf16 trains a real "
+            "model ~1.6x faster than the fp32 default (measured with Gemma 3 270M)",
             file=sys.stderr,
         )
     backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
@@ -468,8 +468,8 @@ def _train(cfg: TrainConfig) -> Path:
         info.score_trained = any(ex.score is not None for ex in splits["train"])
         if not info.score_trained and state.is_main_process:
             print(
-                f"labeltune: note: no training row has a score (no {cfg.score_column!r} column, or it is empty): the model "
-                f"learns the labels only, and label/predict leave its score empty; add a "
+                f"labeltune: note: no training row has a score (no {cfg.score_column!r} column, or it is "
+                "empty): the model learns the labels only, and label/predict leave its score empty; add a "
                 f"{task.score.min}-{task.score.max} score column (--score-column) to train the score",
                 file=sys.stderr,
             )
@@ -518,8 +518,8 @@ def _train(cfg: TrainConfig) -> Path:
     metric, scoring = cfg.best_metric, dev_scoring(backend, cfg.best_metric, dev_ds is not None)
     if scoring == "after" and state.is_main_process:
         print(
-            f"labeltune: note: on the unsloth backend every epoch's checkpoint is kept and scored on the dev split "
-            f"after training (in a fresh process) to keep the best by {metric}"
+            "labeltune: note: on the unsloth backend every epoch's checkpoint is kept and scored on the dev "
+            f"split after training (in a fresh process) to keep the best by {metric}"
             + ("; early stopping follows the dev loss" if cfg.early_stopping_patience else ""),
             file=sys.stderr,
         )

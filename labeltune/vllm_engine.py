@@ -266,8 +266,9 @@ def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: 
                 raise ValueError(
                     f"--run {run_dir} was trained on a 4-bit (bitsandbytes) base, which this vLLM cannot load"
                     + (" (it lists no bitsandbytes quantization method)" if device.cuda else " on CPU")
-                    + f", and its preset names no 16-bit base; export it merged first: labeltune export --run {run_dir} "
-                    "--format merged16 (LoRA merged into the 4-bit weights it trained on), and serve the export"
+                    + ", and its preset names no 16-bit base; export it merged first: labeltune export --run "
+                    f"{run_dir} --format merged16 (LoRA merged into the 4-bit weights it trained on), and "
+                    "serve the export"
                 )
             model = full
             warning = (
@@ -277,8 +278,9 @@ def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: 
                     if device.cuda
                     else "vLLM loads on a GPU only"
                 )
-                + f"; its adapter is served on the 16-bit {info.full_id} (labels may differ slightly from the "
-                f"run's evaluation; for the same weights: labeltune export --run {run_dir} --format merged16)"
+                + f"; its adapter is served on the 16-bit {info.full_id} (labels may differ slightly from "
+                f"the run's evaluation; for the same weights: labeltune export --run {run_dir} --format "
+                "merged16)"
             )
         rank = json.loads((run_dir / ADAPTER / ADAPTER_CONFIG).read_text(encoding="utf-8"))["r"]
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=min(r for r in LORA_RANKS if r >= rank))
@@ -304,10 +306,10 @@ def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: 
             need = (weights_gib + KV_HEADROOM_GIB) / facts.gpu_memory_utilization
             hf = "on the run this was exported from" if info.merged else "the run as trained"
             raise ValueError(
-                f"--run {run_dir}: vLLM would hold {params / 1e9:.1f}B parameters in {chosen}{why}, ~{weights_gib:.1f} GiB, "
-                f"and takes {facts.gpu_memory_utilization:.0%} of this GPU's {device.memory_gib:.1f} GiB with room for its "
-                f"KV cache; label with --engine hf ({hf}), a smaller preset, or a GPU with "
-                f">= {math.ceil(need)} GiB"
+                f"--run {run_dir}: vLLM would hold {params / 1e9:.1f}B parameters in {chosen}{why}, "
+                f"~{weights_gib:.1f} GiB, and takes {facts.gpu_memory_utilization:.0%} of this GPU's "
+                f"{device.memory_gib:.1f} GiB with room for its KV cache; label with --engine hf ({hf}), a "
+                f"smaller preset, or a GPU with >= {math.ceil(need)} GiB"
             )
     return Plan(model, tokenizer, adapter, chosen, model_type, weights_gib, kwargs, warning)
 

@@ -193,8 +193,9 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
         note = " (timed on %d rows)" % len(naive_texts) if k == "naive" else ""
         bad = f"{malformed[k]:.1%}" if k in malformed else "-"
         print(
-            f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | {rate[k] / rate['naive']:.1f} | "
-            f"{rate[k] / rate['prefill']:.2f} | {rate[k] / rate['prefill-shared']:.2f} | {bad} |"
+            f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | "
+            f"{rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | "
+            f"{rate[k] / rate['prefill-shared']:.2f} | {bad} |"
         )
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
     by_round = [s / n for s, n in zip(rounds["score"], rounds["naive"])]
@@ -231,7 +232,8 @@ def threads_under_load(model, prompter, texts, args) -> None:
         hog.kill()
         torch.set_num_threads(every)
     print(
-        "\n| score mode, one core kept busy by another process | posts/s (best round) | all rounds |\n|---|---|---|"
+        "\n| score mode, one core kept busy by another process | posts/s (best round) | all rounds |\n"
+        "|---|---|---|"
     )
     for name, values in figures.items():
         print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
@@ -288,7 +290,8 @@ def engine_table(args, run, texts) -> None:
     for k, values in rounds.items():
         up = f"{startup[k.split()[0]]:.1f}"
         print(
-            f"| {k} | {up} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} | {malformed[k]:.1%} |"
+            f"| {k} | {up} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} | "
+            f"{malformed[k]:.1%} |"
         )
 
 
@@ -339,9 +342,9 @@ def main() -> None:
     model, prompter = run.load(merge=True)  # as `labeltune label` loads it
     prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
     print(
-        f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
-        f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}; malloc thresholds raised: "
-        f"{allocator}; best of {args.repeats} rounds\n"
+        f"run {args.run}; {args.rows} texts from {source}; mean prompt "
+        f"{sum(map(len, prompt_ids)) / len(prompt_ids):.0f} tokens; batch {args.batch_size}; torch threads "
+        f"{torch.get_num_threads()}; malloc thresholds raised: {allocator}; best of {args.repeats} rounds\n"
     )
 
     if not args.no_methods:

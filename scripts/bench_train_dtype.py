@@ -66,8 +66,8 @@ def main() -> None:
         methods[precision] = (model, optimizer, input_ids, attention)
     tokens = int(methods["fp32"][3].sum())
     print(
-        f"{args.model}: LoRA r={preset.lora_r} on {', '.join(preset.target_modules)}; {len(rows)} sequences, {tokens} tokens "
-        f"per step; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{args.model}: LoRA r={preset.lora_r} on {', '.join(preset.target_modules)}; {len(rows)} sequences, "
+        f"{tokens} tokens per step; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
 
     def step(precision: str) -> float:

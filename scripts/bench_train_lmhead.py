@@ -63,8 +63,9 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     answer = int((labels != -100).sum())
     print(
-        f"{args.model} ({args.precision}): LoRA r={preset.lora_r}; {len(rows)} sequences, {int(attention.sum())} tokens "
-        f"per step, {answer} of them answer tokens; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{args.model} ({args.precision}): LoRA r={preset.lora_r}; {len(rows)} sequences, "
+        f"{int(attention.sum())} tokens per step, {answer} of them answer tokens; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
     )
 
     def step(method: str) -> tuple[float, float]:

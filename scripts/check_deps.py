@@ -148,7 +148,8 @@ def main() -> None:
     if args.constraints:
         left = write_constraints(resolved, args.constraints)
         print(
-            f"wrote {args.constraints}: {len(resolved) - len(left)} pins (not pinned on CPU: {', '.join(left)})"
+            f"wrote {args.constraints}: {len(resolved) - len(left)} pins (not pinned on CPU: "
+            f"{', '.join(left)})"
         )
     preinstalled = args.torch or installed_torch()
     if preinstalled is None:

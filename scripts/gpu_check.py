@@ -183,13 +183,15 @@ def run_child(args, one: str) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| model | backend | precision | steps | s/step | train tokens/s | train peak GiB | label posts/s | label peak GiB |",
+        "| model | backend | precision | steps | s/step | train tokens/s | train peak GiB | label posts/s | "
+        "label peak GiB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['precision']} | {r['steps']} | {r['s_per_step']:.2f} | "
-            f"{r['train_tokens_per_s']:.0f} | {r['train_peak_gib']:.2f} | {r['label_posts_per_s']:.1f} | {r['label_peak_gib']:.2f} |"
+            f"{r['train_tokens_per_s']:.0f} | {r['train_peak_gib']:.2f} | {r['label_posts_per_s']:.1f} | "
+            f"{r['label_peak_gib']:.2f} |"
         )
     return "\n".join(lines)
 
