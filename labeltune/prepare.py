@@ -1,6 +1,7 @@
-"""labeltune data prepare: a real dataset -> train/dev/test files + a data card.
+r"""labeltune data prepare: a real dataset -> train/dev/test files + a data card.
 
-    labeltune data prepare --source japanese-toxic --path ../shared/data/japanese-toxic-dataset --output data/jtox
+    labeltune data prepare --source japanese-toxic --path ../shared/data/japanese-toxic-dataset \
+        --output data/jtox
     labeltune data prepare --source wrime --path wrime-ver2.tsv --output data/wrime [--label-source writer]
     labeltune data prepare --source annotated-csv --path crawl.csv --flag-columns a1,a2,a3 --output data/crawl
 

@@ -137,12 +137,13 @@ PRESETS.update(
 # Gemma 3 270M base from PyPI (labeltune.gemma3), dequantised to fp32; runs on any CPU. Its model_id is the
 # preset's name: a run records that, and resolve_base finds the converted folder on whatever machine loads it.
 # Measured on data/sample.csv, 2 shared cores, fp32 (2026-12-05): the default Alpaca prompt is ~183 tokens
-# (median; 24 of 700 over 245 are cut), a training step of 16 sequences ~75 s; 10 steps at lr 3e-4 took the loss
-# from 1.98 to ~0.3 (format learnt, labels not yet). LoRA on the MLP too costs ~5% more time than q/k/v/o alone.
-# Short template, --dtype bf16, 2 quiet cores (2026-12-06): 2 epochs of 560 sample posts (70 steps) took 1,947 s and
-# reached test macro-F1 0.915 (docs/results.md); 16 steps learn the format but not the labels. Since TRL's LM head
-# scores the answer positions only on CPU (train.answer_positions_only) a step costs half. On a 2-core AVX2 CPU
-# without bf16 (fp32), a step of 16 livedoor articles at 224 tokens took ~30 s beside other jobs (2026-12-06).
+# (median; 24 of 700 over 245 are cut), a training step of 16 sequences ~75 s; 10 steps at lr 3e-4 took the
+# loss from 1.98 to ~0.3 (format learnt, labels not yet). LoRA on the MLP too costs ~5% more time than q/k/v/o
+# alone. Short template, --dtype bf16, 2 quiet cores (2026-12-06): 2 epochs of 560 sample posts (70 steps)
+# took 1,947 s and reached test macro-F1 0.915 (docs/results.md); 16 steps learn the format but not the
+# labels. Since TRL's LM head scores the answer positions only on CPU (train.answer_positions_only) a step
+# costs half. On a 2-core AVX2 CPU without bf16 (fp32), a step of 16 livedoor articles at 224 tokens took
+# ~30 s beside other jobs (2026-12-06).
 PRESETS["gemma3-270m"] = Preset(
     name="gemma3-270m",
     model_id="gemma3-270m",

@@ -43,7 +43,8 @@ def _environment(directory: str, sandboxed: bool) -> jinja2.Environment:
 
 
 def load_template(name_or_path: str) -> jinja2.Template:
-    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file (sandboxed)."""
+    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file
+    (sandboxed)."""
     path = Path(name_or_path)
     if path.suffix == ".jinja" and path.is_file():
         folder = path.resolve().parent

@@ -113,8 +113,9 @@ def replica_resources(total: dict, replicas: int) -> dict:
     count) where it has none; refused where it has GPUs but fewer than replicas. Each replica loads the
     whole model onto its device, and Ray 2.60 does not hide the GPUs from an actor that asked for none
     (ray/_private/utils.py, set_visible_accelerator_ids: with no accelerator ids it leaves
-    CUDA_VISIBLE_DEVICES as it is unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is set), so replicas without a GPU of their own would all load onto
-    cuda:0: two 9B copies overflow a T4, two vLLM engines each claim 92% of it."""
+    CUDA_VISIBLE_DEVICES as it is unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is set), so replicas without a GPU
+    of their own would all load onto cuda:0: two 9B copies overflow a T4, two vLLM engines each claim 92% of
+    it."""
     gpus = int(total.get("GPU", 0))
     if gpus >= replicas:
         return {"num_gpus": 1, "num_cpus": 1, "threads": None}

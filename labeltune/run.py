@@ -291,8 +291,8 @@ class Run:
         return path
 
     def train_labels(self) -> list[str]:
-        """The training split's labels (for the majority baseline): from data/train.jsonl, else from the counts
-        in data/summary.json (all an export keeps by default)."""
+        """The training split's labels (for the majority baseline): from data/train.jsonl, else from the
+        counts in data/summary.json (all an export keeps by default)."""
         if self.split("train").is_file():
             return [str(row["label"]) for row in iter_rows(self.split("train"))]
         summary = self.dir / DATA / DATA_SUMMARY

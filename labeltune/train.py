@@ -198,7 +198,8 @@ def sft_config(
         gradient_accumulation_steps=cfg.grad_accum,
         logging_steps=cfg.logging_steps,
         eval_strategy="epoch" if has_dev else "no",
-        # checkpoints at every epoch end (callbacks.Checkpoints) and every --save-steps; rotation is labeltune's
+        # checkpoints at every epoch end (callbacks.Checkpoints) and every --save-steps; rotation is
+        # labeltune's
         save_strategy="steps" if cfg.save_steps else "epoch",
         save_steps=cfg.save_steps or 500,
         save_total_limit=None,
@@ -409,8 +410,8 @@ def main(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig) -> Path:
     preset = resolve_preset(cfg.model)
     cfg = with_preset_defaults(cfg, preset)
-    # the data first, before torch, transformers, TRL (or Unsloth) load: a wrong column or file is refused in a
-    # second or two, and the rows dropped are said before a model is loaded, not after training
+    # the data first, before torch, transformers, TRL (or Unsloth) load: a wrong column or file is refused in
+    # a second or two, and the rows dropped are said before a model is loaded, not after training
     task = load_task(cfg.task)
     cfg = replace(cfg, template=cfg.template or task.default_template)
     template = load_template(cfg.template)
@@ -612,7 +613,8 @@ def answer_positions_only(enabled: bool = True):
     on Neuron), so on CPU each step ran the whole prompt through the LM head, in fp32
     (trl/kernels/chunked_logprob.py, _addmm_fp32) -- for Gemma 3's 262k-token head most of a step. The
     loss and gradients are the same (masked positions are zeroed either way); scripts/bench_train_lmhead.py
-    measures both. A TRL without `_use_triton` (1.15 and older compute the loss their own way) is left as it is."""
+    measures both. A TRL without `_use_triton` (1.15 and older compute the loss their own way) is left as it
+    is."""
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)

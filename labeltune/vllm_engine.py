@@ -118,7 +118,10 @@ def adapter_problem(adapter_dir: Path) -> str | None:
     """Why vLLM cannot serve this PEFT adapter as a LoRA (None: it can)."""
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if config.get("modules_to_save"):
-        return f"trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which vLLM's LoRA cannot serve"
+        return (
+            f"trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which vLLM's LoRA "
+            "cannot serve"
+        )
     if config.get("peft_type", "LORA") != "LORA":
         return f"is a {config['peft_type']} adapter, not LoRA"
     if int(config.get("r", 0)) > LORA_RANKS[-1]:
@@ -476,7 +479,8 @@ def _generated(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSet
 
 
 def _constrained(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSettings) -> list[Answer]:
-    """constrained: greedy decoding limited to the task's answers (structured outputs' choice), then parsed."""
+    """constrained: greedy decoding limited to the task's answers (structured outputs' choice), then
+    parsed."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 

@@ -190,7 +190,7 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for k in methods:
-        note = " (timed on %d rows)" % len(naive_texts) if k == "naive" else ""
+        note = f" (timed on {len(naive_texts)} rows)" if k == "naive" else ""
         bad = f"{malformed[k]:.1%}" if k in malformed else "-"
         print(
             f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | "

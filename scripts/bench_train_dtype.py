@@ -1,12 +1,12 @@
 """Training step time of a real model on CPU, fp32 against bf16 (what `train --dtype bf16` does), rounds
 interleaved in one process (prints a table; no assertions).
 
-    python scripts/bench_train_dtype.py                       # gemma3-270m, 16 sample posts per step, 3 rounds
+    python scripts/bench_train_dtype.py  # gemma3-270m, 16 sample posts per step, 3 rounds
     python scripts/bench_train_dtype.py --rounds 5 --batch 8
 
 Each method is one LoRA model as `labeltune train` builds it (the preset's r, alpha and target modules; base
-weights in that dtype, LoRA weights in fp32, bf16 autocast for bf16 as the Trainer's bf16 flag does); a step is
-forward + backward + AdamW on the same batch of rendered prompts + answers. The first step of each method
+weights in that dtype, LoRA weights in fp32, bf16 autocast for bf16 as the Trainer's bf16 flag does); a step
+is forward + backward + AdamW on the same batch of rendered prompts + answers. The first step of each method
 is a warm-up and is not counted.
 """
 

@@ -2,7 +2,7 @@
 off CUDA/XPU) against the answer positions only (what it does on a GPU with Triton, and what
 labeltune.train asks for on CPU), rounds interleaved in one process (prints a table; no assertions).
 
-    python scripts/bench_train_lmhead.py                       # gemma3-270m, bf16, 8 sample posts per step, 3 rounds
+    python scripts/bench_train_lmhead.py  # gemma3-270m, bf16, 8 sample posts per step, 3 rounds
     python scripts/bench_train_lmhead.py --precision fp32 --rounds 5
 
 One LoRA model as `labeltune train` builds it, TRL's fused LM head added as SFTTrainer adds it

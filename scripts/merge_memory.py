@@ -1,6 +1,6 @@
 """Peak memory of the streamed merged16 export (labeltune.merge) against the bound the export checks.
 
-    python scripts/merge_memory.py --shape gemma2-9b     # Gemma 2 9B's embedding + lm_head, 2 real-sized layers
+    python scripts/merge_memory.py --shape gemma2-9b  # Gemma 2 9B's embedding + lm_head, 2 real-sized layers
     python scripts/merge_memory.py --shape llama3.1-8b --layers 4
 
 Writes a synthetic bf16 checkpoint (random weights, the real tensor shapes) and a rank-16 LoRA adapter
