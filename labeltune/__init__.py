@@ -4,8 +4,8 @@ From Python, with a run made by `labeltune train` (or an export):
 
     import labeltune
 
-    labeller = labeltune.load_run("runs/demo")            # mode="score" by default
-    labeller.predict(["今日は最高の一日"])                  # [Prediction(text=..., label="1", name="positive", ...)]
+    labeller = labeltune.load_run("runs/demo")  # mode="score" by default
+    labeller.predict(["今日は最高の一日"])      # [Prediction(text=..., label="1", name="positive", ...)]
 
 `import labeltune` stays light (no torch): load_run, Labeller and Prediction (labeltune.api) are imported
 on first use. The verbs' own functions are `labeltune.<verb>.main(config)` (labeltune.cli).

@@ -97,11 +97,15 @@ def label_distribution(trie, at: dict[tuple, LogProbs]) -> dict[str, float]:
     """p(label): log p summed over its tokens, each renormalised over the node's allowed tokens (`at`:
     label node -> log p of its allowed tokens), then a softmax over the labels."""
     normal = {node: log_softmax(lp) for node, lp in at.items()}
-    logp = {lab: sum(normal[path[:k]][t] for k, t in enumerate(path)) for lab, path in trie.label_path.items()}
+    logp = {
+        lab: sum(normal[path[:k]][t] for k, t in enumerate(path)) for lab, path in trie.label_path.items()
+    }
     return {lab: math.exp(v) for lab, v in log_softmax(logp).items()}
 
 
-def choose_label(dist: dict[str, float], temperature: float = 1.0, label_bias: dict[str, float] | None = None) -> str:
+def choose_label(
+    dist: dict[str, float], temperature: float = 1.0, label_bias: dict[str, float] | None = None
+) -> str:
     """The most probable label after the temperature and the per-label biases (labeltune.calibrate)."""
     return argmax_label(apply_temperature(dist, temperature), label_bias)
 
@@ -124,8 +128,12 @@ def has_score(trie, root: tuple) -> bool:
 def score_tree(trie, root: tuple) -> tuple[list[tuple], list[tuple[tuple, int]]]:
     """Below the branching node `root` of a scored answer: (the prefixes to feed, shorter first: every node
     where the answer still branches and their ancestors; the leaves: (path to EOS, score))."""
-    leaves = [(ids[len(root):], score) for ids, (_, score) in trie.answers.items() if ids[: len(root)] == root]
-    branching = {path[:k] for path, _ in leaves for k in range(1, len(path)) if len(trie.allowed(root + path[:k])) > 1}
+    leaves = [
+        (ids[len(root) :], score) for ids, (_, score) in trie.answers.items() if ids[: len(root)] == root
+    ]
+    branching = {
+        path[:k] for path, _ in leaves for k in range(1, len(path)) if len(trie.allowed(root + path[:k])) > 1
+    }
     feed = {b[:k] for b in branching for k in range(1, len(b) + 1)}
     return sorted(feed, key=lambda p: (len(p), p)), leaves
 
@@ -176,16 +184,30 @@ def estimate_score(probs: dict[int, float], greedy: int, how: str) -> int:
     return min(allowed, key=lambda s: (abs(s - mean), s))
 
 
-def scored_answer(trie, task, label: str, dist: dict[str, float], scored: tuple[dict[int, float], int] | None,
-                  settings: DecodeSettings) -> Answer:
+def scored_answer(
+    trie,
+    task,
+    label: str,
+    dist: dict[str, float],
+    scored: tuple[dict[int, float], int] | None,
+    settings: DecodeSettings,
+) -> Answer:
     """score mode's answer for `label`: its score estimated from `scored` (score_distribution; None: a label
     without a score, whose fixed score (or None) is the trie's), the answer written by the task spec
     (well-formed by construction), the label probabilities after temperature and biases."""
     fixed = None if scored else trie.answers[score_root(trie, label)][1]
     greedy = scored[1] if scored else fixed
     score = estimate_score(scored[0], greedy, settings.score_estimate) if scored else fixed
-    return Answer(label, score, True, "", task.render_answer(label, score), False,
-                  adjust(dist, settings.temperature, settings.label_bias), greedy)
+    return Answer(
+        label,
+        score,
+        True,
+        "",
+        task.render_answer(label, score),
+        False,
+        adjust(dist, settings.temperature, settings.label_bias),
+        greedy,
+    )
 
 
 def one_token_labels(trie) -> list[int] | None:
@@ -199,11 +221,14 @@ def one_token_labels(trie) -> list[int] | None:
 def first_token_label_probs(trie, at: LogProbs) -> dict[str, float]:
     """Label -> probability from the log p of the one-token labels' tokens (one_token_labels) after
     ``trie.shared``, renormalised over them."""
-    return {next(iter(trie.labels_under[trie.shared + (t,)])): math.exp(v) for t, v in log_softmax(at).items()}
+    return {
+        next(iter(trie.labels_under[trie.shared + (t,)])): math.exp(v) for t, v in log_softmax(at).items()
+    }
 
 
-def generated_answer(text: str, finished: bool, task, label_probs: dict[str, float] | None = None,
-                     temperature: float = 1.0) -> Answer:
+def generated_answer(
+    text: str, finished: bool, task, label_probs: dict[str, float] | None = None, temperature: float = 1.0
+) -> Answer:
     """A generation's answer: the strict parser; ``no_eos`` when it did not finish; the label probabilities
     (constrained mode) after the temperature."""
     parsed = parse(text, task)

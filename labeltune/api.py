@@ -54,14 +54,21 @@ def as_text(value, index: int = 0) -> str:
         try:
             return bytes(value).decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise ValueError(f"texts[{index}]: bytes that are not UTF-8 text (byte {value[e.start]:#04x} at offset "
-                             f"{e.start}); decode them first, e.g. data.decode('cp932')") from None
+            raise ValueError(
+                f"texts[{index}]: bytes that are not UTF-8 text (byte {value[e.start]:#04x} at offset "
+                f"{e.start}); decode them first, e.g. data.decode('cp932')"
+            ) from None
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return str(value)
-    raise ValueError(f"texts[{index}]: a {type(value).__name__}, not a text (str, UTF-8 bytes, or None for a missing one)")
+    raise ValueError(
+        f"texts[{index}]: a {type(value).__name__}, not a text (str, UTF-8 bytes, or None for a missing one)"
+    )
 
 
-NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "kernels")  # notes at import that the CLI silences too (labeltune.cli)
+NOISY_LOGGERS = (
+    "bitsandbytes.backends.cpu.ops",
+    "kernels",
+)  # notes at import that the CLI silences too (labeltune.cli)
 
 
 @contextmanager
@@ -108,7 +115,8 @@ class Labeller:
         return {lab.value: lab.name for lab in self.run.task.labels}
 
     def predict(self, texts: str | bytes | Iterable) -> list[Prediction]:
-        """One Prediction per text, in order (a single str or bytes is one text); each text as as_text reads it."""
+        """One Prediction per text, in order (a single str or bytes is one text); each text as as_text reads
+        it."""
         texts = [texts] if isinstance(texts, (str, bytes, bytearray)) else list(texts)
         texts = [as_text(t, i) for i, t in enumerate(texts)]
         if not texts:
@@ -116,13 +124,25 @@ class Labeller:
         names = self.labels
         with quiet():
             out = self.engine.predict(texts, self.mode, **self.settings)
-        return [Prediction(text, p.label, names.get(p.label), p.score, p.confidence, p.probs, p.ok, p.reason, p.truncated)
-                for text, p in zip(texts, out)]
+        return [
+            Prediction(
+                text, p.label, names.get(p.label), p.score, p.confidence, p.probs, p.ok, p.reason, p.truncated
+            )
+            for text, p in zip(texts, out)
+        ]
 
 
-def load_run(path: str | Path, mode: str = "score", *, score_estimate: str = "expected", calibrated: bool = True,
-             batch_size: int = 16, max_new_tokens: int | None = None, dtype: str = "auto",
-             threads: int | None = None) -> Labeller:
+def load_run(
+    path: str | Path,
+    mode: str = "score",
+    *,
+    score_estimate: str = "expected",
+    calibrated: bool = True,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    dtype: str = "auto",
+    threads: int | None = None,
+) -> Labeller:
     """A run directory (or export) ready to label texts: ``load_run(path).predict(texts)``.
 
     ``calibrated`` applies the run's calibration.json (temperature and label biases, as `labeltune label`
@@ -135,6 +155,10 @@ def load_run(path: str | Path, mode: str = "score", *, score_estimate: str = "ex
     temperature, biases = load_calibration(run.dir) if calibrated else (1.0, None)
     with quiet():
         engine = load_engine(run, "hf", dtype, threads, batch_size)
-    settings = dict(temperature=temperature, score_estimate=score_estimate, label_bias=biases,
-                    max_new_tokens=max_new_tokens)
+    settings = dict(
+        temperature=temperature,
+        score_estimate=score_estimate,
+        label_bias=biases,
+        max_new_tokens=max_new_tokens,
+    )
     return Labeller(run, engine, mode, settings)

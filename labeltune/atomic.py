@@ -23,10 +23,14 @@ def check_inside(root: str | Path, path: str | Path) -> Path:
     root, path = Path(root), Path(path)
     real_root, parent = root.resolve(), path.parent.resolve()
     if parent != real_root and real_root not in parent.parents:
-        raise OutsideRoot(f"{path.parent}: resolves to {parent}, outside {root} (a link in the run points out "
-                          f"of it); refusing to write there: remove the link")
+        raise OutsideRoot(
+            f"{path.parent}: resolves to {parent}, outside {root} (a link in the run points out "
+            f"of it); refusing to write there: remove the link"
+        )
     if path.is_symlink() and path.is_dir():
-        raise OutsideRoot(f"{path}: a link to a folder in {root}; refusing to write through it: remove the link")
+        raise OutsideRoot(
+            f"{path}: a link to a folder in {root}; refusing to write through it: remove the link"
+        )
     return path
 
 

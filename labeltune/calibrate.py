@@ -28,12 +28,20 @@ from labeltune.run import CALIBRATION, open_run, save_temperature
 
 def main(cfg) -> dict:
     run = open_run(cfg.run)
-    examples, _ = load_examples(run.held_split(cfg.split, "calibrate the run it was exported from (an export copies "
-                                                         "its calibration.json), or export it again with --include-data"), run.task)
+    examples, _ = load_examples(
+        run.held_split(
+            cfg.split,
+            "calibrate the run it was exported from (an export copies "
+            "its calibration.json), or export it again with --include-data",
+        ),
+        run.task,
+    )
     if len(examples) < 10:
         raise ValueError(f"{cfg.split} split has {len(examples)} rows; calibration needs at least 10")
     model, prompter = run.load()
-    predictions = predict(model, prompter, [ex.text for ex in examples], batch_size=cfg.batch_size, mode="score")
+    predictions = predict(
+        model, prompter, [ex.text for ex in examples], batch_size=cfg.batch_size, mode="score"
+    )
     probs, gold = [p.probs for p in predictions], [ex.label for ex in examples]
     temperature = fit_temperature(probs, gold)
     correct = [p.label == g for p, g in zip(predictions, gold)]
@@ -67,9 +75,16 @@ def main(cfg) -> dict:
     )
     if biases is not None:
         names = {lab.value: lab.name for lab in run.task.labels}
-        recall = ", ".join(f"{names[lab]} {result['recall_before'][lab]:.2f} -> {result['recall_after'][lab]:.2f}" for lab in labels)
-        print(f"label biases {', '.join(f'{names[k]} {v:+.1f}' for k, v in biases.items())}: dev macro-F1 "
-              f"{before['macro_f1']:.3f} -> {after['macro_f1']:.3f}; recall {recall}")
-    print(f"wrote {run.dir / CALIBRATION}; next: labeltune evaluate --run {run.dir} --mode score (applies it), then "
-          f"labeltune label --run {run.dir} --input posts.csv --output labelled.csv --mode score")
+        recall = ", ".join(
+            f"{names[lab]} {result['recall_before'][lab]:.2f} -> {result['recall_after'][lab]:.2f}"
+            for lab in labels
+        )
+        print(
+            f"label biases {', '.join(f'{names[k]} {v:+.1f}' for k, v in biases.items())}: dev macro-F1 "
+            f"{before['macro_f1']:.3f} -> {after['macro_f1']:.3f}; recall {recall}"
+        )
+    print(
+        f"wrote {run.dir / CALIBRATION}; next: labeltune evaluate --run {run.dir} --mode score (applies it), "
+        f"then labeltune label --run {run.dir} --input posts.csv --output labelled.csv --mode score"
+    )
     return result

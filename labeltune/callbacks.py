@@ -25,7 +25,11 @@ from labeltune.devscore import describe, dev_record
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class DevScore(TrainerCallback):
@@ -36,11 +40,16 @@ class DevScore(TrainerCallback):
         self.metric, self.patience, self.say = metric, patience, say
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        record = {"epoch": round(state.epoch or 0, 4), "step": state.global_step,
-                  **dev_record(model, self.prompter, self.examples, self.batch_size)}
+        record = {
+            "epoch": round(state.epoch or 0, 4),
+            "step": state.global_step,
+            **dev_record(model, self.prompter, self.examples, self.batch_size),
+        }
         loss = (metrics or {}).get("eval_loss")
         if loss is not None:
-            record["dev_loss"] = loss  # breaks ties of the metric (not "eval_loss": that is the Trainer's record)
+            record["dev_loss"] = (
+                loss  # breaks ties of the metric (not "eval_loss": that is the Trainer's record)
+            )
         state.log_history.append(record)  # saved with the checkpoint (trainer_state.json), so kept on resume
         best = checkpoints.best_record(state.log_history, self.metric)
         waited = checkpoints.epochs_since_best(state.log_history, self.metric)
@@ -48,9 +57,15 @@ class DevScore(TrainerCallback):
             control.should_training_stop = True
             record["early_stop"] = True
         if state.is_world_process_zero:
-            self.say(describe(record)
-                     + (" (best so far)" if best is record else f" (best: epoch {best['epoch']:g})")
-                     + (f"; no better dev {self.metric} for {waited} epochs: stopping early" if record.get("early_stop") else ""))
+            self.say(
+                describe(record)
+                + (" (best so far)" if best is record else f" (best: epoch {best['epoch']:g})")
+                + (
+                    f"; no better dev {self.metric} for {waited} epochs: stopping early"
+                    if record.get("early_stop")
+                    else ""
+                )
+            )
         return control
 
 
@@ -88,9 +103,19 @@ class Checkpoints(TrainerCallback):
         path = self.ckpt_dir / f"{checkpoints.PREFIX}{state.global_step}"
         if path.is_dir():
             best = checkpoints.best_record(state.log_history, self.metric)
-            checkpoints.mark_complete(path, {"step": state.global_step, "epoch": state.epoch,
-                                             "best_step": best["step"] if best else None})
-            epochs = frozenset(r["step"] for r in state.log_history if "eval_loss" in r) if self.keep_epochs else frozenset()
+            checkpoints.mark_complete(
+                path,
+                {
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "best_step": best["step"] if best else None,
+                },
+            )
+            epochs = (
+                frozenset(r["step"] for r in state.log_history if "eval_loss" in r)
+                if self.keep_epochs
+                else frozenset()
+            )
             checkpoints.rotate(self.ckpt_dir, self.keep, best["step"] if best else None, epochs)
         return control
 
@@ -109,8 +134,13 @@ class Progress(TrainerCallback):
         if state.is_world_process_zero and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="training",
+                unit="step",
+                dynamic_ncols=True,
+            )
         return control
 
     def _eta(self, state) -> str:
@@ -131,9 +161,11 @@ class Progress(TrainerCallback):
             dev = [r["dev_macro_f1"] for r in state.log_history if "dev_macro_f1" in r]
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", **({"dev_f1": f"{dev[-1]:.3f}"} if dev else {}))
         else:
-            self.say(f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f}): loss {logs['loss']:.4f}, "
-                     f"lr {logs.get('learning_rate', 0):.2e}, {_duration(time.time() - self.started)} elapsed, "
-                     f"ETA {self._eta(state)}")
+            self.say(
+                f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f}): "
+                f"loss {logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.2e}, {_duration(time.time() - self.started)} elapsed, "
+                f"ETA {self._eta(state)}"
+            )
         return control
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -21,8 +21,12 @@ PREFIX = "checkpoint-"
 MARKER = "labeltune.json"
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt", "training_args.bin")
 # best-epoch metrics: the dev record's key and whether higher is better
-METRICS = {"macro_f1": ("dev_macro_f1", True), "accuracy": ("dev_accuracy", True),
-           "score_mae": ("dev_score_mae", False), "loss": ("eval_loss", False)}
+METRICS = {
+    "macro_f1": ("dev_macro_f1", True),
+    "accuracy": ("dev_accuracy", True),
+    "score_mae": ("dev_score_mae", False),
+    "loss": ("eval_loss", False),
+}
 
 
 def step_of(path: Path) -> int:
@@ -32,7 +36,11 @@ def step_of(path: Path) -> int:
 def _folders(ckpt_dir: Path) -> list[Path]:
     if not ckpt_dir.is_dir():
         return []
-    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    found = [
+        p
+        for p in ckpt_dir.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()
+    ]
     return sorted(found, key=step_of)
 
 
@@ -58,9 +66,15 @@ def check_json(path: Path, earlier: Path | None) -> None:
         try:
             json.loads(file.read_text(encoding="utf-8"))
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-            start = f"the checkpoint before it ({earlier.name})" if earlier else "the start (no earlier checkpoint)"
-            raise ValueError(f"{file} is damaged ({type(e).__name__}: {e}); delete {path} and run the same train "
-                             f"command again to resume from {start}") from None
+            start = (
+                f"the checkpoint before it ({earlier.name})"
+                if earlier
+                else "the start (no earlier checkpoint)"
+            )
+            raise ValueError(
+                f"{file} is damaged ({type(e).__name__}: {e}); delete {path} and run the same train "
+                f"command again to resume from {start}"
+            ) from None
 
 
 def remove_incomplete(ckpt_dir: Path) -> list[Path]:
@@ -103,7 +117,8 @@ def epochs_since_best(log_history: list[dict], metric: str) -> int:
 
 
 def rotate(ckpt_dir: Path, keep: int, best_step: int | None, also_keep: frozenset[int] = frozenset()) -> None:
-    """Keep the newest `keep` complete checkpoints, the best one and those of `also_keep` steps; delete the rest."""
+    """Keep the newest `keep` complete checkpoints, the best one and those of `also_keep` steps; delete the
+    rest."""
     done = complete(ckpt_dir)
     for path in done[:-keep] if keep else done:
         if step_of(path) != best_step and step_of(path) not in also_keep:

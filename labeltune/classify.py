@@ -57,7 +57,9 @@ def _precision_dtype(dtype: str = "auto"):
     device; auto = bf16 from compute capability 8, else fp16, None (no autocast) on CPU."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[train_precision(dtype, gpu_capability())]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[
+        train_precision(dtype, gpu_capability())
+    ]
 
 
 def device() -> str:
@@ -83,20 +85,32 @@ def load_llm_classifier(base: str, task: TaskSpec, cfg: TrainConfig, target_modu
     base = resolve_base(base)  # gemma3-270m: its converted folder in labeltune's cache
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     kwargs = hf_load_kwargs(gpu_capability(), True, torch.cuda.current_device()) if four_bit else {}
-    kwargs.update(attention_kwargs(AutoConfig.from_pretrained(base, trust_remote_code=False)))  # Gemma 2: soft-capping
+    kwargs.update(
+        attention_kwargs(AutoConfig.from_pretrained(base, trust_remote_code=False))
+    )  # Gemma 2: soft-capping
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_outputs(task), trust_remote_code=False,
-                                                               **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=n_outputs(task), trust_remote_code=False, **kwargs
+    )
     ensure_pad_token(tokenizer, model)
     if not four_bit:
         model = model.to(device())
     # the classification head of *ForSequenceClassification LLMs is `score`, trained in full
-    return add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target_modules, cfg.seed,
-                    modules_to_save=("score",), task_type="SEQ_CLS"), tokenizer
+    return add_lora(
+        model,
+        cfg.lora_r,
+        cfg.lora_alpha,
+        cfg.lora_dropout,
+        target_modules,
+        cfg.seed,
+        modules_to_save=("score",),
+        task_type="SEQ_CLS",
+    ), tokenizer
 
 
-def build_tiny_encoder(train_texts: list[str], task: TaskSpec, max_length: int, seed: int,
-                       hidden: int = 128, layers: int = 2):
+def build_tiny_encoder(
+    train_texts: list[str], task: TaskSpec, max_length: int, seed: int, hidden: int = 128, layers: int = 2
+):
     """(random-init tiny BERT classifier, tokenizer trained on `train_texts`); no download.
 
     The tokenizer puts <bos> first in every encoding; BERT pools that first position, so <bos> is its [CLS].
@@ -130,10 +144,13 @@ def load_encoder(name: str, task: TaskSpec, seed: int):
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except ImportError as e:  # tohoku-nlp BERTs tokenise with MeCab through fugashi
         raise ImportError(
-            f"{name}: its tokenizer needs extra packages ({e}); for Japanese BERTs: pip install fugashi unidic-lite"
+            f"{name}: its tokenizer needs extra packages ({e}); for Japanese BERTs: pip install fugashi "
+            "unidic-lite"
         ) from e
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=n_outputs(task), trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name, num_labels=n_outputs(task), trust_remote_code=False
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device()), tokenizer
@@ -146,13 +163,17 @@ def load_e5_encoder(task: TaskSpec, seed: int):
     from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 
     folder = e5.ensure_model()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)  # not XLMRobertaTokenizer: it drops the normaliser
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(
+        folder
+    )  # not XLMRobertaTokenizer: it drops the normaliser
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(folder, num_labels=n_outputs(task))
     return model.to(device()), tokenizer
 
 
-def build_encoder(choice: str, train_texts: list[str], task: TaskSpec, *, max_length: int, seed: int, cuda: bool):
+def build_encoder(
+    choice: str, train_texts: list[str], task: TaskSpec, *, max_length: int, seed: int, cuda: bool
+):
     """(name, model, tokenizer, default learning rate) of compare's encoder `choice`: auto (e5-small on CPU,
     PRETRAINED_ENCODER on a GPU), e5-small, tiny, or a Hugging Face id/path."""
     if choice == "auto":
@@ -247,12 +268,21 @@ def fit(model, tokenizer, examples: list[Example], task: TaskSpec, cfg: TrainCon
             if len(order) < cfg.batch_size:  # a fresh shuffled epoch
                 order += rng.sample(range(len(examples)), len(examples))
             batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            inputs = {k: v.to(device) for k, v in collate([encoded[i] for i in batch], tokenizer.pad_token_id).items()}
+            inputs = {
+                k: v.to(device)
+                for k, v in collate([encoded[i] for i in batch], tokenizer.pad_token_id).items()
+            }
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(**inputs).logits
-            loss = classification_loss(
-                logits, labels[batch].to(device), None if scores is None else scores[batch].to(device), len(task.labels)
-            ) / cfg.grad_accum
+            loss = (
+                classification_loss(
+                    logits,
+                    labels[batch].to(device),
+                    None if scores is None else scores[batch].to(device),
+                    len(task.labels),
+                )
+                / cfg.grad_accum
+            )
             scaler.scale(loss).backward()
             total += loss.item()
         scaler.step(optimizer)
@@ -264,7 +294,9 @@ def fit(model, tokenizer, examples: list[Example], task: TaskSpec, cfg: TrainCon
     return {"steps": steps, "train_seconds": round(time.time() - started, 1), "losses": losses}
 
 
-def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int, batch_size: int = 16) -> list[Answer]:
+def predict(
+    model, tokenizer, texts: list[str], task: TaskSpec, max_length: int, batch_size: int = 16
+) -> list[Answer]:
     """One Answer per text, in input order: the most probable label, label probabilities (softmax),
     and the score output mapped back to the task's range (0 for labels that carry no score)."""
     import torch
@@ -277,7 +309,9 @@ def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int,
     out = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
-        inputs = {k: v.to(device) for k, v in collate([ids for ids, _ in chunk], tokenizer.pad_token_id).items()}
+        inputs = {
+            k: v.to(device) for k, v in collate([ids for ids, _ in chunk], tokenizer.pad_token_id).items()
+        }
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(**inputs).logits.float().cpu()
         probs = logits[:, :n_labels].softmax(-1)
@@ -289,5 +323,7 @@ def predict(model, tokenizer, texts: list[str], task: TaskSpec, max_length: int,
                 span = task.score.max - task.score.min
                 score = round(task.score.min + scaled * span) if task.score_allowed(label) else 0
             answer = task.render_answer(label, score)
-            out.append(Answer(label, score, True, "", answer, truncated, dict(zip(task.label_values, p.tolist()))))
+            out.append(
+                Answer(label, score, True, "", answer, truncated, dict(zip(task.label_values, p.tolist())))
+            )
     return out

@@ -18,13 +18,37 @@ from labeltune import config as config_mod
 # parser and dispatch
 VERBS = {
     "train": (config_mod.TrainConfig, "LoRA SFT of a model on labelled data -> run directory", "train"),
-    "evaluate": (config_mod.EvalConfig, "base vs fine-tuned metrics on a split -> eval/<split>-<mode>-<n>/ report.html", "evaluate"),
-    "label": (config_mod.LabelConfig, "label a CSV/TSV/JSONL of texts with a trained run (resumable)", "label"),
-    "predict": (config_mod.PredictConfig, "label texts given as arguments or on stdin, one line each", "predict"),
-    "calibrate": (config_mod.CalibrateConfig, "fit a temperature for label probabilities on the dev split", "calibrate"),
+    "evaluate": (
+        config_mod.EvalConfig,
+        "base vs fine-tuned metrics on a split -> eval/<split>-<mode>-<n>/ report.html",
+        "evaluate",
+    ),
+    "label": (
+        config_mod.LabelConfig,
+        "label a CSV/TSV/JSONL of texts with a trained run (resumable)",
+        "label",
+    ),
+    "predict": (
+        config_mod.PredictConfig,
+        "label texts given as arguments or on stdin, one line each",
+        "predict",
+    ),
+    "calibrate": (
+        config_mod.CalibrateConfig,
+        "fit a temperature for label probabilities on the dev split",
+        "calibrate",
+    ),
     "export": (config_mod.ExportConfig, "export a run as adapter, merged 16-bit model or GGUF", "export"),
-    "sweep": (config_mod.SweepConfig, "grid of training runs, best by dev metric evaluated on test -> results table + plots", "sweep"),
-    "compare": (config_mod.CompareConfig, "generative LLM vs classification head vs encoder vs baselines on one split", "compare"),
+    "sweep": (
+        config_mod.SweepConfig,
+        "grid of training runs, best by dev metric evaluated on test -> results table + plots",
+        "sweep",
+    ),
+    "compare": (
+        config_mod.CompareConfig,
+        "generative LLM vs classification head vs encoder vs baselines on one split",
+        "compare",
+    ),
 }
 DECODING_VERBS = ("evaluate", "label", "predict", "calibrate", "sweep", "compare")
 
@@ -39,15 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         config_mod.add_arguments(verb_parser, cls)
         if verb == "predict":
-            verb_parser.add_argument("texts", nargs="*", metavar="TEXT",
-                                     help="texts to label; none or - = read stdin, one text per line")
+            verb_parser.add_argument(
+                "texts",
+                nargs="*",
+                metavar="TEXT",
+                help="texts to label; none or - = read stdin, one text per line",
+            )
     data = sub.add_parser("data", help="dataset adapters", description="dataset adapters")
     data_sub = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     config_mod.add_arguments(
-        data_sub.add_parser("prepare", help="a real dataset -> train/dev/test + data card"), config_mod.PrepareConfig
+        data_sub.add_parser("prepare", help="a real dataset -> train/dev/test + data card"),
+        config_mod.PrepareConfig,
     )
     sub.add_parser("models", help="list model presets", description="list model presets")
-    sub.add_parser("templates", help="list prompt templates and tasks", description="list prompt templates and tasks")
+    sub.add_parser(
+        "templates", help="list prompt templates and tasks", description="list prompt templates and tasks"
+    )
     return parser
 
 
@@ -58,7 +89,7 @@ def verb_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Ar
         word = next((w for w in argv if not w.startswith("-")), None)
         if sub is None or word not in sub.choices:
             return parser
-        parser, argv = sub.choices[word], argv[argv.index(word) + 1:]
+        parser, argv = sub.choices[word], argv[argv.index(word) + 1 :]
 
 
 def reject_unknown(parser: argparse.ArgumentParser, argv: list[str], unknown: list[str]) -> None:
@@ -81,8 +112,11 @@ def explicit_bools(argv: list[str]) -> list[str]:
     if verb not in VERBS:
         return argv
     cls = VERBS[verb][0]
-    flags = {"--" + f.name.replace("_", "-") for f in config_mod.dataclasses.fields(cls)
-             if config_mod._base_type(config_mod._hints(cls)[f.name])[0] is bool}
+    flags = {
+        "--" + f.name.replace("_", "-")
+        for f in config_mod.dataclasses.fields(cls)
+        if config_mod._base_type(config_mod._hints(cls)[f.name])[0] is bool
+    }
     words = config_mod.TRUE_WORDS + config_mod.FALSE_WORDS
     end = argv.index("--") if "--" in argv else len(argv)
     out = []
@@ -99,8 +133,11 @@ def run(argv: list[str] | None = None) -> int:
     verbs = [*VERBS, *(a for a in ("data", "models", "templates") if a not in VERBS)]
     if argv and not argv[0].startswith("-") and argv[0] not in verbs:  # a typo: name the closest verb
         close = difflib.get_close_matches(argv[0], verbs, n=1, cutoff=0.6)
-        parser.error(f"unknown verb {argv[0]!r}" + (f"; did you mean {close[0]}?" if close else "")
-                     + f" (verbs: {', '.join(verbs)})")
+        parser.error(
+            f"unknown verb {argv[0]!r}"
+            + (f"; did you mean {close[0]}?" if close else "")
+            + f" (verbs: {', '.join(verbs)})"
+        )
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
         reject_unknown(parser, argv, unknown)
@@ -111,7 +148,10 @@ def run(argv: list[str] | None = None) -> int:
 
         for p in PRESETS.values():
             aliases = [a for a, target in ALIASES.items() if target == p.name]
-            print(f"{p.name:14s} {p.model_id or '(built locally)':40s} {p.description}" + (f" [alias: {', '.join(aliases)}]" if aliases else ""))
+            print(
+                f"{p.name:14s} {p.model_id or '(built locally)':40s} {p.description}"
+                + (f" [alias: {', '.join(aliases)}]" if aliases else "")
+            )
         return 0
     if verb == "templates":
         from labeltune.prompts import available_templates

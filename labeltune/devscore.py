@@ -21,7 +21,8 @@ from labeltune.run import open_run
 
 
 def dev_record(model, prompter, examples, batch_size: int) -> dict:
-    """Dev macro-F1, accuracy and score MAE of `model` (score mode: always well-formed) and the seconds it took."""
+    """Dev macro-F1, accuracy and score MAE of `model` (score mode: always well-formed) and the seconds it
+    took."""
     import torch
 
     started = time.time()
@@ -31,17 +32,31 @@ def dev_record(model, prompter, examples, batch_size: int) -> dict:
         predictions = predict(model, prompter, [ex.text for ex in examples], None, batch_size, "score")
     model.train(training)
     task = prompter.task
-    scores = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions,
-                            task.label_values, task.score_ends, task.scored_labels)
-    return {"dev_macro_f1": scores["macro_f1"], "dev_accuracy": scores["accuracy"],
-            "dev_score_mae": scores.get("score_mae"), "dev_seconds": round(time.time() - started, 2)}
+    scores = system_metrics(
+        [ex.label for ex in examples],
+        [ex.score for ex in examples],
+        predictions,
+        task.label_values,
+        task.score_ends,
+        task.scored_labels,
+    )
+    return {
+        "dev_macro_f1": scores["macro_f1"],
+        "dev_accuracy": scores["accuracy"],
+        "dev_score_mae": scores.get("score_mae"),
+        "dev_seconds": round(time.time() - started, 2),
+    }
 
 
 def describe(record: dict) -> str:
     """An epoch's dev record in words (the training log's line)."""
     mae, loss = record.get("dev_score_mae"), record.get("dev_loss")
-    return (f"epoch {record['epoch']:g}: dev macro-F1 {record['dev_macro_f1']:.3f}, accuracy {record['dev_accuracy']:.3f}"
-            + (f", score MAE {mae:.1f}" if mae is not None else "") + (f", loss {loss:.4f}" if loss is not None else ""))
+    return (
+        f"epoch {record['epoch']:g}: dev macro-F1 {record['dev_macro_f1']:.3f}, accuracy "
+        f"{record['dev_accuracy']:.3f}"
+        + (f", score MAE {mae:.1f}" if mae is not None else "")
+        + (f", loss {loss:.4f}" if loss is not None else "")
+    )
 
 
 def score_checkpoint(run_dir: str | Path, checkpoint: str | Path) -> dict:

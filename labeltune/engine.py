@@ -53,8 +53,10 @@ def auto_threads() -> tuple[int, str]:
     """(threads, why) for --threads auto on a CPU."""
     cores, busy = usable_cores(), busy_cores()
     threads = choose_threads(cores, busy)
-    return threads, (f"{threads} CPU thread{'s' * (threads > 1)} of {cores} cores ({busy:.1f} kept busy by other work "
-                     "now; --threads N sets it)")
+    return threads, (
+        f"{threads} CPU thread{'s' * (threads > 1)} of {cores} cores ({busy:.1f} kept busy by other work "
+        "now; --threads N sets it)"
+    )
 
 
 BATCH_SIZE = 16  # the hf engine's prompts per batch when none is given
@@ -66,8 +68,8 @@ class HfEngine:
     name = "hf"
 
     def __init__(self, run, dtype: str = "auto", threads: int | None = None, batch_size: int | None = None):
-        """`threads`: torch's intra-op threads (None: torch's default); `batch_size`: prompts per forward batch
-        (None: BATCH_SIZE)."""
+        """`threads`: torch's intra-op threads (None: torch's default); `batch_size`: prompts per forward
+        batch (None: BATCH_SIZE)."""
         import torch
 
         from labeltune.models import gpu_capability
@@ -78,19 +80,38 @@ class HfEngine:
             torch.set_num_threads(threads)  # process-wide: engines are made by entry points (label, bench)
         self.model, self.prompter = run.load(merge=True)  # LoRA folded in: no adapter overhead per call
         if dtype != "auto":
-            if getattr(self.model, "is_loaded_in_4bit", False) or getattr(getattr(self.model, "base_model", None),
-                                                                          "is_loaded_in_4bit", False):
-                raise ValueError(f"--run {run.dir} computes on a 4-bit base; --dtype {dtype} applies to 16/32-bit models "
-                                 "only (use --dtype auto)")
+            if getattr(self.model, "is_loaded_in_4bit", False) or getattr(
+                getattr(self.model, "base_model", None), "is_loaded_in_4bit", False
+            ):
+                raise ValueError(
+                    f"--run {run.dir} computes on a 4-bit base; --dtype {dtype} applies to 16/32-bit models "
+                    "only (use --dtype auto)"
+                )
             self.model.to(getattr(torch, TORCH_DTYPES[dtype]))
         self.dtype, self.batch_size = dtype, batch_size or BATCH_SIZE
 
-    def predict(self, texts: list, mode: str, temperature: float = 1.0, score_estimate: str = "expected",
-                label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None):
+    def predict(
+        self,
+        texts: list,
+        mode: str,
+        temperature: float = 1.0,
+        score_estimate: str = "expected",
+        label_bias: dict[str, float] | None = None,
+        max_new_tokens: int | None = None,
+    ):
         from labeltune.decode import predict
 
-        return predict(self.model, self.prompter, texts, max_new_tokens, self.batch_size, mode, temperature,
-                       score_estimate, label_bias)
+        return predict(
+            self.model,
+            self.prompter,
+            texts,
+            max_new_tokens,
+            self.batch_size,
+            mode,
+            temperature,
+            score_estimate,
+            label_bias,
+        )
 
 
 def without_score(predictions: list) -> list:
@@ -124,8 +145,9 @@ def _vllm_engine():
 ENGINE_CLASSES = {"hf": lambda: HfEngine, "vllm": _vllm_engine}
 
 
-def load_engine(run, engine: str = "hf", dtype: str = "auto", threads: int | None = None,
-                batch_size: int | None = None):
+def load_engine(
+    run, engine: str = "hf", dtype: str = "auto", threads: int | None = None, batch_size: int | None = None
+):
     """The named engine over an opened run (labeltune.run.open_run); `threads` and `batch_size` as the
     engine's class takes them (None: the engine's default)."""
     if engine not in ENGINE_CLASSES:

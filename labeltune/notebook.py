@@ -16,8 +16,12 @@ from pathlib import Path
 DATA_OPTIONS = ("data", "task", "text_column", "label_column", "score_column")
 
 
-def runs_folder(keep_on_drive: bool, mount: Callable[[str], object] | None = None, drive_root: str | Path = "/content/drive",
-                local: str | Path = "runs") -> Path:
+def runs_folder(
+    keep_on_drive: bool,
+    mount: Callable[[str], object] | None = None,
+    drive_root: str | Path = "/content/drive",
+    local: str | Path = "runs",
+) -> Path:
     """Where the notebook's runs go: <Drive>/MyDrive/labeltune/runs (Drive mounted at `drive_root` first)
     when kept on Drive, so that a new Colab session finds them; else `local`."""
     if not keep_on_drive:
@@ -30,8 +34,14 @@ def runs_folder(keep_on_drive: bool, mount: Callable[[str], object] | None = Non
     return runs
 
 
-def choose_csv(path: str | Path | None, upload: Callable[[], dict] | None, save_dir: str | Path,
-               default: str | Path, name: str = "CSV_PATH", say: Callable[[str], object] = print) -> Path:
+def choose_csv(
+    path: str | Path | None,
+    upload: Callable[[], dict] | None,
+    save_dir: str | Path,
+    default: str | Path,
+    name: str = "CSV_PATH",
+    say: Callable[[str], object] = print,
+) -> Path:
     """The labelled (or to-be-labelled) file to use: `path` when set; else, with an upload function
     (google.colab.files.upload), the uploaded file, kept in `save_dir`; else (or nothing uploaded) `default`.
 
@@ -53,7 +63,7 @@ def choose_csv(path: str | Path | None, upload: Callable[[], dict] | None, save_
         return Path(default)
     if len(uploaded) > 1:
         raise ValueError(f"upload one file at a time (got {', '.join(sorted(uploaded))})")
-    (filename, content), = uploaded.items()
+    ((filename, content),) = uploaded.items()
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     dest = save_dir / Path(filename).name
@@ -70,8 +80,9 @@ def choose_csv(path: str | Path | None, upload: Callable[[], dict] | None, save_
 
 def run_name(model: str, data: str | Path, sample: str | Path = "data/sample.csv") -> str:
     """notebook-<model> for the bundled sample, notebook-<model>-<file stem> for a file of your own."""
-    same = Path(data) == Path(sample) or (Path(data).is_file() and Path(sample).is_file()
-                                          and Path(data).resolve() == Path(sample).resolve())
+    same = Path(data) == Path(sample) or (
+        Path(data).is_file() and Path(sample).is_file() and Path(data).resolve() == Path(sample).resolve()
+    )
     return f"notebook-{model}" if same else f"notebook-{model}-{Path(data).stem}"
 
 
@@ -107,9 +118,16 @@ def train_or_reuse(cfg, spawn: Callable, say: Callable[[str], object] = print) -
         differ = [k for k in now if k != "output" and saved.get(k) != now[k]]
         data = [f"{k} {saved.get(k)!r} (now {now[k]!r})" for k in differ if k in DATA_OPTIONS]
         if data:
-            raise ValueError(f"{run} is a finished run trained with other data: " + "; ".join(data)
-                             + ". It is kept as it is: choose another run name (RUN_NAME) to train on this data")
-        note = f" (trained with {', '.join(f'{k}={saved.get(k)!r}' for k in differ)}; kept as it is)" if differ else ""
+            raise ValueError(
+                f"{run} is a finished run trained with other data: "
+                + "; ".join(data)
+                + ". It is kept as it is: choose another run name (RUN_NAME) to train on this data"
+            )
+        note = (
+            f" (trained with {', '.join(f'{k}={saved.get(k)!r}' for k in differ)}; kept as it is)"
+            if differ
+            else ""
+        )
         say(f"{run} is trained already: reusing it{note}. To train again, set another RUN_NAME")
         return run
     if (run / INFO).is_file():

@@ -44,7 +44,9 @@ def load_general_texts(path: str | Path, limit: int = 200) -> tuple[list[str], s
         texts = [p.strip() for p in paragraphs]
         source = str(path)
     else:
-        raise FileNotFoundError(f"{path}: no general text for the forgetting check (a .txt, .jsonl or livedoor folder)")
+        raise FileNotFoundError(
+            f"{path}: no general text for the forgetting check (a .txt, .jsonl or livedoor folder)"
+        )
     texts = [t for t in texts if t.strip()][:limit]
     if not texts:
         raise ValueError(f"{path}: no non-empty texts for the forgetting check")

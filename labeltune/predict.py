@@ -25,8 +25,10 @@ def read_texts(texts: list[str] | None, stdin: TextIO) -> list[str]:
     """The texts given, with `-` (or no text at all) replaced by stdin's non-blank lines (stdin_lines)."""
     texts = list(texts or ["-"])
     if "-" in texts and stdin.isatty():
-        raise ValueError("no texts: give them after the options (labeltune predict --run R \"text\" ...) or pipe "
-                         "them in, one per line (cat posts.txt | labeltune predict --run R)")
+        raise ValueError(
+            'no texts: give them after the options (labeltune predict --run R "text" ...) or pipe '
+            "them in, one per line (cat posts.txt | labeltune predict --run R)"
+        )
     for n, text in enumerate(texts, 1):
         try:
             text.encode("utf-8")
@@ -50,13 +52,17 @@ def stdin_lines(stdin: TextIO) -> list[str]:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             line = raw.count(b"\n", 0, e.start) + 1
-            raise ValueError(f"stdin: line {line} is not UTF-8 text (byte {raw[e.start]:#04x}); convert it first "
-                             "(iconv -f cp932 -t utf-8), or label the file with `labeltune label --input FILE` "
-                             "(it detects cp932 and UTF-16)") from None
+            raise ValueError(
+                f"stdin: line {line} is not UTF-8 text (byte {raw[e.start]:#04x}); convert it first "
+                "(iconv -f cp932 -t utf-8), or label the file with `labeltune label --input FILE` "
+                "(it detects cp932 and UTF-16)"
+            ) from None
     text = raw.removeprefix("\ufeff")
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
-        raise ValueError(f"stdin: line {line} holds a NUL byte: binary data, not text; pipe in text, one post per line")
+        raise ValueError(
+            f"stdin: line {line} holds a NUL byte: binary data, not text; pipe in text, one post per line"
+        )
     return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
 
 
@@ -76,15 +82,30 @@ def format_line(p: Prediction, width: int = 60) -> str:
 
 
 def as_json(p: Prediction) -> str:
-    record = {"label": p.label, "name": p.name, "score": p.score, "confidence": p.confidence, "probs": p.probs,
-              "ok": p.ok, "reason": p.reason, "truncated": p.truncated, "text": p.text}
+    record = {
+        "label": p.label,
+        "name": p.name,
+        "score": p.score,
+        "confidence": p.confidence,
+        "probs": p.probs,
+        "ok": p.ok,
+        "reason": p.reason,
+        "truncated": p.truncated,
+        "text": p.text,
+    }
     return json.dumps(record, ensure_ascii=False)
 
 
 def main(cfg: PredictConfig, texts: list[str] | None = None) -> list[Prediction]:
     texts = read_texts(texts, sys.stdin)
-    labeller = load_run(cfg.run, cfg.mode, score_estimate=cfg.score_estimate, calibrated=cfg.calibrated,
-                        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+    labeller = load_run(
+        cfg.run,
+        cfg.mode,
+        score_estimate=cfg.score_estimate,
+        calibrated=cfg.calibrated,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+    )
     predictions = labeller.predict(texts)
     for p in predictions:
         print(as_json(p) if cfg.json else format_line(p))

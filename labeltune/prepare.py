@@ -1,6 +1,7 @@
-"""labeltune data prepare: a real dataset -> train/dev/test files + a data card.
+r"""labeltune data prepare: a real dataset -> train/dev/test files + a data card.
 
-    labeltune data prepare --source japanese-toxic --path ../shared/data/japanese-toxic-dataset --output data/jtox
+    labeltune data prepare --source japanese-toxic --path ../shared/data/japanese-toxic-dataset \
+        --output data/jtox
     labeltune data prepare --source wrime --path wrime-ver2.tsv --output data/wrime [--label-source writer]
     labeltune data prepare --source annotated-csv --path crawl.csv --flag-columns a1,a2,a3 --output data/crawl
 
@@ -48,8 +49,10 @@ def download(name: str, path: Path, url: str | None = None) -> Path:
         with urllib.request.urlopen(url or default_url, timeout=20) as response:
             payload = response.read()
     except OSError as e:  # URLError, timeouts, refused connections
-        raise ValueError(f"could not download {url or default_url} ({e}); offline? Download it by hand into "
-                         f"{target} and run again without --download") from None
+        raise ValueError(
+            f"could not download {url or default_url} ({e}); offline? Download it by hand into "
+            f"{target} and run again without --download"
+        ) from None
     digest = hashlib.sha256(payload).hexdigest()
     if digest != checksum:
         raise ValueError(f"{url or default_url}: sha256 {digest} != expected {checksum}; not written")
@@ -66,7 +69,9 @@ def _grams(text: str, n: int = 5) -> set[str]:
     return {key[i : i + n] for i in range(max(1, len(key) - n + 1))}
 
 
-def near_duplicates(train: list[Example], others: list[Example], threshold: float = 0.9) -> list[tuple[int, int, float]]:
+def near_duplicates(
+    train: list[Example], others: list[Example], threshold: float = 0.9
+) -> list[tuple[int, int, float]]:
     """(train index, other index, Jaccard) of pairs with character 5-gram Jaccard >= threshold.
 
     Candidates are the train rows sharing at least one of a row's rarer 5-grams (an inverted index;
@@ -100,10 +105,23 @@ def deduplicate(splits: dict[str, list[Example]]) -> tuple[dict[str, list[Exampl
     evaluation = splits["dev"] + splits["test"]
     drop = set()
     for i, j, jac in near_duplicates(splits["train"], evaluation):
-        kind = "exact" if splits["train"][i].text == evaluation[j].text else "normalised" if jac == 1.0 else "near"
+        kind = (
+            "exact"
+            if splits["train"][i].text == evaluation[j].text
+            else "normalised"
+            if jac == 1.0
+            else "near"
+        )
         drop.add(i)
-        report.append({"kind": kind, "train_text": splits["train"][i].text, "eval_text": evaluation[j].text,
-                       "jaccard": round(jac, 3), "action": "removed from train"})
+        report.append(
+            {
+                "kind": kind,
+                "train_text": splits["train"][i].text,
+                "eval_text": evaluation[j].text,
+                "jaccard": round(jac, 3),
+                "action": "removed from train",
+            }
+        )
     for name in SPLITS:
         seen: dict[str, int] = {}
         for k, ex in enumerate(splits[name]):
@@ -112,8 +130,18 @@ def deduplicate(splits: dict[str, list[Example]]) -> tuple[dict[str, list[Exampl
                 in_train = name == "train" and k not in drop
                 if in_train:
                     drop.add(k)  # a repeated training row only re-weights it
-                action = "removed from train" if in_train else "reported" if name != "train" else "already removed"
-                report.append({"kind": f"within_{name}", "text": ex.text, "first": seen[key], "again": k, "action": action})
+                action = (
+                    "removed from train" if in_train else "reported" if name != "train" else "already removed"
+                )
+                report.append(
+                    {
+                        "kind": f"within_{name}",
+                        "text": ex.text,
+                        "first": seen[key],
+                        "again": k,
+                        "action": action,
+                    }
+                )
             seen.setdefault(key, k)
     kept_train = [ex for i, ex in enumerate(splits["train"]) if i not in drop]
     return {**splits, "train": kept_train}, report
@@ -130,7 +158,11 @@ def balance(examples: list[Example], how: str, seed: int) -> list[Example]:
     out = []
     for label in sorted(by_label):
         rows = by_label[label]
-        out += rng.sample(rows, target) if how == "downsample" else rows + [rng.choice(rows) for _ in range(target - len(rows))]
+        out += (
+            rng.sample(rows, target)
+            if how == "downsample"
+            else rows + [rng.choice(rows) for _ in range(target - len(rows))]
+        )
     rng.shuffle(out)
     return out
 
@@ -143,7 +175,9 @@ def cap_per_label(examples: list[Example], limit: int | None, seed: int) -> list
     for i, ex in enumerate(examples):
         by_label[ex.label].append(i)
     rng = random.Random(f"{seed}:train-per-label")
-    keep = {i for label in sorted(by_label) for i in rng.sample(by_label[label], min(limit, len(by_label[label])))}
+    keep = {
+        i for label in sorted(by_label) for i in rng.sample(by_label[label], min(limit, len(by_label[label])))
+    }
     return [ex for i, ex in enumerate(examples) if i in keep]
 
 
@@ -154,7 +188,11 @@ def _histogram(examples: list[Example]) -> dict[str, int]:
     bins = Counter()
     for ex in examples:
         if ex.score is not None and ex.label == "-1":
-            bins["0" if ex.score == 0 else f"{min((ex.score - 1) // 10 * 10 + 1, 91)}-{min((ex.score - 1) // 10 * 10 + 10, 100)}"] += 1
+            bins[
+                "0"
+                if ex.score == 0
+                else f"{min((ex.score - 1) // 10 * 10 + 1, 91)}-{min((ex.score - 1) // 10 * 10 + 10, 100)}"
+            ] += 1
     return dict(sorted(bins.items(), key=lambda kv: int(kv[0].split("-")[0])))
 
 
@@ -179,19 +217,38 @@ def write_card(out: Path, cfg, total: int, splits, dropped, duplicates, removed_
         "seed": cfg.seed,
     }
     (out / "card.json").write_text(json.dumps(card, ensure_ascii=False, indent=1), encoding="utf-8")
-    lines = [f"# Data card: {cfg.source}", "", f"Source: `{cfg.path}`; licence: {card['licence']}", "",
-             f"Input rows: {total}; kept: {sum(card['kept_rows'].values())}; dropped: {len(dropped)} "
-             f"({', '.join(f'{k}: {v}' for k, v in card['dropped'].items()) or 'none'}); "
-             f"duplicate rows removed from train: {sum(d['action'] == 'removed from train' for d in duplicates)}; "
-             f"train rows changed by --balance {cfg.balance} / --train-per-label {cfg.train_per_label}: "
-             f"{removed_by_balance:+d}.", "",
-             "| split | rows | " + " | ".join(f"label {lab}" for lab in sorted({lab for c in card['labels'].values() for lab in c})) + " |"]
+    lines = [
+        f"# Data card: {cfg.source}",
+        "",
+        f"Source: `{cfg.path}`; licence: {card['licence']}",
+        "",
+        f"Input rows: {total}; kept: {sum(card['kept_rows'].values())}; dropped: {len(dropped)} "
+        f"({', '.join(f'{k}: {v}' for k, v in card['dropped'].items()) or 'none'}); "
+        f"duplicate rows removed from train: {sum(d['action'] == 'removed from train' for d in duplicates)}; "
+        f"train rows changed by --balance {cfg.balance} / --train-per-label {cfg.train_per_label}: "
+        f"{removed_by_balance:+d}.",
+        "",
+        "| split | rows | "
+        + " | ".join(f"label {lab}" for lab in sorted({lab for c in card["labels"].values() for lab in c}))
+        + " |",
+    ]
     labels = sorted({lab for c in card["labels"].values() for lab in c})
     lines.append("|---|---|" + "---|" * len(labels))
     for name in SPLITS:
-        lines.append(f"| {name} | {card['kept_rows'][name]} | " + " | ".join(str(card["labels"][name].get(lab, 0)) for lab in labels) + " |")
-    lines += ["", "Score histogram of label -1 rows (train): " + json.dumps(card["score_histogram_negative"]["train"]), "",
-              "Rules:", "", card["rules"], ""]
+        lines.append(
+            f"| {name} | {card['kept_rows'][name]} | "
+            + " | ".join(str(card["labels"][name].get(lab, 0)) for lab in labels)
+            + " |"
+        )
+    lines += [
+        "",
+        "Score histogram of label -1 rows (train): " + json.dumps(card["score_histogram_negative"]["train"]),
+        "",
+        "Rules:",
+        "",
+        card["rules"],
+        "",
+    ]
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
     return card
 
@@ -202,41 +259,61 @@ def main(cfg) -> dict:
     if cfg.download:
         download(cfg.source, path)
     if source is not HF and not path.exists():
-        hint = (" or pass --download" if source.download
-                else f"; get it from {source.manual or 'your own files'}")
+        hint = (
+            " or pass --download" if source.download else f"; get it from {source.manual or 'your own files'}"
+        )
         raise FileNotFoundError(f"{path} does not exist (give --path to the dataset's file or folder{hint})")
     started = time.perf_counter()
 
     def step(what: str) -> None:  # a line per stage: a person waiting sees what runs, in a terminal or a log
-        print(f"data prepare: {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
+        print(
+            f"data prepare: {what} ({time.perf_counter() - started:.0f}s elapsed)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     step(f"reading {cfg.source} from {path if source is not HF else cfg.source.removeprefix(HF_PREFIX)}")
     rows, dropped = source.reader(path, cfg)
     splits = rows if isinstance(rows, dict) else split_examples(rows, cfg.split, cfg.seed)
     total = sum(len(v) for v in splits.values()) + len(dropped)
-    step(f"read {total} rows; looking for duplicates of the {len(splits['dev']) + len(splits['test'])} dev/test rows "
-         f"among the {len(splits['train'])} train rows (exact, normalised, 5-gram Jaccard >= 0.9)")
+    step(
+        f"read {total} rows; looking for duplicates of the {len(splits['dev']) + len(splits['test'])} "
+        f"dev/test rows among the {len(splits['train'])} train rows (exact, normalised, 5-gram Jaccard >= "
+        "0.9)"
+    )
     splits, duplicates = deduplicate(splits)
     step(f"{len(duplicates)} duplicates found; writing {out}")
     before = len(splits["train"])
-    splits["train"] = cap_per_label(balance(splits["train"], cfg.balance, cfg.seed), cfg.train_per_label, cfg.seed)
+    splits["train"] = cap_per_label(
+        balance(splits["train"], cfg.balance, cfg.seed), cfg.train_per_label, cfg.seed
+    )
     dev_before = len(splits["dev"])
     splits["dev"] = cap_per_label(splits["dev"], cfg.dev_per_label, cfg.seed)
     check_output_folder(out, "card.json", "data prepare")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "card.json").write_text('{"complete": false}\n', encoding="utf-8")  # ours from now on; replaced at the end
+    (out / "card.json").write_text(
+        '{"complete": false}\n', encoding="utf-8"
+    )  # ours from now on; replaced at the end
     for name, rows in splits.items():
         write_jsonl(rows, out / f"{name}.jsonl")
     card = write_card(out, cfg, total, splits, dropped, duplicates, len(splits["train"]) - before)
     changed = len(splits["train"]) - before
-    why = [f"--balance {cfg.balance}"] * (cfg.balance != "none") + [f"--train-per-label {cfg.train_per_label}"] * bool(cfg.train_per_label)
+    why = [f"--balance {cfg.balance}"] * (cfg.balance != "none") + [
+        f"--train-per-label {cfg.train_per_label}"
+    ] * bool(cfg.train_per_label)
     resampled = f", train {changed:+d} rows by {' and '.join(why)}" if changed else ""
     if len(splits["dev"]) != dev_before:
         resampled += f", dev {len(splits['dev']) - dev_before:+d} rows by --dev-per-label {cfg.dev_per_label}"
-    print(f"{cfg.source}: {total} rows -> " + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
-          + f", dropped {len(dropped)}{resampled} -> {out} (data card: {out / 'README.md'})")
+    print(
+        f"{cfg.source}: {total} rows -> "
+        + ", ".join(f"{k} {v}" for k, v in card["kept_rows"].items())
+        + f", dropped {len(dropped)}{resampled} -> {out} (data card: {out / 'README.md'})"
+    )
     if dropped:
-        print(f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in {out / 'card.json'})",
-              file=sys.stderr)
+        print(
+            f"labeltune: warning: {dropped_summary(dropped, total)} (each with its reason in "
+            f"{out / 'card.json'})",
+            file=sys.stderr,
+        )
     print(f"next: labeltune train --data {out} --output runs/{out.name}")
     return card

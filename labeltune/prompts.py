@@ -11,7 +11,7 @@ forge an Alpaca section header: ``###`` becomes full-width ``＃＃＃``. Specia
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -19,14 +19,16 @@ import jinja2.sandbox
 
 from labeltune.task import TaskSpec
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "templates"  # package data (pyproject: tool.setuptools.package-data)
+PROMPTS_DIR = (
+    Path(__file__).resolve().parent / "templates"
+)  # package data (pyproject: tool.setuptools.package-data)
 
 
 def available_templates() -> list[str]:
     return sorted(p.stem for p in PROMPTS_DIR.glob("*.jinja"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _environment(directory: str, sandboxed: bool) -> jinja2.Environment:
     """Templates shipped with labeltune render in a plain environment; any other template (a user's file,
     an export's or a shared run's template.jinja) in jinja2's immutable sandbox, where the attribute walks
@@ -41,7 +43,8 @@ def _environment(directory: str, sandboxed: bool) -> jinja2.Environment:
 
 
 def load_template(name_or_path: str) -> jinja2.Template:
-    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file (sandboxed)."""
+    """A template by name (``labeltune/templates/<name>.jinja``) or by path to a ``.jinja`` file
+    (sandboxed)."""
     path = Path(name_or_path)
     if path.suffix == ".jinja" and path.is_file():
         folder = path.resolve().parent
@@ -70,5 +73,7 @@ def render_prompt(template: jinja2.Template, task: TaskSpec, text: str, **fields
     try:
         return template.render(text=as_data(text), labels=task.label_values, task=task.name, **data)
     except jinja2.exceptions.SecurityError as e:  # only a sandboxed (not shipped) template gets here
-        raise ValueError(f"{template.filename}: the prompt template tried something a template may not do ({e}); "
-                         "it was stopped before running anything: use a template that only prints its variables") from None
+        raise ValueError(
+            f"{template.filename}: the prompt template tried something a template may not do ({e}); "
+            "it was stopped before running anything: use a template that only prints its variables"
+        ) from None

@@ -33,8 +33,15 @@ def _ray():
 class ChunkLabeller:
     """A Ray Data actor: one engine (model replica) that labels whole chunks."""
 
-    def __init__(self, run_dir: str, engine: str, dtype: str, threads: int | None, batch_size: int | None,
-                 settings: dict):
+    def __init__(
+        self,
+        run_dir: str,
+        engine: str,
+        dtype: str,
+        threads: int | None,
+        batch_size: int | None,
+        settings: dict,
+    ):
         from labeltune.engine import load_engine
         from labeltune.run import open_run
 
@@ -57,15 +64,19 @@ def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
     ray.init retries such an address for about 14 minutes (Ray 2.60) and then blames token authentication."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"--ray {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT, auto or local")
+        raise ValueError(
+            f"--ray {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT, auto or local"
+        )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as e:
         why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ValueError(f"--ray {address}: unreachable ({why}); check the address and that the cluster's head runs "
-                         f"there (`ray start --head --port {port}`) and that no firewall blocks the port, "
-                         "or use --ray local") from None
+        raise ValueError(
+            f"--ray {address}: unreachable ({why}); check the address and that the cluster's head runs "
+            f"there (`ray start --head --port {port}`) and that no firewall blocks the port, "
+            "or use --ray local"
+        ) from None
 
 
 def connect(address: str):
@@ -85,10 +96,13 @@ def connect(address: str):
             try:
                 ray.init(address=address, **kwargs)
             except ConnectionError as e:
-                hint = ("" if os.environ.get("RAY_AUTH_MODE") else
-                        "; if the cluster uses token authentication (Ray's default since 2.59), set "
-                        "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token), "
-                        "or use --ray auto on one of its nodes")
+                hint = (
+                    ""
+                    if os.environ.get("RAY_AUTH_MODE")
+                    else "; if the cluster uses token authentication (Ray's default since 2.59), set "
+                    "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token), "
+                    "or use --ray auto on one of its nodes"
+                )
                 raise ValueError(f"--ray {address}: {e}{hint}") from None
     return ray
 
@@ -99,20 +113,33 @@ def replica_resources(total: dict, replicas: int) -> dict:
     count) where it has none; refused where it has GPUs but fewer than replicas. Each replica loads the
     whole model onto its device, and Ray 2.60 does not hide the GPUs from an actor that asked for none
     (ray/_private/utils.py, set_visible_accelerator_ids: with no accelerator ids it leaves
-    CUDA_VISIBLE_DEVICES as it is unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is set), so replicas without a GPU of their own would all load onto
-    cuda:0: two 9B copies overflow a T4, two vLLM engines each claim 92% of it."""
+    CUDA_VISIBLE_DEVICES as it is unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is set), so replicas without a GPU
+    of their own would all load onto cuda:0: two 9B copies overflow a T4, two vLLM engines each claim 92% of
+    it."""
     gpus = int(total.get("GPU", 0))
     if gpus >= replicas:
         return {"num_gpus": 1, "num_cpus": 1, "threads": None}
     if gpus:
-        raise ValueError(f"--replicas {replicas}: the Ray cluster has {gpus} GPU{'s' * (gpus > 1)}, and each replica loads "
-                         f"the whole model onto a GPU of its own (sharing one runs out of memory); use --replicas {gpus}")
+        raise ValueError(
+            f"--replicas {replicas}: the Ray cluster has {gpus} GPU{'s' * (gpus > 1)}, and each replica "
+            "loads the whole model onto a GPU of its own (sharing one runs out of memory); use --replicas "
+            f"{gpus}"
+        )
     cpus = max(1, int(total.get("CPU", 1)) // replicas)
     return {"num_gpus": 0, "num_cpus": cpus, "threads": cpus}
 
 
-def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype: str, threads: int | None,
-                   batch_size: int | None, settings: dict, chunks: list[list]) -> Iterator[list]:
+def predict_chunks(
+    address: str,
+    replicas: int,
+    run_dir: str,
+    engine: str,
+    dtype: str,
+    threads: int | None,
+    batch_size: int | None,
+    settings: dict,
+    chunks: list[list],
+) -> Iterator[list]:
     """The predictions of each chunk of texts, in chunk order, labelled by `replicas` actors on the
     cluster at `address`."""
     from labeltune.answers import Answer
@@ -126,19 +153,34 @@ def predict_chunks(address: str, replicas: int, run_dir: str, engine: str, dtype
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     share = replica_resources(ray.cluster_resources(), replicas)
-    if engine != "hf":  # the replica's CPU share as torch threads: the hf engine's setting (vLLM sets its own)
+    if (
+        engine != "hf"
+    ):  # the replica's CPU share as torch threads: the hf engine's setting (vLLM sets its own)
         share["threads"] = None
-    items = [{"chunk": i, "texts": ["" if t is None else str(t) for t in texts]} for i, texts in enumerate(chunks)]
+    items = [
+        {"chunk": i, "texts": ["" if t is None else str(t) for t in texts]} for i, texts in enumerate(chunks)
+    ]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ChunkLabeller,
-        fn_constructor_kwargs=dict(run_dir=os.path.abspath(run_dir), engine=engine, dtype=dtype,
-                                   threads=threads or share["threads"], batch_size=batch_size, settings=settings),
-        batch_size=1, concurrency=replicas, num_cpus=share["num_cpus"], num_gpus=share["num_gpus"],
+        fn_constructor_kwargs=dict(
+            run_dir=os.path.abspath(run_dir),
+            engine=engine,
+            dtype=dtype,
+            threads=threads or share["threads"],
+            batch_size=batch_size,
+            settings=settings,
+        ),
+        batch_size=1,
+        concurrency=replicas,
+        num_cpus=share["num_cpus"],
+        num_gpus=share["num_gpus"],
         batch_format="numpy",
     )
     expected = 0
     for row in dataset.iter_rows():
         if int(row["chunk"]) != expected:
-            raise RuntimeError(f"Ray returned chunk {row['chunk']} where chunk {expected} was due (order not preserved)")
+            raise RuntimeError(
+                f"Ray returned chunk {row['chunk']} where chunk {expected} was due (order not preserved)"
+            )
         expected += 1
         yield [Answer(**p) for p in json.loads(row["predictions"])]

@@ -117,8 +117,10 @@ class RunInfo:
     @classmethod
     def from_dict(cls, data: dict) -> RunInfo:
         known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
     def to_dict(self) -> dict:
         """model.json's keys as labeltune writes them: the first record always; score_trained, precision and
@@ -154,7 +156,9 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig a run directory was trained with; a path that is not a run says so."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"--run {run_dir}: no such directory (runs are made by `labeltune train --output ...`)")
+        raise FileNotFoundError(
+            f"--run {run_dir}: no such directory (runs are made by `labeltune train --output ...`)"
+        )
     if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(f"--run {run_dir}: not a labeltune run directory (no {CONFIG} in it)")
     return load_saved(TrainConfig, run_dir / CONFIG)
@@ -242,8 +246,10 @@ class Run:
         cannot point labeltune at a file elsewhere on this machine. Files of a run render sandboxed."""
         own = self.dir / TEMPLATE
         if own.is_symlink():
-            raise RunError(f"--run {self.dir}: its {TEMPLATE} is a link (to {os.readlink(own)}); a run's template must "
-                           "be a file of the run: replace the link by the file if you trust it")
+            raise RunError(
+                f"--run {self.dir}: its {TEMPLATE} is a link (to {os.readlink(own)}); a run's template must "
+                "be a file of the run: replace the link by the file if you trust it"
+            )
         name = self.config.template
         if own.is_file():
             template = load_template(str(own))
@@ -254,10 +260,14 @@ class Run:
             try:
                 path.resolve().relative_to(self.dir.resolve())
             except ValueError:
-                raise RunError(f"--run {self.dir}: its config.yaml names the template {name}, outside the run; a run "
-                               f"uses its own {TEMPLATE} or a bundled template: copy the file to {own} if you trust it") from None
+                raise RunError(
+                    f"--run {self.dir}: its config.yaml names the template {name}, outside the run; a run "
+                    f"uses its own {TEMPLATE} or a bundled template: copy the file to {own} if you trust it"
+                ) from None
             template = load_template(str(path))
-        render_prompt(template, self.task, "テスト")  # a template that tries what it may not is refused here, up front
+        render_prompt(
+            template, self.task, "テスト"
+        )  # a template that tries what it may not is refused here, up front
         return template
 
     @property
@@ -274,17 +284,23 @@ class Run:
         made with --include-data (they hold every labelled post)."""
         path = self.split(name)
         if not path.is_file():
-            raise ValueError(f"--run {self.dir} has no {name} split ({path}): an export carries no training data unless "
-                             f"made with `labeltune export --include-data`; {verb}")
+            raise ValueError(
+                f"--run {self.dir} has no {name} split ({path}): an export carries no training data unless "
+                f"made with `labeltune export --include-data`; {verb}"
+            )
         return path
 
     def train_labels(self) -> list[str]:
-        """The training split's labels (for the majority baseline): from data/train.jsonl, else from the counts
-        in data/summary.json (all an export keeps by default)."""
+        """The training split's labels (for the majority baseline): from data/train.jsonl, else from the
+        counts in data/summary.json (all an export keeps by default)."""
         if self.split("train").is_file():
             return [str(row["label"]) for row in iter_rows(self.split("train"))]
         summary = self.dir / DATA / DATA_SUMMARY
-        counts = json.loads(summary.read_text(encoding="utf-8")).get("counts", {}).get("train", {}) if summary.is_file() else {}
+        counts = (
+            json.loads(summary.read_text(encoding="utf-8")).get("counts", {}).get("train", {})
+            if summary.is_file()
+            else {}
+        )
         return [label for label, n in counts.items() for _ in range(int(n))]
 
     def load(self, merge: bool = False, adapter: Path | None = None):
@@ -325,7 +341,9 @@ def weights_sha256(run_dir: Path) -> str:
     raise FileNotFoundError(f"{run_dir}: no trained adapter or merged model (run `labeltune train` first)")
 
 
-TRUSTED_BASES = "LABELTUNE_TRUSTED_BASES"  # env: local base folders outside a run the user vouches for (os.pathsep)
+TRUSTED_BASES = (
+    "LABELTUNE_TRUSTED_BASES"  # env: local base folders outside a run the user vouches for (os.pathsep)
+)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -351,7 +369,9 @@ def full_id_path(run_dir: str | Path, info: RunInfo) -> str | None:
 
 def trusted_bases_file() -> Path:
     """This machine's list of local base folders the user trained on (one resolved path a line)."""
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "labeltune" / "trusted_bases.txt"
+    return (
+        Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "labeltune" / "trusted_bases.txt"
+    )
 
 
 def trust_base(base: str) -> None:
@@ -377,13 +397,21 @@ def check_base(run_dir: str | Path, base: str) -> None:
         return
     real = path.resolve()
     named = [p for p in os.environ.get(TRUSTED_BASES, "").split(os.pathsep) if p]
-    remembered = trusted_bases_file().read_text(encoding="utf-8").splitlines() if trusted_bases_file().is_file() else []
-    if any(real == t or t in real.parents for t in [Path(run_dir).resolve(), *map(Path, remembered),
-                                                      *(Path(p).resolve() for p in named)]):
+    remembered = (
+        trusted_bases_file().read_text(encoding="utf-8").splitlines()
+        if trusted_bases_file().is_file()
+        else []
+    )
+    if any(
+        real == t or t in real.parents
+        for t in [Path(run_dir).resolve(), *map(Path, remembered), *(Path(p).resolve() for p in named)]
+    ):
         return
-    raise RunError(f"--run {run_dir}: its model.json names the base model {base}, a folder outside the run that was not "
-                   f"trained on here; a shared run may not point at files on this machine: if you trust that folder, "
-                   f"name it: {TRUSTED_BASES}={base}")
+    raise RunError(
+        f"--run {run_dir}: its model.json names the base model {base}, a folder outside the run that was not "
+        f"trained on here; a shared run may not point at files on this machine: if you trust that folder, "
+        f"name it: {TRUSTED_BASES}={base}"
+    )
 
 
 def check_not_patched_by_unsloth(model) -> None:
@@ -409,8 +437,9 @@ def load_run(run_dir: str | Path, merge: bool = False, adapter: Path | None = No
     except Exception as e:  # safetensors, tokenizers, transformers, json, OSError ... on files of the run
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ValueError(
-            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the run's "
-            "files are complete (train it again if they are damaged) and that a Hugging Face base can be downloaded"
+            f"--run {run_dir}: its model cannot be loaded ({type(e).__name__}: {first}); check that the "
+            "run's files are complete (train it again if they are damaged) and that a Hugging Face base can "
+            "be downloaded"
         ) from e
 
 
@@ -424,8 +453,10 @@ def check_no_pickles(run_dir: Path) -> None:
     for folder in (run_dir / ADAPTER, run_dir / MERGED):
         for pattern in PICKLES:
             for found in sorted(folder.glob(pattern)) if folder.is_dir() else []:
-                raise RunError(f"{found}: weights saved as a pickle, which can run code when loaded; labeltune "
-                               "loads .safetensors only (convert it with safetensors on a machine you trust)")
+                raise RunError(
+                    f"{found}: weights saved as a pickle, which can run code when loaded; labeltune "
+                    "loads .safetensors only (convert it with safetensors on a machine you trust)"
+                )
 
 
 def load_run_files(run_dir: str | Path, merge: bool = False, adapter: Path | None = None):
@@ -460,8 +491,11 @@ def load_run_files(run_dir: str | Path, merge: bool = False, adapter: Path | Non
     if why and full:
         import warnings
 
-        warnings.warn(f"{run_dir} was trained on a 4-bit base; {why}: loading the 16-bit {info.full_id} in "
-                      "full precision instead (labels may differ slightly from the run's evaluation)", stacklevel=2)
+        warnings.warn(
+            f"{run_dir} was trained on a 4-bit base; {why}: loading the 16-bit {info.full_id} in "
+            "full precision instead (labels may differ slightly from the run's evaluation)",
+            stacklevel=2,
+        )
         base, four_bit = full, False
     elif why:
         raise RunError(f"--run {run_dir} was trained on a 4-bit base, and loading it here needs 4-bit: {why}")

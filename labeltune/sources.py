@@ -62,8 +62,10 @@ def read_japanese_toxic(path: Path) -> tuple[list[Example], list[dict]]:
     kept, dropped = [], []
     missing = [c for c in ("text", *JT_VOTES, "annotation_num") if c not in read_columns(source)]
     if missing:
-        raise ValueError(f"{source}: no column(s) {missing}; columns found: {read_columns(source)} "
-                         "(is this the japanese-toxic-dataset's subset.csv?)")
+        raise ValueError(
+            f"{source}: no column(s) {missing}; columns found: {read_columns(source)} "
+            "(is this the japanese-toxic-dataset's subset.csv?)"
+        )
     for i, row in enumerate(iter_rows(source)):
         text = (row.get("text") or "").strip()
         try:
@@ -86,7 +88,9 @@ def read_japanese_toxic(path: Path) -> tuple[list[Example], list[dict]]:
     return kept, dropped
 
 
-def read_wrime(path: Path, label_source: str, drop_neutral: bool) -> tuple[dict[str, list[Example]], list[dict]]:
+def read_wrime(
+    path: Path, label_source: str, drop_neutral: bool
+) -> tuple[dict[str, list[Example]], list[dict]]:
     column = "Avg. Readers_Sentiment" if label_source == "readers" else "Writer_Sentiment"
     splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
     dropped = []
@@ -95,11 +99,15 @@ def read_wrime(path: Path, label_source: str, drop_neutral: bool) -> tuple[dict[
         split = (row.get("Train/Dev/Test") or "").strip().lower()
         if "投稿本文" in row:
             raise ValueError(
-                f"{path}: this is the WRIME ver1 layout (投稿本文, 主観_*, 客観*_*), which has no sentiment polarity; "
-                "the wrime source needs wrime-ver2.tsv (Sentence, Train/Dev/Test, *_Sentiment): " + WRIME_MANUAL
+                f"{path}: this is the WRIME ver1 layout (投稿本文, 主観_*, 客観*_*), which has no sentiment "
+                "polarity; the wrime source needs wrime-ver2.tsv (Sentence, Train/Dev/Test, *_Sentiment): "
+                + WRIME_MANUAL
             )
         if column not in row or "Train/Dev/Test" not in row:
-            raise ValueError(f"{path}: not WRIME ver2 (needs 'Sentence', 'Train/Dev/Test', {column!r}); columns: {list(row)}")
+            raise ValueError(
+                f"{path}: not WRIME ver2 (needs 'Sentence', 'Train/Dev/Test', {column!r}); columns: "
+                f"{list(row)}"
+            )
         if not text:
             dropped.append({"row": i, "reason": "empty_text"})
             continue
@@ -115,15 +123,22 @@ def read_wrime(path: Path, label_source: str, drop_neutral: bool) -> tuple[dict[
         if label == "0" and drop_neutral:
             dropped.append({"row": i, "reason": "neutral_dropped"})
             continue
-        splits[split].append(Example(text=text, label=label, score=None, meta={"sentiment": value, "user": row.get("UserID", "")}))
+        splits[split].append(
+            Example(
+                text=text, label=label, score=None, meta={"sentiment": value, "user": row.get("UserID", "")}
+            )
+        )
     return splits, dropped
 
 
-def read_annotated_csv(path: Path, task, text_column: str, label_column: str, flag_columns: list[str], flag_max: int):
+def read_annotated_csv(
+    path: Path, task, text_column: str, label_column: str, flag_columns: list[str], flag_max: int
+):
     if task.score is not None and not flag_columns:
         raise ValueError(
-            f"annotated-csv: the task {task.name!r} scores its {', '.join(task.score.only_for or task.label_values)} rows "
-            "from annotator flags: pass --flag-columns a1,a2,... (without them every such row would be dropped)"
+            f"annotated-csv: the task {task.name!r} scores its "
+            f"{', '.join(task.score.only_for or task.label_values)} rows from annotator flags: pass "
+            "--flag-columns a1,a2,... (without them every such row would be dropped)"
         )
     missing = [c for c in (text_column, label_column, *flag_columns) if c not in read_columns(path)]
     if missing:
@@ -147,8 +162,14 @@ def read_annotated_csv(path: Path, task, text_column: str, label_column: str, fl
         except ValueError as e:
             dropped.append({"row": i, "reason": f"bad_flags:{e}"})
             continue
-        kept.append(Example(text=text, label=label, score=score if task.score is not None else None,
-                            meta={c: row[c] for c in flag_columns}))
+        kept.append(
+            Example(
+                text=text,
+                label=label,
+                score=score if task.score is not None else None,
+                meta={c: row[c] for c in flag_columns},
+            )
+        )
     return kept, dropped
 
 
@@ -187,13 +208,24 @@ def read_hf(dataset: str, task, text_column: str, label_column: str, score_colum
     for hf_name, rows in loaded.items():
         for i, row in enumerate(rows):
             if text_column not in row or label_column not in row:
-                raise ValueError(f"{dataset}[{hf_name}]: no column {text_column!r}/{label_column!r}; columns: {list(row)}")
+                raise ValueError(
+                    f"{dataset}[{hf_name}]: no column {text_column!r}/{label_column!r}; columns: {list(row)}"
+                )
             text, label = str(row[text_column] or "").strip(), task.normalize_label(row[label_column])
             if not text or label is None:
-                dropped.append({"row": f"{hf_name}:{i}", "reason": "empty_text" if not text else f"label_not_in_task:{row[label_column]}"})
+                dropped.append(
+                    {
+                        "row": f"{hf_name}:{i}",
+                        "reason": "empty_text" if not text else f"label_not_in_task:{row[label_column]}",
+                    }
+                )
                 continue
             score = row.get(score_column) if score_column else None
-            score = int(score) if score is not None and task.score is not None and task.score_allowed(label) else (0 if task.score else None)
+            score = (
+                int(score)
+                if score is not None and task.score is not None and task.score_allowed(label)
+                else (0 if task.score else None)
+            )
             splits.setdefault(names.get(hf_name, hf_name), []).append(Example(text, label, score, {}))
     if not splits["test"]:  # no test split published: split what there is
         return [ex for rows in splits.values() for ex in rows], dropped
@@ -214,8 +246,8 @@ SOURCES: dict[str, Source] = {
         ),
         rules=(
             "score = round(100 * (0*NotToxic + 1/3*HardToSay + 2/3*Toxic + 1*VeryToxic) / annotation_num); "
-            "label -1 when (Toxic + VeryToxic) / annotation_num >= 0.5, else 0 (\"not toxic\": the dataset "
-            "has no sentiment, so 0 here means \"not negative-toxic\"); non-negative rows keep score 0 (the "
+            'label -1 when (Toxic + VeryToxic) / annotation_num >= 0.5, else 0 ("not toxic": the dataset '
+            'has no sentiment, so 0 here means "not negative-toxic"); non-negative rows keep score 0 (the '
             "task's rule). Category columns are kept as metadata (summed sub-category selections, not "
             "per-annotator flags). No split in the file: stratified 80/10/10 with --seed."
         ),
@@ -223,7 +255,7 @@ SOURCES: dict[str, Source] = {
     "wrime": Source(
         reader=lambda path, cfg: read_wrime(path, cfg.label_source, cfg.drop_neutral),
         licence="CC BY-NC-ND 4.0 (ids-cv/wrime): non-commercial, no derivatives — keep prepared files "
-                "private",
+        "private",
         manual=WRIME_MANUAL,
         download=None,
         rules=(
@@ -233,8 +265,9 @@ SOURCES: dict[str, Source] = {
         ),
     ),
     "annotated-csv": Source(
-        reader=lambda path, cfg: read_annotated_csv(path, load_task(cfg.task), cfg.text_column,
-                                                    cfg.label_column, cfg.flag_columns or [], cfg.flag_max),
+        reader=lambda path, cfg: read_annotated_csv(
+            path, load_task(cfg.task), cfg.text_column, cfg.label_column, cfg.flag_columns or [], cfg.flag_max
+        ),
         licence="the licence of your own data",
         manual=None,
         download=None,
@@ -250,7 +283,7 @@ SOURCES: dict[str, Source] = {
         download=None,
         rules=(
             "the livedoor news corpus folder (text/<category>/<category>-<id>.txt: URL, date, title, "
-            "body); text = title + \"\\n\" + body for the `livedoor_category` task (templates "
+            'body); text = title + "\\n" + body for the `livedoor_category` task (templates '
             "`alpaca_ja_livedoor` and `livedoor_plain`); long articles are cut by tokens at "
             "training/labelling time (the model's tokenizer, `--max-length`), never by characters here. "
             "`--per-label N` keeps a subset."
@@ -260,8 +293,13 @@ SOURCES: dict[str, Source] = {
 
 HF_PREFIX = "hf:"
 HF = Source(  # any Hugging Face dataset, named hf:<dataset id or local folder>
-    reader=lambda path, cfg: read_hf(cfg.source.removeprefix(HF_PREFIX), load_task(cfg.task), cfg.text_column,
-                                     cfg.label_column, cfg.score_column),
+    reader=lambda path, cfg: read_hf(
+        cfg.source.removeprefix(HF_PREFIX),
+        load_task(cfg.task),
+        cfg.text_column,
+        cfg.label_column,
+        cfg.score_column,
+    ),
     licence="see the dataset's card on the Hub",
     manual=None,
     download=None,

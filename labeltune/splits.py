@@ -40,7 +40,7 @@ def normalize_text(text: str) -> str:
 
 
 def _rank(seed: int, key: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
 
 
 def split_examples(
@@ -121,8 +121,11 @@ def fingerprint(splits: dict[str, list[Example]]) -> str:
 SPLIT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
-def load_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None,
-                ) -> tuple[dict[str, list[Example]], list[dict]]:
+def load_splits(
+    cfg: TrainConfig,
+    task: TaskSpec,
+    warnings: list[str] | None = None,
+) -> tuple[dict[str, list[Example]], list[dict]]:
     """train/dev/test from a folder of split files, or a stratified split of one file; plus dropped rows.
     What reading changed or doubted (short rows, replaced characters) is appended to `warnings`."""
     source = Path(cfg.data)
@@ -135,7 +138,9 @@ def load_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = N
             if not files:
                 raise FileNotFoundError(f"{source}: no {name}.csv/.tsv/.jsonl")
             report = ReadReport(str(files[0]))
-            splits[name], rows = load_examples(files[0], task, encoding=cfg.encoding, report=report, **columns)
+            splits[name], rows = load_examples(
+                files[0], task, encoding=cfg.encoding, report=report, **columns
+            )
             dropped += [{"split": name, **r} for r in rows]
             warnings += report.warnings()
         return splits, dropped
@@ -150,7 +155,10 @@ def load_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = N
 def check_leakage(cfg: TrainConfig, splits: dict) -> tuple[dict, list]:
     leaks = find_leaks(splits)
     if leaks and cfg.leakage == "error":
-        shown = "\n".join(f"  {lk.kind:10s} {lk.split}[{lk.index}] = train[{lk.train_index}]: {lk.text[:40]!r}" for lk in leaks[:10])
+        shown = "\n".join(
+            f"  {lk.kind:10s} {lk.split}[{lk.index}] = train[{lk.train_index}]: {lk.text[:40]!r}"
+            for lk in leaks[:10]
+        )
         raise ValueError(
             f"{len(leaks)} dev/test rows also appear in train (scores would be inflated):\n{shown}\n"
             "Deduplicate the data, or pass --leakage drop (remove them from train) or --leakage allow."
@@ -178,7 +186,9 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
     return summary
 
 
-def make_splits(cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None) -> tuple[dict, list[dict], list]:
+def make_splits(
+    cfg: TrainConfig, task: TaskSpec, warnings: list[str] | None = None
+) -> tuple[dict, list[dict], list]:
     """(splits, dropped rows, leaks) of `cfg.data`: loaded, leakage policy applied, train cut to --limit,
     checked to give meaningful results (check_splits)."""
     splits, dropped = load_splits(cfg, task, warnings)
@@ -200,19 +210,29 @@ def check_splits(splits: dict, task: TaskSpec, allow_incomplete: bool) -> None:
     evaluated = {ex.label for name in ("dev", "test") for ex in splits[name]}
     problems = []
     if len(counts) < 2:
-        problems.append(f"the training split has only one label ({', '.join(task.label_name(v) for v in counts)}): "
-                        "nothing to tell apart")
-    problems += [f"label {v} ({task.label_name(v)}) is in dev/test but has no training rows"
-                 for v in task.label_values if v in evaluated and v not in counts]
+        problems.append(
+            f"the training split has only one label ({', '.join(task.label_name(v) for v in counts)}): "
+            "nothing to tell apart"
+        )
+    problems += [
+        f"label {v} ({task.label_name(v)}) is in dev/test but has no training rows"
+        for v in task.label_values
+        if v in evaluated and v not in counts
+    ]
     problems += [f"the {name} split is empty" for name in ("dev", "test") if not splits[name]]
     if problems and not allow_incomplete:
-        raise ValueError("; ".join(problems) + " (more data, other split ratios, or --allow-incomplete to train anyway)")
+        raise ValueError(
+            "; ".join(problems) + " (more data, other split ratios, or --allow-incomplete to train anyway)"
+        )
     for problem in problems:
         print(f"labeltune: warning: {problem} (--allow-incomplete)", file=sys.stderr)
     for v in task.label_values:
         if v not in counts and v not in evaluated:
-            print(f"labeltune: warning: label {v} ({task.label_name(v)}) appears in no split: the model will not "
-                  "learn to predict it", file=sys.stderr)
+            print(
+                f"labeltune: warning: label {v} ({task.label_name(v)}) appears in no split: the model will "
+                "not learn to predict it",
+                file=sys.stderr,
+            )
 
 
 def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
@@ -226,4 +246,6 @@ def split_once(cfg: TrainConfig, task: TaskSpec, data_dir: Path) -> dict:
 
 def on_split_folder(cfg: TrainConfig, data_dir: Path) -> TrainConfig:
     """`cfg` reading a folder written by split_once (jsonl files with text/label/score fields)."""
-    return replace(cfg, data=str(data_dir), text_column="text", label_column="label", score_column="score", encoding=None)
+    return replace(
+        cfg, data=str(data_dir), text_column="text", label_column="label", score_column="score", encoding=None
+    )

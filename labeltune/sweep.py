@@ -66,10 +66,14 @@ def check_options(cfg: SweepConfig) -> None:
     for where, options in (("train", cfg.train), ("grid", cfg.grid)):
         unknown = sorted(set(options) - valid)
         if unknown:
-            raise ValueError(f"sweep {where}: unknown TrainConfig option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+            raise ValueError(
+                f"sweep {where}: unknown TrainConfig option(s) {unknown}; valid: {', '.join(sorted(valid))}"
+            )
     fixed = sorted((set(cfg.grid) & set(SHARED_ONLY)) | ({"output"} & set(cfg.train)))
     if fixed:
-        raise ValueError(f"sweep: {fixed} cannot vary per trial (every trial uses the same split and <output>/trials/)")
+        raise ValueError(
+            f"sweep: {fixed} cannot vary per trial (every trial uses the same split and <output>/trials/)"
+        )
     if not cfg.grid:
         raise ValueError("sweep: the grid is empty")
 
@@ -116,11 +120,19 @@ def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
     run = open_run(run_dir)
     examples, _ = load_examples(run.split("dev"), run.task)
     if not examples:
-        raise ValueError(f"{run_dir}: the dev split is empty; a sweep selects on dev (use a larger split ratio)")
+        raise ValueError(
+            f"{run_dir}: the dev split is empty; a sweep selects on dev (use a larger split ratio)"
+        )
     model, prompter = run.load()
     predictions = predict(model, prompter, [ex.text for ex in examples], None, batch_size, mode)
-    metrics = system_metrics([ex.label for ex in examples], [ex.score for ex in examples], predictions, run.task.label_values,
-                             run.task.score_ends, run.task.scored_labels)
+    metrics = system_metrics(
+        [ex.label for ex in examples],
+        [ex.score for ex in examples],
+        predictions,
+        run.task.label_values,
+        run.task.score_ends,
+        run.task.scored_labels,
+    )
     metrics["train_seconds"] = run.info.train_seconds
     return metrics
 
@@ -135,7 +147,9 @@ def run_trial(shared: TrainConfig, params: dict, run_dir: Path, cfg: SweepConfig
         shutil.rmtree(run_dir)
     overrides = dict(to_dict(shared))
     overrides.update(params, output=str(run_dir))
-    train.spawn(resolve(TrainConfig, None, overrides))  # own process: GPU memory freed, no Unsloth patches here
+    train.spawn(
+        resolve(TrainConfig, None, overrides)
+    )  # own process: GPU memory freed, no Unsloth patches here
     metrics = dev_metrics(run_dir, cfg.mode, cfg.batch_size)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -148,9 +162,19 @@ def evaluate_best(run_dir: Path, cfg: SweepConfig) -> dict:
     path = run_dir / SWEEP_TEST_METRICS
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    metrics = evaluate.main(resolve(EvalConfig, None, {
-        "run": str(run_dir), "split": "test", "mode": cfg.mode, "batch_size": cfg.batch_size, "base": False,
-    }))["finetuned"]
+    metrics = evaluate.main(
+        resolve(
+            EvalConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "split": "test",
+                "mode": cfg.mode,
+                "batch_size": cfg.batch_size,
+                "base": False,
+            },
+        )
+    )["finetuned"]
     path.write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     return metrics
 
@@ -158,10 +182,19 @@ def evaluate_best(run_dir: Path, cfg: SweepConfig) -> dict:
 def result_rows(trials: list[tuple[str, dict, TrainConfig, dict]], best: str, test: dict) -> list[dict]:
     rows = []
     for name, params, resolved, dev in trials:
-        row = {"trial": name, "best": name == best, **{f"grid.{k}": v for k, v in params.items()},
-               "model": resolved.model, "template": resolved.template, "lr": resolved.lr, "lora_r": resolved.lora_r,
-               "dev_macro_f1": dev["macro_f1"], "dev_accuracy": dev["accuracy"],
-               "dev_malformed": dev["malformed_rate"], "train_seconds": dev.get("train_seconds")}
+        row = {
+            "trial": name,
+            "best": name == best,
+            **{f"grid.{k}": v for k, v in params.items()},
+            "model": resolved.model,
+            "template": resolved.template,
+            "lr": resolved.lr,
+            "lora_r": resolved.lora_r,
+            "dev_macro_f1": dev["macro_f1"],
+            "dev_accuracy": dev["accuracy"],
+            "dev_malformed": dev["malformed_rate"],
+            "train_seconds": dev.get("train_seconds"),
+        }
         for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
             row[f"test_{key}"] = test[key] if name == best else None
         row["test_malformed"] = test["malformed_rate"] if name == best else None
@@ -171,7 +204,10 @@ def result_rows(trials: list[tuple[str, dict, TrainConfig, dict]], best: str, te
 
 def markdown_table(rows: list[dict]) -> str:
     keys = [k for k in rows[0] if not k.startswith("grid.")]
-    cells = [["**best**" if row[k] is True else "" if k == "best" else format_cell(k, row[k]) for k in keys] for row in rows]
+    cells = [
+        ["**best**" if row[k] is True else "" if k == "best" else format_cell(k, row[k]) for k in keys]
+        for row in rows
+    ]
     return "\n".join(md_table(keys, cells))
 
 
@@ -188,10 +224,19 @@ def plot_dev_metric(rows: list[dict], grid: dict, metric: str, path: Path) -> No
         values = [str(v) for v in grid[option]]
         for row in rows:
             x = values.index(str(row[f"grid.{option}"]))
-            ax.scatter(x, row[key], color="#c44e52" if row["best"] else "#4c72b0", zorder=3,
-                       marker="*" if row["best"] else "o", s=120 if row["best"] else 30)
-        means = [sum(r[key] for r in rows if str(r[f"grid.{option}"]) == v) /
-                 max(1, sum(str(r[f"grid.{option}"]) == v for r in rows)) for v in values]
+            ax.scatter(
+                x,
+                row[key],
+                color="#c44e52" if row["best"] else "#4c72b0",
+                zorder=3,
+                marker="*" if row["best"] else "o",
+                s=120 if row["best"] else 30,
+            )
+        means = [
+            sum(r[key] for r in rows if str(r[f"grid.{option}"]) == v)
+            / max(1, sum(str(r[f"grid.{option}"]) == v for r in rows))
+            for v in values
+        ]
         ax.plot(range(len(values)), means, "-", color="grey", label="mean")
         ax.set_xticks(range(len(values)), values, rotation=20, fontsize=8)
         ax.set(xlabel=option, ylabel=f"dev {metric}", xlim=(-0.5, len(values) - 0.5))
@@ -224,13 +269,17 @@ def main(cfg: SweepConfig) -> list[dict]:
         writer.writerows(rows)
     table = markdown_table(rows)
     (out / "results.md").write_text(
-        f"# Sweep `{out}`\n\nSelected by dev {cfg.metric} ({cfg.mode} mode); only the best trial is evaluated on "
-        f"test (report: trials/{best}/report.md).\n\n{table}\n\n![dev {cfg.metric}](dev_{cfg.metric}.png)\n",
+        f"# Sweep `{out}`\n\nSelected by dev {cfg.metric} ({cfg.mode} mode); only the best trial is "
+        f"evaluated on test (report: trials/{best}/report.md).\n\n{table}\n\n"
+        f"![dev {cfg.metric}](dev_{cfg.metric}.png)\n",
         encoding="utf-8",
     )
     plot_dev_metric(rows, cfg.grid, cfg.metric, out / f"dev_{cfg.metric}.png")
     print(table)
     best_dev = next(dev for name, _, _, dev in trials if name == best)[cfg.metric]
-    print(f"best: {best} (dev {cfg.metric} {best_dev:.3f}, test macro-F1 {test['macro_f1']:.3f}) -> {out}/results.md")
+    print(
+        f"best: {best} (dev {cfg.metric} {best_dev:.3f}, test macro-F1 {test['macro_f1']:.3f}) -> "
+        f"{out}/results.md"
+    )
     print(f"next: labeltune label --run {out / 'trials' / best} --input posts.csv --output labelled.csv")
     return rows

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from labeltune.config import read_yaml
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # package data (pyproject: tool.setuptools.package-data)
+TASKS_DIR = (
+    Path(__file__).resolve().parent / "tasks"
+)  # package data (pyproject: tool.setuptools.package-data)
 
 
 # The answer format, written by TaskSpec.render_answer and read by labeltune.parse (nowhere else):
@@ -135,7 +137,9 @@ def load_task(name_or_path: str) -> TaskSpec:
     score = None
     if raw.get("score"):
         s = raw["score"]
-        score = ScoreSpec(min=int(s["min"]), max=int(s["max"]), only_for=tuple(str(v) for v in s.get("only_for", ())))
+        score = ScoreSpec(
+            min=int(s["min"]), max=int(s["max"]), only_for=tuple(str(v) for v in s.get("only_for", ()))
+        )
         if score.min != 0 and score.only_for:
             raise ValueError(f"{path}: labels outside `only_for` answer score 0, so min must be 0")
     index: dict[str, str] = {}

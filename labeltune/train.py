@@ -77,7 +77,9 @@ def trackers(report_to: list[str]) -> list[str]:
         if any(_installed(m) for m in modules):
             found.append(name)
         else:
-            warnings.warn(f"report_to={name}: not installed (pip install {modules[0]}); skipped", stacklevel=2)
+            warnings.warn(
+                f"report_to={name}: not installed (pip install {modules[0]}); skipped", stacklevel=2
+            )
     return found
 
 
@@ -136,16 +138,19 @@ def read_data(cfg: TrainConfig, task, run_dir: Path) -> tuple[dict, list[dict], 
     warnings: list[str] = []
     splits, dropped, leaks = make_splits(cfg, task, warnings)
     if dropped:
-        warnings.append(data_mod.dropped_summary(dropped, sum(map(len, splits.values())) + len(dropped))
-                        + f" (each with its reason in {run_dir / run_files.DATA / run_files.DATA_SUMMARY})")
+        warnings.append(
+            data_mod.dropped_summary(dropped, sum(map(len, splits.values())) + len(dropped))
+            + f" (each with its reason in {run_dir / run_files.DATA / run_files.DATA_SUMMARY})"
+        )
     if leaks and cfg.leakage != "error":
         what = "removed from train" if cfg.leakage == "drop" else "left in train (--leakage allow)"
         warnings.append(f"{len(leaks)} dev/test rows duplicate training rows: {what}")
     return splits, dropped, leaks, warnings
 
 
-def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: run_files.RunInfo, data: tuple,
-                  run_dir: Path) -> None:
+def write_run_dir(
+    cfg: TrainConfig, preset: Preset, task, template, info: run_files.RunInfo, data: tuple, run_dir: Path
+) -> None:
     """Everything of the run directory before training: model.json first (the folder is ours from then
     on), config, splits, versions and, for tiny, the base model built from the rendered training prompts."""
     splits, dropped, leaks = data
@@ -165,8 +170,17 @@ def write_run_dir(cfg: TrainConfig, preset: Preset, task, template, info: run_fi
         build_tiny(corpus, run_dir / run_files.BASE, cfg.seed)
 
 
-def sft_config(cfg: TrainConfig, preset: Preset, backend: str, precision: str, tracking: list[str], run_dir: Path,
-               cuda: bool, processes: int, has_dev: bool):
+def sft_config(
+    cfg: TrainConfig,
+    preset: Preset,
+    backend: str,
+    precision: str,
+    tracking: list[str],
+    run_dir: Path,
+    cuda: bool,
+    processes: int,
+    has_dev: bool,
+):
     """TRL's SFTConfig of this run: pre-tokenised data (labeltune builds prompt | answer + EOS and the loss
     mask itself), cosine schedule, eval on dev each epoch, the precision of the loaded model."""
     from trl import SFTConfig
@@ -184,7 +198,8 @@ def sft_config(cfg: TrainConfig, preset: Preset, backend: str, precision: str, t
         gradient_accumulation_steps=cfg.grad_accum,
         logging_steps=cfg.logging_steps,
         eval_strategy="epoch" if has_dev else "no",
-        # checkpoints at every epoch end (callbacks.Checkpoints) and every --save-steps; rotation is labeltune's
+        # checkpoints at every epoch end (callbacks.Checkpoints) and every --save-steps; rotation is
+        # labeltune's
         save_strategy="steps" if cfg.save_steps else "epoch",
         save_steps=cfg.save_steps or 500,
         save_total_limit=None,
@@ -215,10 +230,18 @@ def best_epoch(log_history: list[dict], metric: str, last_step: int) -> dict | N
         return None
     key = checkpoints.METRICS[metric][0]
     last = [r for r in log_history if key in r][-1]
-    why = (f"best dev {metric} {best[key]:.4f} at epoch {best['epoch']:g}"
-           + ("" if best is last else f" (last evaluated epoch {last['epoch']:g}: {last[key]:.4f})"))
-    return {"metric": metric, "epoch": best["epoch"], "step": best["step"], "value": best[key],
-            "last_value": last[key], "is_last_step": best["step"] == last_step, "why": why}
+    why = f"best dev {metric} {best[key]:.4f} at epoch {best['epoch']:g}" + (
+        "" if best is last else f" (last evaluated epoch {last['epoch']:g}: {last[key]:.4f})"
+    )
+    return {
+        "metric": metric,
+        "epoch": best["epoch"],
+        "step": best["step"],
+        "value": best[key],
+        "last_value": last[key],
+        "is_last_step": best["step"] == last_step,
+        "why": why,
+    }
 
 
 def dev_scoring(backend: str, metric: str, has_dev: bool) -> str | None:
@@ -244,14 +267,23 @@ def score_checkpoints(run_dir: Path, log_history: list[dict], say) -> list[dict]
         step = checkpoints.step_of(path)
         if step not in losses:  # a --save-steps checkpoint, not an epoch end
             continue
-        proc = subprocess.run([sys.executable, "-m", "labeltune.devscore", str(run_dir), str(path)],
-                              capture_output=True, text=True, encoding="utf-8", errors="replace")
+        proc = subprocess.run(
+            [sys.executable, "-m", "labeltune.devscore", str(run_dir), str(path)],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
             raise RuntimeError(f"scoring the dev split with {path} failed (exit {proc.returncode}):\n{tail}")
         epoch = json.loads((path / checkpoints.MARKER).read_text(encoding="utf-8"))["epoch"]
-        record = {"epoch": round(epoch or 0, 4), "step": step, **json.loads(proc.stdout.strip().splitlines()[-1]),
-                  "dev_loss": losses[step]}
+        record = {
+            "epoch": round(epoch or 0, 4),
+            "step": step,
+            **json.loads(proc.stdout.strip().splitlines()[-1]),
+            "dev_loss": losses[step],
+        }
         say(describe(record) + " (scored after training, in a fresh process)")
         records.append(record)
     return records
@@ -264,8 +296,11 @@ def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     checkpoint, whichever it is."""
     tmp = run_dir / (run_files.ADAPTER + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    source = (run_dir / run_files.CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}"
-              if best and (model is None or not best["is_last_step"]) else None)
+    source = (
+        run_dir / run_files.CHECKPOINTS / f"{checkpoints.PREFIX}{best['step']}"
+        if best and (model is None or not best["is_last_step"])
+        else None
+    )
     if source is not None and (source / run_files.ADAPTER_WEIGHTS).is_file():
         tmp.mkdir(parents=True)
         for name in (run_files.ADAPTER_WEIGHTS, run_files.ADAPTER_CONFIG):
@@ -276,8 +311,16 @@ def save_adapter(model, tokenizer, run_dir: Path, best: dict | None) -> None:
     os.replace(tmp, run_dir / run_files.ADAPTER)
 
 
-def save_run(state, model, tokenizer, info: run_files.RunInfo, run_dir: Path, metric: str, seconds: float,
-             warnings: list[str]) -> None:
+def save_run(
+    state,
+    model,
+    tokenizer,
+    info: run_files.RunInfo,
+    run_dir: Path,
+    metric: str,
+    seconds: float,
+    warnings: list[str],
+) -> None:
     """The adapter of the best epoch (+ tokenizer), the training log and model.json's training record
     (steps, seconds, which epoch was kept and why); then the warnings and the next command. `state`: the
     Trainer's state."""
@@ -291,7 +334,9 @@ def save_run(state, model, tokenizer, info: run_files.RunInfo, run_dir: Path, me
     info.save(run_dir)
     save_adapter(model, tokenizer, run_dir, best)  # last: adapter/ is what makes the run finished
     checkpoints.finish(run_dir / run_files.CHECKPOINTS)
-    print(f"trained {state.global_step} steps in {seconds:.0f}s on {info.backend}/{info.precision} -> {run_dir}")
+    print(
+        f"trained {state.global_step} steps in {seconds:.0f}s on {info.backend}/{info.precision} -> {run_dir}"
+    )
     if best:
         print(f"kept epoch {best['epoch']:g}: {best['why']}" + ("; stopped early" if stopped else ""))
     for warning in warnings:
@@ -306,16 +351,25 @@ def check_resume(cfg: TrainConfig, run_dir: Path, splits: dict) -> None:
     """Refuse to resume an unfinished run with other options or other data than it started with."""
     saved = to_dict(run_files.load_config(run_dir))
     now = to_dict(cfg)
-    changed = [f"--{k.replace('_', '-')} {now[k]!r} (the run has {saved.get(k)!r})"
-               for k in now if k not in RESUME_IGNORED and saved.get(k) != now[k]]
+    changed = [
+        f"--{k.replace('_', '-')} {now[k]!r} (the run has {saved.get(k)!r})"
+        for k in now
+        if k not in RESUME_IGNORED and saved.get(k) != now[k]
+    ]
     if changed:
-        raise ValueError(f"{run_dir} is an unfinished run started with other options: " + "; ".join(changed)
-                         + ". Rerun with the run's options (its config.yaml: --config " + str(run_dir / run_files.CONFIG)
-                         + ") to resume it, or choose another --output")
+        raise ValueError(
+            f"{run_dir} is an unfinished run started with other options: "
+            + "; ".join(changed)
+            + ". Rerun with the run's options (its config.yaml: --config "
+            + str(run_dir / run_files.CONFIG)
+            + ") to resume it, or choose another --output"
+        )
     summary = json.loads((run_dir / run_files.DATA / run_files.DATA_SUMMARY).read_text(encoding="utf-8"))
     if summary.get("fingerprint") != fingerprint(splits):
-        raise ValueError(f"{run_dir} is an unfinished run whose data has changed since it started ({cfg.data} no "
-                         "longer gives the same train/dev/test rows); restore the data, or choose another --output")
+        raise ValueError(
+            f"{run_dir} is an unfinished run whose data has changed since it started ({cfg.data} no "
+            "longer gives the same train/dev/test rows); restore the data, or choose another --output"
+        )
 
 
 def remove_new_files(run_dir: Path, before: set[str] | None) -> None:
@@ -346,7 +400,9 @@ def main(cfg: TrainConfig) -> Path:
     check_base_installed(resolve_preset(cfg.model))  # before the lock: a refusal writes nothing
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the lock for every rank
         return _train(cfg)
-    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # never a lock file in a folder of the user's
+    data_mod.check_output_folder(
+        run_dir, run_files.INFO, "train"
+    )  # never a lock file in a folder of the user's
     with hold(run_dir / FOLDER_LOCK, f"--output {run_dir}"):
         return _train(cfg)
 
@@ -354,15 +410,17 @@ def main(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig) -> Path:
     preset = resolve_preset(cfg.model)
     cfg = with_preset_defaults(cfg, preset)
-    # the data first, before torch, transformers, TRL (or Unsloth) load: a wrong column or file is refused in a
-    # second or two, and the rows dropped are said before a model is loaded, not after training
+    # the data first, before torch, transformers, TRL (or Unsloth) load: a wrong column or file is refused
+    # in a second or two, and the rows dropped are said before a model is loaded, not after training
     task = load_task(cfg.task)
     cfg = replace(cfg, template=cfg.template or task.default_template)
     template = load_template(cfg.template)
     run_dir = Path(cfg.output)
     if (run_dir / run_files.ADAPTER).exists():
         raise FileExistsError(f"{run_dir} already holds a trained run; choose another --output or delete it")
-    data_mod.check_output_folder(run_dir, run_files.INFO, "train")  # a folder of the user's is never written into
+    data_mod.check_output_folder(
+        run_dir, run_files.INFO, "train"
+    )  # a folder of the user's is never written into
     splits, dropped, leaks, warnings = read_data(cfg, task, run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         for warning in warnings:  # said again at the end, beside the result
@@ -372,10 +430,15 @@ def _train(cfg: TrainConfig) -> Path:
 
     cuda = torch.cuda.is_available()
     check_machine(preset, int(os.environ.get("WORLD_SIZE", "1")))  # before anything is downloaded or written
-    precision = train_precision(cfg.dtype, gpu_capability() if cuda else None)  # a refused --dtype writes nothing
+    precision = train_precision(
+        cfg.dtype, gpu_capability() if cuda else None
+    )  # a refused --dtype writes nothing
     if not cuda and cfg.dtype == "auto" and preset.model_id is not None and cpu_has_native_bf16():
-        print("labeltune: note: this CPU computes bf16 natively (AMX/AVX512-BF16): --dtype bf16 trains a real model "
-              "~1.6x faster than the fp32 default (measured with Gemma 3 270M)", file=sys.stderr)
+        print(
+            "labeltune: note: this CPU computes bf16 natively (AMX/AVX512-BF16): --dtype bf16 trains a real "
+            "model ~1.6x faster than the fp32 default (measured with Gemma 3 270M)",
+            file=sys.stderr,
+        )
     backend = prepare_backend(cfg.backend)  # imports unsloth first when it is the backend
 
     from accelerate import PartialState
@@ -395,15 +458,22 @@ def _train(cfg: TrainConfig) -> Path:
     four_bit = select_4bit(cfg.load_in_4bit, cuda, preset)
     info = run_files.RunInfo(
         base=base_to_load(preset, four_bit) or run_files.BASE + "/",
-        full_id=preset.full_id, backend=backend, load_in_4bit=four_bit,
-        max_length=cfg.max_length, preset=preset.name, world_size=state.num_processes,
+        full_id=preset.full_id,
+        backend=backend,
+        load_in_4bit=four_bit,
+        max_length=cfg.max_length,
+        preset=preset.name,
+        world_size=state.num_processes,
     )
     if task.score is not None:
         info.score_trained = any(ex.score is not None for ex in splits["train"])
         if not info.score_trained and state.is_main_process:
-            print(f"labeltune: note: no training row has a score (no {cfg.score_column!r} column, or it is empty): the model "
-                  f"learns the labels only, and label/predict leave its score empty; add a "
-                  f"{task.score.min}-{task.score.max} score column (--score-column) to train the score", file=sys.stderr)
+            print(
+                f"labeltune: note: no training row has a score (no {cfg.score_column!r} column, or it is "
+                f"empty): the model learns the labels only, and label/predict leave its score empty; add a "
+                f"{task.score.min}-{task.score.max} score column (--score-column) to train the score",
+                file=sys.stderr,
+            )
     fresh = state.is_main_process and not resuming  # this attempt writes the run directory
     before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     with state.main_process_first():
@@ -413,16 +483,33 @@ def _train(cfg: TrainConfig) -> Path:
     if info.base != run_files.BASE + "/" and Path(info.base).exists():
         run_files.trust_base(info.base)  # the user named this folder: runs of it load on this machine
     try:  # loading the model: a failure here leaves no half-made run that would refuse the next attempt
-        model, tokenizer = load_base(run_files.base_path(run_dir, info), backend, cfg.max_length, four_bit,
-                                     precision=None if backend == "unsloth" and cfg.dtype == "auto" else precision)
+        model, tokenizer = load_base(
+            run_files.base_path(run_dir, info),
+            backend,
+            cfg.max_length,
+            four_bit,
+            precision=None if backend == "unsloth" and cfg.dtype == "auto" else precision,
+        )
         prompter = Prompter(tokenizer, template, task, cfg.max_length)
         train_ds, dev_ds = (
-            Dataset.from_list([prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows])
-            if rows else None
+            Dataset.from_list(
+                [prompter.training_features(ex.text, task.render_answer(ex.label, ex.score)) for ex in rows]
+            )
+            if rows
+            else None
             for rows in (splits["train"], splits["dev"])
         )
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, preset.target_modules, cfg.seed,
-                         preset.modules_to_save, backend, preset.gradient_checkpointing)
+        model = add_lora(
+            model,
+            cfg.lora_r,
+            cfg.lora_alpha,
+            cfg.lora_dropout,
+            preset.target_modules,
+            cfg.seed,
+            preset.modules_to_save,
+            backend,
+            preset.gradient_checkpointing,
+        )
     except BaseException:
         if fresh:
             remove_new_files(run_dir, before)
@@ -431,34 +518,64 @@ def _train(cfg: TrainConfig) -> Path:
     tracking = trackers(cfg.report_to)  # the Trainer logs to them from rank 0 only
     metric, scoring = cfg.best_metric, dev_scoring(backend, cfg.best_metric, dev_ds is not None)
     if scoring == "after" and state.is_main_process:
-        print(f"labeltune: note: on the unsloth backend every epoch's checkpoint is kept and scored on the dev split "
-              f"after training (in a fresh process) to keep the best by {metric}"
-              + ("; early stopping follows the dev loss" if cfg.early_stopping_patience else ""), file=sys.stderr)
+        print(
+            f"labeltune: note: on the unsloth backend every epoch's checkpoint is kept and scored on the dev "
+            f"split after training (in a fresh process) to keep the best by {metric}"
+            + ("; early stopping follows the dev loss" if cfg.early_stopping_patience else ""),
+            file=sys.stderr,
+        )
     progress = Progress(say, cfg.logging_steps)
     # scored after training: every epoch end's checkpoint stays until then (the best one decides what is kept)
     after = scoring == "after"
-    extra = [Checkpoints(run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints, "loss" if after else metric, after),
-             progress]
+    extra = [
+        Checkpoints(
+            run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints, "loss" if after else metric, after
+        ),
+        progress,
+    ]
     if scoring == "loop":
-        extra.insert(0, DevScore(prompter, splits["dev"], cfg.batch_size, metric, cfg.early_stopping_patience, progress.write))
+        extra.insert(
+            0,
+            DevScore(
+                prompter, splits["dev"], cfg.batch_size, metric, cfg.early_stopping_patience, progress.write
+            ),
+        )
     elif dev_ds is not None and cfg.early_stopping_patience:
         extra.insert(0, EarlyStopOnLoss(cfg.early_stopping_patience, progress.write))
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(cfg, preset, backend, info.precision, tracking, run_dir, cuda, state.num_processes, dev_ds is not None),
+        args=sft_config(
+            cfg,
+            preset,
+            backend,
+            info.precision,
+            tracking,
+            run_dir,
+            cuda,
+            state.num_processes,
+            dev_ds is not None,
+        ),
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=extra + ([tensorboard_callback(run_dir / run_files.TENSORBOARD)] if "tensorboard" in tracking and state.is_main_process else []),
+        callbacks=extra
+        + (
+            [tensorboard_callback(run_dir / run_files.TENSORBOARD)]
+            if "tensorboard" in tracking and state.is_main_process
+            else []
+        ),
     )
     trainer.remove_callback(PrinterCallback)  # raw dicts; Progress says it in words
     full_modules_in_fp32(model, info.precision)  # after TRL's bf16 cast of a 4-bit model's trainable weights
     resume_from = checkpoints.latest_complete(run_dir / run_files.CHECKPOINTS) if resuming else None
     if resuming and state.is_main_process:
         checkpoints.remove_incomplete(run_dir / run_files.CHECKPOINTS)
-        print(f"resuming {run_dir} from {resume_from.name}" if resume_from else
-              f"resuming {run_dir}: no complete checkpoint yet, training from the start")
+        print(
+            f"resuming {run_dir} from {resume_from.name}"
+            if resume_from
+            else f"resuming {run_dir}: no complete checkpoint yet, training from the start"
+        )
     started = time.time()
     with answer_positions_only(not cuda):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -467,8 +584,11 @@ def _train(cfg: TrainConfig) -> Path:
         del trainer
         model = free_model(model)  # the child loads the base again: one copy on the GPU at a time
         trained.log_history += score_checkpoints(run_dir, trained.log_history, progress.write)
-        checkpoints.rotate(run_dir / run_files.CHECKPOINTS, cfg.keep_checkpoints,
-                           (checkpoints.best_record(trained.log_history, metric) or {}).get("step"))
+        checkpoints.rotate(
+            run_dir / run_files.CHECKPOINTS,
+            cfg.keep_checkpoints,
+            (checkpoints.best_record(trained.log_history, metric) or {}).get("step"),
+        )
     if state.is_main_process:
         save_run(trained, model, tokenizer, info, run_dir, metric, seconds, warnings)
     state.wait_for_everyone()
@@ -495,14 +615,17 @@ def answer_positions_only(enabled: bool = True):
     on Neuron), so on CPU each step ran the whole prompt through the LM head, in fp32
     (trl/kernels/chunked_logprob.py, _addmm_fp32) -- for Gemma 3's 262k-token head most of a step. The
     loss and gradients are the same (masked positions are zeroed either way); scripts/bench_train_lmhead.py
-    measures both. A TRL without `_use_triton` (1.15 and older compute the loss their own way) is left as it is."""
+    measures both. A TRL without `_use_triton` (1.15 and older compute the loss their own way) is left as
+    it is."""
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
     if not enabled or original is None:
         yield
         return
-    trl_utils._use_triton = lambda device: True  # read by add_fused_lm_head's forward only (utils.py: compact)
+    trl_utils._use_triton = lambda device: (
+        True
+    )  # read by add_fused_lm_head's forward only (utils.py: compact)
     try:
         yield
     finally:
@@ -524,7 +647,12 @@ def spawn(cfg: TrainConfig) -> Path:
         save(cfg, config)
         proc = subprocess.Popen(
             [sys.executable, "-m", "labeltune.cli", "train", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
         )
         tail: list[str] = []
         for line in proc.stdout:

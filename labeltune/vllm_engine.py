@@ -100,13 +100,17 @@ def import_vllm():
         detail = "" if e.name == "vllm" else f" ({type(e).__name__}: {e})"
         raise VllmUnavailable(INSTALL_HINT + detail) from None
     except Exception as e:  # e.g. "operator torchvision::nms does not exist": PyPI's CUDA torchvision
-        raise VllmUnavailable(f"vLLM is installed but cannot be imported ({type(e).__name__}: {str(e)[:200]}); "
-                              "on CPU: pip uninstall torchvision torchaudio torchcodec, or make env-vllm") from e
+        raise VllmUnavailable(
+            f"vLLM is installed but cannot be imported ({type(e).__name__}: {str(e)[:200]}); "
+            "on CPU: pip uninstall torchvision torchaudio torchcodec, or make env-vllm"
+        ) from e
     from vllm import SamplingParams
 
     if not hasattr(SamplingParams, "logprob_token_ids") or not hasattr(SamplingParams, "structured_outputs"):
-        raise VllmUnavailable(f"vLLM {vllm.__version__} has no SamplingParams.logprob_token_ids / structured_outputs "
-                              "(label probabilities, constrained mode): pip install -U 'labeltune[vllm]'")
+        raise VllmUnavailable(
+            f"vLLM {vllm.__version__} has no SamplingParams.logprob_token_ids / structured_outputs "
+            "(label probabilities, constrained mode): pip install -U 'labeltune[vllm]'"
+        )
     return vllm
 
 
@@ -114,7 +118,10 @@ def adapter_problem(adapter_dir: Path) -> str | None:
     """Why vLLM cannot serve this PEFT adapter as a LoRA (None: it can)."""
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if config.get("modules_to_save"):
-        return f"trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which vLLM's LoRA cannot serve"
+        return (
+            f"trains {', '.join(config['modules_to_save'])} in full (modules_to_save), which vLLM's LoRA "
+            "cannot serve"
+        )
     if config.get("peft_type", "LORA") != "LORA":
         return f"is a {config['peft_type']} adapter, not LoRA"
     if int(config.get("r", 0)) > LORA_RANKS[-1]:
@@ -171,8 +178,11 @@ def vllm_facts() -> VllmFacts:
         from vllm.config.model import _FLOAT16_NOT_SUPPORTED_MODELS as refused
     except ImportError:  # a vLLM that moved it: the types of 0.32/0.33
         refused = FP16_REFUSED
-    return VllmFacts("bitsandbytes" in QUANTIZATION_METHODS, frozenset(refused),
-                     float(getattr(EngineArgs, "gpu_memory_utilization", 0.92)))
+    return VllmFacts(
+        "bitsandbytes" in QUANTIZATION_METHODS,
+        frozenset(refused),
+        float(getattr(EngineArgs, "gpu_memory_utilization", 0.92)),
+    )
 
 
 def vllm_has_bitsandbytes() -> bool:
@@ -213,7 +223,11 @@ def _params(folder_or_id: str, preset) -> float | None:
     files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
         return None
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+    config = (
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if (folder / "config.json").is_file()
+        else {}
+    )
     width = {"float32": 4}.get(str(config.get("torch_dtype") or config.get("dtype")), 2)
     return sum(f.stat().st_size for f in files) / width
 
@@ -239,8 +253,10 @@ def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: 
         model = tokenizer = str(run_dir / MERGED)
     elif (run_dir / ADAPTER / ADAPTER_CONFIG).is_file():
         if why := adapter_problem(run_dir / ADAPTER):
-            raise ValueError(f"--run {run_dir}: its adapter {why}; export it merged first: "
-                             f"labeltune export --run {run_dir} --format merged16, and serve the export")
+            raise ValueError(
+                f"--run {run_dir}: its adapter {why}; export it merged first: "
+                f"labeltune export --run {run_dir} --format merged16, and serve the export"
+            )
         adapter = tokenizer = str(run_dir / ADAPTER)
         if not info.load_in_4bit:
             model = base_path(run_dir, info)
@@ -253,13 +269,22 @@ def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: 
                 raise ValueError(
                     f"--run {run_dir} was trained on a 4-bit (bitsandbytes) base, which this vLLM cannot load"
                     + (" (it lists no bitsandbytes quantization method)" if device.cuda else " on CPU")
-                    + f", and its preset names no 16-bit base; export it merged first: labeltune export --run {run_dir} "
-                    "--format merged16 (LoRA merged into the 4-bit weights it trained on), and serve the export")
+                    + ", and its preset names no 16-bit base; export it merged first: labeltune export --run "
+                    f"{run_dir} --format merged16 (LoRA merged into the 4-bit weights it trained on), and "
+                    "serve the export"
+                )
             model = full
-            warning = (f"{run_dir} was trained on a 4-bit base, which "
-                       + ("this vLLM cannot load (no bitsandbytes method)" if device.cuda else "vLLM loads on a GPU only")
-                       + f"; its adapter is served on the 16-bit {info.full_id} (labels may differ slightly from the "
-                       f"run's evaluation; for the same weights: labeltune export --run {run_dir} --format merged16)")
+            warning = (
+                f"{run_dir} was trained on a 4-bit base, which "
+                + (
+                    "this vLLM cannot load (no bitsandbytes method)"
+                    if device.cuda
+                    else "vLLM loads on a GPU only"
+                )
+                + f"; its adapter is served on the 16-bit {info.full_id} (labels may differ slightly from "
+                f"the run's evaluation; for the same weights: labeltune export --run {run_dir} --format "
+                "merged16)"
+            )
         rank = json.loads((run_dir / ADAPTER / ADAPTER_CONFIG).read_text(encoding="utf-8"))["r"]
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=min(r for r in LORA_RANKS if r >= rank))
     else:
@@ -269,21 +294,26 @@ def plan(run_dir: str | Path, info: RunInfo, dtype: str, device: Device, facts: 
     chosen, why = resolve_dtype(dtype, device.cuda, device.capability), ""
     if chosen == "float16" and model_type in facts.fp16_refused:
         if dtype == "fp16":
-            raise ValueError(f"--dtype fp16: vLLM refuses float16 for {model_type} models (numerical instability); "
-                             "use --dtype fp32 (or bf16 on a GPU of compute capability 8+), or --engine hf")
+            raise ValueError(
+                f"--dtype fp16: vLLM refuses float16 for {model_type} models (numerical instability); "
+                "use --dtype fp32 (or bf16 on a GPU of compute capability 8+), or --engine hf"
+            )
         chosen, why = "float32", f" (vLLM refuses float16 for {model_type}, and bf16 is emulated on this GPU)"
     params = _params(model, preset)
-    weights_gib = None if params is None else params * (NF4_BYTES if quantized else _BYTES[chosen]) / (1 << 30)
+    weights_gib = (
+        None if params is None else params * (NF4_BYTES if quantized else _BYTES[chosen]) / (1 << 30)
+    )
     if device.cuda and weights_gib is not None and device.memory_gib:
         usable = device.memory_gib * facts.gpu_memory_utilization
         if weights_gib + KV_HEADROOM_GIB > usable:
             need = (weights_gib + KV_HEADROOM_GIB) / facts.gpu_memory_utilization
             hf = "on the run this was exported from" if info.merged else "the run as trained"
             raise ValueError(
-                f"--run {run_dir}: vLLM would hold {params / 1e9:.1f}B parameters in {chosen}{why}, ~{weights_gib:.1f} GiB, "
-                f"and takes {facts.gpu_memory_utilization:.0%} of this GPU's {device.memory_gib:.1f} GiB with room for its "
-                f"KV cache; label with --engine hf ({hf}), a smaller preset, or a GPU with "
-                f">= {math.ceil(need)} GiB")
+                f"--run {run_dir}: vLLM would hold {params / 1e9:.1f}B parameters in {chosen}{why}, "
+                f"~{weights_gib:.1f} GiB, and takes {facts.gpu_memory_utilization:.0%} of this GPU's "
+                f"{device.memory_gib:.1f} GiB with room for its KV cache; label with --engine hf ({hf}), a "
+                f"smaller preset, or a GPU with >= {math.ceil(need)} GiB"
+            )
     return Plan(model, tokenizer, adapter, chosen, model_type, weights_gib, kwargs, warning)
 
 
@@ -295,9 +325,18 @@ class VllmEngine:
 
     name = "vllm"
 
-    def __init__(self, run: Run | str | Path, dtype: str = "auto", threads: int | None = None,
-                 batch_size: int | None = None, *, kv_cache_gib: float | None = None,
-                 enforce_eager: bool | None = None, seed: int = 0, **llm_kwargs):
+    def __init__(
+        self,
+        run: Run | str | Path,
+        dtype: str = "auto",
+        threads: int | None = None,
+        batch_size: int | None = None,
+        *,
+        kv_cache_gib: float | None = None,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+        **llm_kwargs,
+    ):
         """`run`: an opened run (labeltune.run.open_run) or its folder. `threads`: not applied (vLLM picks its
         own CPU threads; a warning says so). `batch_size`: the most sequences vLLM decodes at once (its
         max_num_seqs); None = vLLM's default. `kv_cache_gib`: KV cache size; default 2 GiB on CPU (vLLM
@@ -306,8 +345,11 @@ class VllmEngine:
         vllm.LLM as they are."""
         self.run = run if isinstance(run, Run) else open_run(run)
         if threads is not None:
-            warnings.warn(f"the vllm engine does not apply threads={threads}: vLLM picks its own CPU threads "
-                          "(VLLM_CPU_OMP_THREADS_BIND sets them)", stacklevel=2)
+            warnings.warn(
+                f"the vllm engine does not apply threads={threads}: vLLM picks its own CPU threads "
+                "(VLLM_CPU_OMP_THREADS_BIND sets them)",
+                stacklevel=2,
+            )
         device = this_device()
         served = plan(self.run.dir, self.run.info, dtype, device, vllm_facts())
         if served.warning:
@@ -321,16 +363,23 @@ class VllmEngine:
         ensure_pad_token(tokenizer)
         self.prompter = Prompter(tokenizer, self.run.template(), self.run.task, self.run.config.max_length)
         vllm = import_vllm()
-        if not device.cuda:  # 32-token blocks (the least CPU attention takes; 128 by default): score mode's requests
+        if (
+            not device.cuda
+        ):  # 32-token blocks (the least CPU attention takes; 128 by default): score mode's requests
             # share the prompt's full blocks through the prefix cache (1.8x faster score mode on the demo run)
             kwargs.update(kv_cache_memory_bytes=int((kv_cache_gib or 2) * (1 << 30)), block_size=32)
         elif kv_cache_gib:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         kwargs.update(  # generation_config="vllm": EOS is the tokenizer's alone, as in the hf engine
-            tokenizer=served.tokenizer, dtype=self.dtype, seed=seed, enable_prefix_caching=True, generation_config="vllm",
+            tokenizer=served.tokenizer,
+            dtype=self.dtype,
+            seed=seed,
+            enable_prefix_caching=True,
+            generation_config="vllm",
             trust_remote_code=False,
             enforce_eager=(not device.cuda) if enforce_eager is None else enforce_eager,
-            max_model_len=self.run.config.max_length + 128, **llm_kwargs,
+            max_model_len=self.run.config.max_length + 128,
+            **llm_kwargs,
         )
         started = time.perf_counter()
         self.llm = vllm.LLM(served.model, **kwargs)
@@ -356,26 +405,42 @@ class VllmEngine:
     def _generate(self, prompts: list[list[int]], params: list) -> list:
         from vllm import TokensPrompt
 
-        return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
-                                 lora_request=self.lora)
+        return self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            params,
+            use_tqdm=False,
+            lora_request=self.lora,
+        )
 
     def next_logprobs(self, requests: list[tuple[list[int], list[int]]]) -> list[dict[int, float]]:
         """For each (token ids, allowed next tokens): log p of each allowed token after those ids,
         renormalised over the allowed ones (one vLLM request each; more where over MAX_IDS tokens)."""
         from vllm import SamplingParams
 
-        parts = [(i, ids, allowed[k:k + MAX_IDS]) for i, (ids, allowed) in enumerate(requests)
-                 for k in range(0, len(allowed), MAX_IDS)]
-        params = [SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=list(a), detokenize=False)
-                  for _, _, a in parts]
+        parts = [
+            (i, ids, allowed[k : k + MAX_IDS])
+            for i, (ids, allowed) in enumerate(requests)
+            for k in range(0, len(allowed), MAX_IDS)
+        ]
+        params = [
+            SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=list(a), detokenize=False)
+            for _, _, a in parts
+        ]
         raw: list[dict[int, float]] = [{} for _ in requests]
         for (i, _, allowed), out in zip(parts, self._generate([ids for _, ids, _ in parts], params)):
             at = out.outputs[0].logprobs[0]
             raw[i].update({t: at[t].logprob for t in allowed})
         return [log_softmax(lp) for lp in raw]
 
-    def predict(self, texts: list, mode: str, temperature: float = 1.0, score_estimate: str = "expected",
-                label_bias: dict[str, float] | None = None, max_new_tokens: int | None = None) -> list[Answer]:
+    def predict(
+        self,
+        texts: list,
+        mode: str,
+        temperature: float = 1.0,
+        score_estimate: str = "expected",
+        label_bias: dict[str, float] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[Answer]:
         """Label texts as labeltune.decode.predict does (same arguments, same Answer fields): render,
         decode in `mode`, parse. Empty texts get ok=False (empty_input) without decoding."""
         check_mode(mode, self.name, DECODERS)
@@ -383,7 +448,9 @@ class VllmEngine:
         return answer_texts(self.prompter, texts, lambda prompts: DECODERS[mode](self, prompts, settings))
 
 
-def _finished(engine: VllmEngine, outputs: list, settings: DecodeSettings, branch: list[int] | None = None) -> list[Answer]:
+def _finished(
+    engine: VllmEngine, outputs: list, settings: DecodeSettings, branch: list[int] | None = None
+) -> list[Answer]:
     """Each greedy generation cut at EOS and parsed; with `branch` (one_token_labels), the label probabilities
     at the label's position where the answer took that path."""
     trie, at_label = engine.prompter.answer_trie, len(engine.prompter.answer_trie.shared)
@@ -412,13 +479,16 @@ def _generated(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSet
 
 
 def _constrained(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSettings) -> list[Answer]:
-    """constrained: greedy decoding limited to the task's answers (structured outputs' choice), then parsed."""
+    """constrained: greedy decoding limited to the task's answers (structured outputs' choice), then
+    parsed."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
     answers = engine.run.task.all_answers()
-    extra = {"max_tokens": max(len(a.encode("utf-8")) for a in answers) + 1,  # any spelling fits
-             "structured_outputs": StructuredOutputsParams(choice=answers)}
+    extra = {
+        "max_tokens": max(len(a.encode("utf-8")) for a in answers) + 1,  # any spelling fits
+        "structured_outputs": StructuredOutputsParams(choice=answers),
+    }
     branch = one_token_labels(engine.prompter.answer_trie)
     if branch is not None:  # label probabilities, as the hf engine
         extra["logprob_token_ids"] = branch
@@ -431,20 +501,34 @@ def _scored(engine: VllmEngine, prompts: list[list[int]], settings: DecodeSettin
     each one next_logprobs request; labeltune.answers turns them into answers."""
     trie, task = engine.prompter.answer_trie, engine.run.task
     nodes = label_nodes(trie)
-    lps = engine.next_logprobs([(p + list(trie.shared + n), trie.allowed(trie.shared + n)) for p in prompts for n in nodes])
-    dists = [label_distribution(trie, dict(zip(nodes, lps[row * len(nodes):(row + 1) * len(nodes)])))
-             for row in range(len(prompts))]
+    lps = engine.next_logprobs(
+        [(p + list(trie.shared + n), trie.allowed(trie.shared + n)) for p in prompts for n in nodes]
+    )
+    dists = [
+        label_distribution(trie, dict(zip(nodes, lps[row * len(nodes) : (row + 1) * len(nodes)])))
+        for row in range(len(prompts))
+    ]
     chosen = [choose_label(dist, settings.temperature, settings.label_bias) for dist in dists]
     roots = [score_root(trie, label) for label in chosen]
     branching = {root: branching_nodes(trie, root) for root in set(roots) if has_score(trie, root)}
     asked = [(row, p) for row, root in enumerate(roots) if root in branching for p in branching[root]]
-    lps = engine.next_logprobs([(prompts[row] + list(roots[row] + p), trie.allowed(roots[row] + p)) for row, p in asked])
+    lps = engine.next_logprobs(
+        [(prompts[row] + list(roots[row] + p), trie.allowed(roots[row] + p)) for row, p in asked]
+    )
     at_row: dict[int, dict[tuple, dict[int, float]]] = {}
     for (row, p), lp in zip(asked, lps):
         at_row.setdefault(row, {})[p] = lp
-    return [scored_answer(trie, task, label, dist, score_distribution(trie, root, at_row[row]) if row in at_row else None,
-                          settings)
-            for row, (dist, label, root) in enumerate(zip(dists, chosen, roots))]
+    return [
+        scored_answer(
+            trie,
+            task,
+            label,
+            dist,
+            score_distribution(trie, root, at_row[row]) if row in at_row else None,
+            settings,
+        )
+        for row, (dist, label, root) in enumerate(zip(dists, chosen, roots))
+    ]
 
 
 # the vllm engine's decode modes (config.MODES names them): mode -> fn(engine, prompts, settings)

@@ -45,10 +45,15 @@ def real_texts(n: int) -> tuple[list[str], str]:
         texts += [r["text"] for r in csv.DictReader(open(toxic, encoding="utf-8", newline=""))]
         source.append("japanese-toxic-dataset")
     if wrime.is_file():
-        texts += [r["投稿本文"] for r in csv.DictReader(open(wrime, encoding="utf-8", newline=""), delimiter="\t")]
+        texts += [
+            r["投稿本文"] for r in csv.DictReader(open(wrime, encoding="utf-8", newline=""), delimiter="\t")
+        ]
         source.append("WRIME sample")
     if not texts:
-        texts = [r["text"] for r in csv.DictReader(open(ROOT / "data" / "sample.csv", encoding="utf-8", newline=""))]
+        texts = [
+            r["text"]
+            for r in csv.DictReader(open(ROOT / "data" / "sample.csv", encoding="utf-8", newline=""))
+        ]
         source.append("data/sample.csv (../shared absent)")
     texts = [t for t in texts if t.strip()]
     return [texts[i % len(texts)] for i in range(n)], " + ".join(source)
@@ -71,11 +76,18 @@ def prefill(model, tokenizer, prompt_ids, batch_size, shared: bool):
     with torch.inference_mode():
         k, shared_cache = shared_prefix(model, prompt_ids, device) if shared else (0, None)
         for index in length_batches(prompt_ids, batch_size):
-            own, attention, positions, cache = prefill_inputs([prompt_ids[i] for i in index], k, shared_cache,
-                                                              tokenizer.pad_token_id)
+            own, attention, positions, cache = prefill_inputs(
+                [prompt_ids[i] for i in index], k, shared_cache, tokenizer.pad_token_id
+            )
             own = own.to(device)
-            model(input_ids=own, attention_mask=attention.to(device), position_ids=positions.to(device),
-                  past_key_values=cache, use_cache=shared_cache is not None, logits_to_keep=last_position(own))
+            model(
+                input_ids=own,
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                past_key_values=cache,
+                use_cache=shared_cache is not None,
+                logits_to_keep=last_position(own),
+            )
 
 
 def naive(model, prompter, texts):
@@ -88,10 +100,15 @@ def naive(model, prompter, texts):
     with torch.inference_mode():
         for text in texts:
             ids, _ = prompter.prompt_ids(text)
-            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-            parse(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True), prompter.task)
+            out = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=64,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            parse(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True), prompter.task)
 
 
 def peak_rss_label(run: str, texts: list[str], rows: int, mode: str) -> float:
@@ -109,9 +126,30 @@ def peak_rss_label(run: str, texts: list[str], rows: int, mode: str) -> float:
         )
         started = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-c", code, "label", "--run", run, "--input", str(source), "--output", str(out),
-             "--mode", mode, "--progress", "false", "--batch-size", "64", "--chunk-size", "512"],
-            capture_output=True, text=True, cwd=ROOT, check=True,
+            [
+                sys.executable,
+                "-c",
+                code,
+                "label",
+                "--run",
+                run,
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                "--mode",
+                mode,
+                "--progress",
+                "false",
+                "--batch-size",
+                "64",
+                "--chunk-size",
+                "512",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
         )
         seconds = time.perf_counter() - started
         kib = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("MAXRSS")))
@@ -123,7 +161,9 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
     from labeltune.decode import common_prefix_length, predict
 
     tokenizer = prompter.tokenizer
-    naive_texts = texts[:: max(1, args.rows // args.naive_rows)][: args.naive_rows]  # spread over the whole set
+    naive_texts = texts[:: max(1, args.rows // args.naive_rows)][
+        : args.naive_rows
+    ]  # spread over the whole set
     malformed: dict[str, float] = {}
 
     def label(mode):
@@ -137,23 +177,29 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
         "prefill-shared": lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=True),
     }
     rounds = {k: [] for k in methods}
-    for _ in range(args.repeats):  # rounds interleave the methods, so a slow spell on a shared machine hits them all
+    for _ in range(
+        args.repeats
+    ):  # rounds interleave the methods, so a slow spell on a shared machine hits them all
         for k, fn in methods.items():
             rounds[k].append((len(naive_texts) if k == "naive" else args.rows) / timed(fn))
     rate = {k: max(v) for k, v in rounds.items()}
     print(f"shared prompt prefix: {common_prefix_length(prompt_ids)} tokens\n")
-    print("| method | posts/s (best round) | all rounds | x naive | fraction of prefill limit | "
-          "fraction of prefill-shared limit | malformed |")
+    print(
+        "| method | posts/s (best round) | all rounds | x naive | fraction of prefill limit | "
+        "fraction of prefill-shared limit | malformed |"
+    )
     print("|---|---|---|---|---|---|---|")
     for k in methods:
-        note = " (timed on %d rows)" % len(naive_texts) if k == "naive" else ""
+        note = f" (timed on {len(naive_texts)} rows)" if k == "naive" else ""
         bad = f"{malformed[k]:.1%}" if k in malformed else "-"
-        print(f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | {rate[k] / rate['naive']:.1f} | "
-              f"{rate[k] / rate['prefill']:.2f} | {rate[k] / rate['prefill-shared']:.2f} | {bad} |")
+        print(
+            f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | "
+            f"{rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | "
+            f"{rate[k] / rate['prefill-shared']:.2f} | {bad} |"
+        )
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
     by_round = [s / n for s, n in zip(rounds["score"], rounds["naive"])]
     print(f"score / naive within each round: {' / '.join(f'{r:.1f}' for r in by_round)}")
-
 
 
 def threads_under_load(model, prompter, texts, args) -> None:
@@ -162,7 +208,6 @@ def threads_under_load(model, prompter, texts, args) -> None:
     import torch
 
     from labeltune.decode import predict
-
     from labeltune.engine import auto_threads
 
     every = torch.get_num_threads()
@@ -170,17 +215,26 @@ def threads_under_load(model, prompter, texts, args) -> None:
     try:
         time.sleep(0.5)
         auto, note = auto_threads()  # what `label` picks by default now, with the hog running
-        rounds = {"1 torch thread (--threads 1)": 1, f"label's default: {note}": auto, f"torch's default ({every})": every}
+        rounds = {
+            "1 torch thread (--threads 1)": 1,
+            f"label's default: {note}": auto,
+            f"torch's default ({every})": every,
+        }
         figures = {name: [] for name in rounds}
         for _ in range(args.repeats):
             for name, n in rounds.items():
                 torch.set_num_threads(n)
-                figures[name].append(len(texts) / timed(lambda: predict(model, prompter, texts, batch_size=args.batch_size,
-                                                                         mode="score")))
+                figures[name].append(
+                    len(texts)
+                    / timed(lambda: predict(model, prompter, texts, batch_size=args.batch_size, mode="score"))
+                )
     finally:
         hog.kill()
         torch.set_num_threads(every)
-    print("\n| score mode, one core kept busy by another process | posts/s (best round) | all rounds |\n|---|---|---|")
+    print(
+        "\n| score mode, one core kept busy by another process | posts/s (best round) | all rounds |\n"
+        "|---|---|---|"
+    )
     for name, values in figures.items():
         print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
 
@@ -195,7 +249,7 @@ def engine_table(args, run, texts) -> None:
     names = [e.strip() for e in args.engines.split(",") if e.strip()]
     for name in (n for n in names if n in ("hf", "hf-bf16", "vllm")):
         started = time.perf_counter()
-        engine, dtype = (("hf", "bf16") if name == "hf-bf16" else (name, "auto"))
+        engine, dtype = ("hf", "bf16") if name == "hf-bf16" else (name, "auto")
         batch_size = args.batch_size if engine == "hf" else None  # vLLM schedules its own batches
         engines[name] = load_engine(run, engine, dtype, batch_size=batch_size)
         startup[name] = time.perf_counter() - started
@@ -215,11 +269,16 @@ def engine_table(args, run, texts) -> None:
         started = time.perf_counter()
         connect("local")
         startup["ray"] = time.perf_counter() - started  # the local cluster; each job also starts its replicas
-        chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
+        chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
 
         def ray_job():
-            preds = [p for chunk in predict_chunks("local", 2, str(run.dir), "hf", "auto", None, args.batch_size,
-                                                   {"mode": "score"}, chunks) for p in chunk]
+            preds = [
+                p
+                for chunk in predict_chunks(
+                    "local", 2, str(run.dir), "hf", "auto", None, args.batch_size, {"mode": "score"}, chunks
+                )
+                for p in chunk
+            ]
             malformed["ray 2x hf score (job)"] = sum(not p.ok for p in preds) / len(preds)
 
         methods["ray 2x hf score (job)"] = ray_job
@@ -230,7 +289,10 @@ def engine_table(args, run, texts) -> None:
     print("\n| engine | start-up s | posts/s (best round) | all rounds | malformed |\n|---|---|---|---|---|")
     for k, values in rounds.items():
         up = f"{startup[k.split()[0]]:.1f}"
-        print(f"| {k} | {up} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} | {malformed[k]:.1%} |")
+        print(
+            f"| {k} | {up} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} | "
+            f"{malformed[k]:.1%} |"
+        )
 
 
 def main() -> None:
@@ -239,15 +301,29 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="texts for the throughput table")
     parser.add_argument("--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timing rounds; every method runs once per round, the best round is reported")
-    parser.add_argument("--rss-rows", default="2000,200000", help="comma-separated row counts for peak RSS; '' skips")
-    parser.add_argument("--no-methods", action="store_true", help="skip the hf methods table (naive, modes, prefill)")
-    parser.add_argument("--threads-under-load", action="store_true",
-                        help="score mode with 1 thread vs all threads while another process keeps one core busy")
-    parser.add_argument("--engines", default="",
-                        help="comma-separated engines for the engine table: hf, hf-bf16, vllm (needs make env-vllm), ray "
-                             "(hf score mode over 2 Ray replicas on a local cluster); '' skips")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timing rounds; every method runs once per round, the best round is reported",
+    )
+    parser.add_argument(
+        "--rss-rows", default="2000,200000", help="comma-separated row counts for peak RSS; '' skips"
+    )
+    parser.add_argument(
+        "--no-methods", action="store_true", help="skip the hf methods table (naive, modes, prefill)"
+    )
+    parser.add_argument(
+        "--threads-under-load",
+        action="store_true",
+        help="score mode with 1 thread vs all threads while another process keeps one core busy",
+    )
+    parser.add_argument(
+        "--engines",
+        default="",
+        help="comma-separated engines for the engine table: hf, hf-bf16, vllm (needs make env-vllm), ray "
+        "(hf score mode over 2 Ray replicas on a local cluster); '' skips",
+    )
     args = parser.parse_args()
 
     import torch
@@ -259,13 +335,17 @@ def main() -> None:
         run = open_run(args.run)
     except FileNotFoundError:
         sys.exit(f"{args.run} is not a trained run: run `make demo` first (or pass --run)")
-    allocator = tune_cpu_allocator()  # what `labeltune label` does at its entry point; set first so every method runs under it
+    allocator = (
+        tune_cpu_allocator()
+    )  # what `labeltune label` does at its entry point; set first so every method runs under it
     texts, source = real_texts(args.rows)
     model, prompter = run.load(merge=True)  # as `labeltune label` loads it
     prompt_ids = [ids for ids, _ in prompter.prompt_ids_many(texts)]
-    print(f"run {args.run}; {args.rows} texts from {source}; mean prompt {sum(map(len, prompt_ids)) / len(prompt_ids):.0f} "
-          f"tokens; batch {args.batch_size}; torch threads {torch.get_num_threads()}; malloc thresholds raised: "
-          f"{allocator}; best of {args.repeats} rounds\n")
+    print(
+        f"run {args.run}; {args.rows} texts from {source}; mean prompt "
+        f"{sum(map(len, prompt_ids)) / len(prompt_ids):.0f} tokens; batch {args.batch_size}; torch threads "
+        f"{torch.get_num_threads()}; malloc thresholds raised: {allocator}; best of {args.repeats} rounds\n"
+    )
 
     if not args.no_methods:
         method_table(model, prompter, texts, prompt_ids, args)

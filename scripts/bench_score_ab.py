@@ -36,8 +36,13 @@ def main() -> None:
     from labeltune import decode as now
     from labeltune.run import open_run
 
-    source = subprocess.run(["git", "show", f"{args.before}:labeltune/decode.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{args.before}:labeltune/decode.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decode_before.py"
         path.write_text(source, encoding="utf-8")

@@ -2,7 +2,7 @@
 off CUDA/XPU) against the answer positions only (what it does on a GPU with Triton, and what
 labeltune.train asks for on CPU), rounds interleaved in one process (prints a table; no assertions).
 
-    python scripts/bench_train_lmhead.py                       # gemma3-270m, bf16, 8 sample posts per step, 3 rounds
+    python scripts/bench_train_lmhead.py  # gemma3-270m, bf16, 8 sample posts per step, 3 rounds
     python scripts/bench_train_lmhead.py --precision fp32 --rounds 5
 
 One LoRA model as `labeltune train` builds it, TRL's fused LM head added as SFTTrainer adds it
@@ -44,19 +44,29 @@ def main() -> None:
     from labeltune.task import load_task
     from labeltune.train import answer_positions_only
 
-    preset, task, template = resolve_preset(args.model), load_task("sentiment_toxicity"), load_template(args.template)
+    preset, task, template = (
+        resolve_preset(args.model),
+        load_task("sentiment_toxicity"),
+        load_template(args.template),
+    )
     rows = list(csv.DictReader(open(args.data, encoding="utf-8", newline="")))[: args.batch]
     model, tokenizer = load_base(args.model, "hf", preset.max_length, False, precision=args.precision)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     model = add_lora(model, preset.lora_r, preset.lora_alpha, 0.0, preset.target_modules, 0)
     prompter = Prompter(tokenizer, template, task, preset.max_length)
-    features = [prompter.training_features(r["text"], task.render_answer(r["label"], int(r.get("score") or 0))) for r in rows]
+    features = [
+        prompter.training_features(r["text"], task.render_answer(r["label"], int(r.get("score") or 0)))
+        for r in rows
+    ]
     input_ids, attention = pad_ids([f["input_ids"] for f in features], tokenizer.pad_token_id)
     labels, _ = pad_ids([f["labels"] for f in features], -100)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     answer = int((labels != -100).sum())
-    print(f"{args.model} ({args.precision}): LoRA r={preset.lora_r}; {len(rows)} sequences, {int(attention.sum())} tokens "
-          f"per step, {answer} of them answer tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.model} ({args.precision}): LoRA r={preset.lora_r}; {len(rows)} sequences, "
+        f"{int(attention.sum())} tokens per step, {answer} of them answer tokens; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     def step(method: str) -> tuple[float, float]:
         started = time.perf_counter()
@@ -81,8 +91,10 @@ def main() -> None:
     base = statistics.median(times[methods[0]])
     for method, seconds in times.items():
         median = statistics.median(seconds)
-        print(f"| {method} | {', '.join(f'{s:.2f}' for s in seconds)} | {median:.2f} | {min(seconds):.2f} | "
-              f"{losses[method]:.5f} | {base / median:.2f}x |")
+        print(
+            f"| {method} | {', '.join(f'{s:.2f}' for s in seconds)} | {median:.2f} | {min(seconds):.2f} | "
+            f"{losses[method]:.5f} | {base / median:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

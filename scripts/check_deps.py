@@ -29,9 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOWN = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth")
 # Not pinned on CPU: torch and what comes with its CUDA build (the CPU wheel is installed instead; a CUDA
 # torch from PyPI is several GB and cannot run here), and packages that only install or import with CUDA.
-NOT_PINNED = re.compile(r"^(torch|torchvision|torchaudio|torchao|triton|nvidia-.*|cuda-.*|xformers|unsloth|unsloth-zoo|"
-                        r"cut-cross-entropy|flash-attn|vllm|bitsandbytes-cuda.*)$")
-MIN_CPU_TRL = "1.16"  # labeltune.models.MIN_CPU_TRL (not imported: this script runs before labeltune is installed)
+NOT_PINNED = re.compile(
+    r"^(torch|torchvision|torchaudio|torchao|triton|nvidia-.*|cuda-.*|xformers|unsloth|unsloth-zoo|"
+    r"cut-cross-entropy|flash-attn|vllm|bitsandbytes-cuda.*)$"
+)
+MIN_CPU_TRL = (
+    "1.16"  # labeltune.models.MIN_CPU_TRL (not imported: this script runs before labeltune is installed)
+)
 
 
 def uv() -> str:
@@ -46,8 +50,20 @@ def compile_gpu_extra(extra_requirements: list[str]) -> tuple[dict[str, str] | N
     with tempfile.TemporaryDirectory() as tmp:
         extra = Path(tmp) / "extra.in"
         extra.write_text("\n".join(extra_requirements) + "\n", encoding="utf-8")
-        cmd = [uv(), "pip", "compile", str(ROOT / "pyproject.toml"), str(extra), "--extra", "gpu",
-               "--python-version", "3.11", "--python-platform", "x86_64-unknown-linux-gnu", "--quiet"]
+        cmd = [
+            uv(),
+            "pip",
+            "compile",
+            str(ROOT / "pyproject.toml"),
+            str(extra),
+            "--extra",
+            "gpu",
+            "--python-version",
+            "3.11",
+            "--python-platform",
+            "x86_64-unknown-linux-gnu",
+            "--quiet",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return None, proc.stderr.strip()
@@ -81,7 +97,9 @@ def installed_torch() -> str | None:
         return None
 
 
-def verdict(preinstalled: str, resolved: dict[str, str] | None, pinned: dict[str, str] | None, reason: str) -> str:
+def verdict(
+    preinstalled: str, resolved: dict[str, str] | None, pinned: dict[str, str] | None, reason: str
+) -> str:
     """One line: is `preinstalled` kept by the gpu extra? `pinned` is the resolution with torch==preinstalled
     required (None if that is impossible), `resolved` the free resolution."""
     public = preinstalled.split("+")[0]
@@ -93,28 +111,46 @@ def verdict(preinstalled: str, resolved: dict[str, str] | None, pinned: dict[str
     clauses = [c.strip() for c in re.split(r"Because |, we can conclude| and (?=[a-z0-9_.-]+[<>=!])", reason)]
     named = [c for c in clauses if re.search(r"depends on torch", c) and not c.startswith("labeltune")]
     why = named[0] if named else (reason.splitlines()[-1].strip() if reason else "no resolution")
-    return (f"torch {preinstalled} preinstalled: REPLACED by torch {got} when the gpu extra is installed "
-            f"(torch=={public} does not resolve with it: {why})")
+    return (
+        f"torch {preinstalled} preinstalled: REPLACED by torch {got} when the gpu extra is installed "
+        f"(torch=={public} does not resolve with it: {why})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--torch", default=None, help="check this preinstalled torch version (default: the one installed here)")
-    parser.add_argument("--constraints", type=Path, default=None, help="write the resolution here as pip constraints")
-    parser.add_argument("--train-trl", type=Path, default=None, metavar="FILE",
-                        help="print the TRL requirement that trains on CPU beside the constraints in FILE, and exit")
+    parser.add_argument(
+        "--torch",
+        default=None,
+        help="check this preinstalled torch version (default: the one installed here)",
+    )
+    parser.add_argument(
+        "--constraints", type=Path, default=None, help="write the resolution here as pip constraints"
+    )
+    parser.add_argument(
+        "--train-trl",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="print the TRL requirement that trains on CPU beside the constraints in FILE, and exit",
+    )
     args = parser.parse_args()
     if args.train_trl:
         print(train_trl(args.train_trl))
         return
     resolved, reason = compile_gpu_extra([])
     if resolved is None:
-        print(f"check_deps: the core deps and the gpu extra do not resolve together:\n{reason}", file=sys.stderr)
+        print(
+            f"check_deps: the core deps and the gpu extra do not resolve together:\n{reason}", file=sys.stderr
+        )
         sys.exit(2)
     print("gpu extra resolves to: " + ", ".join(f"{n} {resolved[n]}" for n in SHOWN if n in resolved))
     if args.constraints:
         left = write_constraints(resolved, args.constraints)
-        print(f"wrote {args.constraints}: {len(resolved) - len(left)} pins (not pinned on CPU: {', '.join(left)})")
+        print(
+            f"wrote {args.constraints}: {len(resolved) - len(left)} pins (not pinned on CPU: "
+            f"{', '.join(left)})"
+        )
     preinstalled = args.torch or installed_torch()
     if preinstalled is None:
         print("no torch installed here: pip installs the one above")

@@ -28,8 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {  # real hidden sizes of the 8B / 9B models
-    "llama3.1": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8),
-    "gemma2": dict(hidden_size=3584, intermediate_size=14336, num_attention_heads=16, num_key_value_heads=8, head_dim=256),
+    "llama3.1": dict(
+        hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8
+    ),
+    "gemma2": dict(
+        hidden_size=3584, intermediate_size=14336, num_attention_heads=16, num_key_value_heads=8, head_dim=256
+    ),
 }
 FULL_LAYERS = {"llama3.1": 32, "gemma2": 42}
 
@@ -44,11 +48,18 @@ def build_model(family: str, layers: int, out: Path, tokenizers: Path, smoke: bo
         shape.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
         shape.pop("head_dim", None)
     common = dict(
-        vocab_size=len(tokenizer), num_hidden_layers=layers, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=8192,
+        vocab_size=len(tokenizer),
+        num_hidden_layers=layers,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=8192,
     )
     if family == "llama3.1":
-        config, cls = LlamaConfig(**shape, **common, rope_theta=500000.0, tie_word_embeddings=False), LlamaForCausalLM
+        config, cls = (
+            LlamaConfig(**shape, **common, rope_theta=500000.0, tie_word_embeddings=False),
+            LlamaForCausalLM,
+        )
     else:
         config, cls = Gemma2Config(**shape, **common), Gemma2ForCausalLM
     torch.manual_seed(0)
@@ -82,17 +93,31 @@ def check_train(model_dir: Path, backend: str, work: Path, steps: int, max_lengt
 
     run = work / f"run-{model_dir.name}-{backend}"
     shutil.rmtree(run, ignore_errors=True)
-    cfg = resolve(TrainConfig, None, {
-        "model": str(model_dir), "backend": backend, "output": str(run), "max_steps": steps,
-        "batch_size": 4, "grad_accum": 1, "max_length": max_length, "logging_steps": 1,
-    })
+    cfg = resolve(
+        TrainConfig,
+        None,
+        {
+            "model": str(model_dir),
+            "backend": backend,
+            "output": str(run),
+            "max_steps": steps,
+            "batch_size": 4,
+            "grad_accum": 1,
+            "max_length": max_length,
+            "logging_steps": 1,
+        },
+    )
     train.main(cfg)
     info = read_info(run)
     log = [json.loads(line) for line in open(run / TRAIN_LOG)]
     tokens = max(r.get("num_tokens", 0) for r in log)
     return {
-        "model": model_dir.name, "backend": backend, "precision": info.get("precision"), "steps": info["steps"],
-        "s_per_step": info["train_seconds"] / max(info["steps"], 1), "train_tokens_per_s": tokens / info["train_seconds"],
+        "model": model_dir.name,
+        "backend": backend,
+        "precision": info.get("precision"),
+        "steps": info["steps"],
+        "s_per_step": info["train_seconds"] / max(info["steps"], 1),
+        "train_tokens_per_s": tokens / info["train_seconds"],
         "train_peak_gib": _peak_gib(),
     }
 
@@ -105,8 +130,20 @@ def check_label(model_dir: Path, backend: str, work: Path, rows: int) -> dict:
     run = work / f"run-{model_dir.name}-{backend}"
     source = posts(work / "posts.csv", rows)
     started = time.time()
-    label.main(resolve(LabelConfig, None, {"run": str(run), "input": str(source), "output": str(run / "labelled.csv"),
-                                           "overwrite": True, "progress": False, "batch_size": 64}))
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run),
+                "input": str(source),
+                "output": str(run / "labelled.csv"),
+                "overwrite": True,
+                "progress": False,
+                "batch_size": 64,
+            },
+        )
+    )
     return {"label_posts_per_s": rows / (time.time() - started), "label_peak_gib": _peak_gib()}
 
 
@@ -114,8 +151,20 @@ def run_child(args, one: str) -> dict:
     """One phase (MODEL_DIR:BACKEND:train|label) in a fresh process; its output streamed here."""
     import subprocess
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", one, "--steps", str(args.steps), "--rows", str(args.rows),
-           "--max-length", str(args.max_length), "--work", args.work]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        one,
+        "--steps",
+        str(args.steps),
+        "--rows",
+        str(args.rows),
+        "--max-length",
+        str(args.max_length),
+        "--work",
+        args.work,
+    ]
     if args.cpu_smoke:
         cmd.append("--cpu-smoke")
     if args.memory_cap_gib:
@@ -124,7 +173,7 @@ def run_child(args, one: str) -> dict:
     result = None
     for line in proc.stdout:
         if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
         else:
             print(line, end="", flush=True)
     if proc.wait() != 0 or result is None:
@@ -133,21 +182,33 @@ def run_child(args, one: str) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | backend | precision | steps | s/step | train tokens/s | train peak GiB | label posts/s | label peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | backend | precision | steps | s/step | train tokens/s | train peak GiB | label posts/s | "
+        "label peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['steps']} | {r['s_per_step']:.2f} | "
-                     f"{r['train_tokens_per_s']:.0f} | {r['train_peak_gib']:.2f} | {r['label_posts_per_s']:.1f} | {r['label_peak_gib']:.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['steps']} | {r['s_per_step']:.2f} | "
+            f"{r['train_tokens_per_s']:.0f} | {r['train_peak_gib']:.2f} | {r['label_posts_per_s']:.1f} | "
+            f"{r['label_peak_gib']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", default="llama3.1,gemma2", help="comma-separated: llama3.1, gemma2")
-    parser.add_argument("--backends", default=None, help="comma-separated; default unsloth,hf on GPU, hf on CPU")
+    parser.add_argument(
+        "--backends", default=None, help="comma-separated; default unsloth,hf on GPU, hf on CPU"
+    )
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the random model")
-    parser.add_argument("--full-size", action="store_true", help="all layers (8B/9B-shaped): the T4 memory stretch")
-    parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap this process's GPU memory (T4: 15)")
+    parser.add_argument(
+        "--full-size", action="store_true", help="all layers (8B/9B-shaped): the T4 memory stretch"
+    )
+    parser.add_argument(
+        "--memory-cap-gib", type=float, default=None, help="cap this process's GPU memory (T4: 15)"
+    )
     parser.add_argument("--steps", type=int, default=30, help="training steps per backend")
     parser.add_argument("--rows", type=int, default=256, help="posts to label per backend")
     parser.add_argument("--max-length", type=int, default=512, help="sequence length")
@@ -155,7 +216,9 @@ def main() -> None:
     parser.add_argument("--work", default="runs/gpu-check", help="where models and runs go")
     parser.add_argument("--out", default=None, help="also write the Markdown report here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes, 2 steps, 16 rows, hf on CPU")
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # MODEL_DIR:BACKEND, run by this script in a child
+    parser.add_argument(
+        "--one", default=None, help=argparse.SUPPRESS
+    )  # MODEL_DIR:BACKEND, run by this script in a child
     args = parser.parse_args()
 
     import torch
@@ -186,7 +249,9 @@ def main() -> None:
     results = []
     for family in args.families.split(","):
         layers = FULL_LAYERS[family] if args.full_size else args.layers
-        model_dir = build_model(family, layers, work / f"{family}-{layers}l", Path(args.tokenizers), args.cpu_smoke)
+        model_dir = build_model(
+            family, layers, work / f"{family}-{layers}l", Path(args.tokenizers), args.cpu_smoke
+        )
         for backend in backends:
             result = run_child(args, f"{model_dir}:{backend}:train")
             results.append({**result, **run_child(args, f"{model_dir}:{backend}:label")})
