@@ -163,8 +163,8 @@ class Progress(TrainerCallback):
         else:
             self.say(
                 f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f}): "
-                f"loss {logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.2e}, {_duration(time.time() - self.started)} elapsed, "
-                f"ETA {self._eta(state)}"
+                f"loss {logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.2e}, "
+                f"{_duration(time.time() - self.started)} elapsed, ETA {self._eta(state)}"
             )
         return control
 
