@@ -45,7 +45,7 @@ IN ?= data/new_posts.csv
 OUT ?= $(USE_RUN)/labelled.csv
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: install test test-slow test-gpu-pins env-gpu-pins env-vllm test-vllm demo demo-real train label eval export calibrate bench sweep compare bench-real check-deps clean
+.PHONY: install lint test test-slow test-gpu-pins env-gpu-pins env-vllm test-vllm demo demo-real train label eval export calibrate bench sweep compare bench-real check-deps clean
 
 ifeq ($(USE_CURRENT),yes)
 install:
@@ -64,8 +64,13 @@ else
 endif
 	touch $@
 
-test: install
+test: install lint
 	$(PYTHON) -m pytest -q -m "not slow and not gpu"
+
+# ruff (pinned in the dev extra; rules in pyproject.toml): lint and format, a second or two; `make test` runs it
+lint: install
+	$(PYTHON) -m ruff check labeltune tests scripts
+	$(PYTHON) -m ruff format --check labeltune tests scripts
 
 test-slow: install
 	$(PYTHON) -m pytest -q -m "slow and not gpu"
