@@ -173,12 +173,9 @@ def test_late_unsloth_import_is_named(monkeypatch):
 # ---------------------------------------------------------------- 3. inference never through Unsloth
 
 
-def _tiny_run(tmp_path: Path, backend: str) -> Path:
-    """A run directory of the tiny preset trained for 2 steps on CPU, its model.json marked `backend`."""
-    from labeltune import train
-    from labeltune.config import TrainConfig, resolve
-
-    run = train.main(resolve(TrainConfig, None, {"output": str(tmp_path / "run"), "max_steps": 2, "limit": 32}))
+def _tiny_run(trained: Path, tmp_path: Path, backend: str) -> Path:
+    """A copy of a run directory of the tiny preset trained for 2 steps on CPU, its model.json marked `backend`."""
+    run = Path(shutil.copytree(trained, tmp_path / "run", symlinks=True))
     info = json.loads((run / "model.json").read_text())
     info.update(backend=backend)
     (run / "model.json").write_text(json.dumps(info))
@@ -186,8 +183,8 @@ def _tiny_run(tmp_path: Path, backend: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def unsloth_run(tmp_path_factory):
-    return _tiny_run(tmp_path_factory.mktemp("unsloth_run"), "unsloth")
+def unsloth_run(tiny_run_2x32, tmp_path_factory, share_run):
+    return share_run(_tiny_run(tiny_run_2x32, tmp_path_factory.mktemp("unsloth_run"), "unsloth"))
 
 
 def test_label_of_an_unsloth_run_on_a_gpu_never_imports_unsloth(unsloth_run, tmp_path):

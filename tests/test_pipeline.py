@@ -22,12 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 70, "logging_steps": 10})
-    train.main(cfg)
-    return out
+@pytest.fixture
+def run_dir(tiny_run_70):
+    """The tiny model trained 70 steps on the sample: the session's, read-only (copy_run it to write into it)."""
+    return tiny_run_70
 
 
 def _write_posts(path: Path, n: int, encoding: str = "utf-8") -> list[dict]:
@@ -54,7 +52,8 @@ def test_run_directory_is_complete(run_dir):
     assert json.loads((run_dir / "versions.json").read_text())["torch"]
 
 
-def test_training_learns_the_format(run_dir):
+def test_training_learns_the_format(run_dir, copy_run):
+    run_dir = copy_run(run_dir)  # evaluate writes its metrics and report into the run
     metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run_dir), "split": "dev"}))
     assert metrics["base"]["malformed_rate"] >= 0.5  # the untuned (random) model cannot answer
     assert metrics["finetuned"]["malformed_rate"] <= 0.1
@@ -64,10 +63,12 @@ def test_training_learns_the_format(run_dir):
 
 
 
-def test_evaluate_warns_when_the_result_means_little(run_dir, capsys):
+def test_evaluate_warns_when_the_result_means_little(run_dir, copy_run, capsys):
     """The tiny random-init model on 15 test rows: each system's macro-F1 gets a 95% bootstrap interval, too wide
     there to tell the model from the majority class; the warnings its numbers call for (that one, and worse than
     the majority class or the base where it is) are printed at the end, kept in metrics.json and shown in the report."""
+    run_dir = copy_run(run_dir)  # evaluate writes its metrics and report into the run
+
     metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run_dir), "forgetting": None, "limit": 15}))
     tuned, majority, base = metrics["finetuned"], metrics["majority_baseline"], metrics["base"]
     low, high = tuned["macro_f1_interval"]
@@ -86,7 +87,8 @@ def test_evaluate_warns_when_the_result_means_little(run_dir, capsys):
     assert f"| fine-tuned | 15 | {tuned['accuracy']:.3f} | {tuned['macro_f1']:.3f} [{low:.2f}, {high:.2f}] |" in report
     assert all(f"- {w}" in report for w in printed)
 
-def test_refuses_to_overwrite_a_trained_run(run_dir):
+def test_refuses_to_overwrite_a_trained_run(run_dir, copy_run):
+    run_dir = copy_run(run_dir)  # should the refusal ever fail, the shared run is not lost
     with pytest.raises(FileExistsError):
         train.main(resolve(TrainConfig, None, {"output": str(run_dir), "max_steps": 1}))
 
@@ -334,12 +336,14 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
             assert all(p.ok for p in predict(model, prompter, texts, batch_size=8, mode=mode))
 
 
-def test_calibrate_then_label_applies_the_temperature(run_dir, tmp_path):
+def test_calibrate_then_label_applies_the_temperature(run_dir, copy_run, tmp_path):
     """calibration.json's temperature and label biases are what label applies in score mode: the
     probabilities are softmax(log p / T + b) of the uncalibrated ones, and the label their argmax."""
     from labeltune import calibrate
     from labeltune.metrics import adjust
     from labeltune.config import CalibrateConfig
+
+    run_dir = copy_run(run_dir)  # calibrate writes calibration.json into the run
 
     result = calibrate.main(resolve(CalibrateConfig, None, {"run": str(run_dir)}))
     assert (run_dir / "calibration.json").is_file() and result["nll_after"] <= result["nll_before"] + 1e-9

@@ -32,15 +32,10 @@ def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny run trained for a few steps (its labels need not be good, only produced)."""
-    from labeltune import train
-    from labeltune.config import TrainConfig, resolve
-
-    out = tmp_path_factory.mktemp("refusals") / "run"
-    train.main(resolve(TrainConfig, None, {"output": str(out), "max_steps": 3, "limit": 48}))
-    return out
+@pytest.fixture
+def run(tiny_run_3x48):
+    """A tiny run trained for a few steps (its labels need not be good, only produced): the session's, read-only."""
+    return tiny_run_3x48
 
 
 def _posts(path: Path, texts: list[str]) -> Path:

@@ -242,15 +242,10 @@ def test_an_unwritten_lock_is_taken_over_only_when_old(tmp_path):
 # ---------------------------------------------------------------- label end to end (a trained run)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny run trained for a few steps (its labels need not be good, only produced)."""
-    from labeltune import train
-    from labeltune.config import TrainConfig, resolve
-
-    out = tmp_path_factory.mktemp("reliability") / "run"
-    train.main(resolve(TrainConfig, None, {"output": str(out), "max_steps": 3, "limit": 48}))
-    return out
+@pytest.fixture
+def run(tiny_run_3x48):
+    """A tiny run trained for a few steps (its labels need not be good, only produced): the session's, read-only."""
+    return tiny_run_3x48
 
 
 def _label(run, source, out, **options):

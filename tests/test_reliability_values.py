@@ -232,14 +232,10 @@ def test_python_texts_none_nan_and_bytes():
 # ---------------------------------------------------------------- with a trained run
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny run trained for a few steps (conftest marks the tests using it `train`)."""
-    from labeltune import train
-
-    out = tmp_path_factory.mktemp("reliability") / "run"
-    train.main(resolve(TrainConfig, None, {"output": str(out), "max_steps": 3, "limit": 48}))
-    return out
+@pytest.fixture
+def run(tiny_run_3x48):
+    """A tiny run trained for a few steps (conftest marks the tests using it `train`): the session's, read-only."""
+    return tiny_run_3x48
 
 
 @pytest.mark.train
@@ -256,7 +252,8 @@ def test_load_run_answers_missing_texts_as_label_does_and_decodes_bytes(run):
 
 
 @pytest.mark.train
-def test_predict_cli_double_dash_bom_and_a_bad_calibration(run):
+def test_predict_cli_double_dash_bom_and_a_bad_calibration(tiny_run_3x48, copy_run):
+    run = copy_run(tiny_run_3x48)  # a calibration.json is written into it
     proc = cli("predict", "--run", run, "--json", "--", "-5度", "--json", "-", stdin="\ufeff最高\n".encode())
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert [json.loads(line)["text"] for line in proc.stdout.decode().splitlines()] == ["-5度", "--json", "最高"]

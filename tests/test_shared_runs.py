@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labeltune.config import TrainConfig, resolve
-
-pytestmark = pytest.mark.train  # every test opens a run trained here (the module fixture `trained`)
+pytestmark = pytest.mark.train  # every test opens a trained run (the session's tiny_run_2x32, through `trained`)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = "今日のランチ最高においしかった\n"
@@ -39,13 +37,10 @@ def refused_in_one_line(proc: subprocess.CompletedProcess, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from labeltune import train
-
-    out = tmp_path_factory.mktemp("shared") / "run"
-    train.main(resolve(TrainConfig, None, {"output": str(out), "max_steps": 2, "limit": 32}))
-    return out
+@pytest.fixture
+def trained(tiny_run_2x32):
+    """A tiny run trained for 2 steps: the session's, read-only (`shared` below copies it)."""
+    return tiny_run_2x32
 
 
 @pytest.fixture

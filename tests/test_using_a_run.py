@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +28,13 @@ def cli(*argv, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny run trained for a few steps, with a calibration.json whose temperature and biases change
-    the probabilities (so applying it or not shows)."""
-    from labeltune import train
-    from labeltune.config import TrainConfig
-
+def run(tiny_run_3x48, tmp_path_factory, share_run):
+    """A tiny run trained for a few steps (a copy of the session's), with a calibration.json whose temperature
+    and biases change the probabilities (so applying it or not shows). Read-only: copy_run it to write into it."""
     out = tmp_path_factory.mktemp("using") / "run"
-    train.main(resolve(TrainConfig, None, {"output": str(out), "max_steps": 3, "limit": 48}))
+    shutil.copytree(tiny_run_3x48, out, symlinks=True)
     save_temperature(out, CALIBRATION)
-    return out
+    return share_run(out)
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +93,10 @@ def test_predict_prints_one_line_per_text_from_arguments_or_stdin(run, labelled)
     assert records[0]["name"] == names[records[0]["label"]] and set(records[0]["probs"]) == {"1", "0", "-1"}
 
 
-def test_each_evaluation_keeps_its_own_folder(run, capsys):
+def test_each_evaluation_keeps_its_own_folder(run, copy_run, capsys):
     from labeltune import evaluate
+
+    run = copy_run(run)  # evaluations are written into it
 
     first = evaluate.main(resolve(EvalConfig, None, {"run": str(run), "split": "dev", "limit": 6, "forgetting": None}))
     out = capsys.readouterr().out
@@ -125,8 +125,10 @@ def test_each_evaluation_keeps_its_own_folder(run, capsys):
     assert 'src="eval/test-score-2/confusion_finetuned.png"' in html and "eval/dev-generate-1" not in html
 
 
-def test_exports_carry_a_model_card_template_task_and_calibration(run, capsys):
+def test_exports_carry_a_model_card_template_task_and_calibration(run, copy_run, capsys):
     from labeltune import evaluate, export
+
+    run = copy_run(run)  # evaluated into, exported beside
 
     if not (run / "metrics.json").is_file():  # this test alone: evaluate first, so the card has test metrics
         evaluate.main(resolve(EvalConfig, None, {"run": str(run), "mode": "score", "base": False, "limit": 4,
