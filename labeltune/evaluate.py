@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from labeltune.atomic import write_inside
@@ -75,17 +76,55 @@ def check_split_unchanged(run) -> None:
 
 
 def main(cfg) -> dict:
+    """Evaluate cfg.run's base and tuned model on a split or --data FILE (the module docstring says what
+    is written); returns the metrics that metrics.json holds."""
     run = open_run(cfg.run)
     check_eval_parent(run.dir)
     if not cfg.data:
         check_split_unchanged(run)
-    run_dir, train_cfg, task = run.dir, run.config, run.task
-    source = Path(cfg.data) if cfg.data else run.held_split(cfg.split, "evaluate on a labelled file of yours with --data FILE")
+    examples, dropped, warnings = read_gold(cfg, run)
+    # loaded before the model so that a missing file fails at once
+    general = load_general_texts(cfg.forgetting, cfg.forgetting_limit) if cfg.forgetting else ([], "")
+    temperature, biases = load_calibration(run.dir) if cfg.calibrated else (1.0, None)
+    model, prompter = run.load()
+    metrics = evaluation_header(cfg, run, examples, len(dropped))
+    step = stage_printer()
+    systems = decode_systems(cfg, run, model, prompter, examples, temperature=temperature, biases=biases,
+                             step=step, warnings=warnings)
+    gold = [ex.label for ex in examples]
+    gold_scores = [None] * len(examples) if untrained_score(run) else [ex.score for ex in examples]
+    # a folder of its own, made once the answers are decoded
+    out = new_eval_dir(run.dir, Path(cfg.data).stem if cfg.data else cfg.split, cfg.mode)
+    metrics["eval_dir"] = str(out)
+    for key, predictions in systems.items():
+        metrics[key] = system_scores(predictions, gold, gold_scores, run.task,
+                                     temperature=temperature if key == "finetuned" else 1.0)
+        write_predictions(out / predictions_file(key), examples, predictions)
+    if biases and cfg.mode == "score":
+        metrics["finetuned"].update(bias_comparison(systems["finetuned"], gold, biases, run.task))
+    if given := scores_given_gold_labels(cfg, run.task, model, prompter, examples, gold_scores, step):
+        metrics["finetuned"]["given_gold_label"] = given
+    if general[0] and hasattr(model, "disable_adapter"):
+        metrics["forgetting"] = forgetting(model, prompter.tokenizer, general, run.config.max_length, step)
+    warnings += result_warnings(metrics)  # worse than the majority class or the base, or too few rows to tell
+    metrics["warnings"] = warnings
+    write_evaluation(out, run.dir, metrics, examples, systems)
+    print_summary(cfg, run.dir, out, metrics)
+    return metrics
+
+
+def read_gold(cfg, run) -> tuple[list, list, list[str]]:
+    """The labelled rows to evaluate: --data FILE (read with the run's column names) or the run's held-out
+    split, cut to --limit; with the rows dropped and the warnings of reading them. Refuses an empty set."""
+    train_cfg = run.config
+    if cfg.data:
+        source = Path(cfg.data)
+        columns = (train_cfg.text_column, train_cfg.label_column, train_cfg.score_column)
+    else:
+        source = run.held_split(cfg.split, "evaluate on a labelled file of yours with --data FILE")
+        columns = ("text", "label", "score")
     report = ReadReport(str(source))
-    examples, dropped = load_examples(
-        source, task, train_cfg.text_column if cfg.data else "text", train_cfg.label_column if cfg.data else "label",
-        train_cfg.score_column if cfg.data else "score", report=report,
-    )
+    examples, dropped = load_examples(source, run.task, *columns, report=report)
     warnings = report.warnings()
     if dropped:
         warnings.append(dropped_summary(dropped, len(examples) + len(dropped)) + " (not evaluated)")
@@ -93,35 +132,51 @@ def main(cfg) -> dict:
         examples = examples[: cfg.limit]
     if not examples:
         raise ValueError(f"{source}: nothing to evaluate ({dropped_summary(dropped)})")
-    # loaded before the model so that a missing file fails at once
-    general_texts, general_source = (
-        load_general_texts(cfg.forgetting, cfg.forgetting_limit) if cfg.forgetting else ([], "")
-    )
+    return examples, dropped, warnings
 
-    temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
-    model, prompter = run.load()
-    tokenizer = prompter.tokenizer
-    texts = [ex.text for ex in examples]
-    gold, gold_scores = [ex.label for ex in examples], [ex.score for ex in examples]
-    train_labels = run.train_labels()
 
-    metrics = {"run": str(run_dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode, "dropped_rows": len(dropped)}
+def evaluation_header(cfg, run, examples: list, n_dropped: int) -> dict:
+    """What metrics.json says before any system's scores: the run, split, task and mode evaluated, the
+    label names and score range, and the majority class of the training split as a baseline."""
+    task, gold = run.task, [ex.label for ex in examples]
+    metrics = {"run": str(run.dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode,
+               "dropped_rows": n_dropped}
     if cfg.mode == "score":
         metrics["score_estimate"] = cfg.score_estimate
     metrics["preset"] = run.info.preset
     metrics["label_names"] = {lab.value: lab.name for lab in task.labels}
     if task.score:
         metrics["score_range"] = [task.score.min, task.score.max]
-    metrics["majority_baseline"] = majority_baseline(train_labels, gold, task.label_values)
+    metrics["majority_baseline"] = majority_baseline(run.train_labels(), gold, task.label_values)
     metrics["majority_baseline"]["macro_f1_interval"] = macro_f1_interval(
         gold, [metrics["majority_baseline"]["label"]] * len(gold), task.label_values)
-    systems = {}
+    return metrics
+
+
+def stage_printer() -> Callable[[str], None]:
+    """A line per stage on stderr with the seconds since this call: a person waiting sees what runs, in a
+    terminal or a log."""
     started = time.perf_counter()
 
-    def step(what: str) -> None:  # a line per stage: a person waiting sees what runs, in a terminal or a log
+    def step(what: str) -> None:
         print(f"evaluate: {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
 
+    return step
+
+
+def untrained_score(run) -> bool:
+    """The task has a score but the run's training data had none: its "score : 0" is a format filler."""
+    return not run.score_trained and run.task.score is not None
+
+
+def decode_systems(cfg, run, model, prompter, examples: list, temperature: float, biases: dict | None,
+                   step: Callable[[str], None], warnings: list[str]) -> dict[str, list]:
+    """Each system's answers: the base model (adapter off; unless --base false or a merged export, which
+    has no adapter) and the fine-tuned one, calibrated; scores emptied where the run never learnt them.
+    What cannot be evaluated is appended to `warnings`."""
+    texts = [ex.text for ex in examples]
     where = f"{len(texts)} {'rows of ' + cfg.data if cfg.data else cfg.split + ' posts'}, {cfg.mode} mode"
+    systems = {}
     if cfg.base and run.merged:
         warnings.append("a merged export has no adapter to switch off: only the tuned model is evaluated")
     elif cfg.base:
@@ -130,51 +185,77 @@ def main(cfg) -> dict:
             systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode,
                                       score_estimate=cfg.score_estimate)
     step(f"fine-tuned model on {where}")
-    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode, temperature,
-                                   cfg.score_estimate, biases)
-    if not run.score_trained and task.score is not None:  # the model's "score : 0" is a format filler, not a score
+    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode,
+                                   temperature, cfg.score_estimate, biases)
+    if untrained_score(run):
         systems = {key: without_score(predictions) for key, predictions in systems.items()}
-        gold_scores = [None] * len(gold_scores)
-        warnings.append("score not trained: the training data had no scores, so this run leaves the score empty and no "
-                        "score metric is computed (train with a 0-100 score column to learn it)")
-    out = new_eval_dir(run_dir, Path(cfg.data).stem if cfg.data else cfg.split, cfg.mode)  # decoded: a folder of its own
-    metrics["eval_dir"] = str(out)
-    for key, predictions in systems.items():
-        metrics[key] = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends, task.scored_labels)
-        metrics[key]["macro_f1_interval"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
-        metrics[key].update(calibration_metrics(predictions, gold, temperature if key == "finetuned" else 1.0))
-        write_predictions(out / predictions_file(key), examples, predictions)
-    if biases and cfg.mode == "score":  # the same decode without the biases: argmax of log p + b - b
-        unbiased = [argmax_label(p.probs, {k: -v for k, v in biases.items()}) if p.probs else None for p in systems["finetuned"]]
-        plain = classification_metrics(gold, unbiased, task.label_values)
-        metrics["finetuned"]["biases"] = biases
-        metrics["finetuned"]["without_biases"] = {
-            "macro_f1": plain["macro_f1"], "accuracy": plain["accuracy"],
-            "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()}}
-    scored_rows = [i for i, (lab, sc) in enumerate(zip(gold, gold_scores)) if lab in task.scored_labels and sc is not None]
-    if scored_rows:  # the score part apart from the label decision: every gold-scored row, its gold label given
-        step(f"scores with the gold label given on {len(scored_rows)} rows")
-        given = scores_given_labels(model, prompter, [texts[i] for i in scored_rows], [gold[i] for i in scored_rows],
-                                    cfg.batch_size, cfg.score_estimate)
-        truth = [gold_scores[i] for i in scored_rows]
-        metrics["finetuned"]["given_gold_label"] = {
-            "estimate": score_metrics(truth, [e for e, _ in given], task.score_ends),
+        warnings.append("score not trained: the training data had no scores, so this run leaves the score "
+                        "empty and no score metric is computed (train with a 0-100 score column to learn it)")
+    return systems
+
+
+def system_scores(predictions: list, gold: list[str], gold_scores: list, task, temperature: float) -> dict:
+    """One system's metrics: classification and score metrics, the macro-F1's bootstrap interval and the
+    calibration of its confidences (at `temperature`)."""
+    scores = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends,
+                            task.scored_labels)
+    scores["macro_f1_interval"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
+    scores.update(calibration_metrics(predictions, gold, temperature))
+    return scores
+
+
+def bias_comparison(predictions: list, gold: list[str], biases: dict, task) -> dict:
+    """Score mode with dev-fitted label biases: the biases and the same decode without them (argmax of
+    log p + b - b), to show beside the fine-tuned metrics."""
+    undo = {k: -v for k, v in biases.items()}
+    unbiased = [argmax_label(p.probs, undo) if p.probs else None for p in predictions]
+    plain = classification_metrics(gold, unbiased, task.label_values)
+    return {"biases": biases, "without_biases": {
+        "macro_f1": plain["macro_f1"], "accuracy": plain["accuracy"],
+        "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()}}}
+
+
+def scores_given_gold_labels(cfg, task, model, prompter, examples: list, gold_scores: list,
+                             step: Callable[[str], None]) -> dict | None:
+    """The score part apart from the label decision: on every gold-scored row, the tuned model's score
+    (estimate and greedy) with its gold label given; None when no row has a gold score."""
+    rows = [i for i, (ex, score) in enumerate(zip(examples, gold_scores))
+            if ex.label in task.scored_labels and score is not None]
+    if not rows:
+        return None
+    step(f"scores with the gold label given on {len(rows)} rows")
+    texts, labels = [examples[i].text for i in rows], [examples[i].label for i in rows]
+    given = scores_given_labels(model, prompter, texts, labels, cfg.batch_size, cfg.score_estimate)
+    truth = [gold_scores[i] for i in rows]
+    return {"estimate": score_metrics(truth, [e for e, _ in given], task.score_ends),
             "greedy": score_metrics(truth, [g for _, g in given], task.score_ends)}
-    if general_texts and hasattr(model, "disable_adapter"):
-        step(f"forgetting check: perplexity on {len(general_texts)} general texts")
-        check = forgetting_check(model, tokenizer, general_texts, train_cfg.max_length)
-        metrics["forgetting"] = {**check, "source": general_source}
-    warnings += result_warnings(metrics)  # worse than the majority class or the base, or too few rows to tell
-    metrics["warnings"] = warnings
+
+
+def forgetting(model, tokenizer, general: tuple[list[str], str], max_length: int,
+               step: Callable[[str], None]) -> dict:
+    """The forgetting check: base and tuned perplexity on the general texts (labeltune.perplexity) and
+    where they came from."""
+    texts, source = general
+    step(f"forgetting check: perplexity on {len(texts)} general texts")
+    return {**forgetting_check(model, tokenizer, texts, max_length), "source": source}
+
+
+def write_evaluation(out: Path, run_dir: Path, metrics: dict, examples: list,
+                     systems: dict[str, list]) -> None:
+    """metrics.json and the report in the evaluation's folder, then the run directory's copies of the
+    latest evaluation (its metrics.json last, once everything else is complete)."""
     text = json.dumps(metrics, ensure_ascii=False, indent=1)
     write_inside(out, out / METRICS, text)
     write_report(out, metrics, examples, systems, read_training(run_dir), also_in=run_dir)
     write_inside(run_dir, run_dir / METRICS, text)  # last: the latest evaluation, complete
+
+
+def print_summary(cfg, run_dir: Path, out: Path, metrics: dict) -> None:
+    """The before/after table on stdout, the warnings on stderr, where the report is and what to run next."""
     print(format_table(metrics))
-    for warning in warnings:
+    for warning in metrics["warnings"]:
         print(f"labeltune: warning: {warning}", file=sys.stderr)
     print(f"wrote {out}/ (metrics.json, predictions, plots); report: {out / REPORT_HTML} (latest also in "
           f"{run_dir / REPORT_HTML})")
     print(f"next: labeltune label --run {run_dir} --input posts.csv --output labelled.csv"
           + ("" if cfg.mode == "generate" else f" --mode {cfg.mode}"))
-    return metrics

@@ -33,11 +33,14 @@ import io
 import json
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
+
+from tqdm import tqdm
 
 from labeltune.config import LabelConfig, TrainConfig, load_saved
 from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns, shown_columns
@@ -166,131 +169,224 @@ def predicted_chunks(cfg: LabelConfig, run, engine, settings: dict, start: int) 
         yield engine.predict(texts, **settings)
 
 
+# the settings an output records (output_identity): another value makes another output
+SETTINGS = ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode",
+            "score_estimate", "calibrated", "engine", "dtype")
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """--output and the files beside it while it is made: the rows so far (``<output>.partial``), the
+    sidecar recording progress and then completion (``<output>.labeltune.json``) and the lock."""
+
+    output: Path
+
+    def _beside(self, suffix: str) -> Path:
+        return self.output.with_name(self.output.name + suffix)
+
+    @property
+    def partial(self) -> Path:
+        return self._beside(".partial")
+
+    @property
+    def state(self) -> Path:
+        return self._beside(".labeltune.json")
+
+    @property
+    def lock(self) -> Path:
+        return self._beside(".lock")
+
+
+@dataclass
+class Tally:
+    """What this session labelled: answers that parsed and did not, texts cut to the run's max_length,
+    cells --bom neutralised, and rows per predicted label (None: no label)."""
+
+    ok: int = 0
+    failed: int = 0
+    truncated: int = 0
+    neutralised: int = 0
+    per_label: Counter = field(default_factory=Counter)
+
+    def count(self, prediction, neutralised: int) -> None:
+        self.ok += bool(prediction.ok)
+        self.failed += not prediction.ok
+        self.truncated += prediction.truncated
+        self.neutralised += neutralised
+        self.per_label[prediction.label] += 1
+
+
 def main(cfg: LabelConfig) -> Path:
     """Label cfg.input into cfg.output (the module docstring says how). One process at a time writes an
     output: it holds the lock file ``<output>.lock`` (labeltune.lock) while it runs, and a second one is
     refused naming the pid that holds it."""
-    source, output = Path(cfg.input), Path(cfg.output)
+    source, files = Path(cfg.input), OutputFiles(Path(cfg.output))
     check_input_file(source, cfg.encoding)
-    check_paths(source, output)
-    with hold(output.with_name(output.name + ".lock"), f"--output {output}"):
-        return _label(cfg, source, output)
+    check_paths(source, files.output)
+    with hold(files.lock, f"--output {files.output}"):
+        columns = read_columns(source, cfg.encoding)
+        cfg = with_text_column(cfg, source, columns)
+        total, report = count_rows(source, cfg.encoding)
+        run = open_run(Path(cfg.run))
+        header = output_columns(columns, [lab.name for lab in run.task.labels])
+        identity = output_identity(cfg, source, run.dir)
+        state = resume_state(files.state, files.partial, files.output, identity, cfg.overwrite)
+        if state == "complete":
+            return files.output
+        # the model and the calibration are loaded before anything is written, so a run or a setting that
+        # cannot work writes nothing
+        engine = load_label_engine(cfg, run)
+        settings = decode_settings(cfg, run.dir)
+        if state is None or state["rows"] == 0:  # no rows of an earlier attempt to keep
+            state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False,
+                     "output": files.output.name}
+        tally = label_rows(cfg, run, engine, settings, files=files, state=state, header=header,
+                           columns=columns, total=total)
+        complete(files, state, total, source)
+        print_summary(run, files.output, state["rows"], tally, report)
+    return files.output
 
 
-def _label(cfg: LabelConfig, source: Path, output: Path) -> Path:
-    import sys
-
-    from tqdm import tqdm
-
-    run_dir = Path(cfg.run)
-    columns = read_columns(source, cfg.encoding)
-    if cfg.text_column is None:  # the column the run was trained on (its config.yaml), as the verbs' hints assume;
-        # the input is checked before the run (its problems are said first), so a missing run leaves "text"
-        saved = run_dir / CONFIG
-        cfg = replace(cfg, text_column=load_saved(TrainConfig, saved).text_column if saved.is_file() else "text")
+def with_text_column(cfg: LabelConfig, source: Path, columns: list[str]) -> LabelConfig:
+    """cfg with its text column: --text-column, else the column the run was trained on (its config.yaml),
+    as the verbs' hints assume. Refuses an input without that column."""
+    if cfg.text_column is None:  # the input is checked before the run (its problems are said first), so a
+        # missing run leaves "text"
+        saved = Path(cfg.run) / CONFIG
+        trained = load_saved(TrainConfig, saved).text_column if saved.is_file() else "text"
+        cfg = replace(cfg, text_column=trained)
     if cfg.text_column not in columns:
         raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {shown_columns(columns)} "
                          "(use --text-column)")
+    return cfg
+
+
+def count_rows(source: Path, encoding: str | None) -> tuple[int, ReadReport]:
+    """The input's rows, counted by reading the whole file, so that its shape is checked and its warnings
+    said (on stderr) now, not after minutes of labelling; with the report of that reading."""
     report = ReadReport(str(source))
-    total = sum(1 for _ in iter_rows(source, cfg.encoding, report))  # the whole file's shape checked first
-    for warning in report.warnings():  # said now, not after minutes of labelling
+    total = sum(1 for _ in iter_rows(source, encoding, report))
+    for warning in report.warnings():
         print(f"labeltune: warning: {warning}", file=sys.stderr)
-    run = open_run(run_dir)
-    task = run.task
-    header = output_columns(columns, [lab.name for lab in task.labels])
-    identity = {
+    return total, report
+
+
+def output_identity(cfg: LabelConfig, source: Path, run_dir: Path) -> dict:
+    """What makes an output this output: the input's and the weights' hashes, the SETTINGS and the run's
+    calibration. A partial output of another identity is never appended to (resume_state)."""
+    calibration = run_dir / CALIBRATION
+    return {
         "input_sha256": file_sha256(source),
         "weights_sha256": weights_sha256(run_dir),
-        "settings": {k: getattr(cfg, k) for k in ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode",
-                                                  "score_estimate", "calibrated", "engine", "dtype")},
-        "calibration": (run_dir / CALIBRATION).read_text(encoding="utf-8") if (run_dir / CALIBRATION).is_file() else None,
+        "settings": {k: getattr(cfg, k) for k in SETTINGS},
+        "calibration": calibration.read_text(encoding="utf-8") if calibration.is_file() else None,
     }
-    state_path = output.with_name(output.name + ".labeltune.json")
-    partial = output.with_name(output.name + ".partial")
 
-    state = resume_state(state_path, partial, output, identity, cfg.overwrite)
-    if state == "complete":
-        return output
-    # the model and the calibration are loaded before anything is written, so a run or a setting that
-    # cannot work writes nothing
+
+def load_label_engine(cfg: LabelConfig, run):
+    """The engine that labels in this process, its template checked before the model loads; with --ray,
+    None once the cluster is connected to (its replicas load their own)."""
     if cfg.ray:
         from labeltune.ray_label import connect
 
         connect(cfg.ray)
-        engine = None
-    else:
-        from labeltune.engine import auto_threads, load_engine
-        from labeltune.models import cuda_available
+        return None
+    from labeltune.engine import auto_threads, load_engine
+    from labeltune.models import cuda_available
 
-        run.template()  # a template that may not run is refused before the model loads
-        threads, note = cfg.threads, f"{cfg.threads} CPU threads" if cfg.threads else ""
-        if threads is None and cfg.engine == "hf" and not cuda_available():
-            threads, note = auto_threads()  # torch's default (every core) collapses when other work holds one
-        print(f"label: loading {run_dir} on the {cfg.engine} engine" + (f", {note}" if note else ""), file=sys.stderr,
-              flush=True)
-        engine = load_engine(run, cfg.engine, cfg.dtype, threads, cfg.batch_size)
+    run.template()  # a template that may not run is refused before the model loads
+    threads, note = cfg.threads, f"{cfg.threads} CPU threads" if cfg.threads else ""
+    if threads is None and cfg.engine == "hf" and not cuda_available():
+        threads, note = auto_threads()  # torch's default (every core) collapses when other work holds one
+    print(f"label: loading {run.dir} on the {cfg.engine} engine" + (f", {note}" if note else ""),
+          file=sys.stderr, flush=True)
+    return load_engine(run, cfg.engine, cfg.dtype, threads, cfg.batch_size)
+
+
+def decode_settings(cfg: LabelConfig, run_dir: Path) -> dict:
+    """The engine's predict settings: mode, score estimate, answer length, and the run's calibration
+    (temperature and label biases) with --calibrated."""
     temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
-    settings = dict(mode=cfg.mode, temperature=temperature, score_estimate=cfg.score_estimate, label_bias=biases,
-                    max_new_tokens=cfg.max_new_tokens)
+    return {"mode": cfg.mode, "temperature": temperature, "score_estimate": cfg.score_estimate,
+            "label_bias": biases, "max_new_tokens": cfg.max_new_tokens}
 
-    fresh = state is None or state["rows"] == 0  # no rows of an earlier attempt to keep
-    if fresh:
-        state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False, "output": output.name}
+
+def label_rows(cfg: LabelConfig, run, engine, settings: dict, *, files: OutputFiles, state: dict,
+               header: list[str], columns: list[str], total: int) -> Tally:
+    """Label the rows after the `state["rows"]` already done into the partial output, a chunk at a time:
+    each chunk's rows are written, flushed to disk and recorded in `state` (and its sidecar) before the
+    next. A fresh `state` (no rows) first gets a partial file holding the header; if it fails before its
+    first row is labelled, neither file is left behind. Ctrl-C says how to continue and exits 130.
+    Returns this session's tally."""
+    fresh = state["rows"] == 0
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
-    counts = {"ok": 0, "failed": 0, "neutralised": 0, "truncated": 0}
-    per_label = Counter()
+    tally = Tally()
     try:
         if fresh:
-            _start_partial(state_path, partial, state, header, cfg.bom)
-        rows = islice(iter_rows(source, cfg.encoding), state["rows"], None)
+            _start_partial(files.state, files.partial, state, header, cfg.bom)
+        rows = islice(iter_rows(Path(cfg.input), cfg.encoding), state["rows"], None)
         results = predicted_chunks(cfg, run, engine, settings, state["rows"])
-        with open(partial, "r+b") as f:
+        with open(files.partial, "r+b") as f:
             f.seek(state["bytes"])
             f.truncate()
             for predictions in results:
                 chunk = list(islice(rows, len(predictions)))
-                lines = [_output_row(row, p, columns, task, cfg.bom, counts) for row, p in zip(chunk, predictions)]
-                per_label.update(p.label for _, p in zip(chunk, predictions))
+                lines = []
+                for row, p in zip(chunk, predictions):
+                    cells, neutralised = _output_row(row, p, columns, run.task, cfg.bom)
+                    tally.count(p, neutralised)
+                    lines.append(cells)
                 f.write(_csv_bytes(lines))
                 f.flush()
                 os.fsync(f.fileno())
                 state.update(rows=state["rows"] + len(chunk), bytes=f.tell())
-                _write_state(state_path, state)
+                _write_state(files.state, state)
                 bar.update(len(chunk))
     except BaseException as e:
         bar.close()
         if fresh and state["rows"] == 0:  # nothing labelled: leave nothing of this attempt behind
-            partial.unlink(missing_ok=True)
-            state_path.unlink(missing_ok=True)
+            files.partial.unlink(missing_ok=True)
+            files.state.unlink(missing_ok=True)
         if isinstance(e, KeyboardInterrupt):
-            print(f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to continue",
-                  file=sys.stderr)
+            print(f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to "
+                  "continue", file=sys.stderr)
             raise SystemExit(130) from None
         raise
     bar.close()
+    return tally
+
+
+def complete(files: OutputFiles, state: dict, total: int, source: Path) -> None:
+    """The partial output moved into place once it holds every row, and its sidecar marked complete."""
     if state["rows"] != total:
-        raise RuntimeError(f"{source}: {total} rows counted but {state['rows']} read; the file changed while labelling")
-    os.replace(partial, output)
+        raise RuntimeError(f"{source}: {total} rows counted but {state['rows']} read; the file changed while "
+                           "labelling")
+    os.replace(files.partial, files.output)
     state["complete"] = True
-    _write_state(state_path, state)
-    print(f"labelled {state['rows']} rows -> {output} (this session: {counts['ok']} ok, {counts['failed']} not ok)")
+    _write_state(files.state, state)
+
+
+def print_summary(run, output: Path, rows: int, tally: Tally, report: ReadReport) -> None:
+    """The rows labelled and this session's answers per label, what to do next, then the input's warnings
+    again, truncated texts and neutralised cells (stderr)."""
+    print(f"labelled {rows} rows -> {output} (this session: {tally.ok} ok, {tally.failed} not ok)")
+    per_label = tally.per_label
     if per_label:
-        shares = [f"{lab.value} ({lab.name}) {per_label[lab.value]}" for lab in task.labels]
+        shares = [f"{lab.value} ({lab.name}) {per_label[lab.value]}" for lab in run.task.labels]
         if per_label[None]:
             shares.append(f"no label {per_label[None]}")
         print("labels this session: " + ", ".join(shares))
-    print(f"next: read a few rows of {output} by hand; to measure these labels against posts you labelled yourself: "
-          f"labeltune evaluate --run {run_dir} --data your_labelled.csv")
+    print(f"next: read a few rows of {output} by hand; to measure these labels against posts you labelled "
+          f"yourself: labeltune evaluate --run {run.dir} --data your_labelled.csv")
     for warning in report.warnings():
         print(f"labeltune: warning: {warning}", file=sys.stderr)
-    if counts["truncated"]:
-        print(f"labeltune: warning: {counts['truncated']} texts were longer than the run's max_length "
-              f"({run.config.max_length} tokens with the prompt) and were labelled from their start (truncated=True)",
-              file=sys.stderr)
-    if counts["neutralised"]:
-        print(f"labeltune: note: {counts['neutralised']} cells starting with =, +, -, @ were prefixed with ' so Excel "
-              "shows them as text (--bom output)", file=sys.stderr)
-    return output
+    if tally.truncated:
+        print(f"labeltune: warning: {tally.truncated} texts were longer than the run's max_length "
+              f"({run.config.max_length} tokens with the prompt) and were labelled from their start "
+              "(truncated=True)", file=sys.stderr)
+    if tally.neutralised:
+        print(f"labeltune: note: {tally.neutralised} cells starting with =, +, -, @ were prefixed with ' so "
+              "Excel shows them as text (--bom output)", file=sys.stderr)
 
 
 def _start_partial(state_path: Path, partial: Path, state: dict, header: list[str], bom: bool) -> None:
@@ -305,20 +401,13 @@ def _start_partial(state_path: Path, partial: Path, state: dict, header: list[st
     _write_state(state_path, state)
 
 
-def _output_row(row: dict, p, columns: list[str], task, bom: bool, counts: dict) -> list:
-    """The output cells of one input row and its prediction; `counts` gets ok/failed/truncated/neutralised."""
-    counts["ok" if p.ok else "failed"] += 1
-    counts["truncated"] += p.truncated
-
-    def cell(value) -> str:
-        text = _cell(value)
-        if bom and text.startswith(FORMULA_START):
-            safe = neutralise_formula(text)
-            counts["neutralised"] += safe != text
-            return safe
-        return text
-
+def _output_row(row: dict, p, columns: list[str], task, bom: bool) -> tuple[list, int]:
+    """The output cells of one input row and its prediction, and how many of them were neutralised: with
+    `bom`, the input's cells and the raw answer are made safe from running as formulas."""
+    texts = [*(_cell(row.get(c)) for c in columns), _cell(p.raw)]
+    shown = [neutralise_formula(text) for text in texts] if bom else texts
+    *cells, raw = shown
     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
-    return ([cell(row.get(c)) for c in columns]
-            + [_cell(p.label), _cell(p.score), _cell(p.score_greedy), p.ok, p.reason, p.truncated, cell(p.raw),
-               _prob(p.confidence), *probs])
+    row_cells = [*cells, _cell(p.label), _cell(p.score), _cell(p.score_greedy), p.ok, p.reason, p.truncated,
+                 raw, _prob(p.confidence), *probs]
+    return row_cells, sum(a != b for a, b in zip(texts, shown))

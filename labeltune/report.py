@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -218,11 +219,50 @@ def forgetting_sentence(forgetting: dict, preset: str | None) -> str:
 TITLES = {"base": "base (untuned)", "finetuned": "fine-tuned"}
 
 
-def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, predictions: list) -> dict:
-    """Write one system's plots; return what both report formats show for it (strings only)."""
+@dataclass
+class Plots:
+    """What write_plots drew, for report_context. `systems`: each system's PNG file names by kind
+    ({"finetuned": {"confusion": "confusion_finetuned.png", "scores": ..., "reliability": ...}}; a kind
+    not drawn is absent); `training`: the training curves' PNG and plot_training's one-line text
+    ({"png": ..., "text": ...}), None when there was no training log to draw."""
+
+    systems: dict[str, dict[str, str]]
+    training: dict | None = None
+
+
+def write_plots(out_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list],
+                training: dict | None = None) -> Plots:
+    """Every PNG of a report in `out_dir`: per system its confusion matrix, its scores (when the task
+    scores and the system gave any) and its reliability diagram (when its metrics have one); the
+    training curves when `training` (the run's training log and kept epoch: {"log": [...], "best": {...}
+    or None}) has a log. Returns their names for report_context."""
+    out_dir = Path(out_dir)
+    names, drawn = metrics.get("label_names"), {}
+    for key in (key for key in TITLES if key in systems):
+        m, files = metrics[key], {"confusion": f"confusion_{key}.png"}
+        plot_confusions({TITLES[key]: m["confusion"]}, out_dir / files["confusion"], names=names)
+        if "score_range" in metrics and m["score_n"]:
+            files["scores"] = f"scores_{key}.png"
+            gold, pred = [ex.score for ex in examples], [p.score for p in systems[key]]
+            title = f"{TITLES[key]} ({metrics['mode']})"
+            plot_scores(gold, pred, metrics["score_range"], out_dir / files["scores"], title)
+        if "reliability" in m:
+            files["reliability"] = f"reliability_{key}.png"
+            title = f"{TITLES[key]} ({metrics['mode']}), ECE {m['ece']:.3f}"
+            plot_reliability(m["reliability"], out_dir / files["reliability"], title)
+        drawn[key] = files
+    curves = None
+    if training and training["log"]:
+        curves = {"png": TRAINING_CURVES,
+                  "text": plot_training(training["log"], training["best"], out_dir / TRAINING_CURVES)}
+    return Plots(systems=drawn, training=curves)
+
+
+def _system_section(metrics: dict, key: str, examples: list, predictions: list,
+                    files: dict[str, str]) -> dict:
+    """What both report formats show for one system (strings only); `files`: its PNGs (Plots.systems)."""
 
     m, names = metrics[key], metrics.get("label_names")
-    plot_confusions({TITLES[key]: m["confusion"]}, run_dir / f"confusion_{key}.png", names=names)
     section = {
         "key": key,
         "title": TITLES[key],
@@ -235,33 +275,28 @@ def _system_section(run_dir: Path, metrics: dict, key: str, examples: list, pred
             for reason, n in sorted(m["malformed_reasons"].items(), key=lambda r: (-r[1], r[0]))
         ],
         "confusion": m["confusion"],
-        "confusion_png": f"confusion_{key}.png",
+        "confusion_png": files["confusion"],
     }
-    if "score_range" in metrics and m["score_n"]:
+    if "scores" in files:
         gold, pred = [ex.score for ex in examples], [p.score for p in predictions]
-        title = f"{TITLES[key]} ({metrics['mode']})"
-        plot_scores(gold, pred, metrics["score_range"], run_dir / f"scores_{key}.png", title)
         lo, hi = metrics["score_range"]
-        section["scores_png"] = f"scores_{key}.png"
+        section["scores_png"] = files["scores"]
         section["scores_text"] = (
             f"Predicted scores exactly {lo}: {share_at(pred, lo)}, exactly {hi}: {share_at(pred, hi)} "
             f"(gold: {share_at(gold, lo)} and {share_at(gold, hi)}); a collapse to the ends of the range shows as "
             "predicted shares well above the gold ones."
         )
-    if "reliability" in m:
-        title = f"{TITLES[key]} ({metrics['mode']}), ECE {m['ece']:.3f}"
-        plot_reliability(m["reliability"], run_dir / f"reliability_{key}.png", title)
-        section["reliability_png"] = f"reliability_{key}.png"
+    if "reliability" in files:
+        section["reliability_png"] = files["reliability"]
         section["reliability_text"] = (
             f"Expected calibration error {m['ece']:.3f} (temperature {m['temperature']:.3f})."
         )
     return section
 
 
-def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[str, list],
-                   training: dict | None = None) -> dict:
-    """Everything report.md and report.html show (plots written on the way), as strings. `training`:
-    the run's training log and kept epoch ({"log": [...], "best": {...} or None}), when it has one."""
+def report_context(metrics: dict, examples: list, systems: dict[str, list], plots: Plots) -> dict:
+    """Everything report.md and report.html show, as strings, from the metrics, the gold rows, each
+    system's answers and the names of the plots write_plots drew (it writes nothing)."""
 
     n = metrics["majority_baseline"]["n"]
     context = {
@@ -270,22 +305,20 @@ def report_context(run_dir: Path, metrics: dict, examples: list, systems: dict[s
         "summary": summary_rows(metrics),
         "warnings": metrics.get("warnings") or [],
         "systems": [
-            _system_section(run_dir, metrics, key, examples, systems[key]) for key in TITLES if key in systems
+            _system_section(metrics, key, examples, systems[key], plots.systems[key])
+            for key in TITLES if key in systems
         ],
         "errors": (error_sample(examples, systems["finetuned"], names=metrics.get("label_names"))
                    if "finetuned" in systems else []),
         "errors_header": [row_ids(examples)[0], "text", "gold", "predicted", "confidence"],
         "label_names": metrics.get("label_names") or {},
         "forgetting": None,
-        "training": None,
+        "training": plots.training,
         "estimate_header": ESTIMATE_HEADER,
         "estimates": estimate_rows(metrics),
         "bias_header": BIAS_HEADER,
         "biases": bias_rows(metrics),
     }
-    if training and training["log"]:
-        text = plot_training(training["log"], training["best"], run_dir / TRAINING_CURVES)
-        context["training"] = {"png": TRAINING_CURVES, "text": text}
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         context["forgetting"] = {
@@ -414,9 +447,10 @@ def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: di
     the ones in `out_dir` (the run directory's copy of its latest evaluation).
 
     `examples` are the gold rows (data.Example), `systems` each system's answers.Answer list, and
-    `training` the run's training log and kept epoch (see report_context)."""
+    `training` the run's training log and kept epoch (see write_plots)."""
     out_dir = Path(out_dir)
-    context = report_context(out_dir, metrics, examples, systems, training)
+    plots = write_plots(out_dir, metrics, examples, systems, training)
+    context = report_context(metrics, examples, systems, plots)
     targets = [(out_dir, "")]
     if also_in is not None:
         targets.append((Path(also_in), Path(os.path.relpath(out_dir, also_in)).as_posix() + "/"))

@@ -245,6 +245,25 @@ def test_excel_bound_output_neutralises_formulas(run, tmp_path):
     assert [r["text"] for r in csv.DictReader(open(tmp_path / "plain.csv", encoding="utf-8"))] == texts  # verbatim
 
 
+
+def test_output_rows_count_what_they_neutralise():
+    """With --bom the input's cells and the raw answer are made text and counted in the session's tally;
+    the parsed fields are written as they are; without --bom nothing changes."""
+    from labeltune.answers import Answer
+    from labeltune.label import Tally, _output_row
+    from labeltune.task import load_task
+
+    task, tally = load_task("sentiment_toxicity"), Tally()
+    answers = [Answer("1", None, True, "", "=1+1", False), Answer(None, None, False, "no_label", "@x", True)]
+    for answer, bom in zip(answers, (True, False)):
+        cells, neutralised = _output_row({"text": "-calc", "n": "-1"}, answer, ["text", "n"], task, bom)
+        tally.count(answer, neutralised)
+        assert cells[:2] == (["'-calc", "-1"] if bom else ["-calc", "-1"])
+        assert cells[8] == ("'=1+1" if bom else "@x") and cells[2] == ("1" if bom else "")
+    assert (tally.ok, tally.failed, tally.truncated, tally.neutralised) == (1, 1, 1, 2)
+    assert tally.per_label == {"1": 1, None: 1}
+
+
 # ---------------------------------------------------------------- tracebacks instead of messages
 
 

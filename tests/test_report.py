@@ -12,7 +12,9 @@ import pytest
 from labeltune.answers import Answer
 from labeltune.data import Example
 from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
-from labeltune.report import cjk_font, md_cell, plot_confusions, write_report
+from labeltune.report import (
+    cjk_font, md_cell, plot_confusions, report_context, write_plots, write_report,
+)
 
 LABELS = ["1", "0", "-1"]
 SCRIPT = "<script>alert('x')</script> 最高"
@@ -313,6 +315,19 @@ def test_training_curves_show_the_kept_epoch(tmp_path):
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Training: 3 epochs; kept epoch 2: best dev macro_f1 0.6000 at epoch 2" in md
     assert "](training_curves.png)" in md and 'src="training_curves.png"' in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_plots_are_written_apart_from_the_context(tmp_path):
+    """write_plots writes every PNG and names them; report_context builds the same strings from those names
+    alone, writing nothing."""
+    metrics, systems = _metrics(False), {"base": BASE, "finetuned": FINETUNED}
+    plots = write_plots(tmp_path, metrics, EXAMPLES, systems)
+    drawn = sorted(p.name for p in tmp_path.iterdir())
+    assert drawn == sorted(name for files in plots.systems.values() for name in files.values())
+    assert drawn == ["confusion_base.png", "confusion_finetuned.png", "reliability_finetuned.png", "scores_finetuned.png"]
+    context = report_context(metrics, EXAMPLES, systems, plots)
+    assert [s["confusion_png"] for s in context["systems"]] == ["confusion_base.png", "confusion_finetuned.png"]
+    assert context["training"] is None and sorted(p.name for p in tmp_path.iterdir()) == drawn
 
 
 def test_html_asks_for_japanese_fonts(report):
