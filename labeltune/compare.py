@@ -55,8 +55,21 @@ METRICS_FILE = "system_metrics.json"
 RESULT_FIELDS = ("data", "train", "mode", "split", "forgetting", "forgetting_limit")
 ENCODER_FIELDS = ("encoder", "encoder_lr", "encoder_epochs")
 COLUMNS = (
-    "system", "model", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_f1_ci",
-    "malformed_rate", "score_mae", "score_spearman", "score_at_ends", "ece", "train_seconds", "posts_per_s",
+    "system",
+    "model",
+    "n",
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "macro_f1_ci",
+    "malformed_rate",
+    "score_mae",
+    "score_spearman",
+    "score_at_ends",
+    "ece",
+    "train_seconds",
+    "posts_per_s",
 )
 RECALL_AFTER = "macro_f1_ci"  # per-class recall columns (recall_<label name>) follow this one
 
@@ -82,7 +95,9 @@ def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> Tra
 
 def run_config(cfg: CompareConfig, model: str, out: Path) -> TrainConfig:
     """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by labeltune.splits.split_once)."""
-    return on_split_folder(train_config(cfg, model, out / system_key("generative", model), cfg.data), out / DATA)
+    return on_split_folder(
+        train_config(cfg, model, out / system_key("generative", model), cfg.data), out / DATA
+    )
 
 
 def check_resume(cfg: CompareConfig, out: Path) -> None:
@@ -93,7 +108,9 @@ def check_resume(cfg: CompareConfig, out: Path) -> None:
     saved, now = to_dict(load_saved(CompareConfig, saved_path)), to_dict(cfg)
     changed = [k for k in RESULT_FIELDS if saved[k] != now[k]]
     if changed:
-        raise ValueError(f"{out} holds a comparison with other {changed}; choose another --output or delete it")
+        raise ValueError(
+            f"{out} holds a comparison with other {changed}; choose another --output or delete it"
+        )
 
 
 def read_split(data_dir: Path, name: str, task: TaskSpec) -> list[Example]:
@@ -118,18 +135,39 @@ def timed(fn, *args):
     return fn(*args), time.perf_counter() - started
 
 
-def save_result(system_dir: Path, system: str, model: str, task: TaskSpec, examples: list[Example],
-                predictions: list[Answer], label_seconds: float | None = None, **extra) -> None:
+def save_result(
+    system_dir: Path,
+    system: str,
+    model: str,
+    task: TaskSpec,
+    examples: list[Example],
+    predictions: list[Answer],
+    label_seconds: float | None = None,
+    **extra,
+) -> None:
     """Metrics (labeltune.metrics.system_metrics, the same for every system, with macro-F1's 95% bootstrap
     interval and the ECE of the label probabilities) + labelling speed + predictions.csv."""
     system_dir.mkdir(parents=True, exist_ok=True)
     gold = [ex.label for ex in examples]
-    metrics = system_metrics(gold, [ex.score for ex in examples], predictions, task.label_values,
-                             task.score_ends, task.scored_labels)
+    metrics = system_metrics(
+        gold,
+        [ex.score for ex in examples],
+        predictions,
+        task.label_values,
+        task.score_ends,
+        task.scored_labels,
+    )
     metrics["macro_f1_ci"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
     metrics["ece"] = calibration_metrics(predictions, gold).get("ece")
     speed = round(len(examples) / label_seconds, 2) if label_seconds else None
-    record = {"system": system, "model": model, "train_seconds": None, "posts_per_s": speed, **extra, **metrics}
+    record = {
+        "system": system,
+        "model": model,
+        "train_seconds": None,
+        "posts_per_s": speed,
+        **extra,
+        **metrics,
+    }
     write_predictions(system_dir / "predictions.csv", examples, predictions)
     (system_dir / METRICS_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"{system} ({model}): accuracy {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}")
@@ -156,11 +194,21 @@ def forgetting(cfg: CompareConfig, model, tokenizer, max_length: int) -> dict | 
     return {"source": source, **forgetting_check(model, tokenizer, texts, max_length, cfg.batch_size)}
 
 
-def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task: TaskSpec,
-                   examples: list[Example], out: Path) -> None:
+def run_generative(
+    cfg: CompareConfig,
+    model_name: str,
+    systems: list[str],
+    task: TaskSpec,
+    examples: list[Example],
+    out: Path,
+) -> None:
     """generative and zero_shot rows of one model: decode the split with the run's adapter on and off."""
     run_dir = out / system_key("generative", model_name)
-    todo = [s for s in ("generative", "zero_shot") if s in systems and finished(out / system_key(s, model_name)) is None]
+    todo = [
+        s
+        for s in ("generative", "zero_shot")
+        if s in systems and finished(out / system_key(s, model_name)) is None
+    ]
     if not todo:
         return
     run = open_run(run_dir)
@@ -169,13 +217,29 @@ def run_generative(cfg: CompareConfig, model_name: str, systems: list[str], task
     if "zero_shot" in todo:
         with model.disable_adapter():
             predictions, seconds = timed(predict, model, prompter, texts, None, cfg.batch_size, cfg.mode)
-        save_result(out / system_key("zero_shot", model_name), "zero_shot", model_name, task, examples, predictions,
-                    seconds)
+        save_result(
+            out / system_key("zero_shot", model_name),
+            "zero_shot",
+            model_name,
+            task,
+            examples,
+            predictions,
+            seconds,
+        )
     if "generative" in todo:
         predictions, seconds = timed(predict, model, prompter, texts, None, cfg.batch_size, cfg.mode)
         check = forgetting(cfg, model, prompter.tokenizer, run.config.max_length)
-        save_result(run_dir, "generative", model_name, task, examples, predictions, seconds,
-                    train_seconds=run.info.train_seconds, forgetting=check)
+        save_result(
+            run_dir,
+            "generative",
+            model_name,
+            task,
+            examples,
+            predictions,
+            seconds,
+            train_seconds=run.info.train_seconds,
+            forgetting=check,
+        )
 
 
 def llm_base(preset: Preset, tcfg: TrainConfig, cuda: bool) -> tuple[str, bool]:
@@ -184,8 +248,15 @@ def llm_base(preset: Preset, tcfg: TrainConfig, cuda: bool) -> tuple[str, bool]:
     return base_to_load(preset, four_bit) or str(Path(tcfg.output) / BASE), four_bit
 
 
-def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
-                 examples: list[Example], out: Path, cuda: bool) -> None:
+def run_cls_head(
+    cfg: CompareConfig,
+    tcfg: TrainConfig,
+    task: TaskSpec,
+    train_ex: list[Example],
+    examples: list[Example],
+    out: Path,
+    cuda: bool,
+) -> None:
     """LoRA + classification head on the generative run's base model; adapter saved in its folder."""
     system_dir = out / system_key("cls_head", tcfg.model)
     if finished(system_dir) is not None:
@@ -194,15 +265,40 @@ def run_cls_head(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex
     base, four_bit = llm_base(preset, tcfg, cuda)
     model, tokenizer = classify.load_llm_classifier(base, task, tcfg, preset.target_modules, four_bit)
     stats = classify.fit(model, tokenizer, train_ex, task, tcfg, tcfg.lr)
-    predictions, seconds = timed(classify.predict, model, tokenizer, [ex.text for ex in examples], task, tcfg.max_length,
-                                 cfg.batch_size)
+    predictions, seconds = timed(
+        classify.predict,
+        model,
+        tokenizer,
+        [ex.text for ex in examples],
+        task,
+        tcfg.max_length,
+        cfg.batch_size,
+    )
     model.save_pretrained(system_dir / ADAPTER)
     tokenizer.save_pretrained(system_dir / ADAPTER)
-    save_result(system_dir, "cls_head", tcfg.model, task, examples, predictions, seconds, base=base, lr=tcfg.lr, **stats)
+    save_result(
+        system_dir,
+        "cls_head",
+        tcfg.model,
+        task,
+        examples,
+        predictions,
+        seconds,
+        base=base,
+        lr=tcfg.lr,
+        **stats,
+    )
 
 
-def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex: list[Example],
-                examples: list[Example], out: Path, cuda: bool) -> None:
+def run_encoder(
+    cfg: CompareConfig,
+    tcfg: TrainConfig,
+    task: TaskSpec,
+    train_ex: list[Example],
+    examples: list[Example],
+    out: Path,
+    cuda: bool,
+) -> None:
     """Full fine-tune of an encoder classifier (e5-small on CPU by default); model saved in its folder."""
     system_dir = out / "encoder"
     asked = {k: getattr(cfg, k) for k in ENCODER_FIELDS}
@@ -211,20 +307,40 @@ def run_encoder(cfg: CompareConfig, tcfg: TrainConfig, task: TaskSpec, train_ex:
         before = done.get("settings", {})
         if all(before.get(k) == v for k, v in asked.items()):
             return
-        print(f"compare: the encoder's settings changed ({', '.join(f'{k} {before.get(k)} -> {v}' for k, v in asked.items() if before.get(k) != v)}): "
-              f"training it again in {system_dir}", file=sys.stderr)
+        print(
+            f"compare: the encoder's settings changed ({', '.join(f'{k} {before.get(k)} -> {v}' for k, v in asked.items() if before.get(k) != v)}): "
+            f"training it again in {system_dir}",
+            file=sys.stderr,
+        )
         (system_dir / METRICS_FILE).unlink()
-    name, model, tokenizer, lr = classify.build_encoder(cfg.encoder, [ex.text for ex in train_ex], task,
-                                                        max_length=tcfg.max_length, seed=tcfg.seed, cuda=cuda)
-    settings = replace(tcfg, max_length=min(tcfg.max_length, model.config.max_position_embeddings),
-                       epochs=cfg.encoder_epochs or tcfg.epochs)
+    name, model, tokenizer, lr = classify.build_encoder(
+        cfg.encoder, [ex.text for ex in train_ex], task, max_length=tcfg.max_length, seed=tcfg.seed, cuda=cuda
+    )
+    settings = replace(
+        tcfg,
+        max_length=min(tcfg.max_length, model.config.max_position_embeddings),
+        epochs=cfg.encoder_epochs or tcfg.epochs,
+    )
     lr = cfg.encoder_lr or lr
     stats = classify.fit(model, tokenizer, train_ex, task, settings, lr)
     texts = [ex.text for ex in examples]
-    predictions, seconds = timed(classify.predict, model, tokenizer, texts, task, settings.max_length, cfg.batch_size)
+    predictions, seconds = timed(
+        classify.predict, model, tokenizer, texts, task, settings.max_length, cfg.batch_size
+    )
     classify.save_encoder(name, model, tokenizer, system_dir / "model")
-    save_result(system_dir, "encoder", name, task, examples, predictions, seconds, lr=lr, epochs=settings.epochs,
-                settings=asked, **stats)
+    save_result(
+        system_dir,
+        "encoder",
+        name,
+        task,
+        examples,
+        predictions,
+        seconds,
+        lr=lr,
+        epochs=settings.epochs,
+        settings=asked,
+        **stats,
+    )
 
 
 def run_majority(task: TaskSpec, train_ex: list[Example], examples: list[Example], out: Path) -> None:
@@ -264,8 +380,12 @@ def cell_values(r: dict, task: TaskSpec) -> dict:
     """One result's values by column; a column a result lacks (saved by an older labeltune) is None; a
     recall of a label with no gold row is None (nothing to recall)."""
     per_class = r.get("per_class", {})
-    recalls = {f"recall_{lab.name}": per_class[lab.value]["recall"] if per_class.get(lab.value, {}).get("support") else None
-               for lab in task.labels}
+    recalls = {
+        f"recall_{lab.name}": per_class[lab.value]["recall"]
+        if per_class.get(lab.value, {}).get("support")
+        else None
+        for lab in task.labels
+    }
     return {c: recalls[c] if c in recalls else r.get(c) for c in columns(task)}
 
 
@@ -297,30 +417,59 @@ def write_csv(path: Path, results: dict[str, dict], task: TaskSpec) -> None:
             writer.writerow(values.values())
 
 
-def write_html(path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, results: dict[str, dict]) -> None:
+def write_html(
+    path: Path, cfg: CompareConfig, task: TaskSpec, summary: dict, results: dict[str, dict]
+) -> None:
     """report.html from labeltune/html/compare.html.jinja."""
-    html = render_html("compare.html.jinja", dict(
-        cfg=to_dict(cfg), task=task, summary=summary, columns=columns(task), rows=table_rows(results, task), results=results,
-        forgetting=forgetting_lines(results), image="confusions.png",
-    ))
+    html = render_html(
+        "compare.html.jinja",
+        dict(
+            cfg=to_dict(cfg),
+            task=task,
+            summary=summary,
+            columns=columns(task),
+            rows=table_rows(results, task),
+            results=results,
+            forgetting=forgetting_lines(results),
+            image="confusions.png",
+        ),
+    )
     path.write_text(html, encoding="utf-8")
 
 
-def write_outputs(cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, results: dict[str, dict]) -> str:
+def write_outputs(
+    cfg: CompareConfig, out: Path, task: TaskSpec, summary: dict, results: dict[str, dict]
+) -> str:
     """results.csv/.md, confusions.png, report.html, metrics.json; returns the Markdown table."""
     table = "\n".join(md_table(columns(task), table_rows(results, task)))
     n = next(iter(results.values()))["n"]
-    notes = [f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",
-             *forgetting_lines(results)]
-    md = [f"# Comparison on {cfg.split} (n={n})", "", table, "", *[f"- {line}" for line in notes], "",
-          "![confusion matrices](confusions.png)", ""]
+    notes = [
+        f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",
+        *forgetting_lines(results),
+    ]
+    md = [
+        f"# Comparison on {cfg.split} (n={n})",
+        "",
+        table,
+        "",
+        *[f"- {line}" for line in notes],
+        "",
+        "![confusion matrices](confusions.png)",
+        "",
+    ]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
     write_csv(out / "results.csv", results, task)
     names = {lab.value: lab.name for lab in task.labels}
     confusions = {key: r["confusion"] for key, r in results.items()}
     plot_confusions(confusions, out / "confusions.png", f"{task.name}, {cfg.split} split (n={n})", names)
     write_html(out / "report.html", cfg, task, summary, results)
-    metrics = {"config": to_dict(cfg), "task": task.name, "split": cfg.split, "data": summary, "systems": results}
+    metrics = {
+        "config": to_dict(cfg),
+        "task": task.name,
+        "split": cfg.split,
+        "data": summary,
+        "systems": results,
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
     return table
 

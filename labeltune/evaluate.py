@@ -89,16 +89,26 @@ def main(cfg) -> dict:
     model, prompter = run.load()
     metrics = evaluation_header(cfg, run, examples, len(dropped))
     step = stage_printer()
-    systems = decode_systems(cfg, run, model, prompter, examples, temperature=temperature, biases=biases,
-                             step=step, warnings=warnings)
+    systems = decode_systems(
+        cfg,
+        run,
+        model,
+        prompter,
+        examples,
+        temperature=temperature,
+        biases=biases,
+        step=step,
+        warnings=warnings,
+    )
     gold = [ex.label for ex in examples]
     gold_scores = [None] * len(examples) if untrained_score(run) else [ex.score for ex in examples]
     # a folder of its own, made once the answers are decoded
     out = new_eval_dir(run.dir, Path(cfg.data).stem if cfg.data else cfg.split, cfg.mode)
     metrics["eval_dir"] = str(out)
     for key, predictions in systems.items():
-        metrics[key] = system_scores(predictions, gold, gold_scores, run.task,
-                                     temperature=temperature if key == "finetuned" else 1.0)
+        metrics[key] = system_scores(
+            predictions, gold, gold_scores, run.task, temperature=temperature if key == "finetuned" else 1.0
+        )
         write_predictions(out / predictions_file(key), examples, predictions)
     if biases and cfg.mode == "score":
         metrics["finetuned"].update(bias_comparison(systems["finetuned"], gold, biases, run.task))
@@ -139,8 +149,13 @@ def evaluation_header(cfg, run, examples: list, n_dropped: int) -> dict:
     """What metrics.json says before any system's scores: the run, split, task and mode evaluated, the
     label names and score range, and the majority class of the training split as a baseline."""
     task, gold = run.task, [ex.label for ex in examples]
-    metrics = {"run": str(run.dir), "split": cfg.data or cfg.split, "task": task.name, "mode": cfg.mode,
-               "dropped_rows": n_dropped}
+    metrics = {
+        "run": str(run.dir),
+        "split": cfg.data or cfg.split,
+        "task": task.name,
+        "mode": cfg.mode,
+        "dropped_rows": n_dropped,
+    }
     if cfg.mode == "score":
         metrics["score_estimate"] = cfg.score_estimate
     metrics["preset"] = run.info.preset
@@ -149,7 +164,8 @@ def evaluation_header(cfg, run, examples: list, n_dropped: int) -> dict:
         metrics["score_range"] = [task.score.min, task.score.max]
     metrics["majority_baseline"] = majority_baseline(run.train_labels(), gold, task.label_values)
     metrics["majority_baseline"]["macro_f1_interval"] = macro_f1_interval(
-        gold, [metrics["majority_baseline"]["label"]] * len(gold), task.label_values)
+        gold, [metrics["majority_baseline"]["label"]] * len(gold), task.label_values
+    )
     return metrics
 
 
@@ -169,8 +185,17 @@ def untrained_score(run) -> bool:
     return not run.score_trained and run.task.score is not None
 
 
-def decode_systems(cfg, run, model, prompter, examples: list, temperature: float, biases: dict | None,
-                   step: Callable[[str], None], warnings: list[str]) -> dict[str, list]:
+def decode_systems(
+    cfg,
+    run,
+    model,
+    prompter,
+    examples: list,
+    temperature: float,
+    biases: dict | None,
+    step: Callable[[str], None],
+    warnings: list[str],
+) -> dict[str, list]:
     """Each system's answers: the base model (adapter off; unless --base false or a merged export, which
     has no adapter) and the fine-tuned one, calibrated; scores emptied where the run never learnt them.
     What cannot be evaluated is appended to `warnings`."""
@@ -182,23 +207,42 @@ def decode_systems(cfg, run, model, prompter, examples: list, temperature: float
     elif cfg.base:
         step(f"base model (adapter off) on {where}")
         with model.disable_adapter():
-            systems["base"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode,
-                                      score_estimate=cfg.score_estimate)
+            systems["base"] = predict(
+                model,
+                prompter,
+                texts,
+                cfg.max_new_tokens,
+                cfg.batch_size,
+                cfg.mode,
+                score_estimate=cfg.score_estimate,
+            )
     step(f"fine-tuned model on {where}")
-    systems["finetuned"] = predict(model, prompter, texts, cfg.max_new_tokens, cfg.batch_size, cfg.mode,
-                                   temperature, cfg.score_estimate, biases)
+    systems["finetuned"] = predict(
+        model,
+        prompter,
+        texts,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+        cfg.mode,
+        temperature,
+        cfg.score_estimate,
+        biases,
+    )
     if untrained_score(run):
         systems = {key: without_score(predictions) for key, predictions in systems.items()}
-        warnings.append("score not trained: the training data had no scores, so this run leaves the score "
-                        "empty and no score metric is computed (train with a 0-100 score column to learn it)")
+        warnings.append(
+            "score not trained: the training data had no scores, so this run leaves the score "
+            "empty and no score metric is computed (train with a 0-100 score column to learn it)"
+        )
     return systems
 
 
 def system_scores(predictions: list, gold: list[str], gold_scores: list, task, temperature: float) -> dict:
     """One system's metrics: classification and score metrics, the macro-F1's bootstrap interval and the
     calibration of its confidences (at `temperature`)."""
-    scores = system_metrics(gold, gold_scores, predictions, task.label_values, task.score_ends,
-                            task.scored_labels)
+    scores = system_metrics(
+        gold, gold_scores, predictions, task.label_values, task.score_ends, task.scored_labels
+    )
     scores["macro_f1_interval"] = macro_f1_interval(gold, [p.label for p in predictions], task.label_values)
     scores.update(calibration_metrics(predictions, gold, temperature))
     return scores
@@ -210,29 +254,41 @@ def bias_comparison(predictions: list, gold: list[str], biases: dict, task) -> d
     undo = {k: -v for k, v in biases.items()}
     unbiased = [argmax_label(p.probs, undo) if p.probs else None for p in predictions]
     plain = classification_metrics(gold, unbiased, task.label_values)
-    return {"biases": biases, "without_biases": {
-        "macro_f1": plain["macro_f1"], "accuracy": plain["accuracy"],
-        "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()}}}
+    return {
+        "biases": biases,
+        "without_biases": {
+            "macro_f1": plain["macro_f1"],
+            "accuracy": plain["accuracy"],
+            "recall": {lab: c["recall"] for lab, c in plain["per_class"].items()},
+        },
+    }
 
 
-def scores_given_gold_labels(cfg, task, model, prompter, examples: list, gold_scores: list,
-                             step: Callable[[str], None]) -> dict | None:
+def scores_given_gold_labels(
+    cfg, task, model, prompter, examples: list, gold_scores: list, step: Callable[[str], None]
+) -> dict | None:
     """The score part apart from the label decision: on every gold-scored row, the tuned model's score
     (estimate and greedy) with its gold label given; None when no row has a gold score."""
-    rows = [i for i, (ex, score) in enumerate(zip(examples, gold_scores))
-            if ex.label in task.scored_labels and score is not None]
+    rows = [
+        i
+        for i, (ex, score) in enumerate(zip(examples, gold_scores))
+        if ex.label in task.scored_labels and score is not None
+    ]
     if not rows:
         return None
     step(f"scores with the gold label given on {len(rows)} rows")
     texts, labels = [examples[i].text for i in rows], [examples[i].label for i in rows]
     given = scores_given_labels(model, prompter, texts, labels, cfg.batch_size, cfg.score_estimate)
     truth = [gold_scores[i] for i in rows]
-    return {"estimate": score_metrics(truth, [e for e, _ in given], task.score_ends),
-            "greedy": score_metrics(truth, [g for _, g in given], task.score_ends)}
+    return {
+        "estimate": score_metrics(truth, [e for e, _ in given], task.score_ends),
+        "greedy": score_metrics(truth, [g for _, g in given], task.score_ends),
+    }
 
 
-def forgetting(model, tokenizer, general: tuple[list[str], str], max_length: int,
-               step: Callable[[str], None]) -> dict:
+def forgetting(
+    model, tokenizer, general: tuple[list[str], str], max_length: int, step: Callable[[str], None]
+) -> dict:
     """The forgetting check: base and tuned perplexity on the general texts (labeltune.perplexity) and
     where they came from."""
     texts, source = general
@@ -240,8 +296,9 @@ def forgetting(model, tokenizer, general: tuple[list[str], str], max_length: int
     return {**forgetting_check(model, tokenizer, texts, max_length), "source": source}
 
 
-def write_evaluation(out: Path, run_dir: Path, metrics: dict, examples: list,
-                     systems: dict[str, list]) -> None:
+def write_evaluation(
+    out: Path, run_dir: Path, metrics: dict, examples: list, systems: dict[str, list]
+) -> None:
     """metrics.json and the report in the evaluation's folder, then the run directory's copies of the
     latest evaluation (its metrics.json last, once everything else is complete)."""
     text = json.dumps(metrics, ensure_ascii=False, indent=1)
@@ -255,7 +312,11 @@ def print_summary(cfg, run_dir: Path, out: Path, metrics: dict) -> None:
     print(format_table(metrics))
     for warning in metrics["warnings"]:
         print(f"labeltune: warning: {warning}", file=sys.stderr)
-    print(f"wrote {out}/ (metrics.json, predictions, plots); report: {out / REPORT_HTML} (latest also in "
-          f"{run_dir / REPORT_HTML})")
-    print(f"next: labeltune label --run {run_dir} --input posts.csv --output labelled.csv"
-          + ("" if cfg.mode == "generate" else f" --mode {cfg.mode}"))
+    print(
+        f"wrote {out}/ (metrics.json, predictions, plots); report: {out / REPORT_HTML} (latest also in "
+        f"{run_dir / REPORT_HTML})"
+    )
+    print(
+        f"next: labeltune label --run {run_dir} --input posts.csv --output labelled.csv"
+        + ("" if cfg.mode == "generate" else f" --mode {cfg.mode}")
+    )

@@ -113,16 +113,22 @@ def check_paths(source: Path, output: Path) -> None:
         raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output / 'labelled.csv'}")
     same = output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source))
     if same:
-        raise ValueError(f"--output {output} is the input file {source}; labeltune never writes its input: "
-                         "choose another output file")
+        raise ValueError(
+            f"--output {output} is the input file {source}; labeltune never writes its input: "
+            "choose another output file"
+        )
     parent = output.parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK):
-        raise ValueError(f"--output {output}: cannot write in {parent} (permission denied); choose another folder")
+        raise ValueError(
+            f"--output {output}: cannot write in {parent} (permission denied); choose another folder"
+        )
 
 
-def resume_state(state_path: Path, partial: Path, output: Path, identity: dict, overwrite: bool) -> dict | str | None:
+def resume_state(
+    state_path: Path, partial: Path, output: Path, identity: dict, overwrite: bool
+) -> dict | str | None:
     """What to do with an earlier attempt at this output: "complete" (the same command already finished:
     nothing to do), its progress state (resume it), or None (start afresh). Refuses to append to a
     partial output of another run, input or setting, and to replace an existing output, unless
@@ -131,7 +137,9 @@ def resume_state(state_path: Path, partial: Path, output: Path, identity: dict, 
     if state is not None and state.get("complete"):
         done = output.is_file() and output.stat().st_size == state["bytes"]
         if done and state["identity"] == identity and not overwrite:
-            print(f"{output} is already complete ({state['rows']} rows, same run, input and settings): nothing to do")
+            print(
+                f"{output} is already complete ({state['rows']} rows, same run, input and settings): nothing to do"
+            )
             return "complete"
         state = None  # made by another command, changed since, or to be replaced: not ours to resume
     elif state is not None and state["identity"] != identity:
@@ -142,8 +150,10 @@ def resume_state(state_path: Path, partial: Path, output: Path, identity: dict, 
             )
         state = None
     if state is None and output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it (it is replaced only once the new "
-                              "output is complete), or choose another --output")
+        raise FileExistsError(
+            f"{output} exists; pass --overwrite to replace it (it is replaced only once the new "
+            "output is complete), or choose another --output"
+        )
     if state is not None and (not partial.is_file() or partial.stat().st_size < state["bytes"]):
         state = None  # the partial file was removed or cut by hand: start again
     return state
@@ -162,16 +172,36 @@ def predicted_chunks(cfg: LabelConfig, run, engine, settings: dict, start: int) 
     if cfg.ray:
         from labeltune.ray_label import predict_chunks
 
-        yield from predict_chunks(cfg.ray, cfg.replicas, str(run.dir), cfg.engine, cfg.dtype, cfg.threads,
-                                  cfg.batch_size, settings, list(text_chunks(cfg, start)))
+        yield from predict_chunks(
+            cfg.ray,
+            cfg.replicas,
+            str(run.dir),
+            cfg.engine,
+            cfg.dtype,
+            cfg.threads,
+            cfg.batch_size,
+            settings,
+            list(text_chunks(cfg, start)),
+        )
         return
     for texts in text_chunks(cfg, start):
         yield engine.predict(texts, **settings)
 
 
 # the settings an output records (output_identity): another value makes another output
-SETTINGS = ("text_column", "encoding", "bom", "batch_size", "chunk_size", "max_new_tokens", "mode",
-            "score_estimate", "calibrated", "engine", "dtype")
+SETTINGS = (
+    "text_column",
+    "encoding",
+    "bom",
+    "batch_size",
+    "chunk_size",
+    "max_new_tokens",
+    "mode",
+    "score_estimate",
+    "calibrated",
+    "engine",
+    "dtype",
+)
 
 
 @dataclass(frozen=True)
@@ -238,10 +268,16 @@ def main(cfg: LabelConfig) -> Path:
         engine = load_label_engine(cfg, run)
         settings = decode_settings(cfg, run.dir)
         if state is None or state["rows"] == 0:  # no rows of an earlier attempt to keep
-            state = {"identity": identity, "rows": 0, "bytes": 0, "complete": False,
-                     "output": files.output.name}
-        tally = label_rows(cfg, run, engine, settings, files=files, state=state, header=header,
-                           columns=columns, total=total)
+            state = {
+                "identity": identity,
+                "rows": 0,
+                "bytes": 0,
+                "complete": False,
+                "output": files.output.name,
+            }
+        tally = label_rows(
+            cfg, run, engine, settings, files=files, state=state, header=header, columns=columns, total=total
+        )
         complete(files, state, total, source)
         print_summary(run, files.output, state["rows"], tally, report)
     return files.output
@@ -256,8 +292,10 @@ def with_text_column(cfg: LabelConfig, source: Path, columns: list[str]) -> Labe
         trained = load_saved(TrainConfig, saved).text_column if saved.is_file() else "text"
         cfg = replace(cfg, text_column=trained)
     if cfg.text_column not in columns:
-        raise ValueError(f"{source}: no column {cfg.text_column!r}; columns found: {shown_columns(columns)} "
-                         "(use --text-column)")
+        raise ValueError(
+            f"{source}: no column {cfg.text_column!r}; columns found: {shown_columns(columns)} "
+            "(use --text-column)"
+        )
     return cfg
 
 
@@ -298,8 +336,11 @@ def load_label_engine(cfg: LabelConfig, run):
     threads, note = cfg.threads, f"{cfg.threads} CPU threads" if cfg.threads else ""
     if threads is None and cfg.engine == "hf" and not cuda_available():
         threads, note = auto_threads()  # torch's default (every core) collapses when other work holds one
-    print(f"label: loading {run.dir} on the {cfg.engine} engine" + (f", {note}" if note else ""),
-          file=sys.stderr, flush=True)
+    print(
+        f"label: loading {run.dir} on the {cfg.engine} engine" + (f", {note}" if note else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     return load_engine(run, cfg.engine, cfg.dtype, threads, cfg.batch_size)
 
 
@@ -307,12 +348,27 @@ def decode_settings(cfg: LabelConfig, run_dir: Path) -> dict:
     """The engine's predict settings: mode, score estimate, answer length, and the run's calibration
     (temperature and label biases) with --calibrated."""
     temperature, biases = load_calibration(run_dir) if cfg.calibrated else (1.0, None)
-    return {"mode": cfg.mode, "temperature": temperature, "score_estimate": cfg.score_estimate,
-            "label_bias": biases, "max_new_tokens": cfg.max_new_tokens}
+    return {
+        "mode": cfg.mode,
+        "temperature": temperature,
+        "score_estimate": cfg.score_estimate,
+        "label_bias": biases,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
 
 
-def label_rows(cfg: LabelConfig, run, engine, settings: dict, *, files: OutputFiles, state: dict,
-               header: list[str], columns: list[str], total: int) -> Tally:
+def label_rows(
+    cfg: LabelConfig,
+    run,
+    engine,
+    settings: dict,
+    *,
+    files: OutputFiles,
+    state: dict,
+    header: list[str],
+    columns: list[str],
+    total: int,
+) -> Tally:
     """Label the rows after the `state["rows"]` already done into the partial output, a chunk at a time:
     each chunk's rows are written, flushed to disk and recorded in `state` (and its sidecar) before the
     next. A fresh `state` (no rows) first gets a partial file holding the header; if it fails before its
@@ -348,8 +404,10 @@ def label_rows(cfg: LabelConfig, run, engine, settings: dict, *, files: OutputFi
             files.partial.unlink(missing_ok=True)
             files.state.unlink(missing_ok=True)
         if isinstance(e, KeyboardInterrupt):
-            print(f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to "
-                  "continue", file=sys.stderr)
+            print(
+                f"labeltune: stopped after {state['rows']} of {total} rows; run the same command to continue",
+                file=sys.stderr,
+            )
             raise SystemExit(130) from None
         raise
     bar.close()
@@ -359,8 +417,9 @@ def label_rows(cfg: LabelConfig, run, engine, settings: dict, *, files: OutputFi
 def complete(files: OutputFiles, state: dict, total: int, source: Path) -> None:
     """The partial output moved into place once it holds every row, and its sidecar marked complete."""
     if state["rows"] != total:
-        raise RuntimeError(f"{source}: {total} rows counted but {state['rows']} read; the file changed while "
-                           "labelling")
+        raise RuntimeError(
+            f"{source}: {total} rows counted but {state['rows']} read; the file changed while labelling"
+        )
     os.replace(files.partial, files.output)
     state["complete"] = True
     _write_state(files.state, state)
@@ -376,17 +435,25 @@ def print_summary(run, output: Path, rows: int, tally: Tally, report: ReadReport
         if per_label[None]:
             shares.append(f"no label {per_label[None]}")
         print("labels this session: " + ", ".join(shares))
-    print(f"next: read a few rows of {output} by hand; to measure these labels against posts you labelled "
-          f"yourself: labeltune evaluate --run {run.dir} --data your_labelled.csv")
+    print(
+        f"next: read a few rows of {output} by hand; to measure these labels against posts you labelled "
+        f"yourself: labeltune evaluate --run {run.dir} --data your_labelled.csv"
+    )
     for warning in report.warnings():
         print(f"labeltune: warning: {warning}", file=sys.stderr)
     if tally.truncated:
-        print(f"labeltune: warning: {tally.truncated} texts were longer than the run's max_length "
-              f"({run.config.max_length} tokens with the prompt) and were labelled from their start "
-              "(truncated=True)", file=sys.stderr)
+        print(
+            f"labeltune: warning: {tally.truncated} texts were longer than the run's max_length "
+            f"({run.config.max_length} tokens with the prompt) and were labelled from their start "
+            "(truncated=True)",
+            file=sys.stderr,
+        )
     if tally.neutralised:
-        print(f"labeltune: note: {tally.neutralised} cells starting with =, +, -, @ were prefixed with ' so "
-              "Excel shows them as text (--bom output)", file=sys.stderr)
+        print(
+            f"labeltune: note: {tally.neutralised} cells starting with =, +, -, @ were prefixed with ' so "
+            "Excel shows them as text (--bom output)",
+            file=sys.stderr,
+        )
 
 
 def _start_partial(state_path: Path, partial: Path, state: dict, header: list[str], bom: bool) -> None:
@@ -408,6 +475,16 @@ def _output_row(row: dict, p, columns: list[str], task, bom: bool) -> tuple[list
     shown = [neutralise_formula(text) for text in texts] if bom else texts
     *cells, raw = shown
     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
-    row_cells = [*cells, _cell(p.label), _cell(p.score), _cell(p.score_greedy), p.ok, p.reason, p.truncated,
-                 raw, _prob(p.confidence), *probs]
+    row_cells = [
+        *cells,
+        _cell(p.label),
+        _cell(p.score),
+        _cell(p.score_greedy),
+        p.ok,
+        p.reason,
+        p.truncated,
+        raw,
+        _prob(p.confidence),
+        *probs,
+    ]
     return row_cells, sum(a != b for a, b in zip(texts, shown))

@@ -22,11 +22,23 @@ from labeltune.run import REPORT_HTML, REPORT_MD, TRAINING_CURVES
 
 # The HTML's font stack: Japanese fonts of Linux/Android, macOS/iOS and Windows, then the browser's default,
 # then colour emoji fonts (SNS posts carry emoji, which no Japanese font has)
-CSS_FONTS = ('"Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Yu Gothic", '
-             '"Meiryo", system-ui, sans-serif, "Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji"')
+CSS_FONTS = (
+    '"Noto Sans CJK JP", "Noto Sans JP", "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Yu Gothic", '
+    '"Meiryo", system-ui, sans-serif, "Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji"'
+)
 # Fonts matplotlib may draw Japanese with (the first installed one is used, after its default for Latin text)
-CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "Hiragino Sans", "Yu Gothic", "Meiryo",
-             "TakaoGothic", "VL Gothic", "Source Han Sans JP")
+CJK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans JP",
+    "IPAexGothic",
+    "IPAGothic",
+    "Hiragino Sans",
+    "Yu Gothic",
+    "Meiryo",
+    "TakaoGothic",
+    "VL Gothic",
+    "Source Han Sans JP",
+)
 
 
 def _pyplot():
@@ -102,7 +114,9 @@ def plot_confusions(
     side = 1.2 + 0.55 * n_cols
     size = (side * len(confusions) + 1.6, 1.6 + 0.4 * n_rows)
     with plot_style():
-        fig, axes = plt.subplots(1, len(confusions), figsize=size, dpi=110, layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(confusions), figsize=size, dpi=110, layout="constrained", squeeze=False
+        )
         for ax, (system, confusion) in zip(axes[0], confusions.items()):
             image = _draw_confusion(ax, confusion, system, names)
         fig.colorbar(image, ax=list(axes[0]), label="share of gold row", shrink=0.8)
@@ -169,8 +183,9 @@ def row_ids(examples: list) -> tuple[str, list[str]]:
     return "row", [str(i) for i in range(len(examples))]
 
 
-def error_sample(examples: list, predictions: list, k: int = 20, width: int = 200,
-                 names: dict[str, str] | None = None) -> list[dict]:
+def error_sample(
+    examples: list, predictions: list, k: int = 20, width: int = 200, names: dict[str, str] | None = None
+) -> list[dict]:
     """Up to `k` wrong or malformed rows: wrong labels by confidence (highest first, none last), then
     malformed answers; ties in input order. Texts are cut to `width` characters; `row` is the row's id
     (row_ids), labels are shown with their `names`."""
@@ -182,13 +197,17 @@ def error_sample(examples: list, predictions: list, k: int = 20, width: int = 20
     rows = []
     for i in (wrong + malformed)[:k]:
         ex, p = examples[i], predictions[i]
-        rows.append({
-            "row": ids[i],
-            "text": ex.text if len(ex.text) <= width else ex.text[:width] + "…",
-            "gold": _answer(ex.label, ex.score, names),
-            "predicted": f"malformed: {p.reason}" if p.label is None else _answer(p.label, p.score, names),
-            "confidence": "-" if p.confidence is None else f"{p.confidence:.3f}",
-        })
+        rows.append(
+            {
+                "row": ids[i],
+                "text": ex.text if len(ex.text) <= width else ex.text[:width] + "…",
+                "gold": _answer(ex.label, ex.score, names),
+                "predicted": f"malformed: {p.reason}"
+                if p.label is None
+                else _answer(p.label, p.score, names),
+                "confidence": "-" if p.confidence is None else f"{p.confidence:.3f}",
+            }
+        )
     return rows
 
 
@@ -210,9 +229,7 @@ def forgetting_sentence(forgetting: dict, preset: str | None) -> str:
         )
     sentence = f"Tuned perplexity is {ratio:.2f}x the base model's, {verdict}."
     if preset == "tiny":
-        sentence += (
-            " The tiny preset's base model is random-init, so only the mechanism is meaningful here."
-        )
+        sentence += " The tiny preset's base model is random-init, so only the mechanism is meaningful here."
     return sentence
 
 
@@ -230,8 +247,9 @@ class Plots:
     training: dict | None = None
 
 
-def write_plots(out_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list],
-                training: dict | None = None) -> Plots:
+def write_plots(
+    out_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list], training: dict | None = None
+) -> Plots:
     """Every PNG of a report in `out_dir`: per system its confusion matrix, its scores (when the task
     scores and the system gave any) and its reliability diagram (when its metrics have one); the
     training curves when `training` (the run's training log and kept epoch: {"log": [...], "best": {...}
@@ -253,13 +271,16 @@ def write_plots(out_dir: str | Path, metrics: dict, examples: list, systems: dic
         drawn[key] = files
     curves = None
     if training and training["log"]:
-        curves = {"png": TRAINING_CURVES,
-                  "text": plot_training(training["log"], training["best"], out_dir / TRAINING_CURVES)}
+        curves = {
+            "png": TRAINING_CURVES,
+            "text": plot_training(training["log"], training["best"], out_dir / TRAINING_CURVES),
+        }
     return Plots(systems=drawn, training=curves)
 
 
-def _system_section(metrics: dict, key: str, examples: list, predictions: list,
-                    files: dict[str, str]) -> dict:
+def _system_section(
+    metrics: dict, key: str, examples: list, predictions: list, files: dict[str, str]
+) -> dict:
     """What both report formats show for one system (strings only); `files`: its PNGs (Plots.systems)."""
 
     m, names = metrics[key], metrics.get("label_names")
@@ -267,7 +288,13 @@ def _system_section(metrics: dict, key: str, examples: list, predictions: list,
         "key": key,
         "title": TITLES[key],
         "per_class": [
-            [with_name(lab, names), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
+            [
+                with_name(lab, names),
+                f"{c['precision']:.3f}",
+                f"{c['recall']:.3f}",
+                f"{c['f1']:.3f}",
+                str(c["support"]),
+            ]
             for lab, c in m["per_class"].items()
         ],
         "reasons": [
@@ -306,10 +333,14 @@ def report_context(metrics: dict, examples: list, systems: dict[str, list], plot
         "warnings": metrics.get("warnings") or [],
         "systems": [
             _system_section(metrics, key, examples, systems[key], plots.systems[key])
-            for key in TITLES if key in systems
+            for key in TITLES
+            if key in systems
         ],
-        "errors": (error_sample(examples, systems["finetuned"], names=metrics.get("label_names"))
-                   if "finetuned" in systems else []),
+        "errors": (
+            error_sample(examples, systems["finetuned"], names=metrics.get("label_names"))
+            if "finetuned" in systems
+            else []
+        ),
         "errors_header": [row_ids(examples)[0], "text", "gold", "predicted", "confidence"],
         "label_names": metrics.get("label_names") or {},
         "forgetting": None,
@@ -350,16 +381,35 @@ def render_markdown(context: dict, assets: str = "") -> str:
     if context["warnings"]:
         lines += ["## Warnings", "", *(f"- {md_cell(w)}" for w in context["warnings"]), ""]
     if context["estimates"]:
-        lines += ["## Score estimates", "", "The score written (from the model's distribution over every allowed score) "
-                  "beside the greedy score, on the rows where gold and prediction both carry a score; then both with "
-                  "the gold label given, on every row whose gold label carries a score.", "",
-                  *md_table(context["estimate_header"], context["estimates"]), ""]
+        lines += [
+            "## Score estimates",
+            "",
+            "The score written (from the model's distribution over every allowed score) "
+            "beside the greedy score, on the rows where gold and prediction both carry a score; then both with "
+            "the gold label given, on every row whose gold label carries a score.",
+            "",
+            *md_table(context["estimate_header"], context["estimates"]),
+            "",
+        ]
     if context["biases"]:
-        lines += ["## Label biases fitted on dev", "", "The same decode with and without the per-label biases "
-                  "`labeltune calibrate` fitted on the dev split (never on this one).", "",
-                  *md_table(context["bias_header"], context["biases"]), ""]
+        lines += [
+            "## Label biases fitted on dev",
+            "",
+            "The same decode with and without the per-label biases "
+            "`labeltune calibrate` fitted on the dev split (never on this one).",
+            "",
+            *md_table(context["bias_header"], context["biases"]),
+            "",
+        ]
     if context["training"]:
-        lines += ["## Training", "", context["training"]["text"], "", f"![training curves]({assets}{context['training']['png']})", ""]
+        lines += [
+            "## Training",
+            "",
+            context["training"]["text"],
+            "",
+            f"![training curves]({assets}{context['training']['png']})",
+            "",
+        ]
     if context["forgetting"]:
         f = context["forgetting"]
         lines += [
@@ -384,7 +434,10 @@ def render_markdown(context: dict, assets: str = "") -> str:
             "",
             *md_table(
                 ["gold \\ pred", *(with_name(c, context["label_names"]) for c in conf["columns"])],
-                [[with_name(g, context["label_names"]), *map(str, row)] for g, row in zip(conf["labels"], conf["matrix"])],
+                [
+                    [with_name(g, context["label_names"]), *map(str, row)]
+                    for g, row in zip(conf["labels"], conf["matrix"])
+                ],
             ),
             "",
             f"![confusion]({assets}{s['confusion_png']})",
@@ -402,7 +455,10 @@ def render_markdown(context: dict, assets: str = "") -> str:
             "",
             *md_table(
                 context["errors_header"],
-                [[e["row"], e["text"], e["gold"], e["predicted"], e["confidence"]] for e in context["errors"]],
+                [
+                    [e["row"], e["text"], e["gold"], e["predicted"], e["confidence"]]
+                    for e in context["errors"]
+                ],
             ),
             "",
         ]
@@ -440,8 +496,14 @@ def render_html(template: str, context: dict) -> str:
     return env.get_template(template).render(**{"assets": "", **context, "css_fonts": CSS_FONTS})
 
 
-def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: dict[str, list],
-                 training: dict | None = None, also_in: str | Path | None = None) -> None:
+def write_report(
+    out_dir: str | Path,
+    metrics: dict,
+    examples: list,
+    systems: dict[str, list],
+    training: dict | None = None,
+    also_in: str | Path | None = None,
+) -> None:
     """report.md, report.html and their PNGs (confusion_, scores_, reliability_<system>.png,
     training_curves.png) in `out_dir`; with `also_in`, a second report.md/.html there whose images are
     the ones in `out_dir` (the run directory's copy of its latest evaluation).
@@ -456,7 +518,10 @@ def write_report(out_dir: str | Path, metrics: dict, examples: list, systems: di
         targets.append((Path(also_in), Path(os.path.relpath(out_dir, also_in)).as_posix() + "/"))
     for folder, assets in targets:
         write_inside(folder, folder / REPORT_MD, render_markdown(context, assets))  # never through a link
-        write_inside(folder, folder / REPORT_HTML, render_html("report.html.jinja", {**context, "assets": assets}))
+        write_inside(
+            folder, folder / REPORT_HTML, render_html("report.html.jinja", {**context, "assets": assets})
+        )
+
 
 def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
     plt = _pyplot()
@@ -499,8 +564,11 @@ def plot_training(log: list[dict], best: dict | None, path: str | Path) -> str:
     fig.savefig(path)
     plt.close(fig)
     epochs = max((e for e, _ in train + dev_loss + dev_f1), default=0)
-    return (f"Training: {epochs:g} epochs; " + (f"kept epoch {best['epoch']:g}: {best['why']}." if best
-                                                 else "the last weights were kept (no dev evaluation)."))
+    return f"Training: {epochs:g} epochs; " + (
+        f"kept epoch {best['epoch']:g}: {best['why']}."
+        if best
+        else "the last weights were kept (no dev evaluation)."
+    )
 
 
 SUMMARY_HEADER = ["system", "n", "accuracy", "macro-F1", "malformed", "score MAE", "score Spearman", "ECE"]
@@ -509,8 +577,11 @@ INTERVAL_HEADER = "macro-F1 [95% CI]"  # the macro-F1 column where the metrics c
 
 def _systems(metrics: dict) -> list[tuple[str, dict]]:
     systems = [("majority class", metrics["majority_baseline"])]
-    return systems + [(name, metrics[key]) for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned"))
-                      if key in metrics]
+    return systems + [
+        (name, metrics[key])
+        for name, key in (("base (untuned)", "base"), ("fine-tuned", "finetuned"))
+        if key in metrics
+    ]
 
 
 def summary_header(metrics: dict) -> list[str]:
@@ -531,15 +602,28 @@ def summary_rows(metrics: dict) -> list[list[str]]:
     rows = []
     for name, m in _systems(metrics):
         mae, rho, ece = m.get("score_mae"), m.get("score_spearman"), m.get("ece")
-        rows.append([
-            name, str(m["n"]), f"{m['accuracy']:.3f}", macro_f1_cell(m), f"{m['malformed_rate']:.1%}",
-            "-" if mae is None else f"{mae:.1f}", "-" if rho is None else f"{rho:.3f}",
-            "-" if ece is None else f"{ece:.3f}",
-        ])
+        rows.append(
+            [
+                name,
+                str(m["n"]),
+                f"{m['accuracy']:.3f}",
+                macro_f1_cell(m),
+                f"{m['malformed_rate']:.1%}",
+                "-" if mae is None else f"{mae:.1f}",
+                "-" if rho is None else f"{rho:.3f}",
+                "-" if ece is None else f"{ece:.3f}",
+            ]
+        )
     return rows
 
 
-ESTIMATE_HEADER = ["fine-tuned score", "n (gold and predicted score)", "score MAE", "score Spearman", "at 0 or 100"]
+ESTIMATE_HEADER = [
+    "fine-tuned score",
+    "n (gold and predicted score)",
+    "score MAE",
+    "score Spearman",
+    "at 0 or 100",
+]
 
 
 def estimate_rows(metrics: dict) -> list[list[str]]:
@@ -548,14 +632,26 @@ def estimate_rows(metrics: dict) -> list[list[str]]:
     m = metrics.get("finetuned", {})
 
     def row(name: str, d: dict, prefix: str = "") -> list[str]:
-        mae, rho, ends = d.get(prefix + "score_mae"), d.get(prefix + "score_spearman"), d.get(prefix + "score_at_ends")
-        return [name, str(d[prefix + "score_n"]), "-" if mae is None else f"{mae:.1f}",
-                "-" if rho is None else f"{rho:.3f}", "-" if ends is None else f"{ends:.1%}"]
+        mae, rho, ends = (
+            d.get(prefix + "score_mae"),
+            d.get(prefix + "score_spearman"),
+            d.get(prefix + "score_at_ends"),
+        )
+        return [
+            name,
+            str(d[prefix + "score_n"]),
+            "-" if mae is None else f"{mae:.1f}",
+            "-" if rho is None else f"{rho:.3f}",
+            "-" if ends is None else f"{ends:.1%}",
+        ]
 
     estimate = metrics.get("score_estimate", "expected")
     rows = [row(f"{estimate} (written)", m), row("greedy", m, "greedy_")] if "greedy_score_n" in m else []
     if given := m.get("given_gold_label"):
-        rows += [row(f"{estimate}, gold label given", given["estimate"]), row("greedy, gold label given", given["greedy"])]
+        rows += [
+            row(f"{estimate}, gold label given", given["estimate"]),
+            row("greedy, gold label given", given["greedy"]),
+        ]
     return rows
 
 
@@ -574,9 +670,15 @@ def bias_rows(metrics: dict) -> list[list[str]]:
         return ", ".join(f"{names.get(lab, lab)} {r:.2f}" for lab, r in values.items())
 
     shifts = ", ".join(f"{names.get(k, k)} {v:+.1f}" for k, v in m["biases"].items())
-    return [["without biases", f"{plain['macro_f1']:.3f}", f"{plain['accuracy']:.3f}", recall(plain["recall"])],
-            [f"with biases ({shifts})", f"{m['macro_f1']:.3f}", f"{m['accuracy']:.3f}",
-             recall({lab: c["recall"] for lab, c in m["per_class"].items()})]]
+    return [
+        ["without biases", f"{plain['macro_f1']:.3f}", f"{plain['accuracy']:.3f}", recall(plain["recall"])],
+        [
+            f"with biases ({shifts})",
+            f"{m['macro_f1']:.3f}",
+            f"{m['accuracy']:.3f}",
+            recall({lab: c["recall"] for lab, c in m["per_class"].items()}),
+        ],
+    ]
 
 
 def format_table(metrics: dict) -> str:
@@ -595,8 +697,34 @@ def write_predictions(path: Path, examples, predictions) -> None:
     header, ids = row_ids(examples)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([header, "text", "gold_label", "gold_score", "label", "score", "ok", "reason", "truncated",
-                         "confidence", "raw"])
+        writer.writerow(
+            [
+                header,
+                "text",
+                "gold_label",
+                "gold_score",
+                "label",
+                "score",
+                "ok",
+                "reason",
+                "truncated",
+                "confidence",
+                "raw",
+            ]
+        )
         for i, ex, p in zip(ids, examples, predictions):
-            writer.writerow([i, ex.text, ex.label, ex.score, p.label, p.score, p.ok, p.reason, p.truncated, p.confidence,
-                             p.raw])
+            writer.writerow(
+                [
+                    i,
+                    ex.text,
+                    ex.label,
+                    ex.score,
+                    p.label,
+                    p.score,
+                    p.ok,
+                    p.reason,
+                    p.truncated,
+                    p.confidence,
+                    p.raw,
+                ]
+            )

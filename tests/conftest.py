@@ -43,14 +43,25 @@ def _cannot_train() -> str | None:
     try:
         check_trainer_supports(torch.cuda.is_available(), trl.__version__)
     except ValueError as e:
-        return f"trains a model, and {e}".split(" (")[0] + " (make test-gpu-pins runs these with the first TRL that trains on CPU)"
+        return (
+            f"trains a model, and {e}".split(" (")[0]
+            + " (make test-gpu-pins runs these with the first TRL that trains on CPU)"
+        )
     return None
 
 
 # Fixtures that train a run (with TRL): every test using one trains, so it is marked `train` here; a test
 # that trains by itself carries @pytest.mark.train.
-TRAINING_FIXTURES = {"run_dir", "run", "unsloth_run", "qlora_run", "uninterrupted_run",
-                     "tiny_run_3x48", "tiny_run_2x32", "tiny_run_70"}
+TRAINING_FIXTURES = {
+    "run_dir",
+    "run",
+    "unsloth_run",
+    "qlora_run",
+    "uninterrupted_run",
+    "tiny_run_3x48",
+    "tiny_run_2x32",
+    "tiny_run_70",
+}
 
 # ---------------------------------------------------------------- runs trained once per session
 # One run per kind (same model, data and options), trained the first time a test asks for it and shared by
@@ -71,7 +82,11 @@ def _files(run: Path) -> dict:
         for name in dirs + files:
             path = Path(folder) / name
             st = path.lstat()
-            found[str(path.relative_to(run))] = (st.st_mode, None if name in dirs else st.st_size, st.st_mtime_ns)
+            found[str(path.relative_to(run))] = (
+                st.st_mode,
+                None if name in dirs else st.st_size,
+                st.st_mtime_ns,
+            )
     return found
 
 
@@ -102,13 +117,16 @@ def tiny_run_2x32(tmp_path_factory) -> Path:
 def tiny_run_70(tmp_path_factory) -> Path:
     """The tiny model on all of data/sample.csv, 70 steps (logged every 10): it learns the answer format.
     Read-only: copy_run it to write into it."""
-    return _train_shared(tmp_path_factory, "tiny_70", {"data": str(SAMPLE), "max_steps": 70, "logging_steps": 10})
+    return _train_shared(
+        tmp_path_factory, "tiny_70", {"data": str(SAMPLE), "max_steps": 70, "logging_steps": 10}
+    )
 
 
 @pytest.fixture(scope="session")
 def share_run():
     """share_run(run) -> run: a run a module-scoped fixture made (from a shared one) joins the runs that no
     test may change."""
+
     def share(run: Path) -> Path:
         _SHARED[run] = _files(run)
         return run
@@ -123,7 +141,9 @@ def copy_run(tmp_path):
 
     def copy(run: Path) -> Path:
         made.append(run)
-        return Path(shutil.copytree(run, tmp_path / ("run" if len(made) == 1 else f"run-{len(made)}"), symlinks=True))
+        return Path(
+            shutil.copytree(run, tmp_path / ("run" if len(made) == 1 else f"run-{len(made)}"), symlinks=True)
+        )
 
     return copy
 
@@ -137,8 +157,11 @@ def _shared_runs_stay_as_trained(request):
         if now != trained:
             changed = sorted(k for k in now.keys() | trained.keys() if now.get(k) != trained.get(k))
             _SHARED[run] = now  # blame this test only, not the ones after it
-            pytest.fail(f"{request.node.nodeid} changed the shared run {run}: {changed[:5]}; write into copy_run(run) "
-                        "instead", pytrace=False)
+            pytest.fail(
+                f"{request.node.nodeid} changed the shared run {run}: {changed[:5]}; write into copy_run(run) "
+                "instead",
+                pytrace=False,
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +174,10 @@ def _unmarked_tests_do_not_train(request, monkeypatch):
     from trl import SFTTrainer
 
     def refuse(self, *args, **kwargs):
-        raise AssertionError(f"{request.node.nodeid} trains a model: mark it @pytest.mark.train (or use a fixture "
-                             "listed in TRAINING_FIXTURES in tests/conftest.py)")
+        raise AssertionError(
+            f"{request.node.nodeid} trains a model: mark it @pytest.mark.train (or use a fixture "
+            "listed in TRAINING_FIXTURES in tests/conftest.py)"
+        )
 
     monkeypatch.setattr(SFTTrainer, "train", refuse)
 

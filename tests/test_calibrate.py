@@ -53,4 +53,3 @@ def test_fit_temperature_flattens_overconfidence_and_minimises_nll():
     assert nll(probs, gold, t) <= min(grid) + 1e-9
     # underconfident and always right: T < 1
     assert fit_temperature([{"a": 0.6, "b": 0.4}] * 5, ["a"] * 5) < 1
-

@@ -38,11 +38,24 @@ def test_metavars_say_what_the_value_is(verb, capsys):
 
 def test_metavars_by_kind(capsys):
     label, train, compare = _help("label", capsys), _help("train", capsys), _help("compare", capsys)
-    for flag in ("--run PATH", "--input PATH", "--mode {generate,constrained,score}", "--engine {hf,vllm}",
-                 "--batch-size N", "--overwrite [BOOL]", "--text-column COLUMN", "--encoding TEXT"):
+    for flag in (
+        "--run PATH",
+        "--input PATH",
+        "--mode {generate,constrained,score}",
+        "--engine {hf,vllm}",
+        "--batch-size N",
+        "--overwrite [BOOL]",
+        "--text-column COLUMN",
+        "--encoding TEXT",
+    ):
         assert flag in label, flag
-    for flag in ("--lr FLOAT", "--model NAME", "--split FLOAT,FLOAT,FLOAT", "--report-to {none,tensorboard,wandb},...",
-                 "--save-steps N"):
+    for flag in (
+        "--lr FLOAT",
+        "--model NAME",
+        "--split FLOAT,FLOAT,FLOAT",
+        "--report-to {none,tensorboard,wandb},...",
+        "--save-steps N",
+    ):
         assert flag in train, flag
     assert "--train YAML" in compare and "--models A,B" in compare
 
@@ -57,7 +70,11 @@ def test_a_typo_gets_the_verbs_usage_and_the_closest_option(capsys):
     with pytest.raises(SystemExit) as e:
         run(["data", "prepare", "--outptu", "x"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("usage: labeltune data prepare ") and "did you mean --output?" in err
+    assert (
+        e.value.code == 2
+        and err.startswith("usage: labeltune data prepare ")
+        and "did you mean --output?" in err
+    )
     with pytest.raises(SystemExit):
         run(["evaluate", "--zzzzzz"])
     err = capsys.readouterr().err
@@ -70,7 +87,14 @@ def test_a_typo_gets_the_verbs_usage_and_the_closest_option(capsys):
 
 def test_a_bool_option_before_a_text_leaves_the_text_a_text():
     assert explicit_bools(["predict", "--json", "最高", "--calibrated", "false", "x"]) == [
-        "predict", "--json", "true", "最高", "--calibrated", "false", "x"]
+        "predict",
+        "--json",
+        "true",
+        "最高",
+        "--calibrated",
+        "false",
+        "x",
+    ]
     args = build_parser().parse_args(explicit_bools(["predict", "--run", "r", "--json", "最高", "最悪"]))
     assert args.texts == ["最高", "最悪"] and args.json == "true" and args.run == "r"
     assert explicit_bools(["label", "--overwrite"]) == ["label", "--overwrite", "true"]
@@ -78,9 +102,13 @@ def test_a_bool_option_before_a_text_leaves_the_text_a_text():
 
 def test_import_labeltune_stays_light():
     """`import labeltune` (and reaching its Python API's names) imports neither torch nor transformers."""
-    code = ("import sys, labeltune; labeltune.load_run; labeltune.Prediction; print(labeltune.__version__); "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    code = (
+        "import sys, labeltune; labeltune.load_run; labeltune.Prediction; print(labeltune.__version__); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
     assert out.split("\n")[:2] == [importlib.metadata.version("labeltune"), "[]"]
 
 

@@ -156,20 +156,33 @@ def test_compare_options_are_checked(tmp_path):
         resolve(CompareConfig, None, {"systems": "generative,bert"})
     assert resolve(CompareConfig, None, {"models": "tiny, gemma2-2b,"}).models == ["tiny", "gemma2-2b"]
     with pytest.raises(ValueError, match="set by compare"):
-        compare.train_config(resolve(CompareConfig, None, {"train": {"model": "tiny"}}), "tiny", tmp_path, "x.csv")
+        compare.train_config(
+            resolve(CompareConfig, None, {"train": {"model": "tiny"}}), "tiny", tmp_path, "x.csv"
+        )
     with pytest.raises(ValueError, match="lr"):
-        compare.train_config(resolve(CompareConfig, None, {"train": {"lr": "fast"}}), "tiny", tmp_path, "x.csv")
+        compare.train_config(
+            resolve(CompareConfig, None, {"train": {"lr": "fast"}}), "tiny", tmp_path, "x.csv"
+        )
 
 
 def test_a_comparison_resumes_only_with_the_same_settings(tmp_path):
     cfg = resolve(CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 1}})
     save(cfg, tmp_path / "config.yaml")
-    compare.check_resume(resolve(CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 2}}), tmp_path)
+    compare.check_resume(
+        resolve(CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 2}}), tmp_path
+    )
     (tmp_path / "data").mkdir()  # a split is written: from now on the results depend on these options
     (tmp_path / "data" / "summary.json").write_text("{}", encoding="utf-8")
-    compare.check_resume(resolve(CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 1}, "systems": "majority"}), tmp_path)
+    compare.check_resume(
+        resolve(
+            CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 1}, "systems": "majority"}
+        ),
+        tmp_path,
+    )
     with pytest.raises(ValueError, match=r"other \['train'\]"):
-        compare.check_resume(resolve(CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 2}}), tmp_path)
+        compare.check_resume(
+            resolve(CompareConfig, None, {"output": str(tmp_path), "train": {"epochs": 2}}), tmp_path
+        )
 
 
 # ---------------------------------------------------------------- end to end
@@ -193,8 +206,19 @@ def test_compare_runs_every_system(tmp_path):
     from matplotlib.image import imread
 
     out = tmp_path / "cmp"
-    argv = ["compare", "--data", str(SAMPLE), "--output", str(out), "--forgetting-limit", "10", "--encoder", "tiny",
-            "--train", "{max_steps: 20, logging_steps: 10}"]
+    argv = [
+        "compare",
+        "--data",
+        str(SAMPLE),
+        "--output",
+        str(out),
+        "--forgetting-limit",
+        "10",
+        "--encoder",
+        "tiny",
+        "--train",
+        "{max_steps: 20, logging_steps: 10}",
+    ]
     assert cli.run(argv) == 0
 
     rows = list(iter_rows(out / "results.csv"))
@@ -214,7 +238,9 @@ def test_compare_runs_every_system(tmp_path):
             assert r["train_seconds"] == ""  # nothing trained
     majority = train_labels.most_common(1)[0][0]
     by_system = {r["system"]: r for r in rows}
-    assert float(by_system["majority"]["accuracy"]) == pytest.approx(sum(t["label"] == majority for t in test) / len(test))
+    assert float(by_system["majority"]["accuracy"]) == pytest.approx(
+        sum(t["label"] == majority for t in test) / len(test)
+    )
 
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     check = metrics["systems"]["generative-tiny"]["forgetting"]
@@ -235,7 +261,9 @@ def test_compare_runs_every_system(tmp_path):
     assert cli.run(argv) == 0  # finished systems are read back, not run again
     assert _mtimes(out) == before and (out / "results.csv").read_text(encoding="utf-8") == table
 
-    assert cli.run(argv + ["--encoder-epochs", "2"]) == 0  # the encoder's own settings: only its row runs again
+    assert (
+        cli.run(argv + ["--encoder-epochs", "2"]) == 0
+    )  # the encoder's own settings: only its row runs again
     after = _mtimes(out)
     assert [k for k in after if after[k] != before[k]] == [str(out / "encoder" / compare.METRICS_FILE)]
     record = json.loads((out / "encoder" / compare.METRICS_FILE).read_text(encoding="utf-8"))

@@ -41,9 +41,19 @@ def test_train_default_model_is_the_real_one_and_LABELTUNE_MODEL_overrides_it():
 
     code = "from labeltune.config import TrainConfig; print(TrainConfig().model)"
     env = {k: v for k, v in os.environ.items() if k != config.MODEL_ENV}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "gemma3-270m"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "gemma3-270m"
+    )
     env[config.MODEL_ENV] = "llama3.1"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "llama3.1"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "llama3.1"
+    )
     assert TrainConfig().model == "tiny"
 
 
@@ -135,8 +145,19 @@ def test_coercion_from_strings():
 
 @pytest.mark.parametrize(
     "raw,value",
-    [("false", False), ("False", False), ("no", False), ("0", False), ("off", False),
-     ("true", True), ("YES", True), ("1", True), ("on", True), (True, True), (False, False)],
+    [
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("0", False),
+        ("off", False),
+        ("true", True),
+        ("YES", True),
+        ("1", True),
+        ("on", True),
+        (True, True),
+        (False, False),
+    ],
 )
 def test_bool_coercion(raw, value):
     assert resolve(LabelConfig, overrides={"overwrite": raw}).overwrite is value
@@ -181,7 +202,9 @@ def test_non_optional_string_keeps_the_word_none():
 
 
 def test_save_and_load_saved_roundtrip(tmp_path):
-    cfg = resolve(TrainConfig, overrides={"seed": "4", "split": "0.6,0.2,0.2", "template": "plain", "lr": "3e-4"})
+    cfg = resolve(
+        TrainConfig, overrides={"seed": "4", "split": "0.6,0.2,0.2", "template": "plain", "lr": "3e-4"}
+    )
     path = tmp_path / "config.yaml"
     config.save(cfg, path)
     assert config.load_saved(TrainConfig, path) == cfg
@@ -194,8 +217,27 @@ def test_save_and_load_saved_roundtrip(tmp_path):
 
 
 def test_train_flags():
-    cfg = _cli(["train", "--lr", "1e-4", "--max-steps", "-1", "--seed", "2", "--split", "0.7,0.2,0.1",
-                "--model", "smol", "--leakage", "drop", "--template", "none", "--score-column", "毒性"])
+    cfg = _cli(
+        [
+            "train",
+            "--lr",
+            "1e-4",
+            "--max-steps",
+            "-1",
+            "--seed",
+            "2",
+            "--split",
+            "0.7,0.2,0.1",
+            "--model",
+            "smol",
+            "--leakage",
+            "drop",
+            "--template",
+            "none",
+            "--score-column",
+            "毒性",
+        ]
+    )
     assert cfg.lr == pytest.approx(1e-4)
     assert cfg.max_steps == -1 and cfg.seed == 2 and cfg.split == (0.7, 0.2, 0.1)
     assert cfg.model == "smol" and cfg.leakage == "drop" and cfg.template is None

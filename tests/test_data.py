@@ -121,8 +121,14 @@ def test_ragged_rows(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text("text,label\n短い\n普通,0\n", encoding="utf-8")
     report = ReadReport(str(path))
-    assert list(iter_rows(path, report=report)) == [{"text": "短い", "label": ""}, {"text": "普通", "label": "0"}]
-    assert report.short_rows == [2] and "1 rows have fewer cells than the header (lines 2)" in report.warnings()[0]
+    assert list(iter_rows(path, report=report)) == [
+        {"text": "短い", "label": ""},
+        {"text": "普通", "label": "0"},
+    ]
+    assert (
+        report.short_rows == [2]
+        and "1 rows have fewer cells than the header (lines 2)" in report.warnings()[0]
+    )
     path.write_text("text,label\n普通,0\n長い,1,余分\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"ragged\.csv:3: 3 cells but the header has 2"):
         list(iter_rows(path))
@@ -140,7 +146,11 @@ def test_jsonl(tmp_path):
     assert read_columns(path) == ["text", "label", "score", "user"]
     examples, dropped = load_examples(path, ST)
     assert dropped == []
-    assert [(e.text, e.label, e.score) for e in examples] == [("楽しかった！", "1", 0), ("最悪", "-1", 80), ("普通", "0", None)]
+    assert [(e.text, e.label, e.score) for e in examples] == [
+        ("楽しかった！", "1", 0),
+        ("最悪", "-1", 80),
+        ("普通", "0", None),
+    ]
     assert examples[0].meta == {"user": "u1"}
 
 
@@ -199,7 +209,9 @@ def test_missing_column_names_the_columns_found(tmp_path, content, kwargs, missi
 def test_other_column_names(tmp_path):
     path = tmp_path / "posts.csv"
     path.write_text("本文,ラベル,毒性\nこんにちは,ポジティブ,\n死ね,ネガティブ,95\n", encoding="utf-8")
-    examples, dropped = load_examples(path, ST, text_column="本文", label_column="ラベル", score_column="毒性")
+    examples, dropped = load_examples(
+        path, ST, text_column="本文", label_column="ラベル", score_column="毒性"
+    )
     assert dropped == []
     assert [(e.text, e.label, e.score) for e in examples] == [("こんにちは", "1", None), ("死ね", "-1", 95)]
 
@@ -326,7 +338,9 @@ def test_split_independent_of_input_order():
 
 def test_split_seed_changes_split():
     examples = _synthetic()
-    assert _multiset(split_examples(examples, seed=0)["test"]) != _multiset(split_examples(examples, seed=1)["test"])
+    assert _multiset(split_examples(examples, seed=0)["test"]) != _multiset(
+        split_examples(examples, seed=1)["test"]
+    )
 
 
 @pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.7, 0.2, 0.1), (0.6, 0.2, 0.2)])
@@ -365,7 +379,9 @@ def test_split_keeps_normalised_duplicates_together():
         for e in split:
             where.setdefault(normalize_text(e.text), set()).add(name)
     assert all(len(names) == 1 for names in where.values())
-    assert len({next(iter(where[normalize_text(d.text)])) for d in dups}) > 1  # groups do go to several splits
+    assert (
+        len({next(iter(where[normalize_text(d.text)])) for d in dups}) > 1
+    )  # groups do go to several splits
     assert find_leaks(out) == []
 
 

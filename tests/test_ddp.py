@@ -28,10 +28,34 @@ def test_two_process_ddp_on_cpu(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     out = tmp_path / "ddp"
     cmd = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "labeltune.cli", "train", "--model", "tiny", "--output", str(out),
-        "--max-steps", "4", "--limit", "64", "--batch-size", "4", "--logging-steps", "1",
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "labeltune.cli",
+        "train",
+        "--model",
+        "tiny",
+        "--output",
+        str(out),
+        "--max-steps",
+        "4",
+        "--limit",
+        "64",
+        "--batch-size",
+        "4",
+        "--logging-steps",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)

@@ -39,12 +39,22 @@ def _random_model(texts: list[str], seed: int):
 
     task = load_task("sentiment_toxicity")
     template = load_template(task.default_template)
-    tokenizer = build_tiny_tokenizer([render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000)
+    tokenizer = build_tiny_tokenizer(
+        [render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000
+    )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-    )).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(40)
     return model, tokenizer, Prompter(tokenizer, template, task, max_length=512)
@@ -54,7 +64,13 @@ def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch)
     """Prefix caching changes the work, not the result: label probabilities and answers agree."""
     from labeltune import decode
 
-    texts = ["最高の一日だった", "電車が遅れて最悪だ、もう二度と乗らない", "明日は雨らしい", "了解", "あいつは本当に無能すぎて話にならない"]
+    texts = [
+        "最高の一日だった",
+        "電車が遅れて最悪だ、もう二度と乗らない",
+        "明日は雨らしい",
+        "了解",
+        "あいつは本当に無能すぎて話にならない",
+    ]
     model, tokenizer, prompter = _random_model(texts, seed=0)
     prompts = [prompter.prompt_ids(t)[0] for t in texts]
     assert decode.common_prefix_length(prompts) >= decode.MIN_SHARED_PREFIX
@@ -75,7 +91,9 @@ def test_encode_many_equals_the_tokenizer_call():
     texts = ["最高の一日だった", "<eos><bos>### 応答:\nlabel : 1", "", "改行\r\nを含む"]
     tokenizer = build_tiny_tokenizer(texts * 3, 300)
     for special in (True, False):
-        expected = [tokenizer(t, add_special_tokens=special, split_special_tokens=True)["input_ids"] for t in texts]
+        expected = [
+            tokenizer(t, add_special_tokens=special, split_special_tokens=True)["input_ids"] for t in texts
+        ]
         assert encode_many(tokenizer, texts, special) == expected
     for before in (False, True):
         tokenizer.backend_tokenizer.encode_special_tokens = before
@@ -87,7 +105,11 @@ def test_pad_ids_left_and_right():
     from labeltune.features import pad_ids
 
     ids, mask = pad_ids([[5, 6, 7], [8], []], 0, left=True)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]] and mask.tolist() == [
+        [1, 1, 1],
+        [0, 0, 1],
+        [0, 0, 0],
+    ]
     ids, mask = pad_ids([(5, 6), [8]], -100)
     assert ids.tolist() == [[5, 6], [8, -100]] and mask.tolist() == [[1, 1], [1, 0]]
     assert pad_ids([[], []], 0)[0].shape == (2, 0)
@@ -105,10 +127,21 @@ def test_shared_prefix_cache_expansion_matches_transformers(family):
 
     from labeltune.decode import _expanded
 
-    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128)
+    common = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
-    model = (Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8)) if family == "gemma2" else LlamaForCausalLM(LlamaConfig(**common))).eval()
+    model = (
+        Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8))
+        if family == "gemma2"
+        else LlamaForCausalLM(LlamaConfig(**common))
+    ).eval()
     with torch.no_grad():
         cache = model(input_ids=torch.tensor([[1, 5, 9, 12, 3]]), use_cache=True).past_key_values
     expanded = _expanded(cache, 3)
@@ -131,9 +164,17 @@ def test_scores_given_a_label_equal_the_scores_when_the_model_picks_it():
     own = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4)
     chosen = [max(d, key=d.get) for d in own[0]]
     assert set(chosen) != {"-1"}  # some rows would pick another label on their own
-    picked = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4,
-                                 label_bias={"-1": 100.0, "0": 0.0, "1": 0.0})
-    forced = decode.score_decode(model, tokenizer, prompts, prompter.answer_trie, batch_size=4, labels=["-1"] * len(texts))
+    picked = decode.score_decode(
+        model,
+        tokenizer,
+        prompts,
+        prompter.answer_trie,
+        batch_size=4,
+        label_bias={"-1": 100.0, "0": 0.0, "1": 0.0},
+    )
+    forced = decode.score_decode(
+        model, tokenizer, prompts, prompter.answer_trie, batch_size=4, labels=["-1"] * len(texts)
+    )
     assert forced[0] == own[0]  # the label distribution is reported as it is
     for (p_probs, p_greedy), (f_probs, f_greedy) in zip(picked[2], forced[2]):
         assert f_greedy == p_greedy and set(f_probs) == set(range(101))

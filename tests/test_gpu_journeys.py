@@ -32,7 +32,9 @@ def simulate_gpu(monkeypatch, capability, count: int = 1):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # a T4 says True
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: True
+    )  # a T4 says True
 
 
 # Run at the start of a child process: the same probes, simulated there. bitsandbytes is imported
@@ -51,7 +53,10 @@ torch.cuda.is_bf16_supported = lambda including_emulation=True: True
 # ---------------------------------------------------------------- 1. precision
 
 
-@pytest.mark.parametrize("capability, expected", [(T4, "fp16"), ((7, 0), "fp16"), (A100, "bf16"), ((8, 9), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    "capability, expected",
+    [(T4, "fp16"), ((7, 0), "fp16"), (A100, "bf16"), ((8, 9), "bf16"), ((9, 0), "bf16")],
+)
 def test_precision_follows_compute_capability_not_is_bf16_supported(monkeypatch, capability, expected):
     simulate_gpu(monkeypatch, capability)
     assert models.device_precision() == expected
@@ -77,16 +82,29 @@ def _model_in(dtype):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     return LlamaForCausalLM(config).to(getattr(torch, dtype))
 
 
-@pytest.mark.parametrize("capability, unsloth_dtype, expected", [
-    (T4, "float16", "fp16"),
-    (A100, "bfloat16", "bf16"),
-    (A100, "float16", "fp16"),  # Unsloth 2026.10.7 picked fp16 on every GPU when any visible one was older: follow the model
-])
+@pytest.mark.parametrize(
+    "capability, unsloth_dtype, expected",
+    [
+        (T4, "float16", "fp16"),
+        (A100, "bfloat16", "bf16"),
+        (
+            A100,
+            "float16",
+            "fp16",
+        ),  # Unsloth 2026.10.7 picked fp16 on every GPU when any visible one was older: follow the model
+    ],
+)
 def test_trainer_flags_match_the_model_on_both_backends(monkeypatch, capability, unsloth_dtype, expected):
     simulate_gpu(monkeypatch, capability)
     assert models.trainer_precision("unsloth", _model_in(unsloth_dtype)) == expected
@@ -122,26 +140,42 @@ def _fake_unsloth(site: Path, record: Path) -> Path:
     the process (as the real one would be the first heavy import)."""
     pkg = site / "unsloth"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent(f"""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(f"""
         import json, sys
         with open({str(record)!r}, "w") as f:
             json.dump(sorted(m for m in ("trl", "transformers", "peft") if m in sys.modules), f)
         raise SystemExit("fake unsloth: imported, stopping here")
-    """))
+    """)
+    )
     return site
 
 
 def _cli_in_child(argv: list[str], site: Path, capability, tmp_path: Path) -> subprocess.CompletedProcess:
-    script = (f"import sys\nsys.path.insert(0, {str(site)!r})\n" + SIMULATE_GPU.format(capability=capability)
-              + f"sys.argv = ['labeltune', *{argv!r}]\nfrom labeltune.cli import main\nmain()\n")
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    script = (
+        f"import sys\nsys.path.insert(0, {str(site)!r})\n"
+        + SIMULATE_GPU.format(capability=capability)
+        + f"sys.argv = ['labeltune', *{argv!r}]\nfrom labeltune.cli import main\nmain()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_cli_train_imports_unsloth_before_trl_transformers_peft(tmp_path):
     record = tmp_path / "record.json"
     site = _fake_unsloth(tmp_path / "site", record)
-    proc = _cli_in_child(["train", "--backend", "unsloth", "--output", str(tmp_path / "run"), "--limit", "16"], site, T4, tmp_path)
+    proc = _cli_in_child(
+        ["train", "--backend", "unsloth", "--output", str(tmp_path / "run"), "--limit", "16"],
+        site,
+        T4,
+        tmp_path,
+    )
     assert "fake unsloth: imported" in proc.stderr, proc.stderr[-2000:]
     assert json.loads(record.read_text()) == []  # nothing Unsloth patches was imported before it
     assert not (tmp_path / "run").exists()
@@ -151,12 +185,18 @@ def test_train_main_imports_unsloth_first_when_it_is_chosen_by_auto(tmp_path):
     """The notebook/library path: train.main picks unsloth (auto, GPU, installed) and imports it first."""
     record = tmp_path / "record.json"
     site = _fake_unsloth(tmp_path / "site", record)
-    script = (f"import sys\nsys.path.insert(0, {str(site)!r})\n" + SIMULATE_GPU.format(capability=A100) + textwrap.dedent(f"""
+    script = (
+        f"import sys\nsys.path.insert(0, {str(site)!r})\n"
+        + SIMULATE_GPU.format(capability=A100)
+        + textwrap.dedent(f"""
         from labeltune import train
         from labeltune.config import TrainConfig, resolve
         train.main(resolve(TrainConfig, None, {{"output": {str(tmp_path / "run")!r}}}))
-    """))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert "fake unsloth: imported" in proc.stderr, proc.stderr[-2000:]
     assert json.loads(record.read_text()) == []
 
@@ -192,12 +232,28 @@ def test_label_of_an_unsloth_run_on_a_gpu_never_imports_unsloth(unsloth_run, tmp
     (it gets as far as placing the model on the simulated GPU, which this CPU cannot do)."""
     record = tmp_path / "record.json"
     site = _fake_unsloth(tmp_path / "site", record)
-    proc = _cli_in_child(["label", "--run", str(unsloth_run), "--input", str(ROOT / "data" / "new_posts.csv"),
-                          "--output", str(tmp_path / "out.csv"), "--mode", "score"], site, T4, tmp_path)
+    proc = _cli_in_child(
+        [
+            "label",
+            "--run",
+            str(unsloth_run),
+            "--input",
+            str(ROOT / "data" / "new_posts.csv"),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--mode",
+            "score",
+        ],
+        site,
+        T4,
+        tmp_path,
+    )
     assert not record.exists(), f"unsloth was imported for inference: {record.read_text()}"
     assert "fake unsloth" not in proc.stderr
     # it stopped where the hf backend puts the model on the GPU this CPU machine does not have (said in one line)
-    assert proc.returncode == 2 and "its model cannot be loaded (RuntimeError" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "its model cannot be loaded (RuntimeError" in proc.stderr, proc.stderr[
+        -2000:
+    ]
     assert "accelerator" in proc.stderr or "CUDA" in proc.stderr
 
 
@@ -215,7 +271,9 @@ def test_label_of_an_unsloth_run_on_cpu_works_without_importing_unsloth(unsloth_
         assert "unsloth" not in sys.modules
         print("OK")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
     assert not record.exists()
 
@@ -250,12 +308,29 @@ def test_all_decode_modes_on_a_4bit_model(tmp_path):
 
     task = load_task("sentiment_toxicity")
     template = load_template(task.default_template)
-    texts = ["最高の一日だった", "電車が遅れて最悪だ", "明日は雨らしい", "了解", "あいつは本当に無能すぎる", ""]
-    tokenizer = build_tiny_tokenizer([render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000)
+    texts = [
+        "最高の一日だった",
+        "電車が遅れて最悪だ",
+        "明日は雨らしい",
+        "了解",
+        "あいつは本当に無能すぎる",
+        "",
+    ]
+    tokenizer = build_tiny_tokenizer(
+        [render_prompt(template, task, t) for t in texts] + task.all_answers(), 1000
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(40)
@@ -288,11 +363,19 @@ def _make_n(target: str, tmp_path: Path, py: str, gpu: bool, venv: Path | None =
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     smi = bindir / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-00000000)'\n" if gpu else "#!/bin/sh\nexit 9\n")
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-00000000)'\n" if gpu else "#!/bin/sh\nexit 9\n"
+    )
     smi.chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["make", "-n", target, "MODEL=gemma2", f"PY={py}", f"VENV={venv or tmp_path / 'venv'}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    proc = subprocess.run(
+        ["make", "-n", target, "MODEL=gemma2", f"PY={py}", f"VENV={venv or tmp_path / 'venv'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -315,8 +398,13 @@ def test_bare_make_eval_label_export_after_make_train_open_the_run_train_wrote(t
     last = tmp_path / "last-run"
 
     def make_n(*args: str) -> str:
-        proc = subprocess.run(["make", "-n", *args, f"PY={sys.executable}", f"LAST_RUN_FILE={last}"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        proc = subprocess.run(
+            ["make", "-n", *args, f"PY={sys.executable}", f"LAST_RUN_FILE={last}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
@@ -326,7 +414,9 @@ def test_bare_make_eval_label_export_after_make_train_open_the_run_train_wrote(t
     assert "--run runs/gemma3-270m" in make_n("eval")  # nothing trained yet: the default model's run
     last.write_text("runs/gemma2\n")  # what the train recipe writes
     assert "evaluate --run runs/gemma2" in make_n("eval")
-    assert "label --run runs/gemma2 --input data/new_posts.csv --output runs/gemma2/labelled.csv" in make_n("label")
+    assert "label --run runs/gemma2 --input data/new_posts.csv --output runs/gemma2/labelled.csv" in make_n(
+        "label"
+    )
     assert "export --run runs/gemma2 --format merged16" in make_n("export")
     assert "evaluate --run runs/other" in make_n("eval", "RUN=runs/other")
     assert "--output runs/llama3.1" in make_n("train", "MODEL=llama3.1")  # train never reuses the last run
@@ -401,9 +491,11 @@ def test_check_deps_says_whether_a_preinstalled_torch_is_kept():
         sys.path.pop(0)
     resolved = {"torch": "2.14.1"}
     assert "kept" in check_deps.verdict("2.14.1+cu126", resolved, {"torch": "2.14.1"}, "")
-    uv_says = ("Because unsloth>=2026.10.1 depends on torch>=2.4.0,<2.15.0 and labeltune depends on torch==2.15.0, "
-               "we can conclude that your requirements and unsloth>=2026.10.1 are incompatible.\n"
-               "And because labeltune depends on unsloth>=2026.10, we can conclude that your requirements are unsatisfiable.")
+    uv_says = (
+        "Because unsloth>=2026.10.1 depends on torch>=2.4.0,<2.15.0 and labeltune depends on torch==2.15.0, "
+        "we can conclude that your requirements and unsloth>=2026.10.1 are incompatible.\n"
+        "And because labeltune depends on unsloth>=2026.10, we can conclude that your requirements are unsatisfiable."
+    )
     line = check_deps.verdict("2.15.0", resolved, None, uv_says)
     assert "REPLACED by torch 2.14.1" in line and "unsloth>=2026.10.1 depends on torch>=2.4.0,<2.15.0" in line
 
@@ -417,8 +509,12 @@ def test_two_visible_gpus_are_refused_before_anything_is_written(monkeypatch, tm
 
     simulate_gpu(monkeypatch, T4, count=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(ValueError, match=r"2 GPUs are visible.*CUDA_VISIBLE_DEVICES=0.*accelerate launch --num_processes 2"):
-        train.main(resolve(TrainConfig, None, {"model": "gemma2", "backend": "hf", "output": str(tmp_path / "run")}))
+    with pytest.raises(
+        ValueError, match=r"2 GPUs are visible.*CUDA_VISIBLE_DEVICES=0.*accelerate launch --num_processes 2"
+    ):
+        train.main(
+            resolve(TrainConfig, None, {"model": "gemma2", "backend": "hf", "output": str(tmp_path / "run")})
+        )
     assert not (tmp_path / "run").exists()
     models.check_one_gpu(2, processes=2)  # under accelerate launch: one GPU per process, fine
     models.check_one_gpu(1, processes=1)
@@ -461,7 +557,9 @@ def test_spawn_trains_in_a_child_process(tmp_path):
             assert "already holds a trained run" in str(e), e
             print("OK")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:] + proc.stdout[-2000:]
     assert "trained 2 steps" in proc.stdout  # the child's output is streamed to the caller
 
@@ -481,7 +579,9 @@ def test_sweep_and_compare_train_in_a_child_process(monkeypatch, tmp_path):
     sweep_cfg = resolve(SweepConfig, None, {"output": str(tmp_path / "sweep"), "mode": "score"})
     metrics = sweep.run_trial(shared, {"lr": 1e-3}, tmp_path / "sweep" / "trial", sweep_cfg)
     assert "macro_f1" in metrics and (tmp_path / "sweep" / "trial" / "adapter").is_dir()
-    tcfg = resolve(TrainConfig, None, {"max_steps": 2, "limit": 32, "output": str(tmp_path / "compare" / "gen")})
+    tcfg = resolve(
+        TrainConfig, None, {"max_steps": 2, "limit": 32, "output": str(tmp_path / "compare" / "gen")}
+    )
     compare.ensure_run(tcfg, presets.resolve_preset("tiny"), ["generative"], tmp_path / "compare")
     assert (tmp_path / "compare" / "gen" / "adapter").is_dir()
 
@@ -492,8 +592,8 @@ def test_train_reads_and_checks_the_data_before_any_model_library_loads(tmp_path
     drop summary printed before the (fake) Unsloth import stops the run."""
     script = textwrap.dedent(f"""
         import sys
-        sys.argv = ['labeltune', 'train', '--data', {str(ROOT / 'data' / 'sample.csv')!r}, '--text-column', 'nope',
-                    '--output', {str(tmp_path / 'run')!r}]
+        sys.argv = ['labeltune', 'train', '--data', {str(ROOT / "data" / "sample.csv")!r}, '--text-column', 'nope',
+                    '--output', {str(tmp_path / "run")!r}]
         from labeltune.cli import main
         try:
             main()
@@ -501,16 +601,26 @@ def test_train_reads_and_checks_the_data_before_any_model_library_loads(tmp_path
             heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'unsloth') if m in sys.modules)
             print('exit', e.code, 'heavy', heavy)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert "no column 'nope'" in proc.stderr and "exit 2 heavy []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert "no column 'nope'" in proc.stderr and "exit 2 heavy []" in proc.stdout, (
+        proc.stdout + proc.stderr[-2000:]
+    )
 
     posts = tmp_path / "posts.csv"
     rows = (ROOT / "data" / "sample.csv").read_text(encoding="utf-8").splitlines()
-    posts.write_text("\n".join(rows[:41] + ["p9999,とても良い,very-positive,0,0,0,0,0,0,plain"]) + "\n", encoding="utf-8")
+    posts.write_text(
+        "\n".join(rows[:41] + ["p9999,とても良い,very-positive,0,0,0,0,0,0,plain"]) + "\n", encoding="utf-8"
+    )
     record = tmp_path / "record.json"
     site = _fake_unsloth(tmp_path / "site", record)
-    proc = _cli_in_child(["train", "--backend", "unsloth", "--data", str(posts), "--output", str(tmp_path / "run2")],
-                         site, T4, tmp_path)
+    proc = _cli_in_child(
+        ["train", "--backend", "unsloth", "--data", str(posts), "--output", str(tmp_path / "run2")],
+        site,
+        T4,
+        tmp_path,
+    )
     assert "fake unsloth: imported" in proc.stderr, proc.stderr[-2000:]
     said = proc.stderr[: proc.stderr.index("fake unsloth: imported")]
     assert "1 of 41 rows dropped" in said and "label_not_in_task" in said, said[-2000:]

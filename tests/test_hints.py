@@ -17,8 +17,13 @@ HINT = re.compile(r"labeltune [a-z]+(?: (?:--[a-z-]+|[^\s,;()]+))*")  # one comm
 
 
 def _cli(cwd: Path, command: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "labeltune.cli", *command.split()[1:]], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *command.split()[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -49,14 +54,21 @@ def test_every_printed_hint_runs_as_printed(tmp_path):
             outs.append(_cli(tmp_path, hint))
         return outs
 
-    trained = _cli(tmp_path, "labeltune train --model tiny --data mine.csv --text-column 本文 --label-column 感情 "
-                             "--output runs/mine --max-steps 4")
+    trained = _cli(
+        tmp_path,
+        "labeltune train --model tiny --data mine.csv --text-column 本文 --label-column 感情 "
+        "--output runs/mine --max-steps 4",
+    )
     evaluated = follow(trained)  # labeltune evaluate --run runs/mine
     labelled = [o for out in evaluated for o in follow(out)]  # labeltune label ... --input posts.csv ...
     for out in labelled:
         follow(out)  # labeltune evaluate --run runs/mine --data your_labelled.csv
-    follow(_cli(tmp_path, "labeltune calibrate --run runs/mine"))  # evaluate --mode score, then label --mode score
+    follow(
+        _cli(tmp_path, "labeltune calibrate --run runs/mine")
+    )  # evaluate --mode score, then label --mode score
     follow(_cli(tmp_path, "labeltune export --run runs/mine"))  # label --run runs/mine-adapter ...
     verbs = [h.split()[1] for h in ran]
     assert verbs.count("evaluate") >= 3 and verbs.count("label") >= 3, ran
-    assert any("--data your_labelled.csv" in h for h in ran) and any("runs/mine-adapter" in h for h in ran), ran
+    assert any("--data your_labelled.csv" in h for h in ran) and any("runs/mine-adapter" in h for h in ran), (
+        ran
+    )

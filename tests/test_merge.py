@@ -14,8 +14,18 @@ def _model(family: str, out: Path):
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    common = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = dict(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
@@ -30,8 +40,15 @@ def _adapter(model, out: Path, modules_to_save=None, rslora=False):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                        init_lora_weights=False, modules_to_save=modules_to_save, use_rslora=rslora, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+        modules_to_save=modules_to_save,
+        use_rslora=rslora,
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model.float(), config)
     if modules_to_save:
         with torch.no_grad():
@@ -42,9 +59,15 @@ def _adapter(model, out: Path, modules_to_save=None, rslora=False):
     return peft_model
 
 
-@pytest.mark.parametrize("family, modules_to_save, rslora", [
-    ("llama", None, False), ("llama", ["lm_head"], True), ("gemma2", None, False), ("gemma2", ["lm_head"], False),
-])
+@pytest.mark.parametrize(
+    "family, modules_to_save, rslora",
+    [
+        ("llama", None, False),
+        ("llama", ["lm_head"], True),
+        ("gemma2", None, False),
+        ("gemma2", ["lm_head"], False),
+    ],
+)
 def test_streamed_merge_equals_peft_merge(tmp_path, family, modules_to_save, rslora):
     import torch
     from transformers import AutoModelForCausalLM
@@ -52,7 +75,9 @@ def test_streamed_merge_equals_peft_merge(tmp_path, family, modules_to_save, rsl
     base = _model(family, tmp_path / "base")
     assert len(list((tmp_path / "base").glob("*.safetensors"))) > 1
     reference = _adapter(base, tmp_path / "adapter", modules_to_save, rslora).merge_and_unload()
-    files = merge_lora(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", "float16", shard_bytes=50_000)
+    files = merge_lora(
+        tmp_path / "base", tmp_path / "adapter", tmp_path / "merged", "float16", shard_bytes=50_000
+    )
     assert len(files) > 1 and (tmp_path / "merged" / "model.safetensors.index.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.dtype == torch.float16
@@ -76,7 +101,9 @@ def test_merge_refuses_a_target_missing_from_the_base(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    save_file({"model.embed_tokens.weight": torch.zeros(320, 64)}, str(tmp_path / "base" / "model.safetensors"))
+    save_file(
+        {"model.embed_tokens.weight": torch.zeros(320, 64)}, str(tmp_path / "base" / "model.safetensors")
+    )
     assert index["weight_map"]
     with pytest.raises(ValueError, match="LoRA targets not in the base checkpoint"):
         merge_lora(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
@@ -96,7 +123,12 @@ def test_needs_are_read_from_headers(tmp_path):
 
 
 def test_shards_are_planned_within_the_limit():
-    assert plan_shards({"a": 40, "b": 40, "c": 40, "big": 500, "d": 10}, 100) == [["a", "b"], ["c"], ["big"], ["d"]]
+    assert plan_shards({"a": 40, "b": 40, "c": 40, "big": 500, "d": 10}, 100) == [
+        ["a", "b"],
+        ["c"],
+        ["big"],
+        ["d"],
+    ]
     assert plan_shards({"a": 1}, 100) == [["a"]]
 
 
@@ -110,7 +142,9 @@ def _run_of_preset(tmp_path: Path, preset: str, full_id: str) -> Path:
     return run
 
 
-@pytest.mark.parametrize("preset, full_id", [("gemma2-9b", "unsloth/gemma-2-9b"), ("llama3.1-8b", "unsloth/Meta-Llama-3.1-8B")])
+@pytest.mark.parametrize(
+    "preset, full_id", [("gemma2-9b", "unsloth/gemma-2-9b"), ("llama3.1-8b", "unsloth/Meta-Llama-3.1-8B")]
+)
 def test_merged16_of_a_9b_preset_is_refused_when_memory_is_short(tmp_path, monkeypatch, preset, full_id):
     """A Colab-sized machine that is short of RAM: refused with what is needed, nothing loaded or fetched."""
     from labeltune import export
@@ -123,8 +157,14 @@ def test_merged16_of_a_9b_preset_is_refused_when_memory_is_short(tmp_path, monke
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: fetched.append(a))
-    with pytest.raises(ValueError, match=r"needs \d+\.\d GiB of free RAM \(this machine has 3\.0 GiB available\)"):
-        export.main(resolve(ExportConfig, None, {"run": str(run), "format": "merged16", "output": str(tmp_path / "out")}))
+    with pytest.raises(
+        ValueError, match=r"needs \d+\.\d GiB of free RAM \(this machine has 3\.0 GiB available\)"
+    ):
+        export.main(
+            resolve(
+                ExportConfig, None, {"run": str(run), "format": "merged16", "output": str(tmp_path / "out")}
+            )
+        )
     assert not fetched and not (tmp_path / "out").exists()
 
 
@@ -140,4 +180,3 @@ def test_merged16_of_a_9b_preset_fits_a_colab_vm_and_checks_disk(tmp_path, monke
     monkeypatch.setattr(export, "free_disk", lambda path: 20 << 30)
     with pytest.raises(ValueError, match=r"GiB of free disk .*free: 20\.0 GiB"):
         export.check_merge_fits(info, "unsloth/gemma-2-9b", tmp_path / "out", "float16")
-

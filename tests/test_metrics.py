@@ -44,9 +44,24 @@ def test_classification_metrics_by_hand():
     approx = pytest.approx
     assert m["n"] == 8
     assert m["accuracy"] == approx(0.5)
-    assert m["per_class"]["1"] == {"precision": approx(0.5), "recall": approx(1 / 3), "f1": approx(0.4), "support": 3}
-    assert m["per_class"]["0"] == {"precision": approx(1 / 3), "recall": approx(0.5), "f1": approx(0.4), "support": 2}
-    assert m["per_class"]["-1"] == {"precision": approx(1.0), "recall": approx(2 / 3), "f1": approx(0.8), "support": 3}
+    assert m["per_class"]["1"] == {
+        "precision": approx(0.5),
+        "recall": approx(1 / 3),
+        "f1": approx(0.4),
+        "support": 3,
+    }
+    assert m["per_class"]["0"] == {
+        "precision": approx(1 / 3),
+        "recall": approx(0.5),
+        "f1": approx(0.4),
+        "support": 2,
+    }
+    assert m["per_class"]["-1"] == {
+        "precision": approx(1.0),
+        "recall": approx(2 / 3),
+        "f1": approx(0.8),
+        "support": 3,
+    }
     assert m["macro_precision"] == approx(11 / 18)
     assert m["macro_recall"] == approx(0.5)
     assert m["macro_f1"] == approx(1.6 / 3)
@@ -132,15 +147,24 @@ def test_spearman_undefined():
 def test_score_metrics_ignores_pairs_with_none():
     # kept pairs: (10, 20) (0, 0) (80, 60) -> MAE (10 + 0 + 20) / 3 = 10 ; same order -> rho 1
     m = score_metrics([10, None, 50, 0, 80], [20, 30, None, 0, 60])
-    assert m == {"score_n": 3, "score_mae": pytest.approx(10.0), "score_spearman": pytest.approx(1.0),
-                 "score_at_ends": pytest.approx(1 / 3)}  # the prediction 0
+    assert m == {
+        "score_n": 3,
+        "score_mae": pytest.approx(10.0),
+        "score_spearman": pytest.approx(1.0),
+        "score_at_ends": pytest.approx(1 / 3),
+    }  # the prediction 0
 
 
 def test_score_metrics_no_pairs_and_one_pair():
     none = {"score_n": 0, "score_mae": None, "score_spearman": None, "score_at_ends": None}
     assert score_metrics([None, 5], [5, None]) == none
     assert score_metrics([], []) == none
-    assert score_metrics([40, None], [70, 3]) == {"score_n": 1, "score_mae": 30.0, "score_spearman": None, "score_at_ends": 0.0}
+    assert score_metrics([40, None], [70, 3]) == {
+        "score_n": 1,
+        "score_mae": 30.0,
+        "score_spearman": None,
+        "score_at_ends": 0.0,
+    }
 
 
 # ---------------------------------------------------------------- majority baseline
@@ -169,11 +193,30 @@ def test_majority_baseline_ties_follow_task_order():
 
 def test_format_table():
     metrics = {
-        "majority_baseline": {"label": "0", "n": 70, "accuracy": 0.342857, "macro_f1": 0.17021, "malformed_rate": 0.0},
-        "base": {"n": 70, "accuracy": 0.1, "macro_f1": 0.05, "malformed_rate": 0.75, "score_mae": None,
-                 "score_spearman": None},
-        "finetuned": {"n": 70, "accuracy": 0.9, "macro_f1": 0.8888, "malformed_rate": 0.0143,
-                      "score_mae": 12.34, "score_spearman": 0.61234, "ece": 0.04567},
+        "majority_baseline": {
+            "label": "0",
+            "n": 70,
+            "accuracy": 0.342857,
+            "macro_f1": 0.17021,
+            "malformed_rate": 0.0,
+        },
+        "base": {
+            "n": 70,
+            "accuracy": 0.1,
+            "macro_f1": 0.05,
+            "malformed_rate": 0.75,
+            "score_mae": None,
+            "score_spearman": None,
+        },
+        "finetuned": {
+            "n": 70,
+            "accuracy": 0.9,
+            "macro_f1": 0.8888,
+            "malformed_rate": 0.0143,
+            "score_mae": 12.34,
+            "score_spearman": 0.61234,
+            "ece": 0.04567,
+        },
     }
     assert format_table(metrics).split("\n") == [
         "| system | n | accuracy | macro-F1 | malformed | score MAE | score Spearman | ECE |",
@@ -187,8 +230,14 @@ def test_format_table():
 def test_format_table_without_base():
     metrics = {
         "majority_baseline": {"n": 2, "accuracy": 0.5, "macro_f1": 0.25, "malformed_rate": 0.0},
-        "finetuned": {"n": 2, "accuracy": 1.0, "macro_f1": 1.0, "malformed_rate": 0.0, "score_mae": 0.0,
-                      "score_spearman": None},
+        "finetuned": {
+            "n": 2,
+            "accuracy": 1.0,
+            "macro_f1": 1.0,
+            "malformed_rate": 0.0,
+            "score_mae": 0.0,
+            "score_spearman": None,
+        },
     }
     lines = format_table(metrics).split("\n")
     assert len(lines) == 4
@@ -201,7 +250,9 @@ def test_equal_biases_never_change_the_label():
 
     from labeltune.metrics import adjust, argmax_label
 
-    probs = st.lists(st.floats(1e-6, 1.0), min_size=3, max_size=3).map(lambda v: dict(zip(["1", "0", "-1"], v)))
+    probs = st.lists(st.floats(1e-6, 1.0), min_size=3, max_size=3).map(
+        lambda v: dict(zip(["1", "0", "-1"], v))
+    )
 
     @settings(max_examples=300, deadline=None)
     @given(probs, st.floats(-5, 5), st.floats(0.2, 5))
@@ -220,14 +271,21 @@ def test_fitted_biases_recover_an_underpredicted_class():
 
     labels = ["1", "0", "-1"]
     gold = ["1"] * 10 + ["0"] * 10 + ["-1"] * 10
-    probs = ([{"1": 0.6, "0": 0.3, "-1": 0.1}] * 10 + [{"1": 0.45, "0": 0.35, "-1": 0.2}] * 10
-             + [{"1": 0.1, "0": 0.3, "-1": 0.6}] * 10)
+    probs = (
+        [{"1": 0.6, "0": 0.3, "-1": 0.1}] * 10
+        + [{"1": 0.45, "0": 0.35, "-1": 0.2}] * 10
+        + [{"1": 0.1, "0": 0.3, "-1": 0.6}] * 10
+    )
     before = classification_metrics(gold, [argmax_label(p) for p in probs], labels)
     biases = fit_label_biases(probs, gold, labels)
     after = classification_metrics(gold, [argmax_label(p, biases) for p in probs], labels)
     assert before["per_class"]["0"]["recall"] == 0 and after["per_class"]["0"]["recall"] == 1
     assert after["macro_f1"] == 1.0 and biases["1"] == 0.0 and biases["0"] > 0
-    right = [{"1": 0.8, "0": 0.1, "-1": 0.1}] * 10 + [{"1": 0.1, "0": 0.8, "-1": 0.1}] * 10 + [{"1": 0.1, "0": 0.1, "-1": 0.8}] * 10
+    right = (
+        [{"1": 0.8, "0": 0.1, "-1": 0.1}] * 10
+        + [{"1": 0.1, "0": 0.8, "-1": 0.1}] * 10
+        + [{"1": 0.1, "0": 0.1, "-1": 0.8}] * 10
+    )
     assert fit_label_biases(right, gold, labels) == {"1": 0.0, "0": 0.0, "-1": 0.0}
 
 

@@ -81,8 +81,21 @@ def test_cli_train_gemma2_fails_fast_without_download(tmp_path):
         pytest.skip("this machine has a GPU")
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-c", "from labeltune.cli import main; main()", "train", "--model", "gemma2", "--output", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+        [
+            sys.executable,
+            "-c",
+            "from labeltune.cli import main; main()",
+            "train",
+            "--model",
+            "gemma2",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
     )
     assert proc.returncode == 2
     assert "needs a CUDA GPU" in proc.stderr and "--model tiny" in proc.stderr
@@ -95,7 +108,9 @@ def test_unsloth_never_imported_on_cpu_path(tmp_path):
     CPU training still picks hf and never imports it."""
     fake = tmp_path / "site" / "unsloth"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text('raise NotImplementedError("Unsloth cannot find any torch accelerator")\n')
+    (fake / "__init__.py").write_text(
+        'raise NotImplementedError("Unsloth cannot find any torch accelerator")\n'
+    )
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path / "site")!r})
@@ -110,7 +125,9 @@ def test_unsloth_never_imported_on_cpu_path(tmp_path):
         assert json.load(open({str(tmp_path / "run" / "model.json")!r}))["backend"] == "hf"
         print("OK")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK" in proc.stdout
 
@@ -130,14 +147,25 @@ def test_gemma2_loads_with_the_attention_that_applies_its_soft_capping(tmp_path)
     from labeltune.models import build_tiny_tokenizer, load_base
 
     tokenizer = build_tiny_tokenizer(["こんにちは 世界", "テスト の 投稿"], vocab_size=300)
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
-    for name, model in (("gemma2", Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8))),
-                        ("llama", LlamaForCausalLM(LlamaConfig(**common)))):
+    for name, model in (
+        ("gemma2", Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8))),
+        ("llama", LlamaForCausalLM(LlamaConfig(**common))),
+    ):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     gemma2, _ = load_base(str(tmp_path / "gemma2"), "hf", load_in_4bit=False)
     assert gemma2.config.attn_logit_softcapping and gemma2.config._attn_implementation == "eager"
     llama, _ = load_base(str(tmp_path / "llama"), "hf", load_in_4bit=False)
-    assert llama.config._attn_implementation != "eager" or not hasattr(torch.nn.functional, "scaled_dot_product_attention")
+    assert llama.config._attn_implementation != "eager" or not hasattr(
+        torch.nn.functional, "scaled_dot_product_attention"
+    )

@@ -15,15 +15,21 @@ def test_walkthrough_notebook_executes_on_cpu(tmp_path):
 
     nb = nbformat.read(ROOT / "notebooks" / "walkthrough.ipynb", as_version=4)
     assert "colab-badge" in nb.cells[0].source
-    env = {"LABELTUNE_NB_STEPS": "80",  # a short CPU run: the format is learned by then
-           "LABELTUNE_NB_RUNS": str(tmp_path / "runs")}  # a fresh runs folder: nothing of runs/ is reused or touched
+    env = {
+        "LABELTUNE_NB_STEPS": "80",  # a short CPU run: the format is learned by then
+        "LABELTUNE_NB_RUNS": str(tmp_path / "runs"),
+    }  # a fresh runs folder: nothing of runs/ is reused or touched
     os.environ.update(env)
     try:
-        NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         for name in env:
             os.environ.pop(name, None)
-    outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    outputs = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert "MODEL=tiny" in outputs and "labelled" in outputs and "merged16" in outputs
     assert "training a new run in" in outputs and "tokenizer: the " in outputs
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -31,8 +31,11 @@ JOURNEY = ("install", "settings", "drive", "upload", "data", "loss-mask", "train
 POSTS = "本文,感情\n" + "".join(
     f"{text}{i},{lab}\n"
     for i in range(12)
-    for text, lab in (("今日のランチ最高においしかった", "positive"), ("電車が遅れて最悪だった", "negative"),
-                      ("明日は雨らしい", "neutral"))
+    for text, lab in (
+        ("今日のランチ最高においしかった", "positive"),
+        ("電車が遅れて最悪だった", "negative"),
+        ("明日は雨らしい", "neutral"),
+    )
 )
 
 
@@ -50,7 +53,11 @@ def set_var(source: str, name: str, value) -> str:
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under folder: its bytes and mtime."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def make_checkout(folder: Path) -> None:
@@ -142,9 +149,14 @@ def session(tmp_path, monkeypatch):
 
 def test_badge_and_repo_url_name_the_same_repository():
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    url = re.search(r'^REPO_URL = "https://github.com/([^/]+/[^/"]+?)(\.git)?"', cells()["install"], re.MULTILINE)
+    url = re.search(
+        r'^REPO_URL = "https://github.com/([^/]+/[^/"]+?)(\.git)?"', cells()["install"], re.MULTILINE
+    )
     assert url, "the install cell sets REPO_URL"
-    assert f"colab.research.google.com/github/{url.group(1)}/blob/main/notebooks/walkthrough.ipynb" in nb.cells[0].source
+    assert (
+        f"colab.research.google.com/github/{url.group(1)}/blob/main/notebooks/walkthrough.ipynb"
+        in nb.cells[0].source
+    )
 
 
 def test_colab_journey_upload_train_disconnect_resume_reuse(tmp_path, session, monkeypatch, capsys):
@@ -171,7 +183,12 @@ def test_colab_journey_upload_train_disconnect_resume_reuse(tmp_path, session, m
     data = drive_root / "MyDrive" / "labeltune" / "uploads" / "posts.csv"
     assert ns["DATA"] == data and data.read_text(encoding="utf-8") == POSTS
     [cfg] = interrupted.calls
-    assert (cfg["data"], cfg["text_column"], cfg["label_column"], cfg["output"]) == (str(data), "本文", "感情", str(ns["RUN"]))
+    assert (cfg["data"], cfg["text_column"], cfg["label_column"], cfg["output"]) == (
+        str(data),
+        "本文",
+        "感情",
+        str(ns["RUN"]),
+    )
     assert [e.label for e in interrupted.examples[:3]] == ["1", "-1", "0"]  # positive/negative/neutral
     assert len(interrupted.examples) == 36 and "tokenizer: the tiny model's own" in out
     assert f"set CSV_PATH = {str(data)!r}" in out
@@ -194,7 +211,9 @@ def test_colab_journey_upload_train_disconnect_resume_reuse(tmp_path, session, m
     session(fake2, {**edits, ("upload", "CSV_PATH"): str(data)})
     out = capsys.readouterr().out
     assert again.calls == [] and "is trained already: reusing it" in out
-    assert [c for c in fake2.commands if c[0] == "git"] == [["git", "clone", "-q", fake.commands[0][3], str(fake2.content / "labeltune")]]
+    assert [c for c in fake2.commands if c[0] == "git"] == [
+        ["git", "clone", "-q", fake.commands[0][3], str(fake2.content / "labeltune")]
+    ]
     assert "found there, not cloned again" in out
     assert snapshot(gdrive) == before_drive and snapshot(fake2.content / "labeltune") == before_repo
 
@@ -207,7 +226,11 @@ def test_an_existing_checkout_is_used_never_cloned_over(tmp_path, session, where
     checkout = (gdrive / "code" / "labeltune") if where == "drive" else fake.content / "labeltune"
     make_checkout(checkout)
     before = snapshot(checkout)
-    edits = {("install", "DRIVE_REPO"): str(fake.content / "drive" / "MyDrive" / "code" / "labeltune")} if where == "drive" else {}
+    edits = (
+        {("install", "DRIVE_REPO"): str(fake.content / "drive" / "MyDrive" / "code" / "labeltune")}
+        if where == "drive"
+        else {}
+    )
     for _ in range(2):  # and again: the same
         ns = session(fake, edits, tags=("install",))
         assert ns["REPO"].resolve() == checkout.resolve() and Path.cwd() == checkout.resolve()
@@ -215,7 +238,9 @@ def test_an_existing_checkout_is_used_never_cloned_over(tmp_path, session, where
     assert snapshot(checkout) == before
     assert fake.mounts == ([str(fake.content / "drive")] * 2 if where == "drive" else [])
     assert not (fake.content / "labeltune").exists() if where == "drive" else True
-    assert ("on Google Drive" if where == "drive" else "found there, not cloned again") in capsys.readouterr().out
+    assert (
+        "on Google Drive" if where == "drive" else "found there, not cloned again"
+    ) in capsys.readouterr().out
 
 
 def test_a_folder_that_is_not_a_checkout_is_left_alone(tmp_path, session):
@@ -227,7 +252,11 @@ def test_a_folder_that_is_not_a_checkout_is_left_alone(tmp_path, session):
     with pytest.raises(FileExistsError, match="not a labeltune checkout"):
         session(fake, tags=("install",))
     with pytest.raises(FileNotFoundError, match="DRIVE_REPO"):
-        session(fake, {("install", "DRIVE_REPO"): str(fake.content / "drive" / "MyDrive" / "nowhere")}, tags=("install",))
+        session(
+            fake,
+            {("install", "DRIVE_REPO"): str(fake.content / "drive" / "MyDrive" / "nowhere")},
+            tags=("install",),
+        )
     assert not [c for c in fake.commands if c[0] == "git"] and snapshot(fake.content / "labeltune") == before
 
 
@@ -242,13 +271,25 @@ def test_locally_the_checkout_sample_and_runs_folder(session, monkeypatch, capsy
 def test_a_finished_run_is_reused_never_trained_over_or_deleted(tmp_path, capsys):
     data = tmp_path / "posts.csv"
     data.write_text(POSTS, encoding="utf-8")
-    cfg = resolve(TrainConfig, None, {"model": "tiny", "data": str(data), "output": str(tmp_path / "run"),
-                                      "text_column": "本文", "label_column": "感情", "max_steps": 80})
+    cfg = resolve(
+        TrainConfig,
+        None,
+        {
+            "model": "tiny",
+            "data": str(data),
+            "output": str(tmp_path / "run"),
+            "text_column": "本文",
+            "label_column": "感情",
+            "max_steps": 80,
+        },
+    )
     FakeTrain(finish=True)(cfg)
     before = snapshot(tmp_path / "run")
     spawn = FakeTrain(finish=True)
     for changed in ({}, {"max_steps": 150}):  # other steps: noted, reused as it is
-        assert train_or_reuse(resolve(TrainConfig, None, {**to_dict(cfg), **changed}), spawn) == tmp_path / "run"
+        assert (
+            train_or_reuse(resolve(TrainConfig, None, {**to_dict(cfg), **changed}), spawn) == tmp_path / "run"
+        )
     out = capsys.readouterr().out
     assert out.count("is trained already: reusing it") == 2 and "max_steps=80" in out
     other = tmp_path / "other.csv"
@@ -266,9 +307,13 @@ def test_uploads_are_kept_never_overwritten(tmp_path):
 
     first = choose_csv("", upload(b"a,b\n"), saved, "data/sample.csv", say=lambda _: None)
     before = snapshot(saved)
-    assert choose_csv("", upload(b"a,b\n"), saved, "data/sample.csv", say=lambda _: None) == first  # the same upload
+    assert (
+        choose_csv("", upload(b"a,b\n"), saved, "data/sample.csv", say=lambda _: None) == first
+    )  # the same upload
     assert snapshot(saved) == before
-    other = choose_csv("", upload(b"c,d\n"), saved, "data/sample.csv", say=lambda _: None)  # same name, other bytes
+    other = choose_csv(
+        "", upload(b"c,d\n"), saved, "data/sample.csv", say=lambda _: None
+    )  # same name, other bytes
     assert other != first and other.read_bytes() == b"c,d\n" and first.read_bytes() == b"a,b\n"
     assert choose_csv("", dict, saved, "data/sample.csv", say=lambda _: None) == Path("data/sample.csv")
     assert choose_csv(str(first), None, saved, "data/sample.csv", say=lambda _: None) == first

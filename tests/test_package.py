@@ -25,32 +25,98 @@ def test_wheel_installed_elsewhere_lists_tasks_and_labels_a_csv(tmp_path):
     # no PYTHONPATH anywhere below: a checkout on it (with the wheel build's labeltune.egg-info) would make pip
     # take labeltune as installed already and skip the wheel
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     wheel = next((tmp_path / "dist").glob("labeltune-*.whl"))
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
-    site = Path(subprocess.run([str(env_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [
+                str(env_dir / "bin" / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # the dependencies from this environment (a .pth line), labeltune only from the wheel
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(env_dir / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     lt = [str(env_dir / "bin" / "python"), "-m", "labeltune.cli"]
-    where = subprocess.run([*lt[:1], "-c", "import labeltune; print(labeltune.__file__)"], cwd=outside, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [*lt[:1], "-c", "import labeltune; print(labeltune.__file__)"],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(site) in where and str(ROOT) not in where  # the installed copy, not the checkout
     listing = subprocess.run([*lt, "templates"], cwd=outside, env=env, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr[-2000:]
     assert "sentiment_toxicity" in listing.stdout and "alpaca_ja_sentiment_toxicity" in listing.stdout
 
-    run = train.main(resolve(TrainConfig, None, {"output": str(tmp_path / "run"), "max_steps": 2, "limit": 48}))
+    run = train.main(
+        resolve(TrainConfig, None, {"output": str(tmp_path / "run"), "max_steps": 2, "limit": 48})
+    )
     posts = outside / "posts.csv"
     posts.write_text("id,text\n1,最高の一日\n2,最悪だ\n", encoding="utf-8")
-    proc = subprocess.run([*lt, "label", "--run", str(run), "--input", "posts.csv", "--output", "out.csv", "--mode", "score",
-                           "--progress", "false"], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *lt,
+            "label",
+            "--run",
+            str(run),
+            "--input",
+            "posts.csv",
+            "--output",
+            "out.csv",
+            "--mode",
+            "score",
+            "--progress",
+            "false",
+        ],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(outside / "out.csv", encoding="utf-8")))
     assert [r["id"] for r in rows] == ["1", "2"] and all(r["ok"] == "True" for r in rows)
@@ -82,7 +148,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -96,7 +162,11 @@ def test_no_import_cycles():
 def test_engines_share_the_answer_maths_and_not_each_other():
     """labeltune.answers (log-probabilities -> answers) sits below both engines and imports neither; the vLLM
     engine does not reach into the hf engine's decoding (labeltune.decode), nor the engine registry."""
-    assert not _imports(PACKAGE / "answers.py") & {"labeltune.decode", "labeltune.vllm_engine", "labeltune.engine"}
+    assert not _imports(PACKAGE / "answers.py") & {
+        "labeltune.decode",
+        "labeltune.vllm_engine",
+        "labeltune.engine",
+    }
     assert not _imports(PACKAGE / "vllm_engine.py") & {"labeltune.decode", "labeltune.engine"}
     assert "labeltune.answers" in _imports(PACKAGE / "decode.py") & _imports(PACKAGE / "vllm_engine.py")
 
@@ -104,9 +174,11 @@ def test_engines_share_the_answer_maths_and_not_each_other():
 def test_every_engine_and_decode_mode_is_registered_once():
     """config's lists (the CLI's choices) name exactly the registered engines, the hf engine decodes every
     mode and the vLLM engine no other; importing them imports no vLLM."""
-    code = ("import sys; from labeltune import config, decode, engine, vllm_engine; "
-            "assert tuple(engine.ENGINE_CLASSES) == config.ENGINES, engine.ENGINE_CLASSES; "
-            "assert tuple(decode.DECODERS) == config.MODES, decode.DECODERS; "
-            "assert set(vllm_engine.DECODERS) <= set(config.MODES), vllm_engine.DECODERS; "
-            "assert 'vllm' not in sys.modules")
+    code = (
+        "import sys; from labeltune import config, decode, engine, vllm_engine; "
+        "assert tuple(engine.ENGINE_CLASSES) == config.ENGINES, engine.ENGINE_CLASSES; "
+        "assert tuple(decode.DECODERS) == config.MODES, decode.DECODERS; "
+        "assert set(vllm_engine.DECODERS) <= set(config.MODES), vllm_engine.DECODERS; "
+        "assert 'vllm' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

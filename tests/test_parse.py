@@ -176,8 +176,34 @@ def test_parse_is_total_on_arbitrary_text(text):
 
 # Near-misses of valid answers: the interesting part of the input space, which st.text() rarely reaches.
 _PIECES = st.sampled_from(
-    ["label : ", "score : ", "label :", "score:", "\n", "\r\n", "\r", " ", "\t", "\u3000", "-", "+", "0", "1",
-     "-1", "07", "85", "100", "101", "8.5", "八十", "ポジティブ", "ネガティブ", "x", "\u2028", "\x85"]
+    [
+        "label : ",
+        "score : ",
+        "label :",
+        "score:",
+        "\n",
+        "\r\n",
+        "\r",
+        " ",
+        "\t",
+        "\u3000",
+        "-",
+        "+",
+        "0",
+        "1",
+        "-1",
+        "07",
+        "85",
+        "100",
+        "101",
+        "8.5",
+        "八十",
+        "ポジティブ",
+        "ネガティブ",
+        "x",
+        "\u2028",
+        "\x85",
+    ]
 )
 
 

@@ -62,7 +62,6 @@ def test_training_learns_the_format(run_dir, copy_run):
     assert {"base", "finetuned", "majority_baseline"} <= set(saved)
 
 
-
 def test_evaluate_warns_when_the_result_means_little(run_dir, copy_run, capsys):
     """The tiny random-init model on 15 test rows: each system's macro-F1 gets a 95% bootstrap interval, too wide
     there to tell the model from the majority class; the warnings its numbers call for (that one, and worse than
@@ -74,18 +73,30 @@ def test_evaluate_warns_when_the_result_means_little(run_dir, copy_run, capsys):
     low, high = tuned["macro_f1_interval"]
     assert low <= tuned["macro_f1"] <= high and low <= majority["macro_f1"] <= high, (tuned, majority)
     expected = [
-        "the fine-tuned model is worse than the majority class" if tuned["macro_f1"] < majority["macro_f1"] else None,
-        "the fine-tuned model is worse than the untuned base" if tuned["macro_f1"] < base["macro_f1"] else None,
-        f"15 test rows cannot tell these apart: macro-F1 {tuned['macro_f1']:.2f} [{low:.2f}, {high:.2f}]"]
+        "the fine-tuned model is worse than the majority class"
+        if tuned["macro_f1"] < majority["macro_f1"]
+        else None,
+        "the fine-tuned model is worse than the untuned base"
+        if tuned["macro_f1"] < base["macro_f1"]
+        else None,
+        f"15 test rows cannot tell these apart: macro-F1 {tuned['macro_f1']:.2f} [{low:.2f}, {high:.2f}]",
+    ]
     expected = [e for e in expected if e]
-    printed = [line.removeprefix("labeltune: warning: ") for line in capsys.readouterr().err.splitlines()
-               if line.startswith("labeltune: warning: ")]
+    printed = [
+        line.removeprefix("labeltune: warning: ")
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("labeltune: warning: ")
+    ]
     assert len(printed) == len(expected) and all(w.startswith(e) for w, e in zip(printed, expected)), printed
     saved = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     assert saved["warnings"] == printed and saved["finetuned"]["macro_f1_interval"] == [low, high]
     report = (run_dir / "report.md").read_text(encoding="utf-8")
-    assert f"| fine-tuned | 15 | {tuned['accuracy']:.3f} | {tuned['macro_f1']:.3f} [{low:.2f}, {high:.2f}] |" in report
+    assert (
+        f"| fine-tuned | 15 | {tuned['accuracy']:.3f} | {tuned['macro_f1']:.3f} [{low:.2f}, {high:.2f}] |"
+        in report
+    )
     assert all(f"- {w}" in report for w in printed)
+
 
 def test_refuses_to_overwrite_a_trained_run(run_dir, copy_run):
     run_dir = copy_run(run_dir)  # should the refusal ever fail, the shared run is not lost
@@ -112,33 +123,81 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path, capsys):
     source = tmp_path / "posts_cp932.csv"
     posts = _write_posts(source, 12, encoding="cp932")
     out = tmp_path / "out.csv"
-    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body", "progress": False}))
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "input": str(source),
+                "output": str(out),
+                "text_column": "body",
+                "progress": False,
+            },
+        )
+    )
     raw = out.read_bytes()
     assert not raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
     assert [r["post_id"] for r in rows] == [p["post_id"] for p in posts]
     assert [r["body"] for r in rows] == [p["body"] for p in posts]
-    assert list(rows[0]) == ["post_id", "body", "note", "label", "score", "score_greedy", "ok", "reason", "truncated", "raw",
-                             "confidence", "p_positive", "p_neutral", "p_negative"]
+    assert list(rows[0]) == [
+        "post_id",
+        "body",
+        "note",
+        "label",
+        "score",
+        "score_greedy",
+        "ok",
+        "reason",
+        "truncated",
+        "raw",
+        "confidence",
+        "p_positive",
+        "p_neutral",
+        "p_negative",
+    ]
     assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
     assert sum(r["ok"] == "True" for r in rows) >= 9
     assert not out.with_name(out.name + ".partial").exists()
     assert json.loads(out.with_name(out.name + ".labeltune.json").read_text())["complete"] is True
-    said = capsys.readouterr().out  # how many of each label it wrote (a collapse shows here), and what to do next
-    counted = re.search(r"labels this session: 1 \(positive\) (\d+), 0 \(neutral\) (\d+), -1 \(negative\) (\d+)"
-                        r"(?:, no label (\d+))?", said)
+    said = (
+        capsys.readouterr().out
+    )  # how many of each label it wrote (a collapse shows here), and what to do next
+    counted = re.search(
+        r"labels this session: 1 \(positive\) (\d+), 0 \(neutral\) (\d+), -1 \(negative\) (\d+)"
+        r"(?:, no label (\d+))?",
+        said,
+    )
     assert counted, said
     for value, n in zip(("1", "0", "-1", ""), counted.groups()):
         assert int(n or 0) == sum(r["label"] == value for r in rows)
     assert f"next: read a few rows of {out}" in said and f"labeltune evaluate --run {run_dir} --data" in said
     # the same command again: already complete, nothing rewritten
     before = out.stat().st_mtime_ns
-    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"},
+        )
+    )
     assert out.stat().st_mtime_ns == before
     # other settings: a finished output is not silently replaced or appended to
     with pytest.raises(FileExistsError):
-        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body",
-                                               "mode": "score"}))
+        label.main(
+            resolve(
+                LabelConfig,
+                None,
+                {
+                    "run": str(run_dir),
+                    "input": str(source),
+                    "output": str(out),
+                    "text_column": "body",
+                    "mode": "score",
+                },
+            )
+        )
 
 
 def test_label_missing_column_writes_nothing(run_dir, tmp_path):
@@ -146,14 +205,35 @@ def test_label_missing_column_writes_nothing(run_dir, tmp_path):
     _write_posts(source, 3)
     out = tmp_path / "out.csv"
     with pytest.raises(ValueError, match=r"no column 'text'.*post_id"):
-        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out)}))
+        label.main(
+            resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out)})
+        )
     assert not out.exists() and not out.with_name(out.name + ".labeltune.json").exists()
 
 
 def _label_cmd(run_dir, source, out, *extra):
     code = "from labeltune.cli import main; main()"
-    return [sys.executable, "-c", code, "label", "--run", str(run_dir), "--input", str(source), "--output", str(out),
-            "--text-column", "body", "--chunk-size", "4", "--batch-size", "4", "--progress", "false", *extra]
+    return [
+        sys.executable,
+        "-c",
+        code,
+        "label",
+        "--run",
+        str(run_dir),
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--text-column",
+        "body",
+        "--chunk-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--progress",
+        "false",
+        *extra,
+    ]
 
 
 def test_resume_after_kill_is_byte_identical(run_dir, tmp_path):
@@ -196,10 +276,28 @@ def test_refuses_to_append_to_foreign_partial_output(run_dir, tmp_path):
     partial.write_text("a,b\n1,2\n", encoding="utf-8")
     state.write_text(json.dumps({"identity": {"input_sha256": "other"}, "rows": 1, "bytes": 8}))
     with pytest.raises(ValueError, match="refusing to append"):
-        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"}))
+        label.main(
+            resolve(
+                LabelConfig,
+                None,
+                {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body"},
+            )
+        )
     assert partial.read_text(encoding="utf-8") == "a,b\n1,2\n"
-    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out),
-                                           "text_column": "body", "overwrite": True, "progress": False}))
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "input": str(source),
+                "output": str(out),
+                "text_column": "body",
+                "overwrite": True,
+                "progress": False,
+            },
+        )
+    )
     assert len(list(csv.DictReader(open(out, encoding="utf-8", newline="")))) == 8
 
 
@@ -211,14 +309,38 @@ def test_export_adapter_and_merged_label_the_same(run_dir, tmp_path):
     _write_posts(source, 24)
     outputs = {}
     for fmt in ("adapter", "merged16"):
-        exported = export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": fmt, "output": str(tmp_path / fmt)}))
+        exported = export.main(
+            resolve(ExportConfig, None, {"run": str(run_dir), "format": fmt, "output": str(tmp_path / fmt)})
+        )
         out = tmp_path / f"labelled-{fmt}.csv"
-        label.main(resolve(LabelConfig, None, {"run": str(exported), "input": str(source), "output": str(out),
-                                               "text_column": "body", "progress": False}))
+        label.main(
+            resolve(
+                LabelConfig,
+                None,
+                {
+                    "run": str(exported),
+                    "input": str(source),
+                    "output": str(out),
+                    "text_column": "body",
+                    "progress": False,
+                },
+            )
+        )
         outputs[fmt] = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
     reference = tmp_path / "labelled-run.csv"
-    label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(reference),
-                                           "text_column": "body", "progress": False}))
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "input": str(source),
+                "output": str(reference),
+                "text_column": "body",
+                "progress": False,
+            },
+        )
+    )
     expected = [(r["label"], r["ok"]) for r in csv.DictReader(open(reference, encoding="utf-8", newline=""))]
     assert [(r["label"], r["ok"]) for r in outputs["adapter"]] == expected
     assert [(r["label"], r["ok"]) for r in outputs["merged16"]] == expected
@@ -226,12 +348,19 @@ def test_export_adapter_and_merged_label_the_same(run_dir, tmp_path):
     # a merged export is a run: evaluate works on it (no adapter to switch off: the tuned model only), on
     # labelled posts of the user's: the export carries no training data
     labelled = tmp_path / "labelled.csv"
-    labelled.write_text("".join(open(SAMPLE, encoding="utf-8").readlines()[:17]), encoding="utf-8")  # header + 16
+    labelled.write_text(
+        "".join(open(SAMPLE, encoding="utf-8").readlines()[:17]), encoding="utf-8"
+    )  # header + 16
     with pytest.raises(ValueError, match=r"no dev split .*--include-data.*--data FILE") as refused:
-        evaluate.main(resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "split": "dev", "forgetting": None}))
+        evaluate.main(
+            resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "split": "dev", "forgetting": None})
+        )
     assert "\n" not in str(refused.value)
-    metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(tmp_path / "merged16"), "data": str(labelled),
-                                                       "forgetting": None}))
+    metrics = evaluate.main(
+        resolve(
+            EvalConfig, None, {"run": str(tmp_path / "merged16"), "data": str(labelled), "forgetting": None}
+        )
+    )
     assert "finetuned" in metrics and "base" not in metrics and metrics["finetuned"]["n"] == 16
 
 
@@ -243,14 +372,21 @@ def test_exports_leave_the_training_data_out_unless_asked(run_dir, tmp_path, cap
 
     plain = export.main(resolve(ExportConfig, None, {"run": str(run_dir), "output": str(tmp_path / "plain")}))
     assert sorted(p.name for p in (plain / "data").iterdir()) == ["summary.json"]
-    assert not list(plain.rglob("*.jsonl")) or all(p.name == "train_log.jsonl" for p in plain.rglob("*.jsonl"))
+    assert not list(plain.rglob("*.jsonl")) or all(
+        p.name == "train_log.jsonl" for p in plain.rglob("*.jsonl")
+    )
     card = (plain / "README.md").read_text(encoding="utf-8")
     assert "The data itself is not part of this export" in card and "--data FILE" in card
     assert "without its training data" in capsys.readouterr().out
-    full = export.main(resolve(ExportConfig, None, {"run": str(run_dir), "output": str(tmp_path / "full"),
-                                                    "include_data": True}))
+    full = export.main(
+        resolve(
+            ExportConfig, None, {"run": str(run_dir), "output": str(tmp_path / "full"), "include_data": True}
+        )
+    )
     for split in ("train", "dev", "test"):
-        assert (full / "data" / f"{split}.jsonl").read_bytes() == (run_dir / "data" / f"{split}.jsonl").read_bytes()
+        assert (full / "data" / f"{split}.jsonl").read_bytes() == (
+            run_dir / "data" / f"{split}.jsonl"
+        ).read_bytes()
     assert "This export carries the data splits" in (full / "README.md").read_text(encoding="utf-8")
     # the majority baseline of an export's evaluation comes from the counts it keeps
     from labeltune.run import open_run
@@ -267,7 +403,11 @@ def test_export_gguf_without_gpu_says_what_to_do(run_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="merged16"):
-        export.main(resolve(ExportConfig, None, {"run": str(run_dir), "format": "gguf", "output": str(tmp_path / "g")}))
+        export.main(
+            resolve(
+                ExportConfig, None, {"run": str(run_dir), "format": "gguf", "output": str(tmp_path / "g")}
+            )
+        )
 
 
 def test_gguf_export_converts_the_merged16_weights_the_run_was_evaluated_with(run_dir, tmp_path, monkeypatch):
@@ -288,21 +428,30 @@ def test_gguf_export_converts_the_merged16_weights_the_run_was_evaluated_with(ru
     seen = {}
 
     def convert(**kwargs):
-        seen.update(kwargs, weights=files_sha256(sorted(Path(kwargs["model_directory"]).glob("*.safetensors"))))
+        seen.update(
+            kwargs, weights=files_sha256(sorted(Path(kwargs["model_directory"]).glob("*.safetensors")))
+        )
         assert not (tmp_path / "g").exists()  # not complete-looking while converting
         (Path(kwargs["gguf_directory"]) / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
 
     export.export_gguf(run_dir, tmp_path / "g", "Q4_K_M", convert=convert)
     assert seen["weights"] == reference  # the very weights `--format merged16` writes (and evaluate measured)
-    assert seen["model_dtype"] == dtype and seen["model_type"] == "llama" and seen["quantization_method"] == ["q4_k_m"]
+    assert (
+        seen["model_dtype"] == dtype
+        and seen["model_type"] == "llama"
+        and seen["quantization_method"] == ["q4_k_m"]
+    )
     assert (tmp_path / "g" / "model.Q4_K_M.gguf").is_file() and (tmp_path / "g" / "config.yaml").is_file()
     assert not (tmp_path / "g.partial").exists() and not (tmp_path / "g" / "merged16").exists()
 
     def broken(**kwargs):
         raise RuntimeError("Unsloth: GGUF conversion failed: llama.cpp could not be built\ncmake: not found")
 
-    with pytest.raises(ValueError, match=r"\(RuntimeError: Unsloth: GGUF conversion failed: llama.cpp could not be built\); "
-                                         "the merged16 export it converts is kept") as failed:
+    with pytest.raises(
+        ValueError,
+        match=r"\(RuntimeError: Unsloth: GGUF conversion failed: llama.cpp could not be built\); "
+        "the merged16 export it converts is kept",
+    ) as failed:
         export.export_gguf(run_dir, tmp_path / "h", "q8_0", convert=broken)
     assert "\n" not in str(failed.value) and not (tmp_path / "h").exists()
     assert (tmp_path / "h.partial" / "merged16" / MERGED).is_dir()
@@ -313,8 +462,8 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
     from labeltune.data import load_examples
     from labeltune.decode import predict
     from labeltune.features import Prompter
-    from labeltune.run import load_run
     from labeltune.prompts import load_template
+    from labeltune.run import load_run
     from labeltune.task import load_task
 
     cfg = load_saved(TrainConfig, run_dir / "config.yaml")
@@ -323,13 +472,20 @@ def test_decode_modes_agree_and_constrained_modes_are_always_well_formed(run_dir
     texts = [ex.text for ex in examples[:40]]
     model, tokenizer = load_run(run_dir)
     prompter = Prompter(tokenizer, load_template(cfg.template), task, cfg.max_length)
-    by_mode = {mode: predict(model, prompter, texts, batch_size=8, mode=mode) for mode in ("generate", "constrained", "score")}
+    by_mode = {
+        mode: predict(model, prompter, texts, batch_size=8, mode=mode)
+        for mode in ("generate", "constrained", "score")
+    }
     for mode in ("constrained", "score"):
         assert all(p.ok for p in by_mode[mode])
     for p in by_mode["score"]:
         assert abs(sum(p.probs.values()) - 1) < 1e-6 and p.confidence == max(p.probs.values())
         assert p.raw == task.render_answer(p.label, p.score)
-    agree = [g.label == s.label == c.label for g, s, c in zip(by_mode["generate"], by_mode["score"], by_mode["constrained"]) if g.ok]
+    agree = [
+        g.label == s.label == c.label
+        for g, s, c in zip(by_mode["generate"], by_mode["score"], by_mode["constrained"])
+        if g.ok
+    ]
     assert len(agree) >= 36 and sum(agree) / len(agree) >= 0.95
     with model.disable_adapter():  # the untuned base: well-formed by construction, not by training
         for mode in ("constrained", "score"):
@@ -340,8 +496,8 @@ def test_calibrate_then_label_applies_the_temperature(run_dir, copy_run, tmp_pat
     """calibration.json's temperature and label biases are what label applies in score mode: the
     probabilities are softmax(log p / T + b) of the uncalibrated ones, and the label their argmax."""
     from labeltune import calibrate
-    from labeltune.metrics import adjust
     from labeltune.config import CalibrateConfig
+    from labeltune.metrics import adjust
 
     run_dir = copy_run(run_dir)  # calibrate writes calibration.json into the run
 
@@ -352,15 +508,32 @@ def test_calibrate_then_label_applies_the_temperature(run_dir, copy_run, tmp_pat
     rows = {}
     for calibrated in (False, True):
         out = tmp_path / f"out-{calibrated}.csv"
-        label.main(resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out), "text_column": "body",
-                                               "mode": "score", "calibrated": calibrated, "progress": False}))
+        label.main(
+            resolve(
+                LabelConfig,
+                None,
+                {
+                    "run": str(run_dir),
+                    "input": str(source),
+                    "output": str(out),
+                    "text_column": "body",
+                    "mode": "score",
+                    "calibrated": calibrated,
+                    "progress": False,
+                },
+            )
+        )
         rows[calibrated] = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
     names = {"p_positive": "1", "p_neutral": "0", "p_negative": "-1"}
     assert set(result["biases"]) == set(names.values())
     for raw, cal in zip(rows[False], rows[True]):
         if raw["ok"] == "True":
-            expected = adjust({v: float(raw[k]) for k, v in names.items()}, result["temperature"], result["biases"])
-            assert [float(cal[k]) for k in names] == pytest.approx([expected[v] for v in names.values()], abs=1e-3)
+            expected = adjust(
+                {v: float(raw[k]) for k, v in names.items()}, result["temperature"], result["biases"]
+            )
+            assert [float(cal[k]) for k in names] == pytest.approx(
+                [expected[v] for v in names.values()], abs=1e-3
+            )
             assert float(cal["confidence"]) == pytest.approx(max(float(cal[k]) for k in names), abs=1e-4)
             assert cal["label"] == max(expected, key=expected.get)
     (run_dir / "calibration.json").unlink()  # leave the shared run as the other tests expect it
@@ -372,8 +545,8 @@ def test_merged_adapter_labels_like_the_adapter_and_still_disables(run_dir):
     from labeltune.config import TrainConfig, load_saved
     from labeltune.decode import predict
     from labeltune.features import Prompter
-    from labeltune.run import load_run
     from labeltune.prompts import load_template
+    from labeltune.run import load_run
     from labeltune.task import load_task
 
     cfg = load_saved(TrainConfig, run_dir / "config.yaml")

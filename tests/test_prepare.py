@@ -17,7 +17,17 @@ JTOX = ROOT.parent / "shared" / "data" / "japanese-toxic-dataset"
 WRIME_COLUMNS = ["Sentence", "UserID", "Datetime", "Train/Dev/Test"] + [
     f"{who}_{what}"
     for who in ("Writer", "Reader1", "Reader2", "Reader3", "Avg. Readers")
-    for what in ("Joy", "Sadness", "Anticipation", "Surprise", "Anger", "Fear", "Disgust", "Trust", "Sentiment")
+    for what in (
+        "Joy",
+        "Sadness",
+        "Anticipation",
+        "Surprise",
+        "Anger",
+        "Fear",
+        "Disgust",
+        "Trust",
+        "Sentiment",
+    )
 ]
 
 
@@ -29,9 +39,17 @@ def test_japanese_toxic_real_file(tmp_path):
     if not (JTOX / "data" / "subset.csv").is_file():
         pytest.skip(f"{JTOX} is absent (../shared/data not beside this checkout)")
     card = _prepare(tmp_path, source="japanese-toxic", path=str(JTOX))
-    assert card["input_rows"] == 437 == sum(card["kept_rows"].values()) + len(card["dropped_rows"]) + sum(
-        d["action"] == "removed from train" for d in card["duplicates"])
-    rows = {name: [json.loads(line) for line in open(tmp_path / "out" / f"{name}.jsonl", encoding="utf-8")] for name in ("train", "dev", "test")}
+    assert (
+        card["input_rows"]
+        == 437
+        == sum(card["kept_rows"].values())
+        + len(card["dropped_rows"])
+        + sum(d["action"] == "removed from train" for d in card["duplicates"])
+    )
+    rows = {
+        name: [json.loads(line) for line in open(tmp_path / "out" / f"{name}.jsonl", encoding="utf-8")]
+        for name in ("train", "dev", "test")
+    }
     for r in rows["train"] + rows["dev"] + rows["test"]:
         nt, hs, t, vt = r["votes"]
         n = r["annotation_num"]
@@ -40,7 +58,9 @@ def test_japanese_toxic_real_file(tmp_path):
         assert any(k.startswith("category_") for k in r)
     keys = [{normalize_text(r["text"]) for r in rows[name]} for name in ("train", "dev", "test")]
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2])
-    assert (tmp_path / "out" / "README.md").read_text(encoding="utf-8").startswith("# Data card: japanese-toxic")
+    assert (
+        (tmp_path / "out" / "README.md").read_text(encoding="utf-8").startswith("# Data card: japanese-toxic")
+    )
 
 
 def test_japanese_toxic_bad_rows_are_dropped_with_reasons(tmp_path):
@@ -60,8 +80,10 @@ def test_japanese_toxic_bad_rows_are_dropped_with_reasons(tmp_path):
 
 def test_card_carries_the_licence_and_rules_of_its_own_source(tmp_path):
     src = tmp_path / "subset.csv"
-    src.write_text("id,text,Not Toxic,Hard to Say,Toxic,Very Toxic,annotation_num\n1,普通の投稿,3,0,0,0,3\n",
-                   encoding="utf-8")
+    src.write_text(
+        "id,text,Not Toxic,Hard to Say,Toxic,Very Toxic,annotation_num\n1,普通の投稿,3,0,0,0,3\n",
+        encoding="utf-8",
+    )
     card = _prepare(tmp_path, source="japanese-toxic", path=str(src), split="1,0,0")
     source = sources.SOURCES["japanese-toxic"]
     assert card["licence"] == source.licence and card["rules"] == source.rules
@@ -80,15 +102,32 @@ def _wrime(path: Path, rows):
         writer.writerow(WRIME_COLUMNS)
         for text, split, writer_s, readers_s in rows:
             values = {c: 0 for c in WRIME_COLUMNS}
-            values.update({"Sentence": text, "UserID": 1, "Datetime": "2018/07/31 23:48", "Train/Dev/Test": split,
-                           "Writer_Sentiment": writer_s, "Avg. Readers_Sentiment": readers_s})
+            values.update(
+                {
+                    "Sentence": text,
+                    "UserID": 1,
+                    "Datetime": "2018/07/31 23:48",
+                    "Train/Dev/Test": split,
+                    "Writer_Sentiment": writer_s,
+                    "Avg. Readers_Sentiment": readers_s,
+                }
+            )
             writer.writerow([values[c] for c in WRIME_COLUMNS])
 
 
 def test_wrime_fixture_in_the_real_layout(tmp_path):
     src = tmp_path / "wrime-ver2.tsv"
-    _wrime(src, [("楽しかった", "train", 2, 1.3), ("つらい", "train", -1, -0.7), ("普通", "dev", 0, 0.0),
-                 ("微妙", "test", 1, -0.3), ("", "train", 0, 0), ("謎", "valid", 0, 0)])
+    _wrime(
+        src,
+        [
+            ("楽しかった", "train", 2, 1.3),
+            ("つらい", "train", -1, -0.7),
+            ("普通", "dev", 0, 0.0),
+            ("微妙", "test", 1, -0.3),
+            ("", "train", 0, 0),
+            ("謎", "valid", 0, 0),
+        ],
+    )
     card = _prepare(tmp_path, source="wrime", path=str(src))
     assert card["kept_rows"] == {"train": 2, "dev": 1, "test": 1}
     assert card["dropped"] == {"empty_text": 1, "unknown_split": 1}
@@ -100,9 +139,19 @@ def test_wrime_fixture_in_the_real_layout(tmp_path):
 
 def test_annotated_csv_scores_from_flags(tmp_path):
     src = tmp_path / "crawl.csv"
-    src.write_text("body,pol,f1,f2,f3\n死ね,-1,3,3,2\n雨でつらい,negative,0,0,0\nいいね,1,1,0,0\n,0,0,0,0\n謎,2,0,0,0\n", encoding="utf-8")
-    card = _prepare(tmp_path, source="annotated-csv", path=str(src), text_column="body", label_column="pol",
-                    flag_columns="f1,f2,f3", split="1,0,0")
+    src.write_text(
+        "body,pol,f1,f2,f3\n死ね,-1,3,3,2\n雨でつらい,negative,0,0,0\nいいね,1,1,0,0\n,0,0,0,0\n謎,2,0,0,0\n",
+        encoding="utf-8",
+    )
+    card = _prepare(
+        tmp_path,
+        source="annotated-csv",
+        path=str(src),
+        text_column="body",
+        label_column="pol",
+        flag_columns="f1,f2,f3",
+        split="1,0,0",
+    )
     train = {r["text"]: r for r in map(json.loads, open(tmp_path / "out" / "train.jsonl", encoding="utf-8"))}
     assert train["死ね"]["score"] == round(100 * 8 / 9) and train["雨でつらい"]["score"] == 0
     assert train["いいね"]["score"] == 0  # positive: no score whatever the flags
@@ -154,7 +203,10 @@ def test_duplicates_within_train_removed_within_test_reported():
     test = [Example("テストの文", "0"), Example("テストの文", "0")]
     splits, report = prepare.deduplicate({"train": train, "dev": [], "test": test})
     assert [ex.text for ex in splits["train"]] == ["同じ文です", "別の文"] and len(splits["test"]) == 2
-    assert {(r["kind"], r["action"]) for r in report} == {("within_train", "removed from train"), ("within_test", "reported")}
+    assert {(r["kind"], r["action"]) for r in report} == {
+        ("within_train", "removed from train"),
+        ("within_test", "reported"),
+    }
 
 
 def test_livedoor_subset_real_corpus(tmp_path):
@@ -163,8 +215,16 @@ def test_livedoor_subset_real_corpus(tmp_path):
         pytest.skip(f"{corpus} is absent")
     card = _prepare(tmp_path, source="livedoor", path=str(corpus), per_label=6)
     assert card["input_rows"] == 54 and set(card["labels"]["train"]) == {
-        "dokujo-tsushin", "it-life-hack", "kaden-channel", "livedoor-homme", "movie-enter", "peachy", "smax",
-        "sports-watch", "topic-news"}
+        "dokujo-tsushin",
+        "it-life-hack",
+        "kaden-channel",
+        "livedoor-homme",
+        "movie-enter",
+        "peachy",
+        "smax",
+        "sports-watch",
+        "topic-news",
+    }
     first = json.loads(open(tmp_path / "out" / "train.jsonl", encoding="utf-8").readline())
     assert first["text"].split("\n", 1)[0] == first["title"] and first["url"].startswith("http")
 
@@ -174,14 +234,25 @@ def test_train_and_dev_per_label_cap_those_splits_only_and_say_so(tmp_path, caps
     if not (corpus / "text").is_dir():
         pytest.skip(f"{corpus} is absent")
     full = _prepare(tmp_path / "full", source="livedoor", path=str(corpus), per_label=20)
-    capped = _prepare(tmp_path / "capped", source="livedoor", path=str(corpus), per_label=20, train_per_label=3,
-                      dev_per_label=1)
+    capped = _prepare(
+        tmp_path / "capped",
+        source="livedoor",
+        path=str(corpus),
+        per_label=20,
+        train_per_label=3,
+        dev_per_label=1,
+    )
     assert capped["labels"]["test"] == full["labels"]["test"] and set(capped["labels"]["dev"].values()) == {1}
     assert set(capped["labels"]["train"].values()) == {3} and len(capped["labels"]["train"]) == 9
     removed = 3 * 9 - full["kept_rows"]["train"]
     assert capped["train_rows_changed_by_balance"] == removed and capped["train_per_label"] == 3
-    assert f"train {removed:+d} rows by --train-per-label 3, dev {9 - full['kept_rows']['dev']:+d} rows by --dev-per-label 1" in capsys.readouterr().out
-    read = lambda d: [json.loads(line) for line in open(tmp_path / d / "out" / "train.jsonl", encoding="utf-8")]
+    assert (
+        f"train {removed:+d} rows by --train-per-label 3, dev {9 - full['kept_rows']['dev']:+d} rows by --dev-per-label 1"
+        in capsys.readouterr().out
+    )
+    read = lambda d: [
+        json.loads(line) for line in open(tmp_path / d / "out" / "train.jsonl", encoding="utf-8")
+    ]
     full_ids = [r["url"] for r in read("full")]
     kept = [r["url"] for r in read("capped")]
     assert kept == [u for u in full_ids if u in set(kept)]  # a subset of the full train split, in its order
@@ -190,10 +261,8 @@ def test_train_and_dev_per_label_cap_those_splits_only_and_say_so(tmp_path, caps
 def test_livedoor_long_articles_cut_by_tokens_keep_the_answer_header():
     from labeltune.features import Prompter
     from labeltune.models import build_tiny_tokenizer
-    from labeltune.prompts import load_template
+    from labeltune.prompts import load_template, render_prompt
     from labeltune.task import load_task
-
-    from labeltune.prompts import render_prompt
 
     task = load_task("livedoor_category")
     template = load_template(task.default_template)
@@ -215,8 +284,19 @@ def test_train_and_evaluate_on_a_livedoor_subset(tmp_path):
 
     _prepare(tmp_path, source="livedoor", path=str(corpus), per_label=30)
     run = tmp_path / "run"
-    train.main(resolve(TrainConfig, None, {"data": str(tmp_path / "out"), "output": str(run), "task": "livedoor_category",
-                                           "max_length": 256, "epochs": 5}))
+    train.main(
+        resolve(
+            TrainConfig,
+            None,
+            {
+                "data": str(tmp_path / "out"),
+                "output": str(run),
+                "task": "livedoor_category",
+                "max_length": 256,
+                "epochs": 5,
+            },
+        )
+    )
     metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run), "mode": "score"}))
     assert metrics["finetuned"]["malformed_rate"] == 0.0
     assert metrics["finetuned"]["accuracy"] > metrics["majority_baseline"]["accuracy"]
@@ -226,7 +306,9 @@ def test_download_checks_the_checksum_and_fails_clearly(tmp_path):
     src = JTOX / "data" / "subset.csv"
     if not src.is_file():
         pytest.skip(f"{JTOX} is absent")
-    target = prepare.download("japanese-toxic", tmp_path / "jtox", url=src.resolve().as_uri())  # the real code, a local URL
+    target = prepare.download(
+        "japanese-toxic", tmp_path / "jtox", url=src.resolve().as_uri()
+    )  # the real code, a local URL
     assert target.read_bytes() == src.read_bytes()
     bad = tmp_path / "bad.csv"
     bad.write_text("id,text\n", encoding="utf-8")

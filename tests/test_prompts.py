@@ -161,12 +161,32 @@ def test_task_alias_naming_two_labels(tmp_path):
 @pytest.mark.parametrize(
     "raw,value",
     [
-        ("1", "1"), ("0", "0"), ("-1", "-1"),
-        ("ネガティブ", "-1"), ("ポジティブ", "1"), ("中立", "0"), ("ニュートラル", "0"),
-        ("-1.0", "-1"), ("1.0", "1"), ("0.0", "0"), ("+1", "1"),
-        ("positive", "1"), ("Positive", "1"), ("NEGATIVE", "-1"), ("neu", "0"), ("  neg \n", "-1"),
-        (1, "1"), (-1, "-1"), (-1.0, "-1"), (0.0, "0"),
-        ("2", None), ("", None), ("1.5", None), ("-", None), (None, None), ("マイナス", None),
+        ("1", "1"),
+        ("0", "0"),
+        ("-1", "-1"),
+        ("ネガティブ", "-1"),
+        ("ポジティブ", "1"),
+        ("中立", "0"),
+        ("ニュートラル", "0"),
+        ("-1.0", "-1"),
+        ("1.0", "1"),
+        ("0.0", "0"),
+        ("+1", "1"),
+        ("positive", "1"),
+        ("Positive", "1"),
+        ("NEGATIVE", "-1"),
+        ("neu", "0"),
+        ("  neg \n", "-1"),
+        (1, "1"),
+        (-1, "-1"),
+        (-1.0, "-1"),
+        (0.0, "0"),
+        ("2", None),
+        ("", None),
+        ("1.5", None),
+        ("-", None),
+        (None, None),
+        ("マイナス", None),
     ],
 )
 def test_normalize_label_sentiment_toxicity(raw, value):
@@ -175,8 +195,16 @@ def test_normalize_label_sentiment_toxicity(raw, value):
 
 @pytest.mark.parametrize(
     "raw,value",
-    [("ポジティブ", "ポジティブ"), ("1", "ポジティブ"), ("1.0", "ポジティブ"), ("pos", "ポジティブ"),
-     ("-1", "ネガティブ"), ("-1.0", "ネガティブ"), ("negative", "ネガティブ"), ("0", None)],
+    [
+        ("ポジティブ", "ポジティブ"),
+        ("1", "ポジティブ"),
+        ("1.0", "ポジティブ"),
+        ("pos", "ポジティブ"),
+        ("-1", "ネガティブ"),
+        ("-1.0", "ネガティブ"),
+        ("negative", "ネガティブ"),
+        ("0", None),
+    ],
 )
 def test_normalize_label_posneg(raw, value):
     assert PN.normalize_label(raw) == value

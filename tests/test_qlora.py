@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -39,16 +39,20 @@ def _skip_without_4bit_cpu():
         pytest.skip(f"4-bit on CPU: {why}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _real_tokenizer(family: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(TOKENIZERS / family, local_files_only=True)  # Gemma 2's: ~4 s to load
+    return AutoTokenizer.from_pretrained(
+        TOKENIZERS / family, local_files_only=True
+    )  # Gemma 2's: ~4 s to load
 
 
 def _tokenizer(family: str):
     if not (TOKENIZERS / family / "tokenizer.json").is_file():
-        pytest.skip(f"real tokenizer not found at {TOKENIZERS / family} (../shared/tokenizers is absent on this machine)")
+        pytest.skip(
+            f"real tokenizer not found at {TOKENIZERS / family} (../shared/tokenizers is absent on this machine)"
+        )
     return _real_tokenizer(family)
 
 
@@ -57,23 +61,49 @@ def build_shaped(family: str, out: Path) -> Path:
     import torch
 
     tokenizer = _tokenizer(family)
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=None, initializer_range=INIT)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        initializer_range=INIT,
+    )
     if family == "llama3.1":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        config = LlamaConfig(**common, max_position_embeddings=131072, tie_word_embeddings=False, rope_theta=500000.0,
-                             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+        config = LlamaConfig(
+            **common,
+            max_position_embeddings=131072,
+            tie_word_embeddings=False,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )
         cls = LlamaForCausalLM
     else:
         from transformers import Gemma2Config, Gemma2ForCausalLM
 
         # a sliding window shorter than the prompts, so the local-attention layers really slide
-        config = Gemma2Config(**common, head_dim=16, max_position_embeddings=4096, sliding_window=32,
-                              query_pre_attn_scalar=16, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
-                              tie_word_embeddings=True)
+        config = Gemma2Config(
+            **common,
+            head_dim=16,
+            max_position_embeddings=4096,
+            sliding_window=32,
+            query_pre_attn_scalar=16,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            tie_word_embeddings=True,
+        )
         cls = Gemma2ForCausalLM
     torch.manual_seed(0)
     model = cls(config)
@@ -97,8 +127,21 @@ def _cli(*argv: str) -> None:
 
 
 def _label(run: Path, posts: Path, out: Path, mode: str) -> list[dict]:
-    _cli("label", "--run", str(run), "--input", str(posts), "--output", str(out), "--mode", mode, "--progress", "false",
-         "--batch-size", "8")
+    _cli(
+        "label",
+        "--run",
+        str(run),
+        "--input",
+        str(posts),
+        "--output",
+        str(out),
+        "--mode",
+        mode,
+        "--progress",
+        "false",
+        "--batch-size",
+        "8",
+    )
     with open(out, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -128,9 +171,31 @@ def qlora_run(request, tmp_path_factory):
     data = _data(tmp / "posts.csv", 60)
     run = tmp / "run"
     # a few steps: the vocabularies make every step cost seconds on 2 cores; what is checked is the path
-    _cli("train", "--model", str(base), "--load-in-4bit", "true", "--data", str(data), "--output", str(run),
-         "--split", "0.6,0.2,0.2", "--max-steps", "3", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-3",
-         "--max-length", "384", "--logging-steps", "1")
+    _cli(
+        "train",
+        "--model",
+        str(base),
+        "--load-in-4bit",
+        "true",
+        "--data",
+        str(data),
+        "--output",
+        str(run),
+        "--split",
+        "0.6,0.2,0.2",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "384",
+        "--logging-steps",
+        "1",
+    )
     return family, run, data
 
 
@@ -146,7 +211,9 @@ def test_qlora_run_trains_labels_calibrates_evaluates_and_exports(qlora_run, tmp
     assert info["load_in_4bit"] is True and info["precision"] == "fp32", info
     model, prompter = open_run(run).load()
     quantized = [m for m in model.modules() if isinstance(m, Linear4bit)]
-    assert len(quantized) == 2 * 7, f"{family}: every projection of both layers is 4-bit, got {len(quantized)}"
+    assert len(quantized) == 2 * 7, (
+        f"{family}: every projection of both layers is 4-bit, got {len(quantized)}"
+    )
     del model, prompter
 
     _cli("calibrate", "--run", str(run))
@@ -162,7 +229,11 @@ def test_qlora_run_trains_labels_calibrates_evaluates_and_exports(qlora_run, tmp
     for mode, rows in labelled.items():
         assert len(rows) == 24, mode
         if mode != "generate":
-            assert all(r["ok"] == "True" for r in rows), (family, mode, [r for r in rows if r["ok"] != "True"][:3])
+            assert all(r["ok"] == "True" for r in rows), (
+                family,
+                mode,
+                [r for r in rows if r["ok"] != "True"][:3],
+            )
     # a second load of the same run (a new process would do the same) gives the same answers
     for mode in ("constrained", "score"):
         again = _label(run, posts, tmp_path / f"{mode}-again.csv", mode)
@@ -179,8 +250,15 @@ def test_qlora_run_trains_labels_calibrates_evaluates_and_exports(qlora_run, tmp
         if mode != "score":
             continue
         # the same label probabilities, up to fp16 storage and bitsandbytes' bf16 CPU kernel
-        drift = max(abs(float(a[c]) - float(b[c])) for a, b in zip(rows, labelled[mode]) for c in a if c.startswith("p_"))
-        assert drift < 0.02, f"{family} {mode}: label probabilities of merged16 and the 4-bit run differ by {drift:.4f}"
+        drift = max(
+            abs(float(a[c]) - float(b[c]))
+            for a, b in zip(rows, labelled[mode])
+            for c in a
+            if c.startswith("p_")
+        )
+        assert drift < 0.02, (
+            f"{family} {mode}: label probabilities of merged16 and the 4-bit run differ by {drift:.4f}"
+        )
 
 
 # ---------------------------------------------------------------- the merge starts from the NF4 weights
@@ -207,7 +285,9 @@ def test_nf4_round_trip_is_what_the_4bit_load_computes_with(tmp_path):
     weights = load_file(str(base / "model.safetensors"))
     nf4 = Nf4(names, "float32")
     for name, param in loaded.items():
-        assert torch.equal(nf4_round_trip(weights[name], nf4), dequantize_4bit(param.data, param.quant_state)), name
+        assert torch.equal(
+            nf4_round_trip(weights[name], nf4), dequantize_4bit(param.data, param.quant_state)
+        ), name
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -236,12 +316,25 @@ def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_
     quantized.save_pretrained(prequantized)
     tokenizer.save_pretrained(prequantized)
     assert json.loads((prequantized / "config.json").read_text())["quantization_config"]["load_in_4bit"]
-    monkeypatch.setenv("LABELTUNE_TRUSTED_BASES", str(prequantized))  # a local base trained on elsewhere: named
+    monkeypatch.setenv(
+        "LABELTUNE_TRUSTED_BASES", str(prequantized)
+    )  # a local base trained on elsewhere: named
 
     torch.manual_seed(1)
-    config = LoraConfig(r=16, lora_alpha=16, target_modules=list(LLAMA_TARGETS), lora_dropout=0.0, bias="none",
-                        task_type="CAUSAL_LM", layers_to_transform=None, layers_pattern=None, init_lora_weights=True,
-                        loftq_config={}, use_rslora=False, modules_to_save=None)
+    config = LoraConfig(
+        r=16,
+        lora_alpha=16,
+        target_modules=list(LLAMA_TARGETS),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        layers_to_transform=None,
+        layers_pattern=None,
+        init_lora_weights=True,
+        loftq_config={},
+        use_rslora=False,
+        modules_to_save=None,
+    )
     peft_model = get_peft_model(quantized, config)
     with torch.no_grad():  # a trained adapter: B is no longer zero
         for name, param in peft_model.named_parameters():
@@ -251,17 +344,44 @@ def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_
     peft_model.save_pretrained(run / "adapter", safe_serialization=True)
     tokenizer.save_pretrained(run / "adapter")
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = "unsloth/gemma-2-9b-bnb-4bit"  # what Unsloth records: a hub id
+    adapter_config["base_model_name_or_path"] = (
+        "unsloth/gemma-2-9b-bnb-4bit"  # what Unsloth records: a hub id
+    )
     (run / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config))
     assert sorted(p.name for p in (run / "adapter").iterdir() if p.name.startswith("adapter")) == [
-        "adapter_config.json", "adapter_model.safetensors"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     data = _data(tmp_path / "posts.csv", 40)
     (run / "data").mkdir()
     task = load_task("sentiment_toxicity")
-    save(resolve(TrainConfig, None, {"model": str(prequantized), "backend": "unsloth", "max_length": 384, "data": str(data),
-                                     "output": str(run), "template": task.default_template}), run / "config.yaml")
-    (run / "model.json").write_text(json.dumps({"base": str(prequantized), "full_id": None, "backend": "unsloth",
-                                                "load_in_4bit": True, "precision": "fp16", "max_length": 384}))
+    save(
+        resolve(
+            TrainConfig,
+            None,
+            {
+                "model": str(prequantized),
+                "backend": "unsloth",
+                "max_length": 384,
+                "data": str(data),
+                "output": str(run),
+                "template": task.default_template,
+            },
+        ),
+        run / "config.yaml",
+    )
+    (run / "model.json").write_text(
+        json.dumps(
+            {
+                "base": str(prequantized),
+                "full_id": None,
+                "backend": "unsloth",
+                "load_in_4bit": True,
+                "precision": "fp16",
+                "max_length": 384,
+            }
+        )
+    )
 
     with open(data, encoding="utf-8") as f:
         texts = [r["text"] for r in csv.DictReader(f)][:12]
@@ -279,8 +399,12 @@ def test_unsloth_layout_run_on_a_prequantised_base_loads_and_merges(family, tmp_
         assert [p.label for p in merged_predictions] == [p.label for p in by_mode[mode]], (family, mode)
         if mode != "score":
             continue
-        drift = max(abs(a.probs[k] - b.probs[k]) for a, b in zip(merged_predictions, by_mode[mode]) for k in a.probs)
-        assert drift < 0.02, f"{family} {mode}: label probabilities of merged16 and the adapter differ by {drift:.4f}"
+        drift = max(
+            abs(a.probs[k] - b.probs[k]) for a, b in zip(merged_predictions, by_mode[mode]) for k in a.probs
+        )
+        assert drift < 0.02, (
+            f"{family} {mode}: label probabilities of merged16 and the adapter differ by {drift:.4f}"
+        )
 
 
 def test_4bit_on_request_is_refused_where_bitsandbytes_cannot(monkeypatch):
@@ -291,8 +415,12 @@ def test_4bit_on_request_is_refused_where_bitsandbytes_cannot(monkeypatch):
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: "0.45.0" if name == "bitsandbytes" else real(name))
-    with pytest.raises(ValueError, match=r"\(--load-in-4bit true\): bitsandbytes 0.45.0 cannot run 4-bit on CPU"):
+    with pytest.raises(
+        ValueError, match=r"\(--load-in-4bit true\): bitsandbytes 0.45.0 cannot run 4-bit on CPU"
+    ):
         models.select_4bit(True, False, presets.resolve_preset("tiny"))
     assert models.select_4bit(None, False, presets.resolve_preset("llama3.1")) is False  # auto: not on CPU
     assert models.select_4bit(None, True, presets.resolve_preset("llama3.1")) is True  # auto on a GPU
-    assert models.select_4bit(None, True, presets.resolve_preset("tiny")) is False  # built here in full precision
+    assert (
+        models.select_4bit(None, True, presets.resolve_preset("tiny")) is False
+    )  # built here in full precision

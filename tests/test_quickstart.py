@@ -42,8 +42,13 @@ def test_readme_quickstart_runs_verbatim_on_a_csv_with_its_own_columns(tmp_path)
     for command in commands[1:]:
         argv = shlex.split(command)
         assert argv[0] == "labeltune", command
-        done = subprocess.run([sys.executable, "-m", "labeltune.cli", *argv[1:]], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "labeltune.cli", *argv[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
 
     run = tmp_path / "runs" / "mine"

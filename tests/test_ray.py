@@ -40,8 +40,27 @@ def _posts(path: Path, n: int) -> None:
 
 
 def _label(run_dir, source, out, *extra):
-    return [sys.executable, "-m", "labeltune.cli", "label", "--run", str(run_dir), "--input", str(source), "--output",
-            str(out), "--text-column", "body", "--chunk-size", "16", "--batch-size", "8", "--progress", "false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "labeltune.cli",
+        "label",
+        "--run",
+        str(run_dir),
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--text-column",
+        "body",
+        "--chunk-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--progress",
+        "false",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("mode", ["score", "generate"])
@@ -50,8 +69,13 @@ def test_ray_with_two_replicas_writes_the_single_process_file(run_dir, tmp_path,
     _posts(source, 150)
     single, ray_out = tmp_path / "single.csv", tmp_path / "ray.csv"
     subprocess.run(_label(run_dir, source, single, "--mode", mode), check=True, cwd=ROOT, timeout=600)
-    done = subprocess.run(_label(run_dir, source, ray_out, "--mode", mode, "--ray", "local", "--replicas", "2"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _label(run_dir, source, ray_out, "--mode", mode, "--ray", "local", "--replicas", "2"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "labelled 150 rows" in done.stdout
     assert ray_out.read_bytes() == single.read_bytes()
@@ -64,7 +88,9 @@ def test_ray_job_killed_and_run_again_ends_with_the_same_bytes(run_dir, tmp_path
     subprocess.run(_label(run_dir, source, reference, "--mode", "score"), check=True, cwd=ROOT, timeout=600)
     argv = _label(run_dir, source, resumed, "--mode", "score", "--ray", "local", "--replicas", "2")
     state = resumed.with_name(resumed.name + ".labeltune.json")
-    proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill -9 once some chunks are on disk
         try:
@@ -106,26 +132,62 @@ def test_ray_against_a_running_cluster_address(run_dir, tmp_path):
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     with_token = {**os.environ, **token}
     without = {k: v for k, v in os.environ.items() if k not in token}
-    started = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
-                              "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=300, env=with_token)
+    started = subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=with_token,
+    )
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         # `auto`: the cluster this machine belongs to, as on a head node
-        done = subprocess.run(_label(run_dir, source, joined, "--mode", "score", "--ray", "auto", "--replicas", "2"),
-                              cwd=ROOT, capture_output=True, text=True, timeout=600, env=with_token)
+        done = subprocess.run(
+            _label(run_dir, source, joined, "--mode", "score", "--ray", "auto", "--replicas", "2"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=with_token,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         # its address, as from another machine of the cluster's network
         address = ["--mode", "score", "--ray", f"127.0.0.1:{port}", "--replicas", "2"]
-        done = subprocess.run(_label(run_dir, source, addressed, *address), cwd=ROOT, capture_output=True, text=True,
-                              timeout=600, env=with_token)
+        done = subprocess.run(
+            _label(run_dir, source, addressed, *address),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=with_token,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        refused = subprocess.run(_label(run_dir, source, tmp_path / "refused.csv", *address), cwd=ROOT,
-                                 capture_output=True, text=True, timeout=600, env=without)
+        refused = subprocess.run(
+            _label(run_dir, source, tmp_path / "refused.csv", *address),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=without,
+        )
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=300)
     assert joined.read_bytes() == single.read_bytes()
     assert addressed.read_bytes() == single.read_bytes()
     assert refused.returncode == 2
     said = [line for line in refused.stderr.splitlines() if line.startswith("labeltune: error:")]
-    assert len(said) == 1 and "RAY_AUTH_MODE=token" in said[0] and f"127.0.0.1:{port}" in said[0], refused.stderr[-2000:]
+    assert len(said) == 1 and "RAY_AUTH_MODE=token" in said[0] and f"127.0.0.1:{port}" in said[0], (
+        refused.stderr[-2000:]
+    )
     assert not (tmp_path / "refused.csv").exists()

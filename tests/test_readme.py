@@ -23,7 +23,10 @@ def _verb_flags() -> dict[str, set[str]]:
 def test_readme_flags_exist():
     flags = _verb_flags()
     for name, text in {"README.md": README, **DOCS}.items():
-        used = re.findall(r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates)\b([^\n`|]*)", text)
+        used = re.findall(
+            r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates)\b([^\n`|]*)",
+            text,
+        )
         assert len(used) >= 4 or name != "README.md"
         for verb, rest in used:
             for flag in re.findall(r"(--[a-z][a-z0-9-]*)", rest):
@@ -58,8 +61,14 @@ def test_cli_reference_is_generated_from_the_real_help():
 
     env = {k: v for k, v in os.environ.items() if k != "LABELTUNE_MODEL"}
     code = "import runpy, sys; sys.stdout.write(runpy.run_path(sys.argv[1])['reference']())"
-    generated = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts" / "cli_reference.py")], env=env,
-                               capture_output=True, text=True, encoding="utf-8", check=True).stdout
+    generated = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "scripts" / "cli_reference.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=True,
+    ).stdout
     assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == generated, (
         "docs/cli.md is stale: run python scripts/cli_reference.py"
     )

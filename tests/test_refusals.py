@@ -17,8 +17,14 @@ SAMPLE = ROOT / "data" / "sample.csv"
 
 
 def cli(*argv, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labeltune.cli", *map(str, argv)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -55,7 +61,10 @@ def test_output_that_is_the_input_is_refused_before_anything_is_written(run, tmp
     (tmp_path / "sub").mkdir()
     os.symlink(posts, tmp_path / "link.csv")
     for output in (posts, tmp_path / "sub" / ".." / "posts.csv", tmp_path / "link.csv"):
-        refused(cli("label", "--run", run, "--input", posts, "--output", output, "--overwrite"), "is the input file")
+        refused(
+            cli("label", "--run", run, "--input", posts, "--output", output, "--overwrite"),
+            "is the input file",
+        )
     assert posts.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "posts.csv", "sub"]
 
@@ -66,8 +75,14 @@ def test_train_never_writes_into_a_folder_of_the_users(tmp_path):
     (project / "data").mkdir(parents=True)
     (project / "config.yaml").write_text("mine: true\n")
     (project / "data" / "train.jsonl").write_text("my data\n")
-    refused(cli("train", "--output", project, "--max-steps", "1"), "already holds files that train did not write", "config.yaml")
-    assert (project / "config.yaml").read_text() == "mine: true\n" and (project / "data" / "train.jsonl").read_text() == "my data\n"
+    refused(
+        cli("train", "--output", project, "--max-steps", "1"),
+        "already holds files that train did not write",
+        "config.yaml",
+    )
+    assert (project / "config.yaml").read_text() == "mine: true\n" and (
+        project / "data" / "train.jsonl"
+    ).read_text() == "my data\n"
     (tmp_path / "afile").write_text("x")
     refused(cli("train", "--output", tmp_path / "afile", "--max-steps", "1"), "is a file")
 
@@ -79,9 +94,25 @@ def test_prepare_never_writes_into_a_folder_of_the_users(tmp_path):
     (folder / "train.jsonl").write_text("mine\n")
     src = tmp_path / "ann.csv"
     src.write_text("text,label,f1\nひどい,-1,2\n良い,1,0\n", encoding="utf-8")
-    refused(cli("data", "prepare", "--source", "annotated-csv", "--path", src, "--flag-columns", "f1", "--output", folder),
-            "did not write", "README.md")
-    assert (folder / "README.md").read_text() == "# my notes\n" and (folder / "train.jsonl").read_text() == "mine\n"
+    refused(
+        cli(
+            "data",
+            "prepare",
+            "--source",
+            "annotated-csv",
+            "--path",
+            src,
+            "--flag-columns",
+            "f1",
+            "--output",
+            folder,
+        ),
+        "did not write",
+        "README.md",
+    )
+    assert (folder / "README.md").read_text() == "# my notes\n" and (
+        folder / "train.jsonl"
+    ).read_text() == "mine\n"
 
 
 def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_path):
@@ -90,8 +121,25 @@ def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_p
     posts = _posts(tmp_path / "posts.csv", [f"投稿{i} 今日は晴れ" for i in range(400)])
     out = tmp_path / "out.csv"
     out.write_text("my old output\n")
-    argv = [sys.executable, "-m", "labeltune.cli", "label", "--run", str(run), "--input", str(posts), "--output", str(out),
-            "--overwrite", "--chunk-size", "8", "--batch-size", "8", "--progress", "false"]
+    argv = [
+        sys.executable,
+        "-m",
+        "labeltune.cli",
+        "label",
+        "--run",
+        str(run),
+        "--input",
+        str(posts),
+        "--output",
+        str(out),
+        "--overwrite",
+        "--chunk-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--progress",
+        "false",
+    ]
     state = out.with_name(out.name + ".labeltune.json")
     proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
@@ -111,7 +159,9 @@ def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_p
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "of 400 rows; run the same command to continue" in err, err[-2000:]
     assert out.read_text() == "my old output\n"  # untouched until the new output is complete
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)  # the same command: resumes
+    done = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )  # the same command: resumes
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == 400
     without = [a for a in argv if a != "--overwrite"]
@@ -122,17 +172,36 @@ def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_p
 # ---------------------------------------------------------------- silently wrong or silently dropped
 
 
-@pytest.mark.parametrize("option, value, rule", [
-    ("--chunk-size", "0", ">= 1"), ("--batch-size", "-4", ">= 1"), ("--max-new-tokens", "0", ">= 1"),
-])
+@pytest.mark.parametrize(
+    "option, value, rule",
+    [
+        ("--chunk-size", "0", ">= 1"),
+        ("--batch-size", "-4", ">= 1"),
+        ("--max-new-tokens", "0", ">= 1"),
+    ],
+)
 def test_label_option_values_are_validated(run, tmp_path, option, value, rule):
     posts = _posts(tmp_path / "posts.csv", ["a"])
-    refused(cli("label", "--run", run, "--input", posts, "--output", tmp_path / "o.csv", f"{option}={value}"), option, rule)
+    refused(
+        cli("label", "--run", run, "--input", posts, "--output", tmp_path / "o.csv", f"{option}={value}"),
+        option,
+        rule,
+    )
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.csv.labeltune.json").exists()
 
 
-@pytest.mark.parametrize("option, value", [("--lr", "-1e-4"), ("--lr", "3"), ("--epochs", "0"), ("--max-length", "5"),
-                                           ("--max-steps", "0"), ("--lora-dropout", "1.5"), ("--limit", "0")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--lr", "-1e-4"),
+        ("--lr", "3"),
+        ("--epochs", "0"),
+        ("--max-length", "5"),
+        ("--max-steps", "0"),
+        ("--lora-dropout", "1.5"),
+        ("--limit", "0"),
+    ],
+)
 def test_train_option_values_are_validated(tmp_path, option, value):
     refused(cli("train", "--output", tmp_path / "r", f"{option}={value}"), option)
     assert not (tmp_path / "r").exists()
@@ -141,11 +210,30 @@ def test_train_option_values_are_validated(tmp_path, option, value):
 def test_mixed_encodings_are_refused_with_line_numbers(run, tmp_path):
     """One CP932 row in a UTF-8 file: refused naming both lines, not decoded as CP932 (garbling the rest)."""
     path = tmp_path / "mixed.csv"
-    path.write_bytes("id,text\n1,最高の一日\n".encode("utf-8") + "2,最悪だ\n".encode("cp932") + "3,普通\n".encode("utf-8"))
-    refused(cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv"), "mixed encodings", "line 3", "line 2")
+    path.write_bytes(
+        "id,text\n1,最高の一日\n".encode() + "2,最悪だ\n".encode("cp932") + "3,普通\n".encode()
+    )
+    refused(
+        cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv"),
+        "mixed encodings",
+        "line 3",
+        "line 2",
+    )
     refused(cli("train", "--data", path, "--output", tmp_path / "r"), "mixed encodings")
     # read on purpose in one encoding: rows kept, undecodable characters replaced and counted
-    proc = cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv", "--encoding", "utf-8", "--progress", "false")
+    proc = cli(
+        "label",
+        "--run",
+        run,
+        "--input",
+        path,
+        "--output",
+        tmp_path / "o.csv",
+        "--encoding",
+        "utf-8",
+        "--progress",
+        "false",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "o.csv", encoding="utf-8")))
     assert [r["id"] for r in rows] == ["1", "2", "3"] and rows[0]["text"] == "最高の一日"
@@ -155,15 +243,27 @@ def test_mixed_encodings_are_refused_with_line_numbers(run, tmp_path):
 def test_csv_shape_problems_are_reported_with_line_numbers(run, tmp_path):
     long_row = tmp_path / "long.csv"
     long_row.write_text("id,text\n1,ok\n2,one,two\n", encoding="utf-8")
-    refused(cli("label", "--run", run, "--input", long_row, "--output", tmp_path / "o.csv"), "long.csv:3", "3 cells")
-    for header, needle in (("id,text,note,note", "both named 'note'"), ("id,text,text", "both named 'text'"), (",text", "has no name")):
+    refused(
+        cli("label", "--run", run, "--input", long_row, "--output", tmp_path / "o.csv"),
+        "long.csv:3",
+        "3 cells",
+    )
+    for header, needle in (
+        ("id,text,note,note", "both named 'note'"),
+        ("id,text,text", "both named 'text'"),
+        (",text", "has no name"),
+    ):
         path = tmp_path / "h.csv"
         path.write_text(header + "\n" + ",".join(["x"] * len(header.split(","))) + "\n", encoding="utf-8")
         refused(cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv"), needle)
     # an unbalanced quote that the csv module cannot close is refused, naming the line where it opens (#24)
     quote = tmp_path / "quote.csv"
     quote.write_text('id,text\n1,"ひどい話\n2,普通\n3,楽しい\n4,最高\n5,"終わり"\n6,次\n', encoding="utf-8")
-    refused(cli("label", "--run", run, "--input", quote, "--output", tmp_path / "q.csv"), "quote.csv:2", "closing quote")
+    refused(
+        cli("label", "--run", run, "--input", quote, "--output", tmp_path / "q.csv"),
+        "quote.csv:2",
+        "closing quote",
+    )
     # one closed by a later quote is valid CSV: labelled, and the lines that look like rows are reported
     quote.write_text('id,text\n1,"ひどい話\n2,普通\n3,楽しい\n4,最高"\n5,次\n', encoding="utf-8")
     proc = cli("label", "--run", run, "--input", quote, "--output", tmp_path / "q.csv", "--progress", "false")
@@ -173,7 +273,10 @@ def test_csv_shape_problems_are_reported_with_line_numbers(run, tmp_path):
 
 def test_jsonl_keeps_every_key_and_writes_nested_values_as_json(run, tmp_path):
     path = tmp_path / "posts.jsonl"
-    records = [{"id": 1, "text": "最高"}, {"id": 2, "text": "最悪", "user": {"name": "a", "tags": ["x"]}, "ok_flag": True}]
+    records = [
+        {"id": 1, "text": "最高"},
+        {"id": 2, "text": "最悪", "user": {"name": "a", "tags": ["x"]}, "ok_flag": True},
+    ]
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
     proc = cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv", "--progress", "false")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -194,56 +297,125 @@ def _labelled(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 @pytest.mark.train
 def test_data_that_gives_meaningless_results_is_refused_unless_allowed(tmp_path):
     one_class = _labelled(tmp_path / "one.csv", [(f"良い{i}", "1", "0") for i in range(60)])
-    refused(cli("train", "--data", one_class, "--output", tmp_path / "a"), "only one label (positive)", "--allow-incomplete")
-    tiny = _labelled(tmp_path / "five.csv", [("良い", "1", "0"), ("普通", "0", "0"), ("悪い", "-1", "50"), ("最高", "1", "0"), ("最悪", "-1", "90")])
+    refused(
+        cli("train", "--data", one_class, "--output", tmp_path / "a"),
+        "only one label (positive)",
+        "--allow-incomplete",
+    )
+    tiny = _labelled(
+        tmp_path / "five.csv",
+        [
+            ("良い", "1", "0"),
+            ("普通", "0", "0"),
+            ("悪い", "-1", "50"),
+            ("最高", "1", "0"),
+            ("最悪", "-1", "90"),
+        ],
+    )
     refused(cli("train", "--data", tiny, "--output", tmp_path / "b"), "split is empty")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     # allowed on purpose: trains, and says what is wrong and what was dropped (an unknown label, an empty text)
     rows = [(f"良い{i}", "1", "0") for i in range(20)] + [(f"悪い{i}", "-1", "60") for i in range(20)]
     rows += [("謎", "maybe", "0"), ("", "1", "0")]
     data = _labelled(tmp_path / "allowed.csv", rows)
-    proc = cli("train", "--data", data, "--output", tmp_path / "c", "--split", "1,0,0", "--allow-incomplete", "--max-steps", "1")
+    proc = cli(
+        "train",
+        "--data",
+        data,
+        "--output",
+        tmp_path / "c",
+        "--split",
+        "1,0,0",
+        "--allow-incomplete",
+        "--max-steps",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "the dev split is empty (--allow-incomplete)" in proc.stderr and "the test split is empty" in proc.stderr
-    assert "label 0 (neutral) appears in no split" in proc.stderr  # a warning, never an error (japanese-toxic has no 1)
+    assert (
+        "the dev split is empty (--allow-incomplete)" in proc.stderr
+        and "the test split is empty" in proc.stderr
+    )
+    assert (
+        "label 0 (neutral) appears in no split" in proc.stderr
+    )  # a warning, never an error (japanese-toxic has no 1)
     assert "2 of 42 rows dropped: 1 label_not_in_task, 1 empty_text" in proc.stderr, proc.stderr[-1500:]
 
 
 def test_prepare_refuses_what_would_drop_everything_silently(tmp_path):
     src = tmp_path / "ann.csv"
     src.write_text("text,label,f1\nひどい,-1,2\n良い,1,0\n普通,0,0\n", encoding="utf-8")
-    refused(cli("data", "prepare", "--source", "annotated-csv", "--path", src, "--output", tmp_path / "o"), "--flag-columns")
-    refused(cli("data", "prepare", "--source", "annotated-csv", "--path", src, "--flag-columns", "f1,f9", "--output",
-                tmp_path / "o"), "no column(s) ['f9']")
+    refused(
+        cli("data", "prepare", "--source", "annotated-csv", "--path", src, "--output", tmp_path / "o"),
+        "--flag-columns",
+    )
+    refused(
+        cli(
+            "data",
+            "prepare",
+            "--source",
+            "annotated-csv",
+            "--path",
+            src,
+            "--flag-columns",
+            "f1,f9",
+            "--output",
+            tmp_path / "o",
+        ),
+        "no column(s) ['f9']",
+    )
     jt = tmp_path / "jt.csv"
     jt.write_text("id,text,Not Toxic,Hard to Say,Toxic,annotation_num\n1,a,3,0,0,3\n", encoding="utf-8")
-    refused(cli("data", "prepare", "--source", "japanese-toxic", "--path", jt, "--output", tmp_path / "o"), "'Very Toxic'")
+    refused(
+        cli("data", "prepare", "--source", "japanese-toxic", "--path", jt, "--output", tmp_path / "o"),
+        "'Very Toxic'",
+    )
 
 
 def test_japanese_toxic_votes_that_are_not_counts_are_dropped_and_announced(tmp_path):
     jt = tmp_path / "jt.csv"
     header = "id,text,Not Toxic,Hard to Say,Toxic,Very Toxic,annotation_num\n"
     good = "".join(f"{i},普通の投稿{i},3,0,0,0,3\n{i + 100},ひどい投稿{i},0,0,1,2,3\n" for i in range(20))
-    jt.write_text(header + good + "900,負の票,3,0,-1,1,3\n901,無限,inf,0,0,0,3\n902,小数,1.5,0,0,1.5,3\n", encoding="utf-8")
+    jt.write_text(
+        header + good + "900,負の票,3,0,-1,1,3\n901,無限,inf,0,0,0,3\n902,小数,1.5,0,0,1.5,3\n",
+        encoding="utf-8",
+    )
     proc = cli("data", "prepare", "--source", "japanese-toxic", "--path", jt, "--output", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "3 of 43 rows dropped: 3 votes_not_counts" in proc.stderr, proc.stderr[-1500:]
-    scores = [json.loads(line)["score"] for name in ("train", "dev", "test") for line in open(tmp_path / "o" / f"{name}.jsonl")]
+    scores = [
+        json.loads(line)["score"]
+        for name in ("train", "dev", "test")
+        for line in open(tmp_path / "o" / f"{name}.jsonl")
+    ]
     assert max(scores) <= 100
 
 
 def test_excel_bound_output_neutralises_formulas(run, tmp_path):
-    texts = ["=HYPERLINK(\"http://evil\",\"click\")", "+81 90 1234", "@SUM(A1)", "-calc", "-1", "普通の投稿"]
+    texts = ['=HYPERLINK("http://evil","click")', "+81 90 1234", "@SUM(A1)", "-calc", "-1", "普通の投稿"]
     posts = _posts(tmp_path / "posts.csv", texts)
-    proc = cli("label", "--run", run, "--input", posts, "--output", tmp_path / "excel.csv", "--bom", "--progress", "false")
+    proc = cli(
+        "label",
+        "--run",
+        run,
+        "--input",
+        posts,
+        "--output",
+        tmp_path / "excel.csv",
+        "--bom",
+        "--progress",
+        "false",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "4 cells starting with =, +, -, @ were prefixed" in proc.stderr
     rows = list(csv.DictReader(open(tmp_path / "excel.csv", encoding="utf-8-sig")))
     assert [r["text"] for r in rows] == ["'" + t for t in texts[:4]] + texts[4:]
-    plain = cli("label", "--run", run, "--input", posts, "--output", tmp_path / "plain.csv", "--progress", "false")
+    plain = cli(
+        "label", "--run", run, "--input", posts, "--output", tmp_path / "plain.csv", "--progress", "false"
+    )
     assert plain.returncode == 0
-    assert [r["text"] for r in csv.DictReader(open(tmp_path / "plain.csv", encoding="utf-8"))] == texts  # verbatim
-
+    assert [
+        r["text"] for r in csv.DictReader(open(tmp_path / "plain.csv", encoding="utf-8"))
+    ] == texts  # verbatim
 
 
 def test_output_rows_count_what_they_neutralise():
@@ -272,8 +444,12 @@ def test_damaged_runs_are_one_line_errors(run, tmp_path):
 
     posts = _posts(tmp_path / "posts.csv", ["a"])
     damaged = [
-        ("truncated adapter", lambda r: (r / "adapter" / "adapter_model.safetensors").write_bytes(
-            (r / "adapter" / "adapter_model.safetensors").read_bytes()[:100])),
+        (
+            "truncated adapter",
+            lambda r: (r / "adapter" / "adapter_model.safetensors").write_bytes(
+                (r / "adapter" / "adapter_model.safetensors").read_bytes()[:100]
+            ),
+        ),
         ("no tokenizer", lambda r: [p.unlink() for p in (r / "adapter").glob("tokenizer*")]),
         ("no base", lambda r: shutil.rmtree(r / "base")),
     ]
@@ -281,8 +457,15 @@ def test_damaged_runs_are_one_line_errors(run, tmp_path):
         copy = tmp_path / name.replace(" ", "_")
         shutil.copytree(run, copy)
         damage(copy)
-        refused(cli("label", "--run", copy, "--input", posts, "--output", tmp_path / f"{copy.name}.csv"), str(copy), "cannot be loaded")
-    refused(cli("label", "--run", tmp_path / "nope", "--input", posts, "--output", tmp_path / "o.csv"), "no such directory")
+        refused(
+            cli("label", "--run", copy, "--input", posts, "--output", tmp_path / f"{copy.name}.csv"),
+            str(copy),
+            "cannot be loaded",
+        )
+    refused(
+        cli("label", "--run", tmp_path / "nope", "--input", posts, "--output", tmp_path / "o.csv"),
+        "no such directory",
+    )
     refused(cli("evaluate", "--run", tmp_path), "not a labeltune run directory")
 
 
@@ -292,11 +475,19 @@ def test_bad_paths_and_files_are_one_line_errors(run, tmp_path):
     refused(cli("label", "--run", run, "--input", posts, "--output", tmp_path / "dir.csv"), "is a folder")
     assert list((tmp_path / "dir.csv").iterdir()) == [] and not list(tmp_path.glob("*.labeltune.json"))
     (tmp_path / "posts.xlsx").write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    refused(cli("label", "--run", run, "--input", tmp_path / "posts.xlsx", "--output", tmp_path / "o.csv"), "spreadsheet", "CSV UTF-8")
+    refused(
+        cli("label", "--run", run, "--input", tmp_path / "posts.xlsx", "--output", tmp_path / "o.csv"),
+        "spreadsheet",
+        "CSV UTF-8",
+    )
     import gzip
 
     (tmp_path / "posts.csv.gz").write_bytes(gzip.compress(posts.read_bytes()))
-    refused(cli("label", "--run", run, "--input", tmp_path / "posts.csv.gz", "--output", tmp_path / "o.csv"), "gzip-compressed", "gunzip")
+    refused(
+        cli("label", "--run", run, "--input", tmp_path / "posts.csv.gz", "--output", tmp_path / "o.csv"),
+        "gzip-compressed",
+        "gunzip",
+    )
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("lr: [1e-4\nepochs: 2\n")
     refused(cli("train", "--config", bad_yaml), "bad.yaml:", "not valid YAML")
@@ -320,7 +511,9 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_anything(monk
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode))
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode)
+    )
     with pytest.raises(ValueError, match=r"cannot write in .*locked \(permission denied\)"):
         label.check_paths(posts, locked / "sub" / "out.csv")
     assert list(locked.iterdir()) == []

@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*argv, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labeltune.cli", *map(str, argv)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -75,10 +81,14 @@ def test_a_quote_closed_by_a_later_one_is_refused_naming_both_lines(tmp_path):
     lines = ["id,text,label", *EIGHT]
     lines[2], lines[7] = '2,"投稿2です,0', '7,"引用" と書いた,1'
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"posts\.csv:3: a quoted cell .* text after its closing quote at line 8"):
+    with pytest.raises(
+        ValueError, match=r"posts\.csv:3: a quoted cell .* text after its closing quote at line 8"
+    ):
         list(iter_rows(path))
     # the same text written correctly (a quote inside a quoted cell doubled) reads as 8 rows
-    path.write_text("id,text,label\n" + "\n".join(EIGHT[:6]) + '\n7,"""引用"" と書いた",1\n8,x,0\n', encoding="utf-8")
+    path.write_text(
+        "id,text,label\n" + "\n".join(EIGHT[:6]) + '\n7,"""引用"" と書いた",1\n8,x,0\n', encoding="utf-8"
+    )
     rows = list(iter_rows(path))
     assert len(rows) == 8 and rows[6]["text"] == '"引用" と書いた'
 
@@ -86,9 +96,13 @@ def test_a_quote_closed_by_a_later_one_is_refused_naming_both_lines(tmp_path):
 @pytest.mark.train  # runs `labeltune train`, which first refuses a TRL that cannot train here
 def test_label_and_train_refuse_an_unbalanced_quote_in_one_line(tmp_path):
     path = tmp_path / "posts.csv"
-    path.write_text("id,text,label\n1,a,1\n2,\"b,0\n3,c,1\n4,d,0\n", encoding="utf-8")
-    refused(cli("label", "--run", tmp_path / "run", "--input", path, "--output", tmp_path / "out" / "o.csv"),
-            "posts.csv:3", "never closed", "close the quote")
+    path.write_text('id,text,label\n1,a,1\n2,"b,0\n3,c,1\n4,d,0\n', encoding="utf-8")
+    refused(
+        cli("label", "--run", tmp_path / "run", "--input", path, "--output", tmp_path / "out" / "o.csv"),
+        "posts.csv:3",
+        "never closed",
+        "close the quote",
+    )
     assert not (tmp_path / "out").exists()
     refused(cli("train", "--data", path, "--output", tmp_path / "r"), "posts.csv:3", "never closed")
     assert not (tmp_path / "r").exists()
@@ -97,8 +111,18 @@ def test_label_and_train_refuse_an_unbalanced_quote_in_one_line(tmp_path):
 # ---------------------------------------------------------------- 2. a bare CR in a post
 
 
-AWKWARD = ["old\rmac", "unix\nline", "dos\r\nline", "ends with cr\r", "\rstarts with cr", 'a "quote", a comma',
-           "  spaces  ", "タブ\tあり", "=1+2", ""]
+AWKWARD = [
+    "old\rmac",
+    "unix\nline",
+    "dos\r\nline",
+    "ends with cr\r",
+    "\rstarts with cr",
+    'a "quote", a comma',
+    "  spaces  ",
+    "タブ\tあり",
+    "=1+2",
+    "",
+]
 
 
 def test_output_cells_with_a_bare_cr_reread_as_the_same_rows():
@@ -118,7 +142,9 @@ def test_output_cells_with_a_bare_cr_reread_as_the_same_rows():
 
 def test_replaced_characters_are_reported_with_their_lines(tmp_path):
     path = tmp_path / "mixed.csv"
-    path.write_bytes("id,text\n1,最高\n".encode() + "2,最悪だ\n".encode("cp932") + "3,普通\n".encode() + b"4,x\xff\n")
+    path.write_bytes(
+        "id,text\n1,最高\n".encode() + "2,最悪だ\n".encode("cp932") + "3,普通\n".encode() + b"4,x\xff\n"
+    )
     report = ReadReport(str(path))
     assert len(list(iter_rows(path, "utf-8", report))) == 4
     assert report.replaced_lines == [3, 5] and "(lines 3, 5)" in report.warnings()[0]
@@ -132,8 +158,20 @@ def test_label_with_a_given_encoding_names_the_bad_lines_before_labelling(tmp_pa
     """--encoding utf-8 on a file with one bad byte labelled the whole file (minutes) and then said only how
     many characters were replaced; now the lines are named before the run is even opened."""
     path = tmp_path / "posts.csv"
-    path.write_bytes(b"id,text\n" + b"".join(f"{i},post {i}\n".encode() for i in range(5000)) + b"5000,bad \xff byte\n")
-    proc = cli("label", "--run", tmp_path / "no_run", "--input", path, "--output", tmp_path / "o.csv", "--encoding", "utf-8")
+    path.write_bytes(
+        b"id,text\n" + b"".join(f"{i},post {i}\n".encode() for i in range(5000)) + b"5000,bad \xff byte\n"
+    )
+    proc = cli(
+        "label",
+        "--run",
+        tmp_path / "no_run",
+        "--input",
+        path,
+        "--output",
+        tmp_path / "o.csv",
+        "--encoding",
+        "utf-8",
+    )
     refused(proc, "no_run")  # the run is missing: nothing labelled, but the input was read and reported first
     assert "replaced by U+FFFD (lines 5002)" in proc.stderr, proc.stderr[-2000:]
 
@@ -149,8 +187,20 @@ def test_a_binary_input_is_one_short_line(tmp_path):
     blob.write_bytes(b"\x00" + b"".join(bytes([65 + i % 26, 44]) for i in range(4000)))  # 4,000 'columns'
     for path in (png, blob):
         for encoding in ((), ("--encoding", "utf-8")):
-            line = refused(cli("label", "--run", tmp_path / "run", "--input", path, "--output", tmp_path / "o.csv", *encoding),
-                           str(path), "is not a text file (CSV/TSV/JSONL)")
+            line = refused(
+                cli(
+                    "label",
+                    "--run",
+                    tmp_path / "run",
+                    "--input",
+                    path,
+                    "--output",
+                    tmp_path / "o.csv",
+                    *encoding,
+                ),
+                str(path),
+                "is not a text file (CSV/TSV/JSONL)",
+            )
             assert len(line) < 300, line
     refused(cli("train", "--data", png, "--output", tmp_path / "r"), "a PNG image")
     utf16 = tmp_path / "utf16.csv"  # NUL bytes, but text: read when its encoding is given
@@ -160,8 +210,20 @@ def test_a_binary_input_is_one_short_line(tmp_path):
 
 def test_an_unknown_encoding_is_one_line(tmp_path):
     posts = _posts(tmp_path / "posts.csv", ["a"])
-    refused(cli("label", "--run", tmp_path / "run", "--input", posts, "--output", tmp_path / "o.csv", "--encoding", "utf-9"),
-            "unknown --encoding 'utf-9'")
+    refused(
+        cli(
+            "label",
+            "--run",
+            tmp_path / "run",
+            "--input",
+            posts,
+            "--output",
+            tmp_path / "o.csv",
+            "--encoding",
+            "utf-9",
+        ),
+        "unknown --encoding 'utf-9'",
+    )
 
 
 # ---------------------------------------------------------------- 5. one writer per output
@@ -172,7 +234,11 @@ def test_a_second_label_on_one_output_is_refused_naming_the_pid(tmp_path):
     out = tmp_path / "out.csv"
     lock = out.with_name(out.name + ".lock")
     with hold(lock, f"--output {out}"):
-        line = refused(cli("label", "--run", tmp_path / "run", "--input", posts, "--output", out), str(lock), f"pid {os.getpid()}")
+        line = refused(
+            cli("label", "--run", tmp_path / "run", "--input", posts, "--output", out),
+            str(lock),
+            f"pid {os.getpid()}",
+        )
         assert "in use by another labeltune process" in line
         assert json.loads(lock.read_text())["pid"] == os.getpid()  # still ours
     assert not lock.exists() and not out.exists()
@@ -181,7 +247,9 @@ def test_a_second_label_on_one_output_is_refused_naming_the_pid(tmp_path):
 def test_a_second_train_on_one_run_folder_is_refused_naming_the_pid(tmp_path):
     run = tmp_path / "runs" / "r"
     with hold(run / FOLDER_LOCK, f"--output {run}"):
-        refused(cli("train", "--output", run, "--max-steps", "1"), str(run / FOLDER_LOCK), f"pid {os.getpid()}")
+        refused(
+            cli("train", "--output", run, "--max-steps", "1"), str(run / FOLDER_LOCK), f"pid {os.getpid()}"
+        )
         assert [p.name for p in run.iterdir()] == [FOLDER_LOCK]  # nothing written beside the lock
     assert not (tmp_path / "runs").exists()  # the folders made for the lock are gone with it
 
@@ -213,7 +281,11 @@ def test_lock_is_released_on_errors_and_ctrl_c_and_refuses_a_live_holder(tmp_pat
             raise error
         assert not (tmp_path / "a").exists()  # lock and the folders made for it removed
     # held, by this very process: still refused
-    with hold(lock, "x"), pytest.raises(FileExistsError, match=rf"x is in use .*pid {os.getpid()} .*{lock}"), hold(lock, "x"):
+    with (
+        hold(lock, "x"),
+        pytest.raises(FileExistsError, match=rf"x is in use .*pid {os.getpid()} .*{lock}"),
+        hold(lock, "x"),
+    ):
         pass
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -252,15 +324,22 @@ def _label(run, source, out, **options):
     from labeltune import label
     from labeltune.config import LabelConfig, resolve
 
-    return label.main(resolve(LabelConfig, None, {"run": str(run), "input": str(source), "output": str(out),
-                                                  "progress": False, **options}))
+    return label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {"run": str(run), "input": str(source), "output": str(out), "progress": False, **options},
+        )
+    )
 
 
 def test_label_output_rereads_as_the_input_rows(run, tmp_path):
     source = _posts(tmp_path / "posts.csv", AWKWARD)
     jsonl = tmp_path / "posts.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(AWKWARD)),
-                     encoding="utf-8")
+    jsonl.write_text(
+        "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(AWKWARD)),
+        encoding="utf-8",
+    )
     for path in (source, jsonl):
         out = _label(run, path, tmp_path / f"{path.stem}-{path.suffix[1:]}.csv")
         rows = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
@@ -285,12 +364,15 @@ def test_a_failed_start_leaves_nothing_but_a_resumable_partial_is_kept(run, tmp_
             if len(calls) >= n:
                 raise RuntimeError("out of memory")
             return real(self, texts, *args, **kwargs)
+
         return predict
 
     monkeypatch.setattr(HfEngine, "predict", fails_at(1))
     with pytest.raises(RuntimeError, match="out of memory"):
         _label(run, source, out, chunk_size=2)
-    assert not (tmp_path / "new").exists()  # no partial, no sidecar, no lock, not even the folder made for them
+    assert not (
+        tmp_path / "new"
+    ).exists()  # no partial, no sidecar, no lock, not even the folder made for them
     calls.clear()
     monkeypatch.setattr(HfEngine, "predict", fails_at(2))
     with pytest.raises(RuntimeError):

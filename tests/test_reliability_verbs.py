@@ -24,8 +24,15 @@ SAMPLE = ROOT / "data" / "sample.csv"
 
 
 def _cli(*argv, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labeltune.cli", *map(str, argv)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def _error(proc: subprocess.CompletedProcess) -> str:
@@ -57,13 +64,28 @@ def _untrained_run(out: Path) -> Path:
 
 def test_push_without_a_token_is_refused_before_the_export_is_written(tmp_path):
     run = _untrained_run(tmp_path / "run")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+    }
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")  # no saved token there
     out = tmp_path / "export"
     said = _error(_cli("export", "--run", run, "--output", out, "--push-to-hub", "me/labeller", env=env))
     assert "--push-to-hub" in said and "HF_TOKEN" in said and "hf auth login" in said
     assert not out.exists()  # so the same command, with a token, is not refused for a non-empty folder
-    said = _error(_cli("export", "--run", run, "--output", out, "--push-to-hub", "me/a/b", env={**env, "HF_TOKEN": "hf_x"}))
+    said = _error(
+        _cli(
+            "export",
+            "--run",
+            run,
+            "--output",
+            out,
+            "--push-to-hub",
+            "me/a/b",
+            env={**env, "HF_TOKEN": "hf_x"},
+        )
+    )
     assert "not a Hugging Face repo id" in said and not out.exists()
 
 
@@ -87,18 +109,27 @@ def test_push_lists_what_it_uploads_and_uploads_no_training_data(tmp_path, monke
             uploaded["private"] = private
 
         def upload_folder(self, folder_path, repo_id):
-            uploaded["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+            uploaded["files"] = sorted(
+                str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()
+            )
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    export.main(resolve(ExportConfig, None, {"run": str(run), "output": str(tmp_path / "out"), "push_to_hub": "me/labeller"}))
+    export.main(
+        resolve(
+            ExportConfig,
+            None,
+            {"run": str(run), "output": str(tmp_path / "out"), "push_to_hub": "me/labeller"},
+        )
+    )
     said = capsys.readouterr().out
     assert uploaded["private"] is True and uploaded["token"] == "hf_test"
     assert f"pushing {len(uploaded['files'])} files" in said and "to me/labeller (private):" in said
     for name in uploaded["files"]:
         assert f"  {name}  (" in said
-    assert "data/summary.json" in uploaded["files"] and not any(n.startswith("data/") and n.endswith(".jsonl")
-                                                                for n in uploaded["files"])
+    assert "data/summary.json" in uploaded["files"] and not any(
+        n.startswith("data/") and n.endswith(".jsonl") for n in uploaded["files"]
+    )
 
 
 def test_the_token_saved_by_hf_auth_login_is_found(tmp_path, monkeypatch):
@@ -119,17 +150,22 @@ def test_the_token_saved_by_hf_auth_login_is_found(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- sweep
 
 
-@pytest.mark.parametrize("grid, message", [
-    ({"lr": []}, "grid.lr: expected a non-empty list"),
-    ({"lora_r": [8, -1]}, "sweep trial t01-lora_r=-1: --lora-r: -1 is not valid"),
-    ({"model": ["tiny", "no-such-model"]}, "sweep trial t01-model=no-such-model: unknown model"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ({"lr": []}, "grid.lr: expected a non-empty list"),
+        ({"lora_r": [8, -1]}, "sweep trial t01-lora_r=-1: --lora-r: -1 is not valid"),
+        ({"model": ["tiny", "no-such-model"]}, "sweep trial t01-model=no-such-model: unknown model"),
+    ],
+)
 def test_a_bad_sweep_writes_nothing(tmp_path, grid, message):
     from labeltune import sweep
 
     out = tmp_path / "sweep"
     with pytest.raises(ValueError, match=message):
-        sweep.main(SweepConfig(output=str(out), train={"data": str(SAMPLE), "max_steps": 1, "limit": 48}, grid=grid))
+        sweep.main(
+            SweepConfig(output=str(out), train={"data": str(SAMPLE), "max_steps": 1, "limit": 48}, grid=grid)
+        )
     assert not out.exists()  # the corrected command is not refused as "another sweep"
 
 
@@ -141,7 +177,11 @@ def test_sweep_never_writes_into_a_folder_of_the_users(tmp_path):
     (out / "data" / "train.jsonl").write_text('{"text": "my own rows"}\n', encoding="utf-8")
     # llama3.1-8b: a trial the spawned train would refuse at once on CPU, should the sweep get that far
     with pytest.raises(ValueError, match="already holds files that sweep did not write"):
-        sweep.main(SweepConfig(output=str(out), train={"data": str(SAMPLE), "model": "llama3.1-8b"}, grid={"lr": [1e-3]}))
+        sweep.main(
+            SweepConfig(
+                output=str(out), train={"data": str(SAMPLE), "model": "llama3.1-8b"}, grid={"lr": [1e-3]}
+            )
+        )
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["data", "data/train.jsonl"]
     assert (out / "data" / "train.jsonl").read_text(encoding="utf-8") == '{"text": "my own rows"}\n'
 
@@ -155,8 +195,14 @@ def test_ray_address_nothing_answers_at_is_refused_in_seconds():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", f"from labeltune.ray_label import connect; connect('127.0.0.1:{port}')"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=90, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"from labeltune.ray_label import connect; connect('127.0.0.1:{port}')"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=90,
+        check=False,
+    )
     assert time.monotonic() - started < 30
     assert proc.returncode != 0
     assert f"ValueError: --ray 127.0.0.1:{port}: unreachable" in proc.stderr, proc.stderr[-2000:]
@@ -177,7 +223,11 @@ def test_evaluate_refuses_a_split_replaced_since_training(tmp_path):
     assert not (run / "eval").exists()
     # the user's own data is evaluated whatever the run's split holds (here it stops at the missing adapter)
     with pytest.raises(ValueError) as own:
-        evaluate.main(resolve(EvalConfig, None, {"run": str(run), "base": False, "forgetting": None, "data": str(SAMPLE)}))
+        evaluate.main(
+            resolve(
+                EvalConfig, None, {"run": str(run), "base": False, "forgetting": None, "data": str(SAMPLE)}
+            )
+        )
     assert "changed since training" not in str(own.value)
     # a run of an earlier version, with no fingerprint recorded: not checked
     summary = json.loads((run / "data" / "summary.json").read_text(encoding="utf-8"))
@@ -199,9 +249,14 @@ def test_train_whose_model_does_not_load_leaves_the_folder_as_it_was(tmp_path):
     for out, existed in ((tmp_path / "new", False), (tmp_path / "empty", True)):
         if existed:
             out.mkdir()
-        cfg = resolve(TrainConfig, None, {"model": str(broken), "data": str(SAMPLE), "output": str(out), "limit": 48,
-                                          "max_steps": 1})
-        with pytest.raises(Exception, match="vocab_size"):  # transformers' own error, raised after the split is written
+        cfg = resolve(
+            TrainConfig,
+            None,
+            {"model": str(broken), "data": str(SAMPLE), "output": str(out), "limit": 48, "max_steps": 1},
+        )
+        with pytest.raises(
+            Exception, match="vocab_size"
+        ):  # transformers' own error, raised after the split is written
             train.main(cfg)
         assert out.exists() == existed and (not existed or not any(out.iterdir()))
 
@@ -215,13 +270,41 @@ def test_tiny_trains_in_4bit_on_cpu_and_its_split_is_checked(tmp_path):
     if why := bnb_4bit_unavailable(cuda=False):
         pytest.skip(f"4-bit on CPU: {why}")
     out = tmp_path / "tiny4"
-    done = _cli("train", "--model", "tiny", "--load-in-4bit", "true", "--data", SAMPLE, "--output", out,
-                "--max-steps", "3", "--limit", "48", timeout=600)
+    done = _cli(
+        "train",
+        "--model",
+        "tiny",
+        "--load-in-4bit",
+        "true",
+        "--data",
+        SAMPLE,
+        "--output",
+        out,
+        "--max-steps",
+        "3",
+        "--limit",
+        "48",
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "model.json").read_text())["load_in_4bit"] is True
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    evaluated = _cli("evaluate", "--run", out, "--base", "false", "--forgetting", "None", "--mode", "score",
-                     "--limit", "8", timeout=600)
+    evaluated = _cli(
+        "evaluate",
+        "--run",
+        out,
+        "--base",
+        "false",
+        "--forgetting",
+        "None",
+        "--mode",
+        "score",
+        "--limit",
+        "8",
+        timeout=600,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     shutil.copyfile(out / "data" / "train.jsonl", out / "data" / "test.jsonl")
-    assert "changed since training" in _error(_cli("evaluate", "--run", out, "--base", "false", "--forgetting", "None"))
+    assert "changed since training" in _error(
+        _cli("evaluate", "--run", out, "--base", "false", "--forgetting", "None")
+    )

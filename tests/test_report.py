@@ -13,7 +13,12 @@ from labeltune.answers import Answer
 from labeltune.data import Example
 from labeltune.metrics import calibration_metrics, majority_baseline, system_metrics
 from labeltune.report import (
-    cjk_font, md_cell, plot_confusions, report_context, write_plots, write_report,
+    cjk_font,
+    md_cell,
+    plot_confusions,
+    report_context,
+    write_plots,
+    write_report,
 )
 
 LABELS = ["1", "0", "-1"]
@@ -281,9 +286,19 @@ def test_report_renders_in_headless_browser(report):
     check = run_dir / "report-check.html"
     check.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
     dom = subprocess.run(
-        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-         "--dump-dom", check.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--dump-dom",
+            check.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     n_images = html.count("<img")
     assert n_images >= 3
@@ -296,9 +311,13 @@ def test_evaluate_fails_fast_on_missing_forgetting_text(tmp_path):
     from labeltune.config import EvalConfig, TrainConfig, resolve, save
 
     save(resolve(TrainConfig, None, {}), tmp_path / "config.yaml")
-    (tmp_path / "model.json").write_text('{"base": "base/"}', encoding="utf-8")  # a run whose model is missing
+    (tmp_path / "model.json").write_text(
+        '{"base": "base/"}', encoding="utf-8"
+    )  # a run whose model is missing
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "test.jsonl").write_text('{"text": "良い", "label": "1", "score": 0}\n', encoding="utf-8")
+    (tmp_path / "data" / "test.jsonl").write_text(
+        '{"text": "良い", "label": "1", "score": 0}\n', encoding="utf-8"
+    )
     cfg = resolve(EvalConfig, None, {"run": str(tmp_path), "forgetting": str(tmp_path / "missing.txt")})
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         evaluate.main(cfg)  # before any model is loaded (this run directory has none)
@@ -310,11 +329,19 @@ def test_training_curves_show_the_kept_epoch(tmp_path):
     log += [{"eval_loss": 1.5 - 0.2 * e, "epoch": e, "step": 4 * e} for e in (1, 2, 3)]
     log += [{"dev_macro_f1": f1, "epoch": e, "step": 4 * e} for e, f1 in ((1, 0.3), (2, 0.6), (3, 0.5))]
     best = {"epoch": 2, "why": "best dev macro_f1 0.6000 at epoch 2 (last evaluated epoch 3: 0.5000)"}
-    write_report(tmp_path, _metrics(False), EXAMPLES, {"base": BASE, "finetuned": FINETUNED}, {"log": log, "best": best})
+    write_report(
+        tmp_path,
+        _metrics(False),
+        EXAMPLES,
+        {"base": BASE, "finetuned": FINETUNED},
+        {"log": log, "best": best},
+    )
     _assert_nontrivial_png(tmp_path / "training_curves.png")
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Training: 3 epochs; kept epoch 2: best dev macro_f1 0.6000 at epoch 2" in md
-    assert "](training_curves.png)" in md and 'src="training_curves.png"' in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "](training_curves.png)" in md and 'src="training_curves.png"' in (
+        tmp_path / "report.html"
+    ).read_text(encoding="utf-8")
 
 
 def test_plots_are_written_apart_from_the_context(tmp_path):
@@ -324,9 +351,17 @@ def test_plots_are_written_apart_from_the_context(tmp_path):
     plots = write_plots(tmp_path, metrics, EXAMPLES, systems)
     drawn = sorted(p.name for p in tmp_path.iterdir())
     assert drawn == sorted(name for files in plots.systems.values() for name in files.values())
-    assert drawn == ["confusion_base.png", "confusion_finetuned.png", "reliability_finetuned.png", "scores_finetuned.png"]
+    assert drawn == [
+        "confusion_base.png",
+        "confusion_finetuned.png",
+        "reliability_finetuned.png",
+        "scores_finetuned.png",
+    ]
     context = report_context(metrics, EXAMPLES, systems, plots)
-    assert [s["confusion_png"] for s in context["systems"]] == ["confusion_base.png", "confusion_finetuned.png"]
+    assert [s["confusion_png"] for s in context["systems"]] == [
+        "confusion_base.png",
+        "confusion_finetuned.png",
+    ]
     assert context["training"] is None and sorted(p.name for p in tmp_path.iterdir()) == drawn
 
 
@@ -339,7 +374,14 @@ def test_html_asks_for_japanese_fonts(report):
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     body = next(line for line in html.splitlines() if line.startswith("body {"))
     assert f"font-family: {CSS_FONTS};" in body
-    for font in ("Noto Sans CJK JP", "Hiragino Sans", "Yu Gothic", "Meiryo", "Noto Color Emoji", "Segoe UI Emoji"):
+    for font in (
+        "Noto Sans CJK JP",
+        "Hiragino Sans",
+        "Yu Gothic",
+        "Meiryo",
+        "Noto Color Emoji",
+        "Segoe UI Emoji",
+    ):
         assert f'"{font}"' in body
     assert body.index('"Noto Sans CJK JP"') < body.index("sans-serif")
 
@@ -357,7 +399,13 @@ def test_errors_are_named_by_the_data_id_and_a_second_report_points_at_the_plots
         page = _Page()
         page.feed((folder / "report.html").read_text(encoding="utf-8"))
         assert page.tables["errors"][0][0] == "id"
-        assert [r[0] for r in page.tables["errors"][1:]] == ["post-05", "post-01", "post-06", "post-02", "post-07"]
+        assert [r[0] for r in page.tables["errors"][1:]] == [
+            "post-05",
+            "post-01",
+            "post-06",
+            "post-02",
+            "post-07",
+        ]
         for src in page.images:
             _assert_nontrivial_png(folder / src)
     top_page = _Page()
@@ -384,8 +432,11 @@ def test_japanese_labels_are_drawn_with_a_cjk_font(tmp_path):
     import matplotlib
 
     before = list(matplotlib.rcParams["font.family"])
-    posneg = {"labels": ["ポジティブ", "ネガティブ"], "columns": ["ポジティブ", "ネガティブ", "malformed"],
-              "matrix": [[3, 1, 0], [0, 2, 1]]}
+    posneg = {
+        "labels": ["ポジティブ", "ネガティブ"],
+        "columns": ["ポジティブ", "ネガティブ", "malformed"],
+        "matrix": [[3, 1, 0], [0, 2, 1]],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plot_confusions({"tuned": posneg}, tmp_path / "ja.png", names={"ポジティブ": "positive"})

@@ -34,7 +34,11 @@ def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def _dev_records(run: Path) -> list[dict]:
     with open(run / "train_log.jsonl", encoding="utf-8") as f:
-        return [{k: v for k, v in r.items() if k != "dev_seconds"} for r in map(json.loads, f) if "dev_macro_f1" in r]
+        return [
+            {k: v for k, v in r.items() if k != "dev_seconds"}
+            for r in map(json.loads, f)
+            if "dev_macro_f1" in r
+        ]
 
 
 def _weights(path: Path) -> dict:
@@ -99,7 +103,11 @@ def test_the_best_epoch_is_kept_not_the_last(uninterrupted_run):
     assert _same(_weights(whole / "adapter"), _weights(kept))
     assert not _same(_weights(whole / "adapter"), _weights(last))
     # finished: the kept checkpoints hold weights only (no optimizer state), the newest 2 and the best
-    assert sorted(checkpoints.step_of(p) for p in checkpoints.complete(whole / "checkpoints")) == [best["step"], 36, 40]
+    assert sorted(checkpoints.step_of(p) for p in checkpoints.complete(whole / "checkpoints")) == [
+        best["step"],
+        36,
+        40,
+    ]
     assert not list((whole / "checkpoints").glob("*/optimizer.pt"))
     assert "kept epoch 3" in stdout and "next: labeltune evaluate" in stdout
     # progress in words when the output is not a terminal (no raw dicts)
@@ -125,7 +133,11 @@ def test_dev_scored_after_training_keeps_the_same_epoch(uninterrupted_run, tmp_p
     assert info["best"] == whole_info["best"] and info["best"]["epoch"] == 3
     assert _same(_weights(out / "adapter"), _weights(whole / "adapter"))
     # then rotated as usual: the newest 2 and the best
-    assert sorted(checkpoints.step_of(p) for p in checkpoints.complete(out / "checkpoints")) == [info["best"]["step"], 36, 40]
+    assert sorted(checkpoints.step_of(p) for p in checkpoints.complete(out / "checkpoints")) == [
+        info["best"]["step"],
+        36,
+        40,
+    ]
 
 
 def test_the_kept_epoch_follows_best_metric_on_every_backend():
@@ -177,12 +189,17 @@ def test_rotation_holds_back_the_epoch_ends_to_be_scored_after_training(tmp_path
 
 
 def test_best_record_and_patience_follow_the_log():
-    log = [{"loss": 3.0, "step": 2},
-           {"epoch": 1, "step": 4, "dev_macro_f1": 0.3, "dev_loss": 1.0, "dev_score_mae": 20.0},
-           {"epoch": 2, "step": 8, "dev_macro_f1": 0.5, "dev_loss": 0.9, "dev_score_mae": 25.0},
-           {"epoch": 3, "step": 12, "dev_macro_f1": 0.5, "dev_loss": 0.7, "dev_score_mae": 15.0},
-           {"epoch": 4, "step": 16, "dev_macro_f1": 0.4, "dev_loss": 0.6, "dev_score_mae": 18.0}]
+    log = [
+        {"loss": 3.0, "step": 2},
+        {"epoch": 1, "step": 4, "dev_macro_f1": 0.3, "dev_loss": 1.0, "dev_score_mae": 20.0},
+        {"epoch": 2, "step": 8, "dev_macro_f1": 0.5, "dev_loss": 0.9, "dev_score_mae": 25.0},
+        {"epoch": 3, "step": 12, "dev_macro_f1": 0.5, "dev_loss": 0.7, "dev_score_mae": 15.0},
+        {"epoch": 4, "step": 16, "dev_macro_f1": 0.4, "dev_loss": 0.6, "dev_score_mae": 18.0},
+    ]
     assert checkpoints.best_record(log, "macro_f1")["epoch"] == 3  # a tie goes to the lower dev loss
     assert checkpoints.best_record(log, "score_mae")["epoch"] == 3  # lower is better
     assert checkpoints.epochs_since_best(log, "macro_f1") == 1
-    assert checkpoints.best_record(log[:1], "macro_f1") is None and checkpoints.epochs_since_best(log[:1], "macro_f1") == 0
+    assert (
+        checkpoints.best_record(log[:1], "macro_f1") is None
+        and checkpoints.epochs_since_best(log[:1], "macro_f1") == 0
+    )

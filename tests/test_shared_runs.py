@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.train  # every test opens a trained run (the session's tiny_run_2x32, through `trained`)
+pytestmark = (
+    pytest.mark.train
+)  # every test opens a trained run (the session's tiny_run_2x32, through `trained`)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = "今日のランチ最高においしかった\n"
@@ -25,8 +27,15 @@ NOISE = ("Loading weights", "Writing model shards")  # transformers' progress ba
 
 
 def cli(*argv, stdin: str | None = TEXTS, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labeltune.cli", *map(str, argv)], input=stdin, capture_output=True,
-                          text=True, cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *map(str, argv)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
 
 
 def refused_in_one_line(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -61,7 +70,9 @@ PAYLOADS = [
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_a_template_in_a_shared_run_cannot_run_code(shared, payload):
     run, marker = shared
-    (run / "template.jinja").write_text(payload.replace("MARKER", str(marker)) + "\n### 応答:\n", encoding="utf-8")
+    (run / "template.jinja").write_text(
+        payload.replace("MARKER", str(marker)) + "\n### 応答:\n", encoding="utf-8"
+    )
     refused_in_one_line(cli("predict", "--run", run), "template.jinja", "stopped before running anything")
     assert not marker.exists()
 
@@ -73,7 +84,9 @@ def test_label_and_the_python_api_refuse_the_same_template(shared, tmp_path):
     (run / "template.jinja").write_text(PAYLOADS[0].replace("MARKER", str(marker)), encoding="utf-8")
     posts = tmp_path / "posts.csv"
     posts.write_text("text\n" + TEXTS, encoding="utf-8")
-    refused_in_one_line(cli("label", "--run", run, "--input", posts, "--output", tmp_path / "out.csv"), "template")
+    refused_in_one_line(
+        cli("label", "--run", run, "--input", posts, "--output", tmp_path / "out.csv"), "template"
+    )
     with pytest.raises(ValueError, match="stopped before running anything"):
         labeltune.load_run(run).predict(["今日は最高"])
     assert not marker.exists() and not (tmp_path / "out.csv").exists()
@@ -106,13 +119,23 @@ def test_a_user_template_that_only_prints_its_variables_still_works(shared):
 def _code_folder(folder: Path, marker: Path) -> Path:
     """A model folder whose config names its own configuration code (auto_map), which writes `marker`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evilmodel", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig",
-                                               "AutoModelForCausalLM": "configuration_evil.EvilConfig"}}), encoding="utf-8")
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evilmodel",
+                "auto_map": {
+                    "AutoConfig": "configuration_evil.EvilConfig",
+                    "AutoModelForCausalLM": "configuration_evil.EvilConfig",
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
     (folder / "configuration_evil.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
         "from transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evilmodel'\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return folder
 
 
@@ -121,7 +144,9 @@ def test_a_base_outside_the_run_is_refused_even_when_stdin_says_yes(shared, tmp_
     evil = _code_folder(tmp_path / "downloads" / "model", marker)
     info = json.loads((run / "model.json").read_text(encoding="utf-8"))
     (run / "model.json").write_text(json.dumps({**info, "base": str(evil)}), encoding="utf-8")
-    refused_in_one_line(cli("predict", "--run", run, stdin="y\ny\ny\n"), "outside the run", "LABELTUNE_TRUSTED_BASES")
+    refused_in_one_line(
+        cli("predict", "--run", run, stdin="y\ny\ny\n"), "outside the run", "LABELTUNE_TRUSTED_BASES"
+    )
     assert not marker.exists()
     # named by the user: loaded, but its code is still never run (trust_remote_code=False everywhere)
     proc = cli("predict", "--run", run, stdin="y\ny\ny\n", env={"LABELTUNE_TRUSTED_BASES": str(evil)})
@@ -153,7 +178,7 @@ def test_a_hub_id_base_is_accepted_and_a_local_folder_named_like_one_is_not(tmp_
 def test_links_planted_in_a_run_never_redirect_its_writes(shared, tmp_path, verb):
     run, _ = shared
     victims = {}
-    for name in (["metrics.json", "report.md", "report.html"] if verb == "evaluate" else ["calibration.json"]):
+    for name in ["metrics.json", "report.md", "report.html"] if verb == "evaluate" else ["calibration.json"]:
         victim = tmp_path / f"users_{name}"
         victim.write_text("the user's own file\n", encoding="utf-8")
         (run / name).unlink(missing_ok=True)
@@ -181,7 +206,8 @@ def test_yaml_tags_in_a_shared_runs_config_are_refused_in_one_line(shared):
     run, marker = shared
     config = (run / "config.yaml").read_text(encoding="utf-8")
     (run / "config.yaml").write_text(
-        config + f"payload: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8")
+        config + f"payload: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8"
+    )
     refused_in_one_line(cli("predict", "--run", run), "config.yaml")
     assert not marker.exists()
 

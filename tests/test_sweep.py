@@ -24,16 +24,22 @@ def test_grid_is_every_combination_in_order():
 
 
 def test_trial_names_are_distinct_directory_names():
-    names = [sweep.trial_name(i, p) for i, p in enumerate(sweep.expand_grid({"template": ["a/b c", "plain"], "lr": [1e-3]}))]
+    names = [
+        sweep.trial_name(i, p)
+        for i, p in enumerate(sweep.expand_grid({"template": ["a/b c", "plain"], "lr": [1e-3]}))
+    ]
     assert names == ["t00-template=a_b_c-lr=0.001", "t01-template=plain-lr=0.001"]
 
 
-@pytest.mark.parametrize("train, grid, message", [
-    ({}, {"learning_rate": [1e-4]}, "unknown TrainConfig option"),
-    ({"epochs": 1}, {"data": ["a.csv", "b.csv"]}, "cannot vary per trial"),
-    ({"output": "x"}, {"lr": [1e-4]}, "cannot vary per trial"),
-    ({}, {}, "grid is empty"),
-])
+@pytest.mark.parametrize(
+    "train, grid, message",
+    [
+        ({}, {"learning_rate": [1e-4]}, "unknown TrainConfig option"),
+        ({"epochs": 1}, {"data": ["a.csv", "b.csv"]}, "cannot vary per trial"),
+        ({"output": "x"}, {"lr": [1e-4]}, "cannot vary per trial"),
+        ({}, {}, "grid is empty"),
+    ],
+)
 def test_bad_sweeps_are_refused(train, grid, message):
     with pytest.raises(ValueError, match=message):
         sweep.check_options(SweepConfig(train=train, grid=grid))
@@ -47,12 +53,26 @@ def test_grid_from_the_command_line_is_a_mapping(tmp_path):
 @pytest.mark.slow
 def test_two_by_two_sweep_and_resume(tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--output", str(out), "--train", "{data: data/sample.csv, max_steps: 15, limit: 150}",
-            "--grid", "{lr: [5.0e-4, 2.0e-3], lora_r: [4, 8]}", "--mode", "score"]
+    argv = [
+        "sweep",
+        "--output",
+        str(out),
+        "--train",
+        "{data: data/sample.csv, max_steps: 15, limit: 150}",
+        "--grid",
+        "{lr: [5.0e-4, 2.0e-3], lora_r: [4, 8]}",
+        "--mode",
+        "score",
+    ]
     assert run(argv) == 0
     rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
     assert len(rows) == 4
-    assert {(r["grid.lr"], r["grid.lora_r"]) for r in rows} == {("0.0005", "4"), ("0.0005", "8"), ("0.002", "4"), ("0.002", "8")}
+    assert {(r["grid.lr"], r["grid.lora_r"]) for r in rows} == {
+        ("0.0005", "4"),
+        ("0.0005", "8"),
+        ("0.002", "4"),
+        ("0.002", "8"),
+    }
     best = [r for r in rows if r["best"] == "True"]
     assert len(best) == 1
     assert float(best[0]["dev_macro_f1"]) == max(float(r["dev_macro_f1"]) for r in rows)
@@ -60,7 +80,10 @@ def test_two_by_two_sweep_and_resume(tmp_path, capsys):
     assert 0 <= float(best[0]["test_macro_f1"]) <= 1 and best[0]["test_malformed"] == "0.0"
     assert all(float(r["train_seconds"]) > 0 and r["model"] == "tiny" for r in rows)
     # every trial trained on the same split
-    splits = {json.loads((out / "trials" / r["trial"] / "data" / "summary.json").read_text())["fingerprint"] for r in rows}
+    splits = {
+        json.loads((out / "trials" / r["trial"] / "data" / "summary.json").read_text())["fingerprint"]
+        for r in rows
+    }
     assert len(splits) == 1
     # lr and r really reached the trials
     assert {(r["lr"], r["lora_r"]) for r in rows} == {(r["grid.lr"], r["grid.lora_r"]) for r in rows}

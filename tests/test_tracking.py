@@ -31,16 +31,26 @@ def _scalars(event_file: Path) -> dict[str, list[float]]:
 
 def _train(tmp_path, report_to: str) -> Path:
     out = tmp_path / "run"
-    cfg = resolve(TrainConfig, None, {
-        "data": str(ROOT / "data" / "sample.csv"), "output": str(out), "max_steps": 4, "logging_steps": 1,
-        "limit": 64, "report_to": report_to,
-    })
+    cfg = resolve(
+        TrainConfig,
+        None,
+        {
+            "data": str(ROOT / "data" / "sample.csv"),
+            "output": str(out),
+            "max_steps": 4,
+            "logging_steps": 1,
+            "limit": 64,
+            "report_to": report_to,
+        },
+    )
     train.main(cfg)
     return out
 
 
 @pytest.mark.train
-@pytest.mark.skipif(importlib.util.find_spec("tensorboardX") is None, reason="tensorboardX not installed (dev extra)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboardX") is None, reason="tensorboardX not installed (dev extra)"
+)
 def test_tensorboard_logs_into_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written to ./runs of the working directory
     out = _train(tmp_path, "tensorboard")

@@ -23,8 +23,15 @@ CALIBRATION = {"temperature": 1.7, "biases": {"1": 0.0, "0": 0.4, "-1": -0.3}, "
 
 
 def cli(*argv, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labeltune.cli", *map(str, argv)], input=stdin, capture_output=True,
-                          text=True, cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *map(str, argv)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,19 @@ def labelled(run, tmp_path_factory):
     posts = folder / "posts.csv"
     with open(posts, "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["text"], *([t] for t in TEXTS)])
-    proc = cli("label", "--run", run, "--input", posts, "--output", folder / "out.csv", "--mode", "score",
-               "--progress", "false")
+    proc = cli(
+        "label",
+        "--run",
+        run,
+        "--input",
+        posts,
+        "--output",
+        folder / "out.csv",
+        "--mode",
+        "score",
+        "--progress",
+        "false",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return list(csv.DictReader(open(folder / "out.csv", encoding="utf-8")))
 
@@ -88,8 +106,9 @@ def test_predict_prints_one_line_per_text_from_arguments_or_stdin(run, labelled)
     records = [json.loads(line) for line in piped.stdout.strip().split("\n")]
     assert [r["text"] for r in records] == [TEXTS[2], TEXTS[0], TEXTS[1]]
     by_text = {row["text"]: row for row in labelled}
-    assert [(r["label"], r["score"]) for r in records] == [(by_text[r["text"]]["label"], int(by_text[r["text"]]["score"]))
-                                                           for r in records]
+    assert [(r["label"], r["score"]) for r in records] == [
+        (by_text[r["text"]]["label"], int(by_text[r["text"]]["score"])) for r in records
+    ]
     assert records[0]["name"] == names[records[0]["label"]] and set(records[0]["probs"]) == {"1", "0", "-1"}
 
 
@@ -98,29 +117,53 @@ def test_each_evaluation_keeps_its_own_folder(run, copy_run, capsys):
 
     run = copy_run(run)  # evaluations are written into it
 
-    first = evaluate.main(resolve(EvalConfig, None, {"run": str(run), "split": "dev", "limit": 6, "forgetting": None}))
+    first = evaluate.main(
+        resolve(EvalConfig, None, {"run": str(run), "split": "dev", "limit": 6, "forgetting": None})
+    )
     out = capsys.readouterr().out
     first_dir = Path(first["eval_dir"])
     assert first_dir == run / "eval" / "dev-generate-1"
     assert f"report: {first_dir / 'report.html'}" in out and "next: labeltune label --run" in out
     before = {p.name: p.read_bytes() for p in first_dir.iterdir()}
-    assert {"metrics.json", "report.md", "report.html", "predictions_base.csv", "predictions_finetuned.csv",
-            "confusion_base.png", "confusion_finetuned.png"} <= set(before)
+    assert {
+        "metrics.json",
+        "report.md",
+        "report.html",
+        "predictions_base.csv",
+        "predictions_finetuned.csv",
+        "confusion_base.png",
+        "confusion_finetuned.png",
+    } <= set(before)
 
-    second = evaluate.main(resolve(EvalConfig, None, {"run": str(run), "split": "test", "mode": "score", "base": False,
-                                                      "limit": 5, "forgetting": None}))
+    second = evaluate.main(
+        resolve(
+            EvalConfig,
+            None,
+            {
+                "run": str(run),
+                "split": "test",
+                "mode": "score",
+                "base": False,
+                "limit": 5,
+                "forgetting": None,
+            },
+        )
+    )
     second_dir = Path(second["eval_dir"])
     assert second_dir == run / "eval" / "test-score-2"
     assert {p.name: p.read_bytes() for p in first_dir.iterdir()} == before  # the first is untouched
     files = {p.name for p in second_dir.iterdir()}
-    assert "predictions_base.csv" not in files and "confusion_base.png" not in files  # nothing of the first mixed in
+    assert (
+        "predictions_base.csv" not in files and "confusion_base.png" not in files
+    )  # nothing of the first mixed in
     assert "reliability_finetuned.png" in files
     rows = list(csv.DictReader(open(second_dir / "predictions_finetuned.csv", encoding="utf-8")))
     assert len(rows) == 5 and all(r["id"].startswith("p") for r in rows)  # the data's own ids
 
     # the run's metrics.json and report.* are the latest evaluation's; the report shows its folder's plots
     assert json.loads((run / "metrics.json").read_text(encoding="utf-8")) == json.loads(
-        (second_dir / "metrics.json").read_text(encoding="utf-8"))
+        (second_dir / "metrics.json").read_text(encoding="utf-8")
+    )
     html = (run / "report.html").read_text(encoding="utf-8")
     assert 'src="eval/test-score-2/confusion_finetuned.png"' in html and "eval/dev-generate-1" not in html
 
@@ -131,35 +174,54 @@ def test_exports_carry_a_model_card_template_task_and_calibration(run, copy_run,
     run = copy_run(run)  # evaluated into, exported beside
 
     if not (run / "metrics.json").is_file():  # this test alone: evaluate first, so the card has test metrics
-        evaluate.main(resolve(EvalConfig, None, {"run": str(run), "mode": "score", "base": False, "limit": 4,
-                                                 "forgetting": None}))
+        evaluate.main(
+            resolve(
+                EvalConfig,
+                None,
+                {"run": str(run), "mode": "score", "base": False, "limit": 4, "forgetting": None},
+            )
+        )
     export.main(resolve(ExportConfig, None, {"run": str(run), "output": str(run.parent / "adapter")}))
-    export.main(resolve(ExportConfig, None, {"run": str(run), "format": "merged16", "output": str(run.parent / "merged")}))
+    export.main(
+        resolve(
+            ExportConfig, None, {"run": str(run), "format": "merged16", "output": str(run.parent / "merged")}
+        )
+    )
     out = capsys.readouterr().out
     assert f"next: labeltune label --run {run.parent / 'adapter'}" in out
     template = ROOT / "labeltune" / "templates" / "alpaca_ja_sentiment_toxicity.jinja"
     task = ROOT / "labeltune" / "tasks" / "sentiment_toxicity.yaml"
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    for name, library, load in (("adapter", "peft", "PeftModel.from_pretrained"),
-                                ("merged", "transformers", 'from_pretrained(export / "model"')):
+    for name, library, load in (
+        ("adapter", "peft", "PeftModel.from_pretrained"),
+        ("merged", "transformers", 'from_pretrained(export / "model"'),
+    ):
         folder = run.parent / name
         assert (folder / "template.jinja").read_bytes() == template.read_bytes()
         assert (folder / "task.yaml").read_bytes() == task.read_bytes()
         assert json.loads((folder / "calibration.json").read_text(encoding="utf-8")) == CALIBRATION
         card = (folder / "README.md").read_text(encoding="utf-8")
         assert card.startswith(f"---\nlibrary_name: {library}\n")
-        assert "tiny" in card and "`alpaca_ja_sentiment_toxicity`" in card and "label : -1\nscore : 100" in card
+        assert (
+            "tiny" in card and "`alpaca_ja_sentiment_toxicity`" in card and "label : -1\nscore : 100" in card
+        )
         assert "| `-1` | negative |" in card and "| `0` | neutral |" in card
         assert "| train | 48 |" in card  # the data summary
         assert "temperature 1.700, label biases positive +0.0, neutral +0.4, negative -0.3" in card
-        assert f'labeltune.load_run("{folder}")' in card and f"labeltune label   --run {folder}" in card and load in card
+        assert (
+            f'labeltune.load_run("{folder}")' in card
+            and f"labeltune label   --run {folder}" in card
+            and load in card
+        )
         assert f"`labeltune evaluate` on the {metrics['split']} split, {metrics['mode']} mode" in card
         assert "| fine-tuned |" in card
     # the adapter export labels as the run does
     import labeltune
 
     exported = labeltune.load_run(run.parent / "adapter").predict(TEXTS)
-    assert [(p.label, p.score) for p in exported] == [(p.label, p.score) for p in labeltune.load_run(run).predict(TEXTS)]
+    assert [(p.label, p.score) for p in exported] == [
+        (p.label, p.score) for p in labeltune.load_run(run).predict(TEXTS)
+    ]
 
 
 @pytest.mark.train
@@ -175,11 +237,24 @@ def test_export_of_a_custom_template_and_task_loads_without_the_original_files(t
 
     mine = tmp_path / "mine"
     mine.mkdir()
-    shutil.copy(ROOT / "labeltune" / "templates" / "alpaca_ja_sentiment_toxicity.jinja", mine / "my_prompt.jinja")
+    shutil.copy(
+        ROOT / "labeltune" / "templates" / "alpaca_ja_sentiment_toxicity.jinja", mine / "my_prompt.jinja"
+    )
     shutil.copy(ROOT / "labeltune" / "tasks" / "sentiment_toxicity.yaml", mine / "my_task.yaml")
     run = tmp_path / "run"
-    train.main(resolve(TrainConfig, None, {"output": str(run), "max_steps": 2, "limit": 48,
-                                           "template": str(mine / "my_prompt.jinja"), "task": str(mine / "my_task.yaml")}))
+    train.main(
+        resolve(
+            TrainConfig,
+            None,
+            {
+                "output": str(run),
+                "max_steps": 2,
+                "limit": 48,
+                "template": str(mine / "my_prompt.jinja"),
+                "task": str(mine / "my_task.yaml"),
+            },
+        )
+    )
     export.main(resolve(ExportConfig, None, {"run": str(run), "output": str(tmp_path / "export")}))
     before = [(p.label, p.score) for p in labeltune.load_run(tmp_path / "export").predict(TEXTS)]
     shutil.rmtree(mine)  # the user's files are not on the machine the export goes to
@@ -193,8 +268,10 @@ def test_the_python_api_is_as_quiet_as_the_cli(run):
     """labeltune.load_run(...).predict(...) in a plain Python process prints the predictions only: no
     library FutureWarning / deprecation notes, no progress bars, no bitsandbytes / kernels notes; the
     caller's own warnings still show afterwards."""
-    script = (f"import labeltune, warnings\nlabeller = labeltune.load_run({str(run)!r})\n"
-              f"print(labeller.predict({TEXTS!r})[0].ok)\nwarnings.warn('mine', FutureWarning)\n")
+    script = (
+        f"import labeltune, warnings\nlabeller = labeltune.load_run({str(run)!r})\n"
+        f"print(labeller.predict({TEXTS!r})[0].ok)\nwarnings.warn('mine', FutureWarning)\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == ["<string>:4: FutureWarning: mine"], done.stderr[-2000:]

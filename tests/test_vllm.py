@@ -42,7 +42,11 @@ def run_dir(tmp_path_factory) -> Path:
     if os.environ.get("LABELTUNE_DEMO_RUN"):
         return Path(os.environ["LABELTUNE_DEMO_RUN"])
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train.main(resolve(TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 70, "logging_steps": 10}))
+    train.main(
+        resolve(
+            TrainConfig, None, {"data": str(SAMPLE), "output": str(out), "max_steps": 70, "logging_steps": 10}
+        )
+    )
     return out
 
 
@@ -79,10 +83,17 @@ def _compare(mode: str, engine, hf, texts) -> tuple[list[Answer], list[Answer], 
     """Both engines' predictions in `mode`, and a line per row whose label differs."""
     served = engine.predict(texts, mode)
     reference = predict(hf[0], hf[1], texts, mode=mode)
-    differences = [f"{i}: vllm {v.label!r} {v.raw!r} / hf {h.label!r} {h.raw!r} ({texts[i][:30]!r})"
-                   for i, (v, h) in enumerate(zip(served, reference)) if v.label != h.label]
+    differences = [
+        f"{i}: vllm {v.label!r} {v.raw!r} / hf {h.label!r} {h.raw!r} ({texts[i][:30]!r})"
+        for i, (v, h) in enumerate(zip(served, reference))
+        if v.label != h.label
+    ]
     agreed = 1 - len(differences) / len(texts)
-    print(f"{mode}: labels agree on {len(texts) - len(differences)}/{len(texts)} ({agreed:.1%})", *differences, sep="\n  ")
+    print(
+        f"{mode}: labels agree on {len(texts) - len(differences)}/{len(texts)} ({agreed:.1%})",
+        *differences,
+        sep="\n  ",
+    )
     assert agreed >= AGREEMENT, differences
     return served, reference, differences
 
@@ -93,7 +104,9 @@ def test_score_mode_agrees_with_hf_engine(engine, hf, texts):
     same = [(v, h) for v, h in zip(served, reference) if v.label == h.label]
     # the same label's probabilities and score distribution: equal up to float rounding
     assert max(abs(v.probs[k] - h.probs[k]) for v, h in same for k in v.probs) < 1e-3
-    assert sum(v.score == h.score and v.score_greedy == h.score_greedy for v, h in same) >= AGREEMENT * len(same)
+    assert sum(v.score == h.score and v.score_greedy == h.score_greedy for v, h in same) >= AGREEMENT * len(
+        same
+    )
     assert all(v.raw == engine.run.task.render_answer(v.label, v.score) for v in served)
 
 
@@ -128,7 +141,9 @@ def test_adapter_training_lm_head_is_refused_before_vllm_starts(run_dir):
     config = json.loads((run_dir / ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))
     if not config.get("modules_to_save"):
         pytest.skip(f"{run_dir}'s adapter trains no full module")
-    with pytest.raises(ValueError, match=r"lm_head in full \(modules_to_save\).*--format merged16") as refused:
+    with pytest.raises(
+        ValueError, match=r"lm_head in full \(modules_to_save\).*--format merged16"
+    ) as refused:
         VllmEngine(run_dir)
     assert "\n" not in str(refused.value)
 
@@ -148,7 +163,9 @@ def _lora_only(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def test_a_4bit_run_on_a_gpu_is_refused_in_one_line_where_vllm_has_no_bitsandbytes(run_dir, tmp_path, monkeypatch):
+def test_a_4bit_run_on_a_gpu_is_refused_in_one_line_where_vllm_has_no_bitsandbytes(
+    run_dir, tmp_path, monkeypatch
+):
     """A run trained on a 4-bit base served with --engine vllm on a GPU, whose preset names no 16-bit base
     (the tiny run marked 4-bit): vLLM 0.32-0.34 list no bitsandbytes method, so the engine says so before
     vLLM starts and names the export that serves (merged16). The GPU is simulated at labeltune's device
@@ -191,9 +208,29 @@ def test_label_cli_with_vllm_on_ray_writes_the_single_process_file(merged, tmp_p
     source = ROOT / "data" / "new_posts.csv"
 
     def label(out, *extra):
-        done = subprocess.run([sys.executable, "-m", "labeltune.cli", "label", "--run", str(merged), "--input", str(source),
-                               "--output", str(out), "--mode", "score", "--progress", "false", *extra],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "labeltune.cli",
+                "label",
+                "--run",
+                str(merged),
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                "--mode",
+                "score",
+                "--progress",
+                "false",
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return list(csv.DictReader(open(out, encoding="utf-8", newline="")))
 

@@ -28,9 +28,13 @@ def qlora_run(root: Path, preset: str) -> Path:
     p = PRESETS[preset]
     run = root / preset
     (run / ADAPTER).mkdir(parents=True)
-    (run / "model.json").write_text(json.dumps({"preset": p.name, "base": p.model_id, "full_id": p.full_id,
-                                                 "load_in_4bit": True}), encoding="utf-8")
-    (run / ADAPTER / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16}), encoding="utf-8")
+    (run / "model.json").write_text(
+        json.dumps({"preset": p.name, "base": p.model_id, "full_id": p.full_id, "load_in_4bit": True}),
+        encoding="utf-8",
+    )
+    (run / ADAPTER / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 16}), encoding="utf-8"
+    )
     return run
 
 
@@ -40,8 +44,9 @@ def merged_run(root: Path, preset: str) -> Path:
     run = root / f"{preset}-merged16"
     (run / MERGED).mkdir(parents=True)
     (run / "model.json").write_text(json.dumps({"preset": p.name, "merged": True}), encoding="utf-8")
-    (run / MERGED / "config.json").write_text(json.dumps({"model_type": p.model_type, "torch_dtype": "float16"}),
-                                             encoding="utf-8")
+    (run / MERGED / "config.json").write_text(
+        json.dumps({"model_type": p.model_type, "torch_dtype": "float16"}), encoding="utf-8"
+    )
     return run
 
 
@@ -64,8 +69,12 @@ def test_every_gpu_preset_is_served_or_refused_in_one_line_naming_what_works(tmp
             assert "\n" not in outcome and "--engine hf" in outcome, (case, outcome)
     # a T4: Gemma 2 gets float32 (vLLM refuses float16 for gemma2; bf16 is emulated), which 9B does not fit
     assert "vLLM refuses float16 for gemma2" in got[("gemma2-9b", "T4")]
-    assert got[("gemma2-2b", "T4")].dtype == "float32" and got[("gemma2-2b-merged16", "T4")].dtype == "float32"
-    assert "~14.9 GiB" in got[("llama3.1-8b", "T4")]  # 8B in float16 does not fit a 15 GB T4 beside its KV cache
+    assert (
+        got[("gemma2-2b", "T4")].dtype == "float32" and got[("gemma2-2b-merged16", "T4")].dtype == "float32"
+    )
+    assert (
+        "~14.9 GiB" in got[("llama3.1-8b", "T4")]
+    )  # 8B in float16 does not fit a 15 GB T4 beside its KV cache
     assert got[("llama3.2-3b", "T4")].dtype == "float16"
     # from compute capability 8: bf16, and every preset fits an L4 (24 GB) and up
     for preset in GPU_PRESETS:
