@@ -367,7 +367,11 @@ def _make_n(target: str, tmp_path: Path, py: str, gpu: bool, venv: Path | None =
         "#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-00000000)'\n" if gpu else "#!/bin/sh\nexit 9\n"
     )
     smi.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    # a bare interpreter finds no labeltune: without PYTHONPATH (a checkout on it makes make use it as it is)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+    }
     proc = subprocess.run(
         ["make", "-n", target, "MODEL=gemma2", f"PY={py}", f"VENV={venv or tmp_path / 'venv'}"],
         capture_output=True,
