@@ -94,7 +94,8 @@ def train_config(cfg: CompareConfig, model: str, output: Path, data: str) -> Tra
 
 
 def run_config(cfg: CompareConfig, model: str, out: Path) -> TrainConfig:
-    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by labeltune.splits.split_once)."""
+    """TrainConfig of `model`'s generative run: reads the comparison's split folder (written by
+    labeltune.splits.split_once)."""
     return on_split_folder(
         train_config(cfg, model, out / system_key("generative", model), cfg.data), out / DATA
     )
@@ -307,9 +308,9 @@ def run_encoder(
         before = done.get("settings", {})
         if all(before.get(k) == v for k, v in asked.items()):
             return
+        changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in asked.items() if before.get(k) != v)
         print(
-            f"compare: the encoder's settings changed ({', '.join(f'{k} {before.get(k)} -> {v}' for k, v in asked.items() if before.get(k) != v)}): "
-            f"training it again in {system_dir}",
+            f"compare: the encoder's settings changed ({changed}): training it again in {system_dir}",
             file=sys.stderr,
         )
         (system_dir / METRICS_FILE).unlink()
@@ -400,7 +401,8 @@ def forgetting_lines(results: dict[str, dict]) -> list[str]:
         f = r.get("forgetting")
         if f:
             out.append(
-                f"{key}: perplexity on general text {f['base_ppl']:.1f} (base) -> {f['tuned_ppl']:.1f} (tuned), "
+                f"{key}: perplexity on general text {f['base_ppl']:.1f} (base) -> "
+                f"{f['tuned_ppl']:.1f} (tuned), "
                 f"{f['n_texts']} texts / {f['n_tokens']} tokens from {f['source']}"
             )
     return out
@@ -444,7 +446,8 @@ def write_outputs(
     table = "\n".join(md_table(columns(task), table_rows(results, task)))
     n = next(iter(results.values()))["n"]
     notes = [
-        f"Task {task.name}, {cfg.split} split of {summary['source']} (n={n}, fingerprint {summary['fingerprint'][:12]}).",
+        f"Task {task.name}, {cfg.split} split of {summary['source']} "
+        f"(n={n}, fingerprint {summary['fingerprint'][:12]}).",
         *forgetting_lines(results),
     ]
     md = [

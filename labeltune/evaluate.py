@@ -3,16 +3,16 @@
     labeltune evaluate --run runs/demo [--split test] [--base false]
 
 Each evaluation writes its own folder, runs/<name>/eval/<split>-<mode>-<n>/ (labeltune.run.new_eval_dir):
-metrics.json (keys: base, finetuned, majority_baseline, forgetting, warnings, ...), report.md and report.html with
-their plots (labeltune.report), and one predictions CSV per system; earlier evaluations are kept as they
-were. The latest is also runs/<name>/metrics.json, report.md and report.html (showing its folder's plots). Malformed
-answers count as wrong: they lower accuracy and the recall of their gold class, and are a false
-positive for no class. Score metrics (MAE, Spearman) use the rows with a gold score whose answer
-parsed; beside them, the fine-tuned model's scores with the gold label given (every row whose gold label
-carries a score, estimate and greedy), which measure the score apart from the label decision. Each system's
-macro-F1 has a 95% bootstrap interval (labeltune.metrics.macro_f1_interval); a fine-tuned model worse than the
-majority class or the untuned base, or whose interval holds the majority class's macro-F1, gets a warning
-(labeltune.metrics.result_warnings), printed at the end and shown in the report. The forgetting check
+metrics.json (keys: base, finetuned, majority_baseline, forgetting, warnings, ...), report.md and
+report.html with their plots (labeltune.report), and one predictions CSV per system; earlier evaluations
+are kept as they were. The latest is also runs/<name>/metrics.json, report.md and report.html (showing
+its folder's plots). Malformed answers count as wrong: they lower accuracy and the recall of their gold class,
+and are a false positive for no class. Score metrics (MAE, Spearman) use the rows with a gold score whose
+answer parsed; beside them, the fine-tuned model's scores with the gold label given (every row whose gold
+label carries a score, estimate and greedy), which measure the score apart from the label decision. Each
+system's macro-F1 has a 95% bootstrap interval (labeltune.metrics.macro_f1_interval); a fine-tuned model worse
+than the majority class or the untuned base, or whose interval holds the majority class's macro-F1, gets a
+warning (labeltune.metrics.result_warnings), printed at the end and shown in the report. The forgetting check
 (labeltune.perplexity) compares base and tuned perplexity on general text.
 """
 
@@ -69,9 +69,10 @@ def check_split_unchanged(run) -> None:
     splits = {name: load_examples(run.split(name), run.task)[0] for name in names}
     if fingerprint(splits) != recorded:
         raise ValueError(
-            f"--run {run.dir}: its split files ({'/'.join(names)}.jsonl in {run.dir / DATA}) changed since training "
-            f"(their fingerprint differs from {summary_path}), so its test and dev scores would not measure held-out "
-            "rows; restore that folder as train wrote it, or evaluate on your own labelled file with --data FILE"
+            f"--run {run.dir}: its split files ({'/'.join(names)}.jsonl in {run.dir / DATA}) changed "
+            f"since training (their fingerprint differs from {summary_path}), so its test and dev scores "
+            "would not measure held-out rows; restore that folder as train wrote it, or evaluate on your own "
+            "labelled file with --data FILE"
         )
 
 

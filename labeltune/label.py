@@ -6,7 +6,8 @@ Every input row yields exactly one output row, in input order, with all original
 ``label, score, score_greedy, ok, reason, truncated, raw, confidence`` and one ``p_<label name>``
 probability column per label added (prefixed ``pred_`` if the input already has one of those names;
 score_greedy, confidence and probabilities are empty in ``generate`` mode, which has none; in
-``score`` mode ``score`` is the --score-estimate, expected by default). Output is UTF-8 (BOM with ``--bom``) whatever the input encoding.
+``score`` mode ``score`` is the --score-estimate, expected by default). Output is UTF-8 (BOM with
+``--bom``) whatever the input encoding.
 
 The output is written to ``<output>.partial`` and moved into place only when every row is in it, so
 an existing file at ``--output`` (replaced only with ``--overwrite``) stays intact until then. Rows
@@ -138,7 +139,8 @@ def resume_state(
         done = output.is_file() and output.stat().st_size == state["bytes"]
         if done and state["identity"] == identity and not overwrite:
             print(
-                f"{output} is already complete ({state['rows']} rows, same run, input and settings): nothing to do"
+                f"{output} is already complete ({state['rows']} rows, same run, input and settings): "
+                "nothing to do"
             )
             return "complete"
         state = None  # made by another command, changed since, or to be replaced: not ours to resume
@@ -160,7 +162,8 @@ def resume_state(
 
 
 def text_chunks(cfg: LabelConfig, start: int) -> Iterator[list]:
-    """The texts of the input's rows from row `start` on, `chunk_size` rows at a time (the checkpoint unit)."""
+    """The texts of the input's rows from row `start` on, `chunk_size` rows at a time (the checkpoint
+    unit)."""
     rows = islice(iter_rows(Path(cfg.input), cfg.encoding), start, None)
     while chunk := list(islice(rows, cfg.chunk_size)):
         yield [row.get(cfg.text_column) for row in chunk]

@@ -1,11 +1,11 @@
 """The evaluation report: report.md and report.html in an evaluation's folder, with their plots.
 
-Pure functions over the metrics dict of ``labeltune.evaluate`` (computed by labeltune.metrics) and the systems' predictions; no model
-code. Labels are shown with their task names beside them ("-1 (negative)"). The HTML asks for a
-Japanese-capable font stack (CSS_FONTS); plots draw Japanese labels with the first installed font of
-CJK_FONTS, and where none is installed a non-ASCII label is drawn as its task name (``names``) or its
-position. User texts appear only in the error sample, escaped for Markdown and HTML; each error row
-is named by its ``id`` column where the data has one.
+Pure functions over the metrics dict of ``labeltune.evaluate`` (computed by labeltune.metrics) and the
+systems' predictions; no model code. Labels are shown with their task names beside them ("-1
+(negative)"). The HTML asks for a Japanese-capable font stack (CSS_FONTS); plots draw Japanese labels
+with the first installed font of CJK_FONTS, and where none is installed a non-ASCII label is drawn as
+its task name (``names``) or its position. User texts appear only in the error sample, escaped for Markdown
+and HTML; each error row is named by its ``id`` column where the data has one.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def plot_style():
 
 
 def with_name(value: str, names: dict[str, str] | None) -> str:
-    """A label value with its task name beside it: "-1 (negative)"; the value alone when it has no other name."""
+    """A label value with its task name beside it: "-1 (negative)"; the value alone when it has no other
+    name."""
     name = (names or {}).get(value)
     return value if name in (None, value) else f"{value} ({name})"
 
@@ -310,8 +311,8 @@ def _system_section(
         section["scores_png"] = files["scores"]
         section["scores_text"] = (
             f"Predicted scores exactly {lo}: {share_at(pred, lo)}, exactly {hi}: {share_at(pred, hi)} "
-            f"(gold: {share_at(gold, lo)} and {share_at(gold, hi)}); a collapse to the ends of the range shows as "
-            "predicted shares well above the gold ones."
+            f"(gold: {share_at(gold, lo)} and {share_at(gold, hi)}); a collapse to the ends of the range "
+            "shows as predicted shares well above the gold ones."
         )
     if "reliability" in files:
         section["reliability_png"] = files["reliability"]
@@ -364,7 +365,8 @@ def report_context(metrics: dict, examples: list, systems: dict[str, list], plot
 
 
 def md_cell(text: str) -> str:
-    """A Markdown table cell that stays one cell of one row: HTML-escaped, `|` as &#124;, line breaks as <br>."""
+    """A Markdown table cell that stays one cell of one row: HTML-escaped, `|` as &#124;, line breaks as
+    <br>."""
     import html
 
     return "<br>".join(html.escape(text, quote=False).replace("|", "&#124;").splitlines())
@@ -385,8 +387,8 @@ def render_markdown(context: dict, assets: str = "") -> str:
             "## Score estimates",
             "",
             "The score written (from the model's distribution over every allowed score) "
-            "beside the greedy score, on the rows where gold and prediction both carry a score; then both with "
-            "the gold label given, on every row whose gold label carries a score.",
+            "beside the greedy score, on the rows where gold and prediction both carry a score; then both "
+            "with the gold label given, on every row whose gold label carries a score.",
             "",
             *md_table(context["estimate_header"], context["estimates"]),
             "",
@@ -592,7 +594,8 @@ def summary_header(metrics: dict) -> list[str]:
 
 
 def macro_f1_cell(m: dict) -> str:
-    """Macro-F1 to 3 places, with its 95% bootstrap interval (labeltune.metrics.macro_f1_interval) when known."""
+    """Macro-F1 to 3 places, with its 95% bootstrap interval (labeltune.metrics.macro_f1_interval) when
+    known."""
     interval = m.get("macro_f1_interval")
     return f"{m['macro_f1']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
@@ -693,7 +696,8 @@ def format_table(metrics: dict) -> str:
 
 
 def write_predictions(path: Path, examples, predictions) -> None:
-    """One row per example: its id (the data's `id` column, else its position), text, gold and predicted answer."""
+    """One row per example: its id (the data's `id` column, else its position), text, gold and predicted
+    answer."""
     header, ids = row_ids(examples)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)

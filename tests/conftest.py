@@ -136,7 +136,8 @@ def share_run():
 
 @pytest.fixture
 def copy_run(tmp_path):
-    """copy_run(run) -> a copy of `run` in this test's tmp_path (tmp_path/"run", then "run-2", ...) to write into."""
+    """copy_run(run) -> a copy of `run` in this test's tmp_path (tmp_path/"run", then "run-2", ...) to write
+    into."""
     made = []
 
     def copy(run: Path) -> Path:
@@ -158,8 +159,8 @@ def _shared_runs_stay_as_trained(request):
             changed = sorted(k for k in now.keys() | trained.keys() if now.get(k) != trained.get(k))
             _SHARED[run] = now  # blame this test only, not the ones after it
             pytest.fail(
-                f"{request.node.nodeid} changed the shared run {run}: {changed[:5]}; write into copy_run(run) "
-                "instead",
+                f"{request.node.nodeid} changed the shared run {run}: {changed[:5]}; write into "
+                "copy_run(run) instead",
                 pytrace=False,
             )
 

@@ -84,7 +84,8 @@ def test_score_decode_same_with_and_without_the_shared_prefix_cache(monkeypatch)
 
 def test_encode_many_equals_the_tokenizer_call():
     """Batched prompt encoding takes the tokenizer's Rust fast path: same ids as the transformers call,
-    special-token strings split, the tokenizer's setting restored (the real tokenizers: test_real_tokenizers)."""
+    special-token strings split, the tokenizer's setting restored (the real tokenizers:
+    test_real_tokenizers)."""
     from labeltune.features import encode_many
     from labeltune.models import build_tiny_tokenizer
 

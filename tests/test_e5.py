@@ -89,7 +89,8 @@ def test_auto_is_e5_on_cpu_and_tiny_stays_selectable(monkeypatch):
 
 @needs_package
 def test_converted_model_embeds_as_the_engine(folder, tokenizer, engine):
-    """Mean-pooled, L2-normalised last hidden states (e5's embedding) of the converted BertModel vs the engine."""
+    """Mean-pooled, L2-normalised last hidden states (e5's embedding) of the converted BertModel vs the
+    engine."""
     import torch
     from transformers import BertModel
 
@@ -112,7 +113,8 @@ def test_converted_model_embeds_as_the_engine(folder, tokenizer, engine):
 @needs_package
 def test_tokenizer_is_the_engines(folder, tokenizer, engine):
     """Same token count as the engine on every sample text (query prefix and <s> </s> included); every
-    entry of the engine's normalisation table kept, full-width "！" among them (XLMRobertaTokenizer makes it <unk>)."""
+    entry of the engine's normalisation table kept, full-width "！" among them (XLMRobertaTokenizer makes it
+    <unk>)."""
     examples, _ = load_examples(SAMPLE, TASK)
     texts = TEXTS + [ex.text for ex in examples]
     ids = tokenizer(texts)["input_ids"]

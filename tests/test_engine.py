@@ -149,8 +149,8 @@ def test_label_with_threads_and_dtype_options(run, tmp_path):
 
 
 def test_vllm_precision_follows_compute_capability_not_is_bf16_supported(monkeypatch):
-    """A T4 answers torch.cuda.is_bf16_supported() True but only emulates bf16: vLLM gets fp16 there, bf16 from
-    compute capability 8, fp32 on CPU, as the hf engine decides (labeltune.models.select_precision)."""
+    """A T4 answers torch.cuda.is_bf16_supported() True but only emulates bf16: vLLM gets fp16 there, bf16
+    from compute capability 8, fp32 on CPU, as the hf engine decides (labeltune.models.select_precision)."""
     from labeltune import vllm_engine
 
     assert vllm_engine.resolve_dtype("auto", cuda=False) == "float32"

@@ -1,6 +1,7 @@
-"""When an evaluation means little (labeltune.metrics.macro_f1_interval, result_warnings): the bootstrap interval of
-macro-F1, the warning rules on hand-made metrics, and the report showing both. Pure: no model, no training (the
-evaluation of a trained run: tests/test_pipeline.py::test_evaluate_warns_when_the_result_means_little)."""
+"""When an evaluation means little (labeltune.metrics.macro_f1_interval, result_warnings): the bootstrap
+interval of macro-F1, the warning rules on hand-made metrics, and the report showing both. Pure: no model, no
+training (the evaluation of a trained run:
+tests/test_pipeline.py::test_evaluate_warns_when_the_result_means_little)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ NAMES = {"1": "positive", "0": "neutral", "-1": "negative"}
 
 
 def test_one_resample_is_the_macro_f1_of_the_resampled_rows():
-    """Each resample's value is classification_metrics' macro-F1 of the rows drawn (malformed counted as wrong)."""
+    """Each resample's value is classification_metrics' macro-F1 of the rows drawn (malformed counted as
+    wrong)."""
     gold = ["1", "1", "0", "0", "-1", "-1", "0", "1", "-1", "0"]
     pred = ["1", "0", None, "0", "-1", "1", "-1", "1", None, "0"]
     for seed in range(20):
@@ -94,7 +96,8 @@ def test_a_clear_gain_gets_no_warning():
 
 def test_worse_than_the_majority_class():
     assert result_warnings(_metrics(0.05, [0.0, 0.12], base=None)) == [
-        "the fine-tuned model is worse than the majority class: macro-F1 0.050 < 0.200 (always answering 0 (neutral))"
+        "the fine-tuned model is worse than the majority class: macro-F1 0.050 < 0.200 "
+        "(always answering 0 (neutral))"
     ]
 
 

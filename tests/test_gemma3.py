@@ -180,14 +180,15 @@ def test_only_gemma3_runs_carry_the_terms():
     )
 
 
-# ---------------------------------------------------------------- a stand-in base: the preset's run, exports, card
+# ----------------------------------------------------------- a stand-in base: the preset's run, exports, card
 
 
 @pytest.fixture(scope="module")
 def standin_run(tmp_path_factory):
     """A run of the gemma3-270m preset trained (1 step) on a stand-in: labeltune's cache holds a tiny random
-    Llama-shaped model where the converted Gemma 3 270M would be, so train, export and the model card go through
-    the preset's own code (resolve_base, the notice files) in seconds. The notice files are the package's."""
+    Llama-shaped model where the converted Gemma 3 270M would be, so train, export and the model card go
+    through the preset's own code (resolve_base, the notice files) in seconds. The notice files are the
+    package's."""
     from labeltune import train
     from labeltune.config import TrainConfig, resolve
     from labeltune.models import build_tiny
@@ -241,8 +242,8 @@ def _same_notice_files(folder: Path) -> None:
 @pytest.mark.train
 def test_a_gemma3_run_and_its_exports_carry_the_terms(standin_run, tmp_path):
     """train writes the notice, the package's NOTICE.md and the Gemma Terms of Use into the run; adapter and
-    merged16 exports carry them, and their model card names the base and says the Gemma Terms of Use apply (and
-    shows the evaluation's warnings: a model trained 1 step is worse than the majority class)."""
+    merged16 exports carry them, and their model card names the base and says the Gemma Terms of Use apply
+    (and shows the evaluation's warnings: a model trained 1 step is worse than the majority class)."""
     from labeltune import evaluate
     from labeltune.config import EvalConfig, resolve
 
@@ -282,7 +283,7 @@ def test_an_export_refuses_a_linked_notice_and_restores_a_missing_one(standin_ru
     _same_notice_files(_export(run, "adapter", tmp_path / "restored"))
 
 
-# ---------------------------------------------------------------- slow tier: the real model, offline
+# ----------------------------------------------------------- slow tier: the real model, offline
 
 
 def write_split_folder(folder: Path, sizes: dict[str, int]) -> None:
@@ -310,7 +311,8 @@ def offline(monkeypatch):
 @pytest.mark.slow
 def test_converted_folder_matches_the_gguf(offline, tmp_path):
     """The cached folder loads with plain from_pretrained and computes the GGUF load's logits exactly (fp32),
-    with tied embeddings and Gemma's special tokens: what breaks first when transformers' GGUF loader changes."""
+    with tied embeddings and Gemma's special tokens: what breaks first when transformers' GGUF loader
+    changes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -50,7 +50,7 @@ torch.cuda.is_bf16_supported = lambda including_emulation=True: True
 """
 
 
-# ---------------------------------------------------------------- 1. precision
+# ----------------------------------------------------------- 1. precision
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_unsloth_is_asked_to_choose_the_dtype(monkeypatch):
     assert models.precision_of(model) == "fp16"
 
 
-# ---------------------------------------------------------------- 2. unsloth first
+# ----------------------------------------------------------- 2. unsloth first
 
 
 def _fake_unsloth(site: Path, record: Path) -> Path:
@@ -210,11 +210,12 @@ def test_late_unsloth_import_is_named(monkeypatch):
         models.import_unsloth()  # not installed on this CPU machine: the warning comes first
 
 
-# ---------------------------------------------------------------- 3. inference never through Unsloth
+# ----------------------------------------------------------- 3. inference never through Unsloth
 
 
 def _tiny_run(trained: Path, tmp_path: Path, backend: str) -> Path:
-    """A copy of a run directory of the tiny preset trained for 2 steps on CPU, its model.json marked `backend`."""
+    """A copy of a run directory of the tiny preset trained for 2 steps on CPU, its model.json marked
+    `backend`."""
     run = Path(shutil.copytree(trained, tmp_path / "run", symlinks=True))
     info = json.loads((run / "model.json").read_text())
     info.update(backend=backend)
@@ -250,7 +251,8 @@ def test_label_of_an_unsloth_run_on_a_gpu_never_imports_unsloth(unsloth_run, tmp
     )
     assert not record.exists(), f"unsloth was imported for inference: {record.read_text()}"
     assert "fake unsloth" not in proc.stderr
-    # it stopped where the hf backend puts the model on the GPU this CPU machine does not have (said in one line)
+    # it stopped where the hf backend puts the model on the GPU this CPU machine does not have
+    # (said in one line)
     assert proc.returncode == 2 and "its model cannot be loaded (RuntimeError" in proc.stderr, proc.stderr[
         -2000:
     ]
@@ -266,7 +268,8 @@ def test_label_of_an_unsloth_run_on_cpu_works_without_importing_unsloth(unsloth_
         from labeltune import label
         from labeltune.config import LabelConfig, resolve
         for mode in ("generate", "constrained", "score"):
-            label.main(resolve(LabelConfig, None, {{"run": {str(unsloth_run)!r}, "input": {str(ROOT / "data" / "new_posts.csv")!r},
+            label.main(resolve(LabelConfig, None, {{"run": {str(unsloth_run)!r},
+                       "input": {str(ROOT / "data" / "new_posts.csv")!r},
                        "output": {str(tmp_path)!r} + "/" + mode + ".csv", "mode": mode, "progress": False}}))
         assert "unsloth" not in sys.modules
         print("OK")
@@ -354,7 +357,7 @@ def test_all_decode_modes_on_a_4bit_model(tmp_path):
         assert a == pytest.approx(b, abs=1e-4)
 
 
-# ---------------------------------------------------------------- 4. make: Colab and GPU-box journeys
+# ----------------------------------------------------------- 4. make: Colab and GPU-box journeys
 
 
 def _make_n(target: str, tmp_path: Path, py: str, gpu: bool, venv: Path | None = None) -> str:
@@ -442,7 +445,7 @@ def test_make_on_a_cpu_machine_installs_the_cpu_wheel(tmp_path):
     assert "pip install -q torch==2.13.0" in out and ".[dev]" in out and "gpu" not in out
 
 
-# ---------------------------------------------------------------- 5. merged export loaded as saved
+# ----------------------------------------------------------- 5. merged export loaded as saved
 
 
 def test_merged_export_on_a_gpu_is_not_requantised(monkeypatch, tmp_path):
@@ -475,7 +478,7 @@ def test_merged_export_on_a_gpu_is_not_requantised(monkeypatch, tmp_path):
     assert "quantization_config" not in seen and seen["dtype"] == torch.float16
 
 
-# ---------------------------------------------------------------- 6. torch not capped by the core deps
+# ----------------------------------------------------------- 6. torch not capped by the core deps
 
 
 def test_core_deps_do_not_cap_torch():
@@ -498,13 +501,14 @@ def test_check_deps_says_whether_a_preinstalled_torch_is_kept():
     uv_says = (
         "Because unsloth>=2026.10.1 depends on torch>=2.4.0,<2.15.0 and labeltune depends on torch==2.15.0, "
         "we can conclude that your requirements and unsloth>=2026.10.1 are incompatible.\n"
-        "And because labeltune depends on unsloth>=2026.10, we can conclude that your requirements are unsatisfiable."
+        "And because labeltune depends on unsloth>=2026.10, "
+        "we can conclude that your requirements are unsatisfiable."
     )
     line = check_deps.verdict("2.15.0", resolved, None, uv_says)
     assert "REPLACED by torch 2.14.1" in line and "unsloth>=2026.10.1 depends on torch>=2.4.0,<2.15.0" in line
 
 
-# ---------------------------------------------------------------- 7 and 9. refused before anything is loaded
+# ----------------------------------------------------------- 7 and 9. refused before anything is loaded
 
 
 def test_two_visible_gpus_are_refused_before_anything_is_written(monkeypatch, tmp_path):
@@ -539,7 +543,7 @@ def test_trl_that_cannot_train_on_cpu_is_refused_up_front(monkeypatch, tmp_path)
     models.check_trainer_supports(cuda=False, trl_version="1.16.0")
 
 
-# ---------------------------------------------------------------- 8. Unsloth's patches stay in a child process
+# ----------------------------------------------------------- 8. Unsloth's patches stay in a child process
 
 
 @pytest.mark.train
@@ -596,8 +600,8 @@ def test_train_reads_and_checks_the_data_before_any_model_library_loads(tmp_path
     drop summary printed before the (fake) Unsloth import stops the run."""
     script = textwrap.dedent(f"""
         import sys
-        sys.argv = ['labeltune', 'train', '--data', {str(ROOT / "data" / "sample.csv")!r}, '--text-column', 'nope',
-                    '--output', {str(tmp_path / "run")!r}]
+        sys.argv = ['labeltune', 'train', '--data', {str(ROOT / "data" / "sample.csv")!r},
+                    '--text-column', 'nope', '--output', {str(tmp_path / "run")!r}]
         from labeltune.cli import main
         try:
             main()

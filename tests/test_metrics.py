@@ -29,7 +29,8 @@ LABELS = ["1", "0", "-1"]
 #   gold -1:  0  1  2  0
 #
 # accuracy = (1 + 1 + 2) / 8 = 0.5
-# class  1: tp 1, predicted 1+1+0 = 2, support 3 -> P 1/2, R 1/3, F1 = 2*(1/2)(1/3)/(1/2+1/3) = (1/3)/(5/6) = 0.4
+# class  1: tp 1, predicted 1+1+0 = 2, support 3 -> P 1/2, R 1/3, F1 = 2*(1/2)(1/3)/(1/2+1/3)
+#                                                                    = (1/3)/(5/6) = 0.4
 # class  0: tp 1, predicted 1+1+1 = 3, support 2 -> P 1/3, R 1/2, F1 = 0.4
 # class -1: tp 2, predicted 0+0+2 = 2, support 3 -> P 1,   R 2/3, F1 = 2*(2/3)/(5/3) = 0.8
 # (the malformed answer is a false positive for no class: it is in no precision denominator)

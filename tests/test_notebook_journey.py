@@ -119,7 +119,8 @@ class FakeTrain:
 
 @pytest.fixture
 def session(tmp_path, monkeypatch):
-    """Runs the notebook's cells as a Colab session would: session(fake, edits, tags) -> (namespace, output)."""
+    """Runs the notebook's cells as a Colab session would: session(fake, edits, tags) -> (namespace,
+    output)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delenv("LABELTUNE_NB_RUNS", raising=False)

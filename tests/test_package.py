@@ -22,8 +22,8 @@ def test_wheel_installed_elsewhere_lists_tasks_and_labels_a_csv(tmp_path):
     from labeltune import train
     from labeltune.config import TrainConfig, resolve
 
-    # no PYTHONPATH anywhere below: a checkout on it (with the wheel build's labeltune.egg-info) would make pip
-    # take labeltune as installed already and skip the wheel
+    # no PYTHONPATH anywhere below: a checkout on it (with the wheel build's labeltune.egg-info) would make
+    # pip take labeltune as installed already and skip the wheel
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(
         [

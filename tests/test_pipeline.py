@@ -24,7 +24,8 @@ SAMPLE = ROOT / "data" / "sample.csv"
 
 @pytest.fixture
 def run_dir(tiny_run_70):
-    """The tiny model trained 70 steps on the sample: the session's, read-only (copy_run it to write into it)."""
+    """The tiny model trained 70 steps on the sample: the session's, read-only (copy_run it to write into
+    it)."""
     return tiny_run_70
 
 
@@ -63,9 +64,10 @@ def test_training_learns_the_format(run_dir, copy_run):
 
 
 def test_evaluate_warns_when_the_result_means_little(run_dir, copy_run, capsys):
-    """The tiny random-init model on 15 test rows: each system's macro-F1 gets a 95% bootstrap interval, too wide
-    there to tell the model from the majority class; the warnings its numbers call for (that one, and worse than
-    the majority class or the base where it is) are printed at the end, kept in metrics.json and shown in the report."""
+    """The tiny random-init model on 15 test rows: each system's macro-F1 gets a 95% bootstrap interval, too
+    wide there to tell the model from the majority class; the warnings its numbers call for (that one, and
+    worse than the majority class or the base where it is) are printed at the end, kept in metrics.json and
+    shown in the report."""
     run_dir = copy_run(run_dir)  # evaluate writes its metrics and report into the run
 
     metrics = evaluate.main(resolve(EvalConfig, None, {"run": str(run_dir), "forgetting": None, "limit": 15}))

@@ -247,12 +247,13 @@ def test_train_and_dev_per_label_cap_those_splits_only_and_say_so(tmp_path, caps
     removed = 3 * 9 - full["kept_rows"]["train"]
     assert capped["train_rows_changed_by_balance"] == removed and capped["train_per_label"] == 3
     assert (
-        f"train {removed:+d} rows by --train-per-label 3, dev {9 - full['kept_rows']['dev']:+d} rows by --dev-per-label 1"
-        in capsys.readouterr().out
+        f"train {removed:+d} rows by --train-per-label 3, "
+        f"dev {9 - full['kept_rows']['dev']:+d} rows by --dev-per-label 1" in capsys.readouterr().out
     )
-    read = lambda d: [
-        json.loads(line) for line in open(tmp_path / d / "out" / "train.jsonl", encoding="utf-8")
-    ]
+
+    def read(d):
+        return [json.loads(line) for line in open(tmp_path / d / "out" / "train.jsonl", encoding="utf-8")]
+
     full_ids = [r["url"] for r in read("full")]
     kept = [r["url"] for r in read("capped")]
     assert kept == [u for u in full_ids if u in set(kept)]  # a subset of the full train split, in its order

@@ -132,7 +132,8 @@ def test_unknown_task_lists_available():
 def test_task_by_path(tmp_path):
     path = tmp_path / "yesno.yaml"
     path.write_text(
-        "name: yesno\nlabels:\n  - {value: 'y', name: yes_, aliases: ['はい']}\n  - {value: 'n', name: no_}\n",
+        "name: yesno\nlabels:\n  - {value: 'y', name: yes_, aliases: ['はい']}\n"
+        "  - {value: 'n', name: no_}\n",
         encoding="utf-8",
     )
     task = load_task(str(path))

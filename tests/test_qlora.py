@@ -51,7 +51,8 @@ def _real_tokenizer(family: str):
 def _tokenizer(family: str):
     if not (TOKENIZERS / family / "tokenizer.json").is_file():
         pytest.skip(
-            f"real tokenizer not found at {TOKENIZERS / family} (../shared/tokenizers is absent on this machine)"
+            f"real tokenizer not found at {TOKENIZERS / family} "
+            "(../shared/tokenizers is absent on this machine)"
         )
     return _real_tokenizer(family)
 

@@ -24,7 +24,8 @@ def test_readme_flags_exist():
     flags = _verb_flags()
     for name, text in {"README.md": README, **DOCS}.items():
         used = re.findall(
-            r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates)\b([^\n`|]*)",
+            r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates)"
+            r"\b([^\n`|]*)",
             text,
         )
         assert len(used) >= 4 or name != "README.md"
@@ -34,7 +35,8 @@ def test_readme_flags_exist():
 
 
 def test_readme_is_short_and_its_links_resolve():
-    """A README one can enter (issue: ~250 lines); the rest lives in docs/, and every relative link resolves."""
+    """A README one can enter (issue: ~250 lines); the rest lives in docs/, and every relative link
+    resolves."""
     assert len(README.splitlines()) <= 300
     for name, text in {"README.md": README, **{f"docs/{k}": v for k, v in DOCS.items()}}.items():
         base = ROOT if name == "README.md" else ROOT / "docs"

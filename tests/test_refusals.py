@@ -40,7 +40,8 @@ def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 @pytest.fixture
 def run(tiny_run_3x48):
-    """A tiny run trained for a few steps (its labels need not be good, only produced): the session's, read-only."""
+    """A tiny run trained for a few steps (its labels need not be good, only produced): the session's,
+    read-only."""
     return tiny_run_3x48
 
 
@@ -210,9 +211,7 @@ def test_train_option_values_are_validated(tmp_path, option, value):
 def test_mixed_encodings_are_refused_with_line_numbers(run, tmp_path):
     """One CP932 row in a UTF-8 file: refused naming both lines, not decoded as CP932 (garbling the rest)."""
     path = tmp_path / "mixed.csv"
-    path.write_bytes(
-        "id,text\n1,最高の一日\n".encode() + "2,最悪だ\n".encode("cp932") + "3,普通\n".encode()
-    )
+    path.write_bytes("id,text\n1,最高の一日\n".encode() + "2,最悪だ\n".encode("cp932") + "3,普通\n".encode())
     refused(
         cli("label", "--run", run, "--input", path, "--output", tmp_path / "o.csv"),
         "mixed encodings",
@@ -314,7 +313,8 @@ def test_data_that_gives_meaningless_results_is_refused_unless_allowed(tmp_path)
     )
     refused(cli("train", "--data", tiny, "--output", tmp_path / "b"), "split is empty")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    # allowed on purpose: trains, and says what is wrong and what was dropped (an unknown label, an empty text)
+    # allowed on purpose: trains, and says what is wrong and what was dropped
+    # (an unknown label, an empty text)
     rows = [(f"良い{i}", "1", "0") for i in range(20)] + [(f"悪い{i}", "-1", "60") for i in range(20)]
     rows += [("謎", "maybe", "0"), ("", "1", "0")]
     data = _labelled(tmp_path / "allowed.csv", rows)
@@ -504,7 +504,8 @@ def test_a_post_longer_than_the_csv_field_limit_is_labelled(run, tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_anything(monkeypatch, tmp_path):
-    """A read-only folder (simulated: this machine runs the tests as root, for whom every folder is writable)."""
+    """A read-only folder (simulated: this machine runs the tests as root, for whom every folder is
+    writable)."""
     from labeltune import label
 
     posts = _posts(tmp_path / "posts.csv", ["a"])

@@ -316,7 +316,8 @@ def test_an_unwritten_lock_is_taken_over_only_when_old(tmp_path):
 
 @pytest.fixture
 def run(tiny_run_3x48):
-    """A tiny run trained for a few steps (its labels need not be good, only produced): the session's, read-only."""
+    """A tiny run trained for a few steps (its labels need not be good, only produced): the session's,
+    read-only."""
     return tiny_run_3x48
 
 

@@ -258,7 +258,8 @@ def test_predict_cli_refuses_binary_stdin_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr.decode()[-2000:]
     assert proc.stderr.decode().splitlines() == [
         (
-            "labeltune: error: stdin: line 1 is not UTF-8 text (byte 0xff); convert it first (iconv -f cp932 -t utf-8), "
+            "labeltune: error: stdin: line 1 is not UTF-8 text (byte 0xff); "
+            "convert it first (iconv -f cp932 -t utf-8), "
             "or label the file with `labeltune label --input FILE` (it detects cp932 and UTF-16)"
         )
     ]
@@ -293,7 +294,8 @@ def test_python_texts_none_nan_and_bytes():
 
 @pytest.fixture
 def run(tiny_run_3x48):
-    """A tiny run trained for a few steps (conftest marks the tests using it `train`): the session's, read-only."""
+    """A tiny run trained for a few steps (conftest marks the tests using it `train`): the session's,
+    read-only."""
     return tiny_run_3x48
 
 
@@ -327,7 +329,7 @@ def test_predict_cli_double_dash_bom_and_a_bad_calibration(tiny_run_3x48, copy_r
         (run / "calibration.json").unlink()
     assert proc.returncode == 2 and proc.stderr.decode().splitlines() == [
         (
-            f"labeltune: error: {run / 'calibration.json'}: temperature 0.0 is not a number > 0; delete it, or fit it "
-            f"again with `labeltune calibrate --run {run}`"
+            f"labeltune: error: {run / 'calibration.json'}: temperature 0.0 is not a number > 0; "
+            f"delete it, or fit it again with `labeltune calibrate --run {run}`"
         )
     ]

@@ -133,7 +133,8 @@ def _code_folder(folder: Path, marker: Path) -> Path:
     )
     (folder / "configuration_evil.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
-        "from transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evilmodel'\n",
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evilmodel'\n",
         encoding="utf-8",
     )
     return folder

@@ -37,7 +37,8 @@ def cli(*argv, stdin: str | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tiny_run_3x48, tmp_path_factory, share_run):
     """A tiny run trained for a few steps (a copy of the session's), with a calibration.json whose temperature
-    and biases change the probabilities (so applying it or not shows). Read-only: copy_run it to write into it."""
+    and biases change the probabilities (so applying it or not shows). Read-only: copy_run it to write into
+    it."""
     out = tmp_path_factory.mktemp("using") / "run"
     shutil.copytree(tiny_run_3x48, out, symlinks=True)
     save_temperature(out, CALIBRATION)

@@ -169,7 +169,8 @@ def test_a_4bit_run_on_a_gpu_is_refused_in_one_line_where_vllm_has_no_bitsandbyt
     """A run trained on a 4-bit base served with --engine vllm on a GPU, whose preset names no 16-bit base
     (the tiny run marked 4-bit): vLLM 0.32-0.34 list no bitsandbytes method, so the engine says so before
     vLLM starts and names the export that serves (merged16). The GPU is simulated at labeltune's device
-    probe (a T4's compute capability). A preset with a 16-bit base is served on it: tests/test_vllm_plan.py."""
+    probe (a T4's compute capability). A preset with a 16-bit base is served on it:
+    tests/test_vllm_plan.py."""
     from labeltune import vllm_engine
 
     if not (run_dir / ADAPTER).is_dir():

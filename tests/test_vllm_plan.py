@@ -81,7 +81,8 @@ def test_every_gpu_preset_is_served_or_refused_in_one_line_naming_what_works(tmp
         for gpu in ("L4", "A100-40GB", "H100"):
             served = got[(preset, gpu)]
             assert served.dtype == "bfloat16", (preset, gpu, served)
-            # no bitsandbytes in this vLLM: the adapter on the preset's 16-bit base, with a warning that says so
+            # no bitsandbytes in this vLLM: the adapter on the preset's 16-bit base,
+            # with a warning that says so
             assert served.model == PRESETS[preset].full_id and served.adapter and "16-bit" in served.warning
             assert served.kwargs == {"enable_lora": True, "max_loras": 1, "max_lora_rank": 16}
             merged = got[(f"{preset}-merged16", gpu)]
