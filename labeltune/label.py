@@ -11,8 +11,8 @@ score_greedy, confidence and probabilities are empty in ``generate`` mode, which
 The output is written to ``<output>.partial`` and moved into place only when every row is in it, so
 an existing file at ``--output`` (replaced only with ``--overwrite``) stays intact until then. Rows
 are processed in chunks; after each chunk the partial file is flushed to disk and a sidecar
-``<output>.labeltune.json`` records the rows and bytes done. A killed or interrupted run, started
-again with the same arguments, cuts the partial file back to the last recorded chunk and continues:
+``.<output name>.labeltune.json`` (hidden) records the rows and bytes done. A killed or interrupted run,
+started again with the same arguments, cuts the partial file back to the last recorded chunk and continues:
 the finished file is byte-identical to an uninterrupted run. When the file is complete the sidecar
 says so (with the run, input and settings that made it), so the same command again is a no-op. A
 partial output of another run, input or setting is never appended to; one that fails before its
@@ -207,7 +207,7 @@ SETTINGS = (
 @dataclass(frozen=True)
 class OutputFiles:
     """--output and the files beside it while it is made: the rows so far (``<output>.partial``), the
-    sidecar recording progress and then completion (``<output>.labeltune.json``) and the lock."""
+    sidecar recording progress and then completion (``.<output name>.labeltune.json``) and the lock."""
 
     output: Path
 
@@ -220,7 +220,11 @@ class OutputFiles:
 
     @property
     def state(self) -> Path:
-        return self._beside(".labeltune.json")
+        """A hidden file (``.<output name>.labeltune.json``), so a finished output has no visible sidecar; one
+        an earlier version left beside the output (``<output>.labeltune.json``) is still read and updated."""
+        legacy = self._beside(".labeltune.json")
+        hidden = self.output.with_name("." + self.output.name + ".labeltune.json")
+        return legacy if legacy.is_file() and not hidden.exists() else hidden
 
     @property
     def lock(self) -> Path:
@@ -468,10 +472,15 @@ def _start_partial(state_path: Path, partial: Path, state: dict, header: list[st
     _write_state(state_path, state)
 
 
+def one_line(text: str) -> str:
+    """The model's raw answer on one line (line breaks written as \\n), so the cell does not span lines."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _output_row(row: dict, p, columns: list[str], task, bom: bool) -> tuple[list, int]:
     """The output cells of one input row and its prediction, and how many of them were neutralised: with
     `bom`, the input's cells and the raw answer are made safe from running as formulas."""
-    texts = [*(_cell(row.get(c)) for c in columns), _cell(p.raw)]
+    texts = [*(_cell(row.get(c)) for c in columns), one_line(_cell(p.raw))]
     shown = [neutralise_formula(text) for text in texts] if bom else texts
     *cells, raw = shown
     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]

@@ -160,7 +160,10 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path, capsys):
     assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
     assert sum(r["ok"] == "True" for r in rows) >= 9
     assert not out.with_name(out.name + ".partial").exists()
-    assert json.loads(out.with_name(out.name + ".labeltune.json").read_text())["complete"] is True
+    # the sidecar that makes a rerun a no-op is hidden: beside the finished output only the output shows
+    assert json.loads(out.with_name("." + out.name + ".labeltune.json").read_text())["complete"] is True
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name)) == [out.name]
+    assert "\n" not in "".join(r["raw"] for r in rows) and any("label : " in r["raw"] for r in rows)
     said = (
         capsys.readouterr().out
     )  # how many of each label it wrote (a collapse shows here), and what to do next
@@ -208,7 +211,7 @@ def test_label_missing_column_writes_nothing(run_dir, tmp_path):
         label.main(
             resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out)})
         )
-    assert not out.exists() and not out.with_name(out.name + ".labeltune.json").exists()
+    assert not out.exists() and not out.with_name("." + out.name + ".labeltune.json").exists()
 
 
 def _label_cmd(run_dir, source, out, *extra):
@@ -242,7 +245,7 @@ def test_resume_after_kill_is_byte_identical(run_dir, tmp_path):
     reference, resumed = tmp_path / "reference.csv", tmp_path / "resumed.csv"
     subprocess.run(_label_cmd(run_dir, source, reference), check=True, cwd=ROOT)
 
-    state = resumed.with_name(resumed.name + ".labeltune.json")
+    state = resumed.with_name("." + resumed.name + ".labeltune.json")
     partial = resumed.with_name(resumed.name + ".partial")
     proc = subprocess.Popen(_label_cmd(run_dir, source, resumed), cwd=ROOT)
     deadline = time.time() + 120
@@ -271,7 +274,7 @@ def test_refuses_to_append_to_foreign_partial_output(run_dir, tmp_path):
     source = tmp_path / "posts.csv"
     _write_posts(source, 8)
     out = tmp_path / "out.csv"
-    state = out.with_name(out.name + ".labeltune.json")
+    state = out.with_name("." + out.name + ".labeltune.json")
     partial = out.with_name(out.name + ".partial")
     partial.write_text("a,b\n1,2\n", encoding="utf-8")
     state.write_text(json.dumps({"identity": {"input_sha256": "other"}, "rows": 1, "bytes": 8}))
