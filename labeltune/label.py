@@ -50,9 +50,13 @@ from labeltune.run import CALIBRATION, CONFIG, file_sha256, load_calibration, op
 PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
 
 
-def output_columns(input_columns: list[str], label_names: list[str]) -> list[str]:
-    """Input columns + predictions (`pred_`-prefixed if a name clashes) + one probability column per label."""
-    names = [*PREDICTION_COLUMNS, *(f"p_{n}" for n in label_names)]
+def output_columns(input_columns: list[str], label_names: list[str], words: bool = False) -> list[str]:
+    """Input columns + predictions (`pred_`-prefixed if a name clashes) + one probability column per label;
+    `words`: the label column holds the training data's words, and label_value the task's values."""
+    predicted = (
+        (*PREDICTION_COLUMNS[:1], "label_value", *PREDICTION_COLUMNS[1:]) if words else PREDICTION_COLUMNS
+    )
+    names = [*predicted, *(f"p_{n}" for n in label_names)]
     prefix = "pred_" if set(names) & set(input_columns) else ""
     added = [prefix + c for c in names]
     if set(added) & set(input_columns):
@@ -262,7 +266,7 @@ def main(cfg: LabelConfig) -> Path:
         cfg = with_text_column(cfg, source, columns)
         total, report = count_rows(source, cfg.encoding)
         run = open_run(Path(cfg.run))
-        header = output_columns(columns, [lab.name for lab in run.task.labels])
+        header = output_columns(columns, [lab.name for lab in run.task.labels], bool(run.label_words()))
         identity = output_identity(cfg, source, run.dir)
         state = resume_state(files.state, files.partial, files.output, identity, cfg.overwrite)
         if state == "complete":
@@ -379,6 +383,7 @@ def label_rows(
     first row is labelled, neither file is left behind. Ctrl-C says how to continue and exits 130.
     Returns this session's tally."""
     fresh = state["rows"] == 0
+    words = run.label_words()  # the training data's words for the labels ({}: it wrote the values)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
     tally = Tally()
     try:
@@ -393,7 +398,7 @@ def label_rows(
                 chunk = list(islice(rows, len(predictions)))
                 lines = []
                 for row, p in zip(chunk, predictions):
-                    cells, neutralised = _output_row(row, p, columns, run.task, cfg.bom)
+                    cells, neutralised = _output_row(row, p, columns, run.task, cfg.bom, words)
                     tally.count(p, neutralised)
                     lines.append(cells)
                 f.write(_csv_bytes(lines))
@@ -477,7 +482,9 @@ def one_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _output_row(row: dict, p, columns: list[str], task, bom: bool) -> tuple[list, int]:
+def _output_row(
+    row: dict, p, columns: list[str], task, bom: bool, words: dict | None = None
+) -> tuple[list, int]:
     """The output cells of one input row and its prediction, and how many of them were neutralised: with
     `bom`, the input's cells and the raw answer are made safe from running as formulas."""
     texts = [*(_cell(row.get(c)) for c in columns), one_line(_cell(p.raw))]
@@ -486,7 +493,11 @@ def _output_row(row: dict, p, columns: list[str], task, bom: bool) -> tuple[list
     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
     row_cells = [
         *cells,
-        _cell(p.label),
+        *(
+            [_cell(words.get(p.label, p.label) if p.label else p.label), _cell(p.label)]
+            if words
+            else [_cell(p.label)]
+        ),
         _cell(p.score),
         _cell(p.score_greedy),
         p.ok,

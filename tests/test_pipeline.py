@@ -567,3 +567,45 @@ def test_merged_adapter_labels_like_the_adapter_and_still_disables(run_dir):
         for a, b in zip(a_list, b_list):
             assert a.probs == pytest.approx(b.probs, abs=1e-4)
     assert [p.probs for p in tuned[True]] != [p.probs for p in base[True]]  # the adapter really acts
+
+
+@pytest.mark.train
+def test_labels_trained_as_words_come_back_as_those_words(tmp_path):
+    """Training data that writes its labels as words ("positive") gets them back in the label column, with
+    the task's values beside it (label_value); the run keeps the words in data/summary.json."""
+    rows = list(csv.DictReader(open(ROOT / "data" / "sample.csv", encoding="utf-8")))
+    words = {"1": "positive", "0": "neutral", "-1": "negative"}
+    data = tmp_path / "words.csv"
+    with open(data, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label", "score"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": words[r["label"]], "score": r["score"]} for r in rows)
+    run_dir = train.main(
+        resolve(
+            TrainConfig,
+            None,
+            {"data": str(data), "output": str(tmp_path / "run"), "max_steps": 2, "limit": 48},
+        )
+    )
+    summary = json.loads((run_dir / "data" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["label_words"] == words
+    posts = tmp_path / "posts.csv"
+    posts.write_text('text\n最高の一日\n最悪だ\n""\n', encoding="utf-8")
+    out = tmp_path / "out.csv"
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "input": str(posts),
+                "output": str(out),
+                "mode": "score",
+                "progress": False,
+            },
+        )
+    )
+    labelled = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
+    assert list(labelled[0])[:3] == ["text", "label", "label_value"] and len(labelled) == 3
+    assert all(words[r["label_value"]] == r["label"] for r in labelled if r["ok"] == "True")
+    assert labelled[2]["label"] == labelled[2]["label_value"] == ""  # the empty post: no label
