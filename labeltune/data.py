@@ -30,6 +30,7 @@ class Example:
     label: str
     score: int | None = None
     meta: dict = field(default_factory=dict)  # the row's other columns, kept through to outputs
+    written: str | None = field(default=None, compare=False)  # the label as the data spelt it ("positive")
 
 
 # ---------------------------------------------------------------- reading
@@ -408,8 +409,19 @@ def load_examples(
             if not task.score_allowed(label):
                 score = 0  # the task spec: labels outside `only_for` have score 0
         meta = {k: v for k, v in row.items() if k not in (text_column, label_column, score_column)}
-        examples.append(Example(text=str(text), label=label, score=score, meta=meta))
+        written = str(raw_label).strip()
+        examples.append(Example(text=str(text), label=label, score=score, meta=meta, written=written))
     return examples, dropped
+
+
+def label_words(examples: list[Example]) -> dict[str, str]:
+    """{value: the spelling the data used most for it} when the data wrote its labels as words
+    ("positive") rather than the task's values ("1"); {} when it wrote the values (or nothing is known)."""
+    spelt = Counter((ex.label, ex.written) for ex in examples if ex.written is not None)
+    words: dict[str, str] = {}
+    for (value, word), _ in spelt.most_common():
+        words.setdefault(value, word)
+    return words if any(word != value for value, word in words.items()) else {}
 
 
 def write_jsonl(examples: list[Example], path: str | Path) -> None:

@@ -12,8 +12,8 @@ score_greedy, confidence and probabilities are empty in ``generate`` mode, which
 The output is written to ``<output>.partial`` and moved into place only when every row is in it, so
 an existing file at ``--output`` (replaced only with ``--overwrite``) stays intact until then. Rows
 are processed in chunks; after each chunk the partial file is flushed to disk and a sidecar
-``<output>.labeltune.json`` records the rows and bytes done. A killed or interrupted run, started
-again with the same arguments, cuts the partial file back to the last recorded chunk and continues:
+``.<output name>.labeltune.json`` (hidden) records the rows and bytes done. A killed or interrupted run,
+started again with the same arguments, cuts the partial file back to the last recorded chunk and continues:
 the finished file is byte-identical to an uninterrupted run. When the file is complete the sidecar
 says so (with the run, input and settings that made it), so the same command again is a no-op. A
 partial output of another run, input or setting is never appended to; one that fails before its
@@ -51,9 +51,13 @@ from labeltune.run import CALIBRATION, CONFIG, file_sha256, load_calibration, op
 PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
 
 
-def output_columns(input_columns: list[str], label_names: list[str]) -> list[str]:
-    """Input columns + predictions (`pred_`-prefixed if a name clashes) + one probability column per label."""
-    names = [*PREDICTION_COLUMNS, *(f"p_{n}" for n in label_names)]
+def output_columns(input_columns: list[str], label_names: list[str], words: bool = False) -> list[str]:
+    """Input columns + predictions (`pred_`-prefixed if a name clashes) + one probability column per label;
+    `words`: the label column holds the training data's words, and label_value the task's values."""
+    predicted = (
+        (*PREDICTION_COLUMNS[:1], "label_value", *PREDICTION_COLUMNS[1:]) if words else PREDICTION_COLUMNS
+    )
+    names = [*predicted, *(f"p_{n}" for n in label_names)]
     prefix = "pred_" if set(names) & set(input_columns) else ""
     added = [prefix + c for c in names]
     if set(added) & set(input_columns):
@@ -210,7 +214,7 @@ SETTINGS = (
 @dataclass(frozen=True)
 class OutputFiles:
     """--output and the files beside it while it is made: the rows so far (``<output>.partial``), the
-    sidecar recording progress and then completion (``<output>.labeltune.json``) and the lock."""
+    sidecar recording progress and then completion (``.<output name>.labeltune.json``) and the lock."""
 
     output: Path
 
@@ -223,7 +227,11 @@ class OutputFiles:
 
     @property
     def state(self) -> Path:
-        return self._beside(".labeltune.json")
+        """A hidden file (``.<output name>.labeltune.json``), so a finished output has no visible sidecar; one
+        an earlier version left beside the output (``<output>.labeltune.json``) is still read and updated."""
+        legacy = self._beside(".labeltune.json")
+        hidden = self.output.with_name("." + self.output.name + ".labeltune.json")
+        return legacy if legacy.is_file() and not hidden.exists() else hidden
 
     @property
     def lock(self) -> Path:
@@ -261,7 +269,7 @@ def main(cfg: LabelConfig) -> Path:
         cfg = with_text_column(cfg, source, columns)
         total, report = count_rows(source, cfg.encoding)
         run = open_run(Path(cfg.run))
-        header = output_columns(columns, [lab.name for lab in run.task.labels])
+        header = output_columns(columns, [lab.name for lab in run.task.labels], bool(run.label_words()))
         identity = output_identity(cfg, source, run.dir)
         state = resume_state(files.state, files.partial, files.output, identity, cfg.overwrite)
         if state == "complete":
@@ -378,6 +386,7 @@ def label_rows(
     first row is labelled, neither file is left behind. Ctrl-C says how to continue and exits 130.
     Returns this session's tally."""
     fresh = state["rows"] == 0
+    words = run.label_words()  # the training data's words for the labels ({}: it wrote the values)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
     tally = Tally()
     try:
@@ -392,7 +401,7 @@ def label_rows(
                 chunk = list(islice(rows, len(predictions)))
                 lines = []
                 for row, p in zip(chunk, predictions):
-                    cells, neutralised = _output_row(row, p, columns, run.task, cfg.bom)
+                    cells, neutralised = _output_row(row, p, columns, run.task, cfg.bom, words)
                     tally.count(p, neutralised)
                     lines.append(cells)
                 f.write(_csv_bytes(lines))
@@ -471,16 +480,27 @@ def _start_partial(state_path: Path, partial: Path, state: dict, header: list[st
     _write_state(state_path, state)
 
 
-def _output_row(row: dict, p, columns: list[str], task, bom: bool) -> tuple[list, int]:
+def one_line(text: str) -> str:
+    """The model's raw answer on one line (line breaks written as \\n), so the cell does not span lines."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _output_row(
+    row: dict, p, columns: list[str], task, bom: bool, words: dict | None = None
+) -> tuple[list, int]:
     """The output cells of one input row and its prediction, and how many of them were neutralised: with
     `bom`, the input's cells and the raw answer are made safe from running as formulas."""
-    texts = [*(_cell(row.get(c)) for c in columns), _cell(p.raw)]
+    texts = [*(_cell(row.get(c)) for c in columns), one_line(_cell(p.raw))]
     shown = [neutralise_formula(text) for text in texts] if bom else texts
     *cells, raw = shown
     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
     row_cells = [
         *cells,
-        _cell(p.label),
+        *(
+            [_cell(words.get(p.label, p.label) if p.label else p.label), _cell(p.label)]
+            if words
+            else [_cell(p.label)]
+        ),
         _cell(p.score),
         _cell(p.score_greedy),
         p.ok,

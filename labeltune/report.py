@@ -525,16 +525,25 @@ def write_report(
         )
 
 
+def draw_reliability(ax, bins: list[dict]) -> None:
+    """Accuracy per confidence bin: a bar and a point for every bin that holds predictions (a bin whose
+    accuracy is 0 shows as a point on the axis, not as nothing), its count above it."""
+    used = [b for b in bins if b["n"]]
+    centers = [(b["lo"] + b["hi"]) / 2 for b in used]
+    accuracy = [b["acc"] for b in used]
+    ax.bar(centers, accuracy, width=0.09, color="#4c72b0", label="accuracy")
+    ax.plot(centers, accuracy, "o", color="#1f3a66", markersize=4, clip_on=False)
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for x, b in zip(centers, used):
+        ax.text(x, min(b["acc"], 0.93) + 0.03, str(b["n"]), ha="center", fontsize=7, color="#333333")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+
+
 def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-    centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
-    ax.bar(centers, [b["acc"] if b["n"] else 0 for b in bins], width=0.09, color="#4c72b0", label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    for x, b in zip(centers, bins):
-        if b["n"]:
-            ax.text(x, 0.02, str(b["n"]), ha="center", fontsize=7, color="white")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    draw_reliability(ax, bins)
+    ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -290,6 +290,17 @@ class Run:
             )
         return path
 
+    def label_words(self) -> dict[str, str]:
+        """{label value: the word the training data wrote it as} ("1" -> "positive"), from data/summary.json
+        (exports keep it); {} when the data wrote the task's values, or for runs made before it was kept."""
+        summary = self.dir / DATA / DATA_SUMMARY
+        if not summary.is_file():
+            return {}
+        words = json.loads(summary.read_text(encoding="utf-8")).get("label_words") or {}
+        return {
+            str(value): str(word) for value, word in words.items() if str(value) in self.task.label_values
+        }
+
     def train_labels(self) -> list[str]:
         """The training split's labels (for the majority baseline): from data/train.jsonl, else from the
         counts in data/summary.json (all an export keeps by default)."""

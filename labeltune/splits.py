@@ -25,6 +25,7 @@ from labeltune.data import (
     ReadReport,
     dropped_summary,
     label_counts,
+    label_words,
     load_examples,
     write_jsonl,
 )
@@ -143,6 +144,11 @@ def load_splits(
             )
             dropped += [{"split": name, **r} for r in rows]
             warnings += report.warnings()
+        words = _summary_words(
+            source
+        )  # a split folder of labeltune's (sweep, compare) keeps the data's words
+        for ex in (ex for examples in splits.values() for ex in examples if ex.label in words):
+            ex.written = words[ex.label]
         return splits, dropped
     report = ReadReport(str(source))
     examples, dropped = load_examples(source, task, encoding=cfg.encoding, report=report, **columns)
@@ -150,6 +156,13 @@ def load_splits(
     if not examples:
         raise ValueError(f"{source}: no usable rows ({dropped_summary(dropped)})")
     return split_examples(examples, cfg.split, cfg.seed), dropped
+
+
+def _summary_words(folder: Path) -> dict[str, str]:
+    summary = folder / DATA_SUMMARY
+    return (
+        json.loads(summary.read_text(encoding="utf-8")).get("label_words") or {} if summary.is_file() else {}
+    )
 
 
 def check_leakage(cfg: TrainConfig, splits: dict) -> tuple[dict, list]:
@@ -178,6 +191,7 @@ def write_splits(cfg: TrainConfig, splits: dict, dropped: list[dict], leaks: lis
         "source": str(cfg.data),
         "fingerprint": fingerprint(splits),
         "counts": {name: label_counts(ex) for name, ex in splits.items()},
+        **({"label_words": words} if (words := label_words(splits["train"])) else {}),
         "dropped": dropped,
         "leaks": [vars(lk) for lk in leaks],
         "leakage_policy": cfg.leakage,

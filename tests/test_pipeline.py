@@ -162,7 +162,10 @@ def test_label_keeps_rows_columns_and_order(run_dir, tmp_path, capsys):
     assert rows[3]["ok"] == "False" and rows[3]["reason"] == "empty_input"
     assert sum(r["ok"] == "True" for r in rows) >= 9
     assert not out.with_name(out.name + ".partial").exists()
-    assert json.loads(out.with_name(out.name + ".labeltune.json").read_text())["complete"] is True
+    # the sidecar that makes a rerun a no-op is hidden: beside the finished output only the output shows
+    assert json.loads(out.with_name("." + out.name + ".labeltune.json").read_text())["complete"] is True
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name)) == [out.name]
+    assert "\n" not in "".join(r["raw"] for r in rows) and any("label : " in r["raw"] for r in rows)
     said = (
         capsys.readouterr().out
     )  # how many of each label it wrote (a collapse shows here), and what to do next
@@ -210,7 +213,7 @@ def test_label_missing_column_writes_nothing(run_dir, tmp_path):
         label.main(
             resolve(LabelConfig, None, {"run": str(run_dir), "input": str(source), "output": str(out)})
         )
-    assert not out.exists() and not out.with_name(out.name + ".labeltune.json").exists()
+    assert not out.exists() and not out.with_name("." + out.name + ".labeltune.json").exists()
 
 
 def _label_cmd(run_dir, source, out, *extra):
@@ -244,7 +247,7 @@ def test_resume_after_kill_is_byte_identical(run_dir, tmp_path):
     reference, resumed = tmp_path / "reference.csv", tmp_path / "resumed.csv"
     subprocess.run(_label_cmd(run_dir, source, reference), check=True, cwd=ROOT)
 
-    state = resumed.with_name(resumed.name + ".labeltune.json")
+    state = resumed.with_name("." + resumed.name + ".labeltune.json")
     partial = resumed.with_name(resumed.name + ".partial")
     proc = subprocess.Popen(_label_cmd(run_dir, source, resumed), cwd=ROOT)
     deadline = time.time() + 120
@@ -273,7 +276,7 @@ def test_refuses_to_append_to_foreign_partial_output(run_dir, tmp_path):
     source = tmp_path / "posts.csv"
     _write_posts(source, 8)
     out = tmp_path / "out.csv"
-    state = out.with_name(out.name + ".labeltune.json")
+    state = out.with_name("." + out.name + ".labeltune.json")
     partial = out.with_name(out.name + ".partial")
     partial.write_text("a,b\n1,2\n", encoding="utf-8")
     state.write_text(json.dumps({"identity": {"input_sha256": "other"}, "rows": 1, "bytes": 8}))
@@ -566,3 +569,45 @@ def test_merged_adapter_labels_like_the_adapter_and_still_disables(run_dir):
         for a, b in zip(a_list, b_list):
             assert a.probs == pytest.approx(b.probs, abs=1e-4)
     assert [p.probs for p in tuned[True]] != [p.probs for p in base[True]]  # the adapter really acts
+
+
+@pytest.mark.train
+def test_labels_trained_as_words_come_back_as_those_words(tmp_path):
+    """Training data that writes its labels as words ("positive") gets them back in the label column, with
+    the task's values beside it (label_value); the run keeps the words in data/summary.json."""
+    rows = list(csv.DictReader(open(ROOT / "data" / "sample.csv", encoding="utf-8")))
+    words = {"1": "positive", "0": "neutral", "-1": "negative"}
+    data = tmp_path / "words.csv"
+    with open(data, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label", "score"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": words[r["label"]], "score": r["score"]} for r in rows)
+    run_dir = train.main(
+        resolve(
+            TrainConfig,
+            None,
+            {"data": str(data), "output": str(tmp_path / "run"), "max_steps": 2, "limit": 48},
+        )
+    )
+    summary = json.loads((run_dir / "data" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["label_words"] == words
+    posts = tmp_path / "posts.csv"
+    posts.write_text('text\n最高の一日\n最悪だ\n""\n', encoding="utf-8")
+    out = tmp_path / "out.csv"
+    label.main(
+        resolve(
+            LabelConfig,
+            None,
+            {
+                "run": str(run_dir),
+                "input": str(posts),
+                "output": str(out),
+                "mode": "score",
+                "progress": False,
+            },
+        )
+    )
+    labelled = list(csv.DictReader(open(out, encoding="utf-8", newline="")))
+    assert list(labelled[0])[:3] == ["text", "label", "label_value"] and len(labelled) == 3
+    assert all(words[r["label_value"]] == r["label"] for r in labelled if r["ok"] == "True")
+    assert labelled[2]["label"] == labelled[2]["label_value"] == ""  # the empty post: no label

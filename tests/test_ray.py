@@ -87,7 +87,7 @@ def test_ray_job_killed_and_run_again_ends_with_the_same_bytes(run_dir, tmp_path
     reference, resumed = tmp_path / "reference.csv", tmp_path / "resumed.csv"
     subprocess.run(_label(run_dir, source, reference, "--mode", "score"), check=True, cwd=ROOT, timeout=600)
     argv = _label(run_dir, source, resumed, "--mode", "score", "--ray", "local", "--replicas", "2")
-    state = resumed.with_name(resumed.name + ".labeltune.json")
+    state = resumed.with_name("." + resumed.name + ".labeltune.json")
     proc = subprocess.Popen(
         argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

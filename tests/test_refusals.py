@@ -141,7 +141,7 @@ def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_p
         "--progress",
         "false",
     ]
-    state = out.with_name(out.name + ".labeltune.json")
+    state = out.with_name("." + out.name + ".labeltune.json")
     proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -188,7 +188,7 @@ def test_label_option_values_are_validated(run, tmp_path, option, value, rule):
         option,
         rule,
     )
-    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.csv.labeltune.json").exists()
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / ".o.csv.labeltune.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -518,3 +518,14 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_anything(monk
     with pytest.raises(ValueError, match=r"cannot write in .*locked \(permission denied\)"):
         label.check_paths(posts, locked / "sub" / "out.csv")
     assert list(locked.iterdir()) == []
+
+
+def test_the_label_sidecar_is_hidden_and_an_earlier_visible_one_still_counts(tmp_path):
+    from labeltune.label import OutputFiles, one_line
+
+    files = OutputFiles(tmp_path / "out.csv")
+    assert files.state == tmp_path / ".out.csv.labeltune.json"
+    (tmp_path / "out.csv.labeltune.json").write_text("{}")  # left by an earlier version: resumed from
+    assert files.state == tmp_path / "out.csv.labeltune.json"
+    assert one_line("label : 1\nscore : 30") == "label : 1\\nscore : 30"
+    assert one_line("a\\nb\r") == "a\\\\nb\\r"

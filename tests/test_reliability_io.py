@@ -355,7 +355,7 @@ def test_a_failed_start_leaves_nothing_but_a_resumable_partial_is_kept(run, tmp_
 
     source = _posts(tmp_path / "posts.csv", [f"投稿{i}" for i in range(6)])
     out = tmp_path / "new" / "out.csv"
-    partial, state = out.with_name(out.name + ".partial"), out.with_name(out.name + ".labeltune.json")
+    partial, state = out.with_name(out.name + ".partial"), out.with_name("." + out.name + ".labeltune.json")
     real = HfEngine.predict
     calls = []
 

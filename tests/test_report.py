@@ -442,3 +442,22 @@ def test_japanese_labels_are_drawn_with_a_cjk_font(tmp_path):
         plot_confusions({"tuned": posneg}, tmp_path / "ja.png", names={"ポジティブ": "positive"})
     _assert_nontrivial_png(tmp_path / "ja.png")
     assert matplotlib.rcParams["font.family"] == before
+
+
+def test_a_reliability_bin_with_zero_accuracy_is_drawn():
+    """A confidence bin holding predictions that were all wrong shows as a point at 0 with its count (a
+    bar of height 0 alone showed nothing); empty bins draw nothing."""
+    from labeltune.report import _pyplot, draw_reliability
+
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    bins = [
+        {"lo": 0.5, "hi": 0.6, "n": 7, "acc": 0.0},
+        {"lo": 0.6, "hi": 0.7, "n": 0, "acc": None},
+        {"lo": 0.9, "hi": 1.0, "n": 3, "acc": 1.0},
+    ]
+    draw_reliability(ax, bins)
+    points = ax.lines[0].get_xydata().tolist()
+    assert [[round(x, 3), y] for x, y in points] == [[0.55, 0.0], [0.95, 1.0]]
+    assert [t.get_text() for t in ax.texts] == ["7", "3"]
+    plt.close(fig)
