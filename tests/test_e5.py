@@ -135,6 +135,17 @@ def test_tokenizer_is_the_engines(folder, tokenizer, engine):
 
 
 @needs_package
+def test_characters_the_table_lacks_pass_through(tokenizer):
+    """Every character of the Basic Multilingual Plane goes through the normaliser, those the table lacks
+    unchanged ("°" in a livedoor article made tokenizers panic, "index out of bounds", when the charsmap's
+    double array ended before a transition could reach)."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    text = "".join(chr(cp) for cp in range(0x20, 0xD800))
+    assert len(normalizer.normalize_str(text)) > 50_000
+    assert normalizer.normalize_str("気温30°C") == "気温30°C" and len(tokenizer(["°"])["input_ids"][0]) > 2
+
+
+@needs_package
 def test_truncation_keeps_the_prefix_and_specials(tokenizer):
     (ids, cut), (pad_ids, _) = classify.encode(
         tokenizer, ["今日のお昼の親子丼、卵がとろとろで美味しかった", "<pad>"], 8
