@@ -55,5 +55,6 @@ def test_readme_quickstart_runs_verbatim_on_a_csv_with_its_own_columns(tmp_path)
     assert (run / "report.html").is_file() and (run / "metrics.json").is_file()
     out = list(csv.DictReader(open(tmp_path / "new_labelled.csv", encoding="utf-8", newline="")))
     assert [(r["投稿ID"], r["本文"]) for r in out] == new  # every row, in order, its columns kept
-    assert all(r["ok"] == "True" and r["label"] in WORDS for r in out)
+    # trained on words, labelled in those words (the task's values beside them)
+    assert all(r["ok"] == "True" and r["label"] == WORDS[r["label_value"]] for r in out)
     assert all(re.fullmatch(r"0\.\d{4}|1\.0000", r["confidence"]) for r in out)
