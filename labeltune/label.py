@@ -269,7 +269,8 @@ def main(cfg: LabelConfig) -> Path:
         cfg = with_text_column(cfg, source, columns)
         total, report = count_rows(source, cfg.encoding)
         run = open_run(Path(cfg.run))
-        header = output_columns(columns, [lab.name for lab in run.task.labels], bool(run.label_words()))
+        words = run.label_words()  # the training data's words for the labels ({}: it wrote the values)
+        header = output_columns(columns, [lab.name for lab in run.task.labels], bool(words))
         identity = output_identity(cfg, source, run.dir)
         state = resume_state(files.state, files.partial, files.output, identity, cfg.overwrite)
         if state == "complete":
@@ -287,7 +288,16 @@ def main(cfg: LabelConfig) -> Path:
                 "output": files.output.name,
             }
         tally = label_rows(
-            cfg, run, engine, settings, files=files, state=state, header=header, columns=columns, total=total
+            cfg,
+            run,
+            engine,
+            settings,
+            files=files,
+            state=state,
+            header=header,
+            columns=columns,
+            total=total,
+            words=words,
         )
         complete(files, state, total, source)
         print_summary(run, files.output, state["rows"], tally, report)
@@ -379,6 +389,7 @@ def label_rows(
     header: list[str],
     columns: list[str],
     total: int,
+    words: dict[str, str],
 ) -> Tally:
     """Label the rows after the `state["rows"]` already done into the partial output, a chunk at a time:
     each chunk's rows are written, flushed to disk and recorded in `state` (and its sidecar) before the
@@ -386,7 +397,6 @@ def label_rows(
     first row is labelled, neither file is left behind. Ctrl-C says how to continue and exits 130.
     Returns this session's tally."""
     fresh = state["rows"] == 0
-    words = run.label_words()  # the training data's words for the labels ({}: it wrote the values)
     bar = tqdm(total=total, initial=state["rows"], unit="row", disable=not cfg.progress, desc="label")
     tally = Tally()
     try:
@@ -496,11 +506,7 @@ def _output_row(
     probs = [_prob(p.probs.get(lab.value)) if p.probs else "" for lab in task.labels]
     row_cells = [
         *cells,
-        *(
-            [_cell(words.get(p.label, p.label) if p.label else p.label), _cell(p.label)]
-            if words
-            else [_cell(p.label)]
-        ),
+        *([_cell(words.get(p.label, p.label)), _cell(p.label)] if words else [_cell(p.label)]),
         _cell(p.score),
         _cell(p.score_greedy),
         p.ok,

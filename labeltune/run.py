@@ -293,13 +293,8 @@ class Run:
     def label_words(self) -> dict[str, str]:
         """{label value: the word the training data wrote it as} ("1" -> "positive"), from data/summary.json
         (exports keep it); {} when the data wrote the task's values, or for runs made before it was kept."""
-        summary = self.dir / DATA / DATA_SUMMARY
-        if not summary.is_file():
-            return {}
-        words = json.loads(summary.read_text(encoding="utf-8")).get("label_words") or {}
-        return {
-            str(value): str(word) for value, word in words.items() if str(value) in self.task.label_values
-        }
+        words = summary_label_words(self.dir / DATA)
+        return {value: word for value, word in words.items() if value in self.task.label_values}
 
     def train_labels(self) -> list[str]:
         """The training split's labels (for the majority baseline): from data/train.jsonl, else from the
@@ -319,6 +314,13 @@ class Run:
         checkpoint's adapter instead of the run's."""
         model, tokenizer = load_run(self.dir, merge, adapter)
         return model, Prompter(tokenizer, self.template(), self.task, self.config.max_length)
+
+
+def summary_label_words(data_dir: Path) -> dict[str, str]:
+    """The `label_words` a split folder's summary.json records ({} without one)."""
+    summary = data_dir / DATA_SUMMARY
+    words = json.loads(summary.read_text(encoding="utf-8")).get("label_words") if summary.is_file() else None
+    return {str(value): str(word) for value, word in (words or {}).items()}
 
 
 def open_run(run_dir: str | Path) -> Run:

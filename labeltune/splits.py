@@ -29,7 +29,7 @@ from labeltune.data import (
     load_examples,
     write_jsonl,
 )
-from labeltune.run import DATA_SUMMARY, split_file
+from labeltune.run import DATA_SUMMARY, split_file, summary_label_words
 from labeltune.task import TaskSpec
 
 # ---------------------------------------------------------------- splitting and leakage
@@ -144,9 +144,8 @@ def load_splits(
             )
             dropped += [{"split": name, **r} for r in rows]
             warnings += report.warnings()
-        words = _summary_words(
-            source
-        )  # a split folder of labeltune's (sweep, compare) keeps the data's words
+        # a split folder of labeltune's (sweep, compare) keeps the data's words
+        words = summary_label_words(source)
         for ex in (ex for examples in splits.values() for ex in examples if ex.label in words):
             ex.written = words[ex.label]
         return splits, dropped
@@ -156,13 +155,6 @@ def load_splits(
     if not examples:
         raise ValueError(f"{source}: no usable rows ({dropped_summary(dropped)})")
     return split_examples(examples, cfg.split, cfg.seed), dropped
-
-
-def _summary_words(folder: Path) -> dict[str, str]:
-    summary = folder / DATA_SUMMARY
-    return (
-        json.loads(summary.read_text(encoding="utf-8")).get("label_words") or {} if summary.is_file() else {}
-    )
 
 
 def check_leakage(cfg: TrainConfig, splits: dict) -> tuple[dict, list]:
