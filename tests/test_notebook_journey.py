@@ -66,6 +66,9 @@ def make_checkout(folder: Path) -> None:
     (folder / "mine.txt").write_text("a file of the user's")
 
 
+REAL_POPEN = subprocess.Popen  # the fake below replaces subprocess.Popen while a cell runs
+
+
 class FakeColab:
     """google.colab with its files and drive modules, on a temporary /content."""
 
@@ -88,6 +91,10 @@ class FakeColab:
         Path(root).mkdir(parents=True, exist_ok=True)
         if not (Path(root) / "MyDrive").exists():
             (Path(root) / "MyDrive").symlink_to(self.gdrive, target_is_directory=True)
+
+    def popen(self, args, **kwargs):  # subprocess.Popen (the install cell streams pip): recorded, one line out
+        self.commands.append([str(a) for a in args])
+        return REAL_POPEN([sys.executable, "-c", "print('Successfully installed labeltune')"], **kwargs)
 
     def run(self, args, **kwargs):  # subprocess.run: git clone makes a checkout, pip is only recorded
         self.commands.append([str(a) for a in args])
@@ -124,6 +131,7 @@ def session(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delenv("LABELTUNE_NB_RUNS", raising=False)
+    monkeypatch.setenv("LABELTUNE_NB_MODEL", "tiny")  # the journey's mechanics, not the real CPU model's hour
     monkeypatch.setenv("MPLBACKEND", "Agg")
     sources = cells()
 
@@ -133,6 +141,7 @@ def session(tmp_path, monkeypatch):
         else:
             monkeypatch.setitem(sys.modules, "google.colab", fake.module)
             monkeypatch.setattr(subprocess, "run", fake.run)
+            monkeypatch.setattr(subprocess, "Popen", fake.popen)
         ns: dict = {"__name__": "__main__"}
         for tag in tags:
             source = sources[tag] if fake is None else sources[tag].replace('"/content', f'"{fake.content}')
@@ -177,6 +186,7 @@ def test_colab_journey_upload_train_disconnect_resume_reuse(tmp_path, session, m
     drive_root = fake.content / "drive"
     assert [c[:2] for c in fake.commands if c[0] == "git"] == [["git", "clone"]]
     assert "https://github.com/" in fake.commands[0][3] and any("pip" in c for c in fake.commands)
+    assert "Successfully installed labeltune" in out  # pip's own lines reach the cell as they come
     assert ns["REPO"] == fake.content / "labeltune" and "cloned from" in out
     assert fake.mounts == [str(drive_root)]
     runs = drive_root / "MyDrive" / "labeltune" / "runs"
@@ -267,6 +277,19 @@ def test_locally_the_checkout_sample_and_runs_folder(session, monkeypatch, capsy
     assert ns["REPO"] == ROOT and not ns["IN_COLAB"]
     assert ns["DATA"] == Path("data/sample.csv") and ns["RUN"] == Path("runs/notebook-tiny")
     assert "this checkout" in capsys.readouterr().out
+
+
+def test_without_a_gpu_the_real_small_model_is_the_default(session, monkeypatch, capsys):
+    """On CPU the notebook trains Gemma 3 270M (labels a reader can trust) with the short prompt and the
+    measured 35 steps, unless LABELTUNE_NB_MODEL asks for the tiny test model."""
+    monkeypatch.chdir(ROOT / "notebooks")
+    monkeypatch.delenv("LABELTUNE_NB_MODEL")
+    monkeypatch.delenv("LABELTUNE_NB_STEPS", raising=False)
+    ns = session(None, tags=("install", "settings"))
+    if ns["GPU"]:
+        pytest.skip("a GPU is present: the notebook picks Gemma 2 9B")
+    assert (ns["MODEL"], ns["MAX_STEPS"], ns["TEMPLATE"]) == ("gemma3-270m", 35, "short_ja_sentiment_toxicity")
+    assert "MODEL=gemma3-270m  MAX_STEPS=35" in capsys.readouterr().out
 
 
 def test_a_finished_run_is_reused_never_trained_over_or_deleted(tmp_path, capsys):

@@ -119,7 +119,8 @@ def test_prepare_never_writes_into_a_folder_of_the_users(tmp_path):
 def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_path):
     """--overwrite replaces the old output only once the new one is complete; Ctrl-C (SIGINT) stops with
     'run the same command to continue', exit 130; the same command then finishes; once more: a no-op."""
-    posts = _posts(tmp_path / "posts.csv", [f"投稿{i} 今日は晴れ" for i in range(400)])
+    rows = 2000  # enough that the rest outlasts our look at the progress file on a quiet fast machine (400 did not)
+    posts = _posts(tmp_path / "posts.csv", [f"投稿{i} 今日は晴れ" for i in range(rows)])
     out = tmp_path / "out.csv"
     out.write_text("my old output\n")
     argv = [
@@ -158,13 +159,13 @@ def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_p
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and "of 400 rows; run the same command to continue" in err, err[-2000:]
+    assert "Traceback" not in err and f"of {rows} rows; run the same command to continue" in err, err[-2000:]
     assert out.read_text() == "my old output\n"  # untouched until the new output is complete
     done = subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, timeout=300
     )  # the same command: resumes
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == 400
+    assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == rows
     without = [a for a in argv if a != "--overwrite"]
     again = subprocess.run(without, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-2000:]
