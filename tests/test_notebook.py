@@ -16,7 +16,7 @@ def test_walkthrough_notebook_executes_on_cpu(tmp_path):
     nb = nbformat.read(ROOT / "notebooks" / "walkthrough.ipynb", as_version=4)
     assert "colab-badge" in nb.cells[0].source
     env = {
-        "LABELTUNE_NB_MODEL": "tiny",  # the cells' mechanics in minutes (the CPU default, Gemma 3 270M: ~45 min)
+        "LABELTUNE_NB_MODEL": "tiny",  # the mechanics in minutes (the CPU default, Gemma 3 270M: ~45 min)
         "LABELTUNE_NB_STEPS": "80",  # a short CPU run: the format is learned by then
         "LABELTUNE_NB_RUNS": str(tmp_path / "runs"),
     }  # a fresh runs folder: nothing of runs/ is reused or touched

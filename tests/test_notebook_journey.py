@@ -92,7 +92,7 @@ class FakeColab:
         if not (Path(root) / "MyDrive").exists():
             (Path(root) / "MyDrive").symlink_to(self.gdrive, target_is_directory=True)
 
-    def popen(self, args, **kwargs):  # subprocess.Popen (the install cell streams pip): recorded, one line out
+    def popen(self, args, **kwargs):  # subprocess.Popen (the install cell streams pip): recorded
         self.commands.append([str(a) for a in args])
         return REAL_POPEN([sys.executable, "-c", "print('Successfully installed labeltune')"], **kwargs)
 
@@ -288,7 +288,8 @@ def test_without_a_gpu_the_real_small_model_is_the_default(session, monkeypatch,
     ns = session(None, tags=("install", "settings"))
     if ns["GPU"]:
         pytest.skip("a GPU is present: the notebook picks Gemma 2 9B")
-    assert (ns["MODEL"], ns["MAX_STEPS"], ns["TEMPLATE"]) == ("gemma3-270m", 35, "short_ja_sentiment_toxicity")
+    chosen = (ns["MODEL"], ns["MAX_STEPS"], ns["TEMPLATE"])
+    assert chosen == ("gemma3-270m", 35, "short_ja_sentiment_toxicity")
     assert "MODEL=gemma3-270m  MAX_STEPS=35" in capsys.readouterr().out
 
 

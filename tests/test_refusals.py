@@ -119,7 +119,7 @@ def test_prepare_never_writes_into_a_folder_of_the_users(tmp_path):
 def test_ctrl_c_keeps_the_old_output_says_how_to_continue_and_resumes(run, tmp_path):
     """--overwrite replaces the old output only once the new one is complete; Ctrl-C (SIGINT) stops with
     'run the same command to continue', exit 130; the same command then finishes; once more: a no-op."""
-    rows = 2000  # enough that the rest outlasts our look at the progress file on a quiet fast machine (400 did not)
+    rows = 2000  # the rest outlasts our look at the progress file on a quiet fast machine (400 did not)
     posts = _posts(tmp_path / "posts.csv", [f"投稿{i} 今日は晴れ" for i in range(rows)])
     out = tmp_path / "out.csv"
     out.write_text("my old output\n")
