@@ -55,7 +55,7 @@ def offline() -> bool:
     """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub read it."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode()
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def cache_folder(hub: HubRun) -> Path:
@@ -94,7 +94,7 @@ def download(hub: HubRun, needs: tuple[str, ...], allow_patterns: list[str]) -> 
             "`labeltune export --push-to-hub` pushes one, and a GGUF export loads with llama.cpp)"
         )
     snapshots = snapshot.parent
-    path = _snapshot(hub, snapshot.name, allow_patterns)  # the commit found: no second look-up
+    path = _snapshot(hub, snapshot.name, allow_patterns, cached=snapshot)  # that commit: no second look-up
     new = sorted(f for f in _files(snapshots) - before if (snapshots / f).is_file())
     if new:
         size = sum(os.path.getsize(snapshots / f) for f in new)
@@ -107,18 +107,27 @@ def download(hub: HubRun, needs: tuple[str, ...], allow_patterns: list[str]) -> 
     return path
 
 
-def _snapshot(hub: HubRun, revision: str | None, allow_patterns: list[str], quiet: bool = False) -> Path:
-    """huggingface_hub.snapshot_download, its failures said in one HubError line each."""
-    import httpx2
-    from huggingface_hub import snapshot_download
+def _snapshot(
+    hub: HubRun,
+    revision: str | None,
+    allow_patterns: list[str],
+    quiet: bool = False,
+    cached: Path | None = None,
+) -> Path:
+    """huggingface_hub.snapshot_download, its failures said in one HubError line each (the classes read in
+    huggingface_hub 2.4; IncompleteSnapshotError is new in 2.x, where a cached snapshot missing files is
+    refused instead of returned). `cached`: the snapshot folder the first call found, so a file missing
+    from it offline is said as an incomplete copy (with a commit as revision, huggingface_hub lists the
+    files from its cache and fails on the missing one: LocalEntryNotFoundError)."""
+    from huggingface_hub import errors, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
-        HfHubHTTPError,
-        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    incomplete = getattr(errors, "IncompleteSnapshotError", ())
 
     where = f"--run {hub}: no such local directory, and the Hub repo {hub.repo_id}"
     said = logging.getLogger("huggingface_hub._snapshot_download")  # "No files matched ...": a repo
@@ -144,19 +153,19 @@ def _snapshot(hub: HubRun, revision: str | None, allow_patterns: list[str], quie
             "here (it does not exist, or it is private: set HF_TOKEN or run `hf auth login` with a token "
             "that may read it)"
         ) from None
-    except IncompleteSnapshotError as e:  # before LocalEntryNotFoundError: it is one
-        raise HubError(
-            f"--run {hub}: its copy in the local cache ({cache_folder(hub)}) is incomplete and the Hub is "
-            f"not reachable ({_cause(e)}); run it again online to finish the download"
-        ) from None
     except LocalEntryNotFoundError as e:
         why = (
             "HF_HUB_OFFLINE is set (unset it to download)"
             if offline()
             else f"the Hub is not reachable ({_cause(e)})"
         )
+        if isinstance(e, incomplete) or (cached is not None and cached.is_dir()):
+            raise HubError(
+                f"--run {hub}: its copy in the local cache ({cached or cache_folder(hub)}) is incomplete "
+                f"(a download cut off) and {why}; run it again online to finish the download"
+            ) from None
         raise HubError(f"{where} is not in the local cache ({cache_folder(hub)}) and {why}") from None
-    except (HfHubHTTPError, httpx2.HTTPError, OSError) as e:  # the Hub failing, a download cut off ...
+    except Exception as e:  # the Hub failing (HTTP 5xx), a download cut off (the HTTP library's error) ...
         raise HubError(
             f"--run {hub}: downloading it from the Hub failed ({type(e).__name__}: {_first_line(e)}); "
             "run it again (a download resumes)"

@@ -354,16 +354,18 @@ def check_writable(run: str | Path, verb: str) -> None:
     """Refuse, before anything is downloaded, a run from the Hub for a verb that writes into the run
     (evaluate, calibrate): a Hub repo id, or its snapshot in the Hugging Face cache (the cache's files)."""
     found = hub.parse_hub_run(str(run)) if not Path(run).exists() else None
-    if found is not None:
+    if found is not None:  # a missing local folder, or a Hub repo: the line says both
         repo, revision = found.repo_id, found.revision
+        what = "no such directory (runs are made by `labeltune train --output ...`); if it names a Hub repo"
     elif hub.in_cache(Path(run)):
         repo, revision = hub.cached_revision(Path(run))
+        what = "a Hub repo's snapshot in the Hugging Face cache (the cache's files)"
     else:
         return
     folder = f"runs/{repo.split('/')[1]}"
     raise RunError(
-        f"--run {run}: a Hub repo's files (kept in the Hugging Face cache), and {verb} writes into the run: "
-        f"download it into a folder of your own (hf download {repo}"
+        f"--run {run}: {what}: {verb} writes into the run, so download it into a folder of your own (hf "
+        f"download {repo}"
         + (f" --revision {revision}" if revision else "")
         + f" --local-dir {folder}) and pass --run {folder}"
     )

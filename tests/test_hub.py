@@ -239,6 +239,10 @@ def test_load_run_from_the_hub_labels_as_the_export_and_then_from_the_cache(
     assert again.run.dir == snapshot and len(hub.requests) == asked
     assert "already in the local cache" in said and "HF_HUB_OFFLINE is set" in said
     assert [p.label for p in again.predict(TEXTS)] == [p.label for p in local]
+    # a cached snapshot missing a file (a download cut off) is refused offline, not loaded half
+    (snapshot / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"its copy in the local cache .* is incomplete .* HF_HUB_OFFLINE"):
+        labeltune.load_run(REPO)
 
 
 def test_label_and_predict_with_a_hub_run_online_then_offline(hub, exported, tmp_path):
@@ -290,8 +294,10 @@ def test_hub_problems_are_one_line_errors(hub, tmp_path, monkeypatch, capsys):
     )
     refused("predict", "--run", f"{REPO}@v9", "x", expected=["has no revision 'v9'"])
     refused("predict", "--run", NOT_A_RUN, "x", expected=["holds no labeltune run or export", "config.yaml"])
-    # the verbs that write into a run refuse the cache's snapshot, saying how to get a folder of one's own
-    refused("evaluate", "--run", REPO, expected=["evaluate writes into the run", "hf download " + REPO])
+    # the verbs that write into a run refuse a Hub repo before downloading, saying how to get a folder of
+    # one's own (and, as the id may be a mistyped local path, that no such directory exists)
+    writes = ["no such directory", "if it names a Hub repo: evaluate writes into", "hf download " + REPO]
+    refused("evaluate", "--run", REPO, expected=writes)
     refused("calibrate", "--run", REPO, expected=["calibrate writes into the run", "--local-dir runs/tiny-"])
 
     # a local path of that name wins, whatever it holds; the Hub is not asked
