@@ -256,6 +256,8 @@ def test_label_and_predict_with_a_hub_run_online_then_offline(hub, exported, tmp
     proc = cli("label", "--run", REPO, *args, env=hub.env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"--run {REPO}: revision {COMMIT[:12]} downloaded" in proc.stderr
+    snapshot = hub.cache / "models--someone--tiny-labeller" / "snapshots" / COMMIT  # under its HF_HOME
+    assert f"into {snapshot}" in proc.stderr
     rows = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
     assert [r["text"] for r in rows] == TEXTS
     for row, p in zip(rows, local):
