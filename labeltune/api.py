@@ -10,7 +10,8 @@ A run is loaded once (LoRA folded into the base, labeltune.engine's hf engine) a
 of batches. ``mode`` is a decode mode of labeltune.decode: ``score`` (default: label probabilities from
 forward passes, always well-formed), ``constrained`` or ``generate`` (free generation + the strict
 parser; a malformed answer has ``label`` None and says why in ``reason``). Exports (adapter, merged16)
-load the same way.
+load the same way, also from the Hugging Face Hub by repo id (``load_run("me/labeller")``,
+``"me/labeller@v1"``: downloaded once into the Hugging Face cache, labeltune.run.locate_run).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def load_run(
     dtype: str = "auto",
     threads: int | None = None,
 ) -> Labeller:
-    """A run directory (or export) ready to label texts: ``load_run(path).predict(texts)``.
+    """A run directory (or export; or a Hub repo id org/name[@revision] an export was pushed to, where no
+    such local path exists) ready to label texts: ``load_run(path).predict(texts)``.
 
     ``calibrated`` applies the run's calibration.json (temperature and label biases, as `labeltune label`
     does); ``dtype`` and ``threads`` are labeltune.engine's (compute precision, torch CPU threads)."""

@@ -27,7 +27,7 @@ from labeltune.run import CALIBRATION, open_run, save_temperature
 
 
 def main(cfg) -> dict:
-    run = open_run(cfg.run)
+    run = open_run(cfg.run, writes="calibrate")
     examples, _ = load_examples(
         run.held_split(
             cfg.split,

@@ -165,6 +165,11 @@ MODE_HELP = (
 )
 
 
+# a --run that label, predict and export also take (labeltune.run.locate_run; evaluate and calibrate write
+# into the run, so they refuse one)
+HUB_RUN = ", or a Hugging Face Hub repo org/name[@revision] an export was pushed to (if no such path)"
+
+
 @dataclass
 class EvalConfig:
     run: str = _f("runs/demo", "run directory made by `labeltune train`")
@@ -191,7 +196,7 @@ class EvalConfig:
 
 @dataclass
 class LabelConfig:
-    run: str = _f("runs/demo", "run directory made by `labeltune train`")
+    run: str = _f("runs/demo", "run directory made by `labeltune train` (or an export)" + HUB_RUN)
     input: str = _f("data/new_posts.csv", "CSV/TSV/JSONL of texts to label")
     output: str = _f("runs/demo/labelled.csv", "output CSV (UTF-8): the input's columns + predictions")
     text_column: str | None = _f(
@@ -307,7 +312,9 @@ class CalibrateConfig:
 
 @dataclass
 class PredictConfig:
-    run: str = _f("runs/demo", "run directory made by `labeltune train` (or an adapter/merged16 export)")
+    run: str = _f(
+        "runs/demo", "run directory made by `labeltune train` (or an adapter/merged16 export)" + HUB_RUN
+    )
     mode: str = _f("score", MODE_HELP, MODES)
     score_estimate: str = _f("expected", SCORE_ESTIMATE_HELP, SCORE_ESTIMATES)
     calibrated: bool = _f(True, "apply the run's fitted temperature and label biases (calibration.json)")
@@ -322,7 +329,7 @@ class PredictConfig:
 
 @dataclass
 class ExportConfig:
-    run: str = _f("runs/demo", "run directory made by `labeltune train`")
+    run: str = _f("runs/demo", "run directory made by `labeltune train` (or an adapter export)" + HUB_RUN)
     format: str = _f(
         "adapter",
         "adapter = LoRA weights (+ tiny base); merged16 = LoRA merged into a 16-bit base; "

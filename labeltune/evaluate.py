@@ -79,7 +79,7 @@ def check_split_unchanged(run) -> None:
 def main(cfg) -> dict:
     """Evaluate cfg.run's base and tuned model on a split or --data FILE (the module docstring says what
     is written); returns the metrics that metrics.json holds."""
-    run = open_run(cfg.run)
+    run = open_run(cfg.run, writes="evaluate")
     check_eval_parent(run.dir)
     if not cfg.data:
         check_split_unchanged(run)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labeltune import gemma3
 from labeltune.card import made_from_gemma, model_card
+from labeltune.hub import cache_link, in_cache
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
 from labeltune.models import (
     bnb_4bit_unavailable,
@@ -48,6 +49,7 @@ from labeltune.run import (
     RunInfo,
     base_path,
     full_id_path,
+    locate_run,
     open_run,
 )
 from labeltune.task import task_path
@@ -72,7 +74,7 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
         links = [
             p
             for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ()))
-            if p.is_symlink()
+            if p.is_symlink() and not cache_link(run_dir, p)
         ]
         if links:
             raise ValueError(
@@ -88,7 +90,9 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
     shutil.copy2(run.template().filename, out / TEMPLATE)
     own_task = run_dir / TASK
     shutil.copy2(
-        own_task if own_task.is_file() and not own_task.is_symlink() else task_path(run.config.task),
+        own_task
+        if own_task.is_file() and (not own_task.is_symlink() or cache_link(run_dir, own_task))
+        else task_path(run.config.task),
         out / TASK,
     )
     if made_from_gemma(run.info) and not all((out / name).is_file() for name in gemma3.NOTICE_FILES):
@@ -369,11 +373,19 @@ def export_gguf(run_dir: Path, out: Path, quant: str, convert=None, include_data
     partial.rename(out)
 
 
+def default_output(run: str, run_dir: Path, fmt: str) -> Path:
+    """<run>-<format> beside the run; for a run from the Hub (in the Hugging Face cache), <name>-<format> in
+    the current folder."""
+    if in_cache(run_dir):
+        return Path(f"{Path(run.split('@')[0]).name}-{fmt}")
+    return run_dir.parent / f"{run_dir.name}-{fmt}"
+
+
 def main(cfg) -> Path:
-    run_dir = Path(cfg.run)
+    run_dir = locate_run(cfg.run)  # a Hub repo id: its snapshot in the Hugging Face cache
     if not (run_dir / INFO).is_file() or not (run_dir / ADAPTER).is_dir():
         raise FileNotFoundError(f"{run_dir}: not a trained run (no {INFO} / {ADAPTER}/)")
-    out = Path(cfg.output) if cfg.output else run_dir.parent / f"{run_dir.name}-{cfg.format}"
+    out = Path(cfg.output) if cfg.output else default_output(cfg.run, run_dir, cfg.format)
     check_output(out, cfg.overwrite)
     token = hub_token(cfg.push_to_hub) if cfg.push_to_hub else None  # before anything is written
     if cfg.format == "adapter":

@@ -46,7 +46,15 @@ from tqdm import tqdm
 from labeltune.config import LabelConfig, TrainConfig, load_saved
 from labeltune.data import ReadReport, check_input_file, iter_rows, read_columns, shown_columns
 from labeltune.lock import hold
-from labeltune.run import CALIBRATION, CONFIG, file_sha256, load_calibration, open_run, weights_sha256
+from labeltune.run import (
+    CALIBRATION,
+    CONFIG,
+    file_sha256,
+    load_calibration,
+    locate_run,
+    open_run,
+    weights_sha256,
+)
 
 PREDICTION_COLUMNS = ("label", "score", "score_greedy", "ok", "reason", "truncated", "raw", "confidence")
 
@@ -266,6 +274,7 @@ def main(cfg: LabelConfig) -> Path:
     check_paths(source, files.output)
     with hold(files.lock, f"--output {files.output}"):
         columns = read_columns(source, cfg.encoding)
+        cfg = replace(cfg, run=str(locate_run(cfg.run)))  # a Hub repo id: its snapshot, downloaded once
         cfg = with_text_column(cfg, source, columns)
         total, report = count_rows(source, cfg.encoding)
         run = open_run(Path(cfg.run))

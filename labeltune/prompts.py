@@ -47,7 +47,7 @@ def load_template(name_or_path: str) -> jinja2.Template:
     (sandboxed)."""
     path = Path(name_or_path)
     if path.suffix == ".jinja" and path.is_file():
-        folder = path.resolve().parent
+        folder = path.parent.resolve()  # the file's own folder, also for a link (a Hub cache snapshot's)
         try:
             return _environment(str(folder), folder != PROMPTS_DIR).get_template(path.name)
         except jinja2.TemplateError as e:

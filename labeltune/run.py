@@ -18,7 +18,10 @@
 
 Trained runs and exports (adapter, merged16) are all runs. ``open_run`` reads what is cheap (config,
 task, template, model.json); ``Run.load`` adds the model, its tokenizer and the prompter, always
-through the hf backend (load_run).
+through the hf backend (load_run). A run may also be a Hugging Face Hub repo an export was pushed to
+(`org/name`, `org/name@revision`, where no local path has that name): ``locate_run`` downloads the files of
+HUB_FILES into the Hugging Face cache (labeltune.hub) and every verb reads that snapshot; the verbs that
+write into a run (evaluate, calibrate) refuse it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from labeltune import gemma3, hub
 from labeltune.atomic import make_dir_inside, write_inside
 from labeltune.config import TrainConfig, load_saved
 from labeltune.data import iter_rows
@@ -59,6 +63,19 @@ SWEEP_DEV_METRICS, SWEEP_TEST_METRICS = "dev_metrics.json", "test_metrics.json" 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_FILE_PREFIX = "adapter_"  # PEFT's files in adapter/ (the others there are the tokenizer's)
 MERGED_WEIGHTS = "model.safetensors"  # a single-shard merged model (merge.py names the shards of larger ones)
+# what a run from the Hub needs: an adapter/merged16 export's files (not eval/, checkpoints/, a .gguf ...)
+HUB_FILES = [
+    CONFIG,
+    INFO,
+    CALIBRATION,
+    TEMPLATE,
+    TASK,
+    VERSIONS,
+    TRAIN_LOG,
+    MODEL_CARD,
+    *gemma3.NOTICE_FILES,
+    *(f"{folder}/*" for folder in (ADAPTER, BASE, MERGED, DATA)),
+]
 
 
 def split_file(name: str) -> str:
@@ -245,7 +262,7 @@ class Run:
         custom file of a run made before runs kept their own copy must lie inside the run: a shared run
         cannot point labeltune at a file elsewhere on this machine. Files of a run render sandboxed."""
         own = self.dir / TEMPLATE
-        if own.is_symlink():
+        if own.is_symlink() and not hub.cache_link(self.dir, own):
             raise RunError(
                 f"--run {self.dir}: its {TEMPLATE} is a link (to {os.readlink(own)}); a run's template must "
                 "be a file of the run: replace the link by the file if you trust it"
@@ -323,9 +340,44 @@ def summary_label_words(data_dir: Path) -> dict[str, str]:
     return {str(value): str(word) for value, word in (words or {}).items()}
 
 
-def open_run(run_dir: str | Path) -> Run:
-    """A run directory's config, model.json and task (no model loaded); refuses what is not a run."""
-    run_dir = Path(run_dir)
+def locate_run(run: str | Path) -> Path:
+    """The local folder of a --run: the path itself when it exists (or is no Hub repo id: load_config then
+    says what is wrong with it); else a Hub repo `org/name[@revision]` downloaded into the Hugging Face
+    cache (labeltune.hub: HUB_FILES only, or the cached snapshot), which must hold a run's CONFIG and INFO."""
+    found = hub.parse_hub_run(str(run)) if not Path(run).exists() else None
+    if found is None:
+        return Path(run)
+    return hub.download(found, (CONFIG, INFO), HUB_FILES)
+
+
+def check_writable(run: str | Path, verb: str) -> None:
+    """Refuse, before anything is downloaded, a run from the Hub for a verb that writes into the run
+    (evaluate, calibrate): a Hub repo id, or its snapshot in the Hugging Face cache (the cache's files)."""
+    found = hub.parse_hub_run(str(run)) if not Path(run).exists() else None
+    if found is not None:  # a missing local folder, or a Hub repo: the line says both
+        repo, revision = found.repo_id, found.revision
+        what = "no such directory (runs are made by `labeltune train --output ...`); if it names a Hub repo"
+    elif hub.in_cache(Path(run)):
+        repo, revision = hub.cached_revision(Path(run))
+        what = "a Hub repo's snapshot in the Hugging Face cache (the cache's files)"
+    else:
+        return
+    folder = f"runs/{repo.split('/')[1]}"
+    raise RunError(
+        f"--run {run}: {what}: {verb} writes into the run, so download it into a folder of your own (hf "
+        f"download {repo}"
+        + (f" --revision {revision}" if revision else "")
+        + f" --local-dir {folder}) and pass --run {folder}"
+    )
+
+
+def open_run(run_dir: str | Path, writes: str | None = None) -> Run:
+    """A run directory's config, model.json and task (no model loaded); refuses what is not a run. A Hub
+    repo id is downloaded first (locate_run). `writes`: the verb that will write into the run (evaluate,
+    calibrate), which refuses a run from the Hub (check_writable)."""
+    if writes:
+        check_writable(run_dir, writes)
+    run_dir = locate_run(run_dir)
     config = load_config(run_dir)
     own = run_dir / TASK  # an export's own copy of the task spec (see Run.template)
     return Run(run_dir, config, RunInfo.load(run_dir), load_task(str(own) if own.is_file() else config.task))
