@@ -13,8 +13,8 @@ A strategy ranks rows, most worth a person's time first:
 
 A row without probabilities (a failed answer) ranks first under every strategy but random: the model
 said nothing usable about it, so a person's answer is worth the most there. Ties keep file order.
-``select`` optionally stratifies the budget by predicted label (each label gets its share of the
-budget in proportion to its rows, by largest remainder; a label short of rows passes its share on).
+``select`` optionally stratifies the budget by predicted label (each label gets one row, then a share of
+the rest in proportion to its rows, by largest remainder; a label short of rows passes its share on).
 """
 
 from __future__ import annotations
@@ -85,10 +85,14 @@ def ranked(scores: list[float], candidates: list[int]) -> list[int]:
 
 
 def shares(budget: int, sizes: dict[str, int]) -> dict[str, int]:
-    """The budget split over groups in proportion to their sizes (largest remainder), never more than a
-    group holds; what a small group cannot take goes to the others."""
+    """The budget split over groups: one row each first (when the budget allows; so a rare predicted label
+    is looked at too), the rest in proportion to the rows each has left (largest remainder), never more
+    than a group holds; what a small group cannot take goes to the others."""
     budget = min(budget, sum(sizes.values()))
     out = {k: 0 for k in sizes}
+    if budget >= sum(1 for n in sizes.values() if n > 0):
+        out = {k: min(1, n) for k, n in sizes.items()}
+        budget -= sum(out.values())
     while budget > 0:
         open_groups = {k: n - out[k] for k, n in sizes.items() if n > out[k]}
         total = sum(open_groups.values())
