@@ -74,7 +74,7 @@ lint: install
 	$(PYTHON) -m ruff format --check labeltune tests scripts
 
 test-slow: install
-	$(PYTHON) -m pytest -q -m "slow and not gpu"
+	$(PYTHON) -m pytest -q -m "slow and not gpu and not labelstudio"
 
 demo: install
 	rm -rf runs/demo
