@@ -340,7 +340,8 @@ def merge(cfg: ReviewMergeConfig) -> Path:
             **provenance(d, model[d.row]),
         }
         at = index.get(normalize_text(texts[d.row]))
-        if at is None:
+        if at is None:  # a new row; the same post selected twice (two rows of the pool) lands here once
+            index[normalize_text(texts[d.row])] = len(seed)
             seed.append(record)
             added += 1
         else:

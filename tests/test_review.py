@@ -250,7 +250,9 @@ def test_merge_folds_answers_in_with_provenance_and_accounts_for_every_row(selec
     assert len(list(csv.DictReader((chosen / "train.csv").open(encoding="utf-8")))) == len(seed) + 4
 
 
-def test_merge_refuses_edited_texts_other_selections_unknown_labels_and_test_rows(selection, capsys):
+def test_merge_refuses_edited_texts_other_selections_unknown_labels_and_test_rows(
+    selection, capsys, monkeypatch
+):
     folder, tasks_path, tasks = selection
     export = _annotate(tasks, {0: [("ann@x", "negative", 90)]})
 
@@ -283,10 +285,10 @@ def test_merge_refuses_edited_texts_other_selections_unknown_labels_and_test_row
     with pytest.raises(ValueError, match="dev/test split: merging would leak"):
         review.merge(ReviewMergeConfig(tasks="leak_tasks.json", annotations="leak.json", output="m"))
     # on the command line: one line, exit 2
+    monkeypatch.setattr(
+        "sys.argv", ["labeltune", "review", "pull", "--export", "bad.json", "--output", "x.json"]
+    )
     with pytest.raises(SystemExit) as exit_:
-        import sys
-
-        sys.argv = ["labeltune", "review", "pull", "--export", "bad.json", "--output", "x.json"]
         cli.main()
     assert exit_.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
