@@ -328,3 +328,20 @@ def test_an_unreachable_label_studio_is_one_error_after_a_bounded_wait():
     with pytest.raises(ValueError, match=f"not reachable at http://127.0.0.1:{port}"):
         LabelStudio(f"http://127.0.0.1:{port}", "token", wait=1.5).project("p", None)
     assert time.monotonic() - start < 10
+
+
+def test_simulation_summary_is_mean_and_spread_over_seeds(tmp_path):
+    """scripts/simulate_review.py's table and plot from its results.csv (the rounds themselves train)."""
+    import runpy
+
+    simulate = runpy.run_path(str(ROOT / "scripts" / "simulate_review.py"))
+    with (tmp_path / "results.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, simulate["FIELDS"])
+        w.writeheader()
+        for seed, f1 in enumerate((0.5, 0.7)):
+            w.writerow({"strategy": "margin", "seed": seed, "round": 0, "labels": 40, "macro_f1": f1})
+        w.writerow({"strategy": "random", "seed": 0, "round": 0, "labels": 40, "macro_f1": 0.4})
+    simulate["summarise"](tmp_path, None)
+    table = (tmp_path / "table.md").read_text(encoding="utf-8")
+    assert "| 40 | 0.600 ± 0.141 (n=2) | 0.400 ± 0.000 (n=1) |" in table
+    assert (tmp_path / "review_simulation.png").stat().st_size > 1000
