@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXECUTABLE = os.environ.get("LABELTUNE_LABEL_STUDIO") or str(ROOT / ".venv-ls" / "bin" / "label-studio")
 TOKEN = "labeltune-review-test-token"
 USER = "reviewer@example.com"
+SPAM_CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+    '<Choice value="spam"/><Choice value="ham"/></Choices></View>'
+)
 START_WAIT = 900  # seconds: a start without the template database migrates a fresh one (minutes)
 
 pytestmark = [
@@ -166,6 +170,20 @@ def test_push_annotate_pull_merge_retrain_against_a_real_label_studio(
     assert pushed["imported"] == 6
     again = review.push(ReviewPushConfig(tasks=str(tasks_path), url=label_studio, project="posts review"))
     assert again == {"project": pushed["project"], "imported": 0, "already": 6}  # nothing imported twice
+
+    # a project whose labelling config does not fit the task is refused, and nothing is imported into it
+    other = json.dumps({"title": "spam or ham", "label_config": SPAM_CONFIG}).encode("utf-8")
+    request = urllib.request.Request(
+        f"{label_studio}/api/projects/",
+        data=other,
+        method="POST",
+        headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        spam_id = json.loads(r.read())["id"]
+    with pytest.raises(ValueError, match="does not match the task"):
+        review.push(ReviewPushConfig(tasks=str(tasks_path), url=label_studio, project="spam or ham"))
+    assert _get(f"{label_studio}/api/projects/{spam_id}/", TOKEN)["task_number"] == 0
 
     project = pushed["project"]
     there = _get(
