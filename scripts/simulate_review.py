@@ -22,6 +22,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from labeltune import label as label_verb
@@ -36,7 +37,7 @@ from labeltune.splits import split_examples
 from labeltune.task import load_task
 
 TASK = "sentiment_toxicity"
-FIELDS = ("strategy", "seed", "round", "labels", "macro_f1", "accuracy", "seconds")
+FIELDS = ("strategy", "seed", "round", "labels", "rare_labels", "macro_f1", "accuracy", "seconds")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,6 +111,8 @@ def one_round(args, work: Path, labelled: list, dev: list, pool_test: Path, seed
 
 def simulate(args, strategy: str, seed: int, pool, dev, test, out: Path, done: set) -> list[dict]:
     task = load_task(TASK)
+    counts = Counter(ex.label for ex in pool)
+    rare = min(counts, key=counts.get)  # the pool's rarest label (toxic posts here)
     rng = random.Random(seed)
     order = list(range(len(pool)))
     rng.shuffle(order)
@@ -145,6 +148,7 @@ def simulate(args, strategy: str, seed: int, pool, dev, test, out: Path, done: s
             "seed": seed,
             "round": rnd,
             "labels": len(labelled_ids),
+            "rare_labels": sum(pool[i].label == rare for i in labelled_ids),
             "macro_f1": round(m["macro_f1"], 4),
             "accuracy": round(m["accuracy"], 4),
             "seconds": round(time.time() - start, 1),
@@ -167,25 +171,41 @@ def simulate(args, strategy: str, seed: int, pool, dev, test, out: Path, done: s
     return rows
 
 
+def _table(results: list[dict], column: str, digits: int) -> list[str]:
+    """Markdown rows: labels spent x strategy, mean ± std of `column` over seeds."""
+    by: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        if r.get(column) not in (None, ""):
+            by.setdefault((r["strategy"], int(r["labels"])), []).append(float(r[column]))
+    strategies = sorted({s for s, _ in by})
+    lines = ["| labels | " + " | ".join(strategies) + " |", "|---:|" + "---:|" * len(strategies)]
+    for n in sorted({n for _, n in by}):
+        cells = []
+        for s in strategies:
+            vals = by.get((s, n), [])
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(
+                f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f} (n={len(vals)})" if vals else ""
+            )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summarise(out: Path, title: str | None) -> None:
-    """table.md (mean ± std of macro-F1 over seeds, per strategy and labels spent) and the plot."""
+    """table.md (mean ± std over seeds, per strategy and labels spent: test macro-F1, and how many of the
+    labels went to the rarest label) and the plot of macro-F1."""
     with (out / "results.csv").open(encoding="utf-8") as f:
         results = list(csv.DictReader(f))
+    lines = ["test macro-F1:", "", *_table(results, "macro_f1", 3)]
+    if any(r.get("rare_labels") for r in results):
+        lines += ["", "labelled posts of the rarest label:", "", *_table(results, "rare_labels", 1)]
+    (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
     by: dict[tuple[str, int], list[float]] = {}
     for r in results:
         by.setdefault((r["strategy"], int(r["labels"])), []).append(float(r["macro_f1"]))
     strategies = sorted({s for s, _ in by})
     spent = sorted({n for _, n in by})
-    lines = ["| labels | " + " | ".join(strategies) + " |", "|---:|" + "---:|" * len(strategies)]
-    for n in spent:
-        cells = []
-        for s in strategies:
-            vals = by.get((s, n), [])
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.3f} ± {sd:.3f} (n={len(vals)})" if vals else "")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
 
     import matplotlib
 

@@ -344,4 +344,5 @@ def test_simulation_summary_is_mean_and_spread_over_seeds(tmp_path):
     simulate["summarise"](tmp_path, None)
     table = (tmp_path / "table.md").read_text(encoding="utf-8")
     assert "| 40 | 0.600 ± 0.141 (n=2) | 0.400 ± 0.000 (n=1) |" in table
+    assert "rarest label" not in table  # no rare_labels column filled in
     assert (tmp_path / "review_simulation.png").stat().st_size > 1000
