@@ -201,33 +201,34 @@ def summarise(out: Path, title: str | None) -> None:
         lines += ["", "labelled posts of the rarest label:", "", *_table(results, "rare_labels", 1)]
     (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
-    by: dict[tuple[str, int], list[float]] = {}
-    for r in results:
-        by.setdefault((r["strategy"], int(r["labels"])), []).append(float(r["macro_f1"]))
-    strategies = sorted({s for s, _ in by})
-    spent = sorted({n for _, n in by})
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in strategies:
-        xs = [n for n in spent if (s, n) in by]
-        means = [statistics.mean(by[(s, n)]) for n in xs]
-        sds = [statistics.stdev(by[(s, n)]) if len(by[(s, n)]) > 1 else 0.0 for n in xs]
-        ax.plot(xs, means, marker="o", label=s)
-        ax.fill_between(
-            xs, [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)], alpha=0.2
-        )
-    ax.set_xlabel("labels spent (seed sample + reviewed rows)")
-    ax.set_ylabel("test macro-F1 (mean ± std over seeds)")
-    ax.set_title(title or "review loop on japanese-toxic-dataset")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = [("macro_f1", "test macro-F1")]
+    if any(r.get("rare_labels") for r in results):
+        panels.append(("rare_labels", "labelled posts of the rarest label"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (column, name) in zip(axes[0], panels):
+        by: dict[tuple[str, int], list[float]] = {}
+        for r in results:
+            by.setdefault((r["strategy"], int(r["labels"])), []).append(float(r[column]))
+        strategies = sorted({s for s, _ in by})
+        for s, style in zip(strategies, ("-", "--", ":", "-.")):
+            xs = sorted(n for k, n in by if k == s)
+            means = [statistics.mean(by[(s, n)]) for n in xs]
+            sds = [statistics.stdev(by[(s, n)]) if len(by[(s, n)]) > 1 else 0.0 for n in xs]
+            ax.plot(xs, means, marker="o", linestyle=style, label=s)
+            lo, hi = [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)]
+            ax.fill_between(xs, lo, hi, alpha=0.15)
+        ax.set_xlabel("labels spent (seed sample + reviewed rows)")
+        ax.set_ylabel(f"{name} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or "review loop on japanese-toxic-dataset (gold labels as the annotator)")
     fig.tight_layout()
-    fig.savefig(out / "review_simulation.png", dpi=120)
+    fig.savefig(out / "review_simulation.png", dpi=110)
 
 
 def main(argv=None) -> int:
