@@ -212,7 +212,7 @@ $(LS_ENV)/.installed:
 	touch $@
 
 # the tests marked `labelstudio` (tests/test_review_labelstudio.py): a real Label Studio on localhost
-test-labelstudio: $(LS_ENV)/.installed
+test-labelstudio: install $(LS_ENV)/.installed
 	LABELTUNE_LABEL_STUDIO=$(LS_ENV)/bin/label-studio $(PYTHON) -m pytest -q -m labelstudio
 
 clean:
