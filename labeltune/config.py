@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from labeltune.selection import STRATEGIES
+
 POSITIVE = (lambda v: v > 0, "> 0")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
@@ -413,7 +415,7 @@ class CompareConfig:
     forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
 
 
-REVIEW_STRATEGIES = ("margin", "entropy", "random", "disagreement")  # labeltune.selection.STRATEGIES
+REVIEW_STRATEGIES = STRATEGIES  # labeltune.selection's, pure (it imports nothing of labeltune)
 LS_URL_HELP = "Label Studio's address, e.g. http://localhost:8080 (token from $LABEL_STUDIO_API_KEY)"
 LS_PROJECT_HELP = "Label Studio project: its id, or a title (created with the task's config if missing)"
 

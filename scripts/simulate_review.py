@@ -208,7 +208,7 @@ def summarise(out: Path, title: str | None) -> None:
 
     panels = [("macro_f1", "test macro-F1")]
     if any(r.get("rare_labels") for r in results):
-        panels.append(("rare_labels", "labelled posts of the rarest label"))
+        panels.append(("rare_labels", "posts of the rarest label labelled"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (column, name) in zip(axes[0], panels):
         by: dict[tuple[str, int], list[float]] = {}
@@ -223,10 +223,10 @@ def summarise(out: Path, title: str | None) -> None:
             lo, hi = [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)]
             ax.fill_between(xs, lo, hi, alpha=0.15)
         ax.set_xlabel("labels spent (seed sample + reviewed rows)")
-        ax.set_ylabel(f"{name} (mean ± std over seeds)")
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title or "review loop on japanese-toxic-dataset (gold labels as the annotator)")
+    fig.suptitle(title or "review loop, gold labels as the annotator (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(out / "review_simulation.png", dpi=110)
 
