@@ -197,8 +197,8 @@ test-vllm: $(VLLM_ENV)/.installed
 # application with its own pins, never imported by labeltune (which talks to it over HTTP). sentry-sdk 3
 # removed an option Label Studio 1.23 passes at start, hence the pin. The template data folder is an empty,
 # migrated Label Studio database that the test copies into its own data folder: a fresh one spends 37 s
-# (idle) to 6 minutes (load 10) on migrations at every start. 154 s here on 2 idle cores with a warm pip cache, 689 s at
-# load 8 (2026-12-07); 1.0 GB. The test itself: 26 s idle, 180-233 s at load 8 (Label Studio up in 4-41 s).
+# (idle) to 6 minutes (load 10) on migrations at every start. The target: 154 s here on 2 idle cores with
+# a warm pip cache, 689 s at load 8 (2026-12-07); 1.0 GB. The test: 26 s idle, 180-233 s at load 8.
 LS_ENV ?= .venv-ls
 LABEL_STUDIO ?= label-studio==1.23.*
 
