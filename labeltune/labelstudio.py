@@ -91,11 +91,8 @@ class LabelStudio:
             project = self._open("GET", f"/api/projects/{name}/")
         else:
             found = self._open("GET", "/api/projects/?page_size=100&title=" + urllib.parse.quote(name))
-            exact = [
-                p
-                for p in found.get("results", found if isinstance(found, list) else [])
-                if p["title"] == name
-            ]
+            listed = found.get("results", []) if isinstance(found, dict) else found  # paginated or not
+            exact = [p for p in listed if p["title"] == name]
             if not exact and config is None:
                 raise ValueError(f"Label Studio at {self.url} has no project titled {name!r}")
             if not exact:

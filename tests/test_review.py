@@ -192,6 +192,12 @@ def selection(tiny_run_3x48, tmp_path, monkeypatch):
 
 def test_select_writes_label_studio_tasks_with_the_models_answer(selection):
     folder, tasks_path, tasks = selection
+    run = tasks[0]["data"]["run"]
+    argv = ["review", "select", "--run", run, "--input", "scored.csv", "--budget", "4", "--stratify"]
+    assert cli.run([*argv, "--strategy", "random", "--seed", "1", "--output", "cli.json"]) == 0
+    by_cli = json.loads((folder / "cli.json").read_text(encoding="utf-8"))
+    assert len(by_cli) == 4 and {t["data"]["strategy"] for t in by_cli} == {"random"}
+    assert {t["data"]["model_label"] for t in by_cli} == {"-1", "0"}  # stratified: both predicted labels
     assert len(tasks) == 6 and (folder / "tasks.config.xml").is_file()
     uncertainties = [t["data"]["uncertainty"] for t in tasks]
     assert uncertainties == sorted(uncertainties, reverse=True)
