@@ -281,7 +281,8 @@ def _seed_rows(path: Path) -> tuple[list[str], list[dict]]:
 
 
 def merge(cfg: ReviewMergeConfig) -> Path:
-    """A training split folder: train.csv = the seed rows (the run's training split, or --train) with each
+    """A training split folder: train.csv = the seed rows (the run's training split, or --train in the
+    run's columns; written as text/label/score like the dev/test files) with each
     annotated row's answer folded in (a row already there gets the answer in place, never a second row),
     provenance in review_* columns; dev and test = the run's, so the next run is evaluated on the same
     test split. Refuses annotations of another run or input, edited texts, unknown labels, and rows of the
@@ -323,6 +324,8 @@ def merge(cfg: ReviewMergeConfig) -> Path:
         value = task.normalize_label(r.get(label_col, ""))
         if value is not None:
             spelling.setdefault(value, str(r[label_col]))
+    if any(word != value for value, word in spelling.items()):  # words: a label the seed lacks by its name
+        spelling = {lab.value: spelling.get(lab.value, lab.name) for lab in task.labels}
     index = {normalize_text(str(r.get(text_col, ""))): i for i, r in enumerate(seed)}
     for r in seed:
         r.setdefault("review_source", "seed")
@@ -348,11 +351,19 @@ def merge(cfg: ReviewMergeConfig) -> Path:
             seed[at].update(record)
             replaced += 1
     header = list(dict.fromkeys([*columns, *([score_col] if score_col else []), *PROVENANCE]))
+    # train.csv names its columns text/label/score as the copied dev/test files do, so the folder reads
+    # with train's default columns whatever the seed file called them
+    rename = {text_col: "text", label_col: "label", **({score_col: "score"} if score_col else {})}
+    clash = [c for c in header if c in rename.values() and c not in rename]
+    if clash:
+        raise ValueError(
+            f"{seed_path}: columns {clash} would clash with the text/label/score columns written"
+        )
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, header, lineterminator="\n")
+    writer = csv.DictWriter(buffer, [rename.get(k, k) for k in header], lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in header} for r in seed)
+    writer.writerows({rename.get(k, k): ("" if r.get(k) is None else r.get(k)) for k in header} for r in seed)
     _write(out / "train.csv", buffer.getvalue())
     for name in ("dev", "test"):
         shutil.copyfile(run_dir / DATA / f"{name}.jsonl", out / f"{name}.jsonl")

@@ -352,3 +352,24 @@ def test_simulation_summary_is_mean_and_spread_over_seeds(tmp_path):
     assert "| 40 | 0.600 ± 0.141 (n=2) | 0.400 ± 0.000 (n=1) |" in table
     assert "rarest label" not in table  # no rare_labels column filled in
     assert (tmp_path / "review_simulation.png").stat().st_size > 1000
+
+
+def test_merge_into_a_given_training_file_relabels_a_post_already_there(selection):
+    """--train: the answers join the user's file; a post already in it gets the answer in place."""
+    folder, tasks_path, tasks = selection
+    first = tasks[0]["data"]
+    with (folder / "seed.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label", "score"])
+        w.writerows([["s1", "既存の投稿", "neutral", ""], ["s2", first["text"], "positive", ""]])
+    (folder / "ann.json").write_text(
+        json.dumps(_annotate(tasks, {0: [("ann@x", "negative", 75)], 1: [("ann@x", "neutral", None)]}))
+    )
+    out = review.merge(
+        ReviewMergeConfig(tasks=str(tasks_path), annotations="ann.json", train="seed.csv", output="m")
+    )
+    rows = list(csv.DictReader((out / "train.csv").open(encoding="utf-8")))
+    assert [r["id"] for r in rows] == ["s1", "s2", ""] and len(rows) == 3  # 2 seed rows + 1 new, none twice
+    assert (rows[1]["label"], rows[1]["score"], rows[1]["review_source"]) == ("negative", "75", "review")
+    assert rows[2]["label"] == "neutral"  # the seed's spelling of the label
+    assert rows[0]["review_source"] == "seed"
