@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         data_sub.add_parser("prepare", help="a real dataset -> train/dev/test + data card"),
         config_mod.PrepareConfig,
     )
+    from labeltune.review import ACTIONS as REVIEW_ACTIONS  # no heavy imports: urllib, csv, json
+
+    review = sub.add_parser(
+        "review",
+        help="humans in the loop: uncertain rows -> Label Studio -> answers -> training data",
+        description="humans in the loop: uncertain rows -> Label Studio -> answers -> training data "
+        "(docs/review.md)",
+    )
+    review_sub = review.add_subparsers(dest="review_verb", required=True, metavar="ACTION")
+    for action, (cls, help_text, _) in REVIEW_ACTIONS.items():
+        config_mod.add_arguments(review_sub.add_parser(action, help=help_text, description=help_text), cls)
     sub.add_parser("models", help="list model presets", description="list model presets")
     sub.add_parser(
         "templates", help="list prompt templates and tasks", description="list prompt templates and tasks"
@@ -130,7 +141,7 @@ def explicit_bools(argv: list[str]) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     argv = explicit_bools(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    verbs = [*VERBS, *(a for a in ("data", "models", "templates") if a not in VERBS)]
+    verbs = [*VERBS, *(a for a in ("data", "review", "models", "templates") if a not in VERBS)]
     if argv and not argv[0].startswith("-") and argv[0] not in verbs:  # a typo: name the closest verb
         close = difflib.get_close_matches(argv[0], verbs, n=1, cutoff=0.6)
         parser.error(
@@ -165,6 +176,12 @@ def run(argv: list[str] | None = None) -> int:
 
         args.pop("data_verb")
         prepare(config_mod.resolve(config_mod.PrepareConfig, args.pop("config", None), args))
+        return 0
+    if verb == "review":
+        from labeltune.review import ACTIONS as REVIEW_ACTIONS
+
+        cls, _, action = REVIEW_ACTIONS[args.pop("review_verb")]
+        action(config_mod.resolve(cls, args.pop("config", None), args))
         return 0
     cls, _, module = VERBS[verb]
     texts = args.pop("texts", None)  # predict's positional texts

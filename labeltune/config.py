@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from labeltune.selection import STRATEGIES
+
 POSITIVE = (lambda v: v > 0, "> 0")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
@@ -418,6 +420,67 @@ class CompareConfig:
         "evaluate); None = skip",
     )
     forgetting_limit: int = _f(200, "forgetting check: at most this many texts", valid=AT_LEAST_1)
+
+
+REVIEW_STRATEGIES = STRATEGIES  # labeltune.selection's, pure (it imports nothing of labeltune)
+LS_URL_HELP = "Label Studio's address, e.g. http://localhost:8080 (token from $LABEL_STUDIO_API_KEY)"
+LS_PROJECT_HELP = "Label Studio project: its id, or a title (created with the task's config if missing)"
+
+
+@dataclass
+class ReviewSelectConfig:
+    run: str = _f("runs/demo", "run directory that scored --input")
+    input: str = _f("labelled.csv", "file written by `labeltune label --mode score` (p_<label> columns)")
+    budget: int = _f(50, "rows to send to annotators", valid=AT_LEAST_1)
+    strategy: str = _f(
+        "margin",
+        "margin = smallest gap between the two best labels first; entropy = most spread-out probabilities "
+        "first; random = seeded sample; disagreement = rows where --other's predictions differ most first",
+        REVIEW_STRATEGIES,
+    )
+    other: str | None = _f(
+        None, "disagreement: a second scored file of the same rows (another run's `label --mode score`)"
+    )
+    stratify: bool = _f(False, "share the budget over predicted labels in proportion to their rows")
+    seed: int = _f(0, "seed of the random strategy")
+    text_column: str | None = _f(None, "column holding the text; None = the run's")
+    output: str = _f("tasks.json", "Label Studio tasks (JSON list); the labelling config goes beside it")
+    overwrite: bool = _f(False, "replace an existing --output")
+
+
+@dataclass
+class ReviewPushConfig:
+    tasks: str = _f("tasks.json", "tasks written by `labeltune review select`")
+    url: str = _f("http://localhost:8080", LS_URL_HELP)
+    project: str = _f("labeltune review", LS_PROJECT_HELP)
+    wait: float = _f(10.0, "seconds to wait for Label Studio to answer before giving up", valid=POSITIVE)
+
+
+@dataclass
+class ReviewPullConfig:
+    url: str | None = _f(None, LS_URL_HELP + "; None = read --export instead")
+    project: str = _f("labeltune review", LS_PROJECT_HELP)
+    export: str | None = _f(None, "a JSON export saved from Label Studio by hand, instead of --url")
+    tasks: str | None = _f(None, "keep only the tasks of this selection (tasks.json); None = all")
+    output: str = _f("annotations.json", "annotated tasks (Label Studio's JSON export format)")
+    wait: float = _f(10.0, "seconds to wait for Label Studio to answer before giving up", valid=POSITIVE)
+    overwrite: bool = _f(False, "replace an existing --output")
+
+
+@dataclass
+class ReviewMergeConfig:
+    tasks: str = _f("tasks.json", "tasks written by `labeltune review select` (what was asked)")
+    annotations: str = _f(
+        "annotations.json", "`labeltune review pull`'s output or a Label Studio JSON export"
+    )
+    train: str | None = _f(None, "labelled rows to add the answers to; None = the run's training split")
+    winner: str = _f(
+        "majority", "when annotators disagree: majority (a tie is held back), or an annotator's e-mail"
+    )
+    output: str = _f(
+        "merged", "folder to write: train.csv (with provenance columns) + the run's dev and test splits"
+    )
+    overwrite: bool = _f(False, "replace the files of an existing --output folder")
 
 
 # ---------------------------------------------------------------- machinery

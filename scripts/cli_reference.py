@@ -37,6 +37,11 @@ def reference() -> str:
         if name == "data":
             prepare = next(a for a in sub._actions if a.dest == "data_verb").choices["prepare"]
             parts += ["## labeltune data prepare", "", "```", prepare.format_help().rstrip(), "```", ""]
+        if name == "review":
+            actions = next(a for a in sub._actions if a.dest == "review_verb").choices
+            for action, action_parser in actions.items():
+                parts += [f"## labeltune review {action}", "", "```", action_parser.format_help().rstrip()]
+                parts += ["```", ""]
     if previous is None:
         os.environ.pop("COLUMNS")
     else:

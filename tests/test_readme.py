@@ -17,6 +17,9 @@ def _verb_flags() -> dict[str, set[str]]:
     flags = {verb: {s for a in p._actions for s in a.option_strings} for verb, p in sub.choices.items()}
     data = next(a for a in sub.choices["data"]._actions if a.dest == "data_verb")
     flags["data"] = {s for a in data.choices["prepare"]._actions for s in a.option_strings}
+    review = next(a for a in sub.choices["review"]._actions if a.dest == "review_verb")
+    for action, action_parser in review.choices.items():
+        flags[f"review {action}"] = {s for a in action_parser._actions for s in a.option_strings}
     return flags
 
 
@@ -24,8 +27,8 @@ def test_readme_flags_exist():
     flags = _verb_flags()
     for name, text in {"README.md": README, **DOCS}.items():
         used = re.findall(
-            r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates)"
-            r"\b([^\n`|]*)",
+            r"labeltune(?:\.cli)? +(train|evaluate|label|predict|export|calibrate|data|models|templates"
+            r"|review select|review push|review pull|review merge)\b([^\n`|&]*)",
             text,
         )
         assert len(used) >= 4 or name != "README.md"
