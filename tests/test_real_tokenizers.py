@@ -271,7 +271,7 @@ def test_score_distribution_matches_brute_force(family, monkeypatch):
     monkeypatch.setattr(
         decode,
         "_label_probs",
-        lambda trie, logits_at: [
+        lambda trie, logits_at, columns: [
             {lab: float(lab == "-1") for lab in trie.label_path} for _ in next(iter(logits_at.values()))
         ],
     )
