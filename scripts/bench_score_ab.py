@@ -77,9 +77,8 @@ def main() -> None:
     for mode, name in keys:
         values = rounds[mode, name]
         ratio = max(values) / max(rounds[mode, f"{args.before} (before)"])
-        print(
-            f"| {mode} | {name} | {max(values):.1f} | {' / '.join(f'{v:.1f}' for v in values)} | {ratio:.2f} |"
-        )
+        every = " / ".join(f"{v:.1f}" for v in values)
+        print(f"| {mode} | {name} | {max(values):.1f} | {every} | {ratio:.2f} |")
     print()
     for mode in modes:
         a, b = (out[mode, name] for name in names)
