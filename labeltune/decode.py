@@ -149,21 +149,23 @@ def trie_columns(trie: AnswerTrie) -> Columns:
     return Columns({t for kids in trie.children.values() for t in kids} | {trie.eos})
 
 
-def head_logits(model, input_ids, columns: Columns | None, **kwargs):
-    """(float CPU logits after the last column of `input_ids` over `columns`' token ids (None: the whole
-    vocabulary), the cache). Where restricted_head applies, the LM head is one product of the last
-    hidden states with the rows of the output weight of those ids only: at a 128k-262k vocabulary the
-    full head costs more than the rest of a decoding step of a 100M-300M model."""
+def head_logits(model, input_ids, columns: Columns | None, every: bool = False, **kwargs):
+    """(float CPU logits after the last column of `input_ids` (`every`: after every column, one more
+    dimension) over `columns`' token ids (None: the whole vocabulary), the cache). Where restricted_head
+    applies, the LM head is one product of the hidden states with the rows of the output weight of those
+    ids only: at a 128k-262k vocabulary the full head costs more than the rest of a decoding step of a
+    100M-300M model."""
     fast = restricted_head(model) if columns is not None else None
     if fast is None:
-        out = model(input_ids=input_ids, logits_to_keep=last_position(input_ids), **kwargs)
-        logits = out.logits[:, -1]
+        keep = 0 if every else last_position(input_ids)
+        out = model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
+        logits = out.logits if every else out.logits[:, -1]
         if columns is not None:
-            logits = logits[:, columns.index.to(logits.device)]
+            logits = logits[..., columns.index.to(logits.device)]
         return logits.float().cpu(), out.past_key_values
     body, weight, cap = fast
     out = body(input_ids=input_ids, **kwargs)
-    hidden = out.last_hidden_state[:, -1]
+    hidden = out.last_hidden_state if every else out.last_hidden_state[:, -1]
     logits = hidden @ weight[columns.index.to(weight.device)].T
     if cap is not None:
         logits = (logits / cap).tanh() * cap
@@ -621,6 +623,44 @@ def _tree_levels(
     return logits_at
 
 
+def tree_in_one_call(model, kv_length: int) -> bool:
+    """Whether a token tree can be fed in one call with a custom 4D attention mask (_tree_flat): attention
+    that takes a 4D additive mask as given (sdpa, eager), and no sliding window shorter than the cache."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager") and (
+        window is None or kv_length < window
+    )
+
+
+def _tree_flat(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache, columns: Columns) -> dict:
+    """The logits after every prefix of a token tree (every prefix's ancestors among them) in one cached
+    call: every row feeds the last token of every prefix, each at its depth's position and visible, through
+    a 4D attention mask, to the row's cache and its own ancestors only (tree attention, as speculative
+    decoders verify token trees); no copy of the cache per node as in _tree_levels. Returns prefix -> the
+    logits of the `n` rows. The cache is consumed."""
+    import torch
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    n, q = base_mask.shape[0], len(prefixes)
+    tree = torch.tensor([[int(b == a[: len(b)]) for b in prefixes] for a in prefixes], dtype=torch.long)
+    visible = torch.cat([base_mask.unsqueeze(1).expand(n, q, -1), tree.expand(n, q, q)], dim=2)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(visible == 0, torch.finfo(dtype).min)
+    depth = torch.tensor([len(p) for p in prefixes])
+    logits, _ = head_logits(
+        model,
+        torch.tensor([[p[-1] for p in prefixes]] * n, device=device),
+        columns,
+        every=True,
+        attention_mask=mask.unsqueeze(1).to(device),
+        position_ids=(base_pos.view(-1, 1) + depth.view(1, -1)).to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return {p: logits[:, j] for j, p in enumerate(prefixes)}
+
+
 def _score_dists(
     model,
     pad: int,
@@ -640,29 +680,34 @@ def _score_dists(
     probabilities along its path; the greedy score takes the most probable token at each node, as
     generation would write it.
     Returns row -> ({score: probability}, greedy score)."""
+    import torch
+
     rows = [row for row in alive if row in at_branch]
     if not rows:
         return {}
-    trees = {node[row]: score_tree(trie, node[row]) for row in rows}
+    trees = {root: score_tree(trie, root) for root in {node[row] for row in rows}}  # one per label
     feed = sorted({p for prefixes, _ in trees.values() for p in prefixes}, key=lambda p: (len(p), p))
-    if feed and hasattr(cache, "batch_select_indices"):  # one call per depth of the tree (two for digits)
+    if feed and tree_in_one_call(model, mask.shape[1] + len(feed)):  # the whole tree in one call
+        logits_at = _tree_flat(model, pad, feed, mask, positions, cache, columns)
+    elif feed and hasattr(cache, "batch_select_indices"):  # one call per depth of the tree
         logits_at = _tree_levels(model, pad, feed, mask, positions, cache, columns)
     else:  # one call per node
         logits_at = _tree_steps(model, pad, feed, mask, positions, cache, columns)[0] if feed else {}
     out = {}
-    asked = {root: branching_nodes(trie, root) for root in trees}
-    for row in rows:  # the logits at the row's branching nodes, as log p of their allowed tokens
-        root, k = node[row], alive.index(row)  # k: the row's place in the cache
-        at = {}
-        for path in asked[root]:
+    place = {row: k for k, row in enumerate(alive)}  # each row's place in the cache
+    for root in trees:  # the logits at each branching node, as log p of its allowed tokens, for all rows
+        mine = [row for row in rows if node[row] == root]
+        at: list[dict] = [{} for _ in mine]
+        for path in branching_nodes(trie, root):
             ids = trie.allowed(root + path)
-            at[path] = dict(
-                zip(
-                    ids,
-                    (at_branch[row] if not path else logits_at[path][k])[columns.of(ids)].double().tolist(),
-                )
-            )
-        out[row] = score_distribution(trie, root, at)
+            if not path:
+                values = torch.stack([at_branch[row] for row in mine])[:, columns.of(ids)]
+            else:
+                values = logits_at[path][[place[row] for row in mine]][:, columns.of(ids)]
+            for row_at, row_values in zip(at, values.double().tolist()):
+                row_at[path] = dict(zip(ids, row_values))
+        for row, row_at in zip(mine, at):
+            out[row] = score_distribution(trie, root, row_at)
     return out
 
 

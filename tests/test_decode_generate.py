@@ -127,3 +127,28 @@ def test_free_generation_equals_brute_force_greedy():
         assert g.text == tokenizer.decode(new[:-1] if finished else new, skip_special_tokens=False)
     assert 0 < stopped < len(prompts) or stopped == len(prompts)
     assert got[0].finished
+
+
+def test_score_tree_in_one_call_equals_one_call_per_depth(monkeypatch):
+    """The digit tree of the scores fed in one call with a 4D tree mask gives the score distributions of
+    feeding it one depth at a time (each node in its own copy of the rows)."""
+    from labeltune import decode
+
+    model, tokenizer, prompter = _random_model(TEXTS, seed=1)
+    prompts = [prompter.prompt_ids(t)[0] for t in TEXTS]
+    labels = ["-1"] * len(TEXTS)  # the label with a score: every row has a score tree
+    trie = prompter.answer_trie
+    assert any(_feeds(trie))  # the tiny tokenizer writes a score digit by digit: a tree to feed
+    flat = decode.score_decode(model, tokenizer, prompts, trie, batch_size=3, labels=labels)
+    monkeypatch.setattr(decode, "tree_in_one_call", lambda model, kv_length: False)
+    levels = decode.score_decode(model, tokenizer, prompts, trie, batch_size=3, labels=labels)
+    assert flat[1] == levels[1]
+    for (p_flat, g_flat), (p_levels, g_levels) in zip(flat[2], levels[2]):
+        assert g_flat == g_levels and max(p_flat.values()) < 0.9  # a spread distribution
+        assert list(p_flat.values()) == pytest.approx(list(p_levels.values()), abs=1e-6)
+
+
+def _feeds(trie):
+    from labeltune.answers import score_root, score_tree
+
+    return [score_tree(trie, score_root(trie, label))[0] for label in trie.label_path]
