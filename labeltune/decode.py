@@ -149,23 +149,26 @@ def trie_columns(trie: AnswerTrie) -> Columns:
     return Columns({t for kids in trie.children.values() for t in kids} | {trie.eos})
 
 
-def head_logits(model, input_ids, columns: Columns | None, every: bool = False, **kwargs):
-    """(float CPU logits after the last column of `input_ids` (`every`: after every column, one more
-    dimension) over `columns`' token ids (None: the whole vocabulary), the cache). Where restricted_head
-    applies, the LM head is one product of the hidden states with the rows of the output weight of those
-    ids only: at a 128k-262k vocabulary the full head costs more than the rest of a decoding step of a
-    100M-300M model."""
+def head_logits(model, input_ids, columns: Columns | None, keep: list[int] | None = None, **kwargs):
+    """(float CPU logits after the last column of `input_ids` (`keep`: after each of those columns, one
+    more dimension) over `columns`' token ids (None: the whole vocabulary), the cache). Where
+    restricted_head applies, the LM head is one product of the hidden states with the rows of the output
+    weight of those ids only: at a 128k-262k vocabulary the full head costs more than the rest of a
+    decoding step of a 100M-300M model."""
+    import torch
+
+    at = last_position(input_ids) if keep is None else torch.tensor(keep, device=input_ids.device)
     fast = restricted_head(model) if columns is not None else None
     if fast is None:
-        keep = 0 if every else last_position(input_ids)
-        out = model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
-        logits = out.logits if every else out.logits[:, -1]
+        out = model(input_ids=input_ids, logits_to_keep=at, **kwargs)
+        logits = out.logits[:, -1] if keep is None else out.logits
         if columns is not None:
             logits = logits[..., columns.index.to(logits.device)]
         return logits.float().cpu(), out.past_key_values
     body, weight, cap = fast
     out = body(input_ids=input_ids, **kwargs)
-    hidden = out.last_hidden_state if every else out.last_hidden_state[:, -1]
+    hidden = out.last_hidden_state[:, at]
+    hidden = hidden[:, -1] if keep is None else hidden
     logits = hidden @ weight[columns.index.to(weight.device)].T
     if cap is not None:
         logits = (logits / cap).tanh() * cap
@@ -515,6 +518,57 @@ def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, la
     return logits_at, cache, slots, fed
 
 
+def _prefill_label_nodes(
+    model, pad: int, trie: AnswerTrie, rows: list[list[int]], shared_len: int, shared_cache, columns: Columns
+):
+    """(1) + (2) in one call where the attention takes a 4D mask (tree_in_one_call; else _prefill, then
+    _label_nodes): each row's own tokens (prompt + the answer's fixed start, left-padded, after the shared
+    prefix's cache), then the token of every internal node of the label trie, each at its depth's position
+    and visible to the row's tokens and its own ancestors only (tree attention). Returns (logits at every
+    label node, cache, the prefill's attention mask, each row's last position, the column of each fed
+    node, the mask over every column)."""
+    import torch
+
+    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
+    own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
+    n, w = own.shape
+    total, q = attention.shape[1], len(internal)
+    if not internal or not tree_in_one_call(model, total + q):
+        logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad, columns)
+        logits_at, cache, slots, fed = _label_nodes(
+            model, pad, trie, logits, cache, attention, last_pos, columns
+        )
+        return logits_at, cache, attention, last_pos, slots, fed
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    last_pos = attention.sum(-1) - 1
+    causal = torch.tril(torch.ones((w, w), dtype=torch.long)).unsqueeze(0) * attention[:, None, shared_len:]
+    own_rows = torch.cat(
+        [torch.ones((n, w, shared_len), dtype=torch.long), causal, torch.zeros((n, w, q), dtype=torch.long)],
+        dim=2,
+    )
+    tree = torch.tensor([[int(b == a[: len(b)]) for b in internal] for a in internal], dtype=torch.long)
+    node_rows = torch.cat([attention.unsqueeze(1).expand(n, q, total), tree.expand(n, q, q)], dim=2)
+    visible = torch.cat([own_rows, node_rows], dim=1)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(visible == 0, torch.finfo(dtype).min)
+    depth = torch.tensor([len(p) for p in internal])
+    tokens = torch.cat([own, torch.tensor([[p[-1] for p in internal]] * n, dtype=own.dtype)], dim=1)
+    logits, cache = head_logits(
+        model,
+        tokens.to(device),
+        columns,
+        keep=list(range(w - 1, w + q)),
+        attention_mask=mask.unsqueeze(1).to(device),
+        position_ids=torch.cat([positions, last_pos.view(-1, 1) + depth.view(1, -1)], dim=1).to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits_at = {(): logits[:, 0], **{p: logits[:, 1 + j] for j, p in enumerate(internal)}}
+    slots = {p: total + j for j, p in enumerate(internal)}
+    fed = torch.cat([attention, torch.ones((n, q), dtype=torch.long)], dim=1)
+    return logits_at, cache, attention, last_pos, slots, fed
+
+
 def _label_probs(trie: AnswerTrie, logits_at: dict, columns: Columns) -> list[dict[str, float]]:
     """Every row's label distribution (answers.label_distribution) from the logits at the label nodes."""
     allowed = {node: trie.allowed(trie.shared + node) for node in label_nodes(trie)}
@@ -652,7 +706,7 @@ def _tree_flat(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cach
         model,
         torch.tensor([[p[-1] for p in prefixes]] * n, device=device),
         columns,
-        every=True,
+        keep=list(range(q)),
         attention_mask=mask.unsqueeze(1).to(device),
         position_ids=(base_pos.view(-1, 1) + depth.view(1, -1)).to(device),
         past_key_values=cache,
@@ -746,9 +800,8 @@ def score_decode(
         shared_len, shared_cache = shared_prefix(model, prompt_ids, next(model.parameters()).device)
         for index in length_batches(prompt_ids, batch_size):
             rows = [prompt_ids[i] + list(trie.shared) for i in index]
-            logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad, columns)
-            logits_at, cache, slots, fed_mask = _label_nodes(
-                model, pad, trie, logits, cache, attention, last_pos, columns
+            logits_at, cache, attention, last_pos, slots, fed_mask = _prefill_label_nodes(
+                model, pad, trie, rows, shared_len, shared_cache, columns
             )
             batch_dists = _label_probs(trie, logits_at, columns)
             chosen = [

@@ -129,9 +129,10 @@ def test_free_generation_equals_brute_force_greedy():
     assert got[0].finished
 
 
-def test_score_tree_in_one_call_equals_one_call_per_depth(monkeypatch):
-    """The digit tree of the scores fed in one call with a 4D tree mask gives the score distributions of
-    feeding it one depth at a time (each node in its own copy of the rows)."""
+def test_trees_in_one_call_equal_one_call_per_node_or_depth(monkeypatch):
+    """The digit tree of the scores fed in one call with a 4D tree mask gives the label and score
+    distributions of feeding it one depth at a time (each node in its own copy of the rows); the label
+    trie's internal nodes fed with the prefill: test_real_tokenizers' brute-force checks, both ways."""
     from labeltune import decode
 
     model, tokenizer, prompter = _random_model(TEXTS, seed=1)
@@ -143,6 +144,8 @@ def test_score_tree_in_one_call_equals_one_call_per_depth(monkeypatch):
     monkeypatch.setattr(decode, "tree_in_one_call", lambda model, kv_length: False)
     levels = decode.score_decode(model, tokenizer, prompts, trie, batch_size=3, labels=labels)
     assert flat[1] == levels[1]
+    for d_flat, d_levels in zip(flat[0], levels[0]):
+        assert d_flat == pytest.approx(d_levels, abs=1e-6)
     for (p_flat, g_flat), (p_levels, g_levels) in zip(flat[2], levels[2]):
         assert g_flat == g_levels and max(p_flat.values()) < 0.9  # a spread distribution
         assert list(p_flat.values()) == pytest.approx(list(p_levels.values()), abs=1e-6)
