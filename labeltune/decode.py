@@ -4,17 +4,22 @@
   a generation that hits `max_new_tokens` first is reported as ``no_eos``).
 - ``constrained``: greedy generation restricted at every step to the task's answer language (an
   ``AnswerTrie`` of the token ids of every well-formed answer + EOS), so only answers the task spec
-  accepts can come out, with or without fine-tuning.
+  accepts can come out, with or without fine-tuning. The LM head runs over the trie's tokens only
+  (~120 of a 128k-262k vocabulary), every row is masked at once, and the forced tokens after a choice
+  are fed in the same call.
 - ``score``: no generation for the label. One batched forward pass over prompt + the answer's fixed
   start (``label : ``) gives the distribution over the tokens where the labels diverge; a label's
   probability is the product of its tokens' probabilities renormalised over the trie's allowed
   tokens at each node (multi-token labels scored as full continuations: one cached step per node
-  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0"). For a label that has a score,
+  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0", fed with the prefill through a 4D
+  tree attention mask where the attention takes one). For a label that has a score,
   the exact distribution over its scores comes from the same KV cache: Llama 3 writes every score
   0..100 as one token after ``score : ``, so it is one softmax over 101 token ids at one position (no
   extra step); a one-digit-per-token tokenizer (Gemma 2, the tiny one) needs the logits at the ten
-  nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call per depth
-  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected
+  nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call with a 4D
+  tree attention mask (each node sees the row and its own ancestors only; where the attention cannot
+  take such a mask, one call per depth, each node in its own copy of the rows). Every call's LM head
+  runs over the trie's tokens only (head_logits). The score written is the expected
   value by default (greedy decoding collapses a graded quantity onto its mode), the greedy one is kept beside
   it. The answer string is written by the task spec, so it is well-formed by construction.
 
@@ -22,6 +27,10 @@
   ids, ~3/4 of a prompt for the bundled templates): its KV cache is computed once and every batch
   prefills only the rest of its prompts on top of it (pads sit between the shared prefix and each
   row's own tokens, masked; positions continue from the prefix), as vLLM / SGLang prefix caching do.
+
+Both generation modes run one cached greedy loop (generate): the shared prefix prefilled once, finished
+rows dropped from the cache, no per-row logits processors (transformers' generate only for a model
+whose generation config sets one).
 
 This module runs the model (torch, the KV cache); what turns its logits into answers (label and score
 distributions, the greedy score, parsing a generation) is labeltune.answers, shared with the vLLM engine.
