@@ -145,17 +145,29 @@ def branching_nodes(trie, root: tuple) -> list[tuple]:
     return [()] + [p for p in feed if len(trie.allowed(root + p)) > 1]
 
 
+def score_plan(trie, root: tuple) -> tuple[list[tuple[tuple, int]], list[list[tuple[tuple, int]]]]:
+    """(score_tree's leaves below `root`, each leaf's steps where the answer branches: (path before the
+    step, token)), worked out once per trie and root (kept in ``trie.memo``: score_distribution runs per
+    row)."""
+    key = ("score_plan", root)
+    if key not in trie.memo:
+        _, leaves = score_tree(trie, root)
+        steps = [
+            [(path[:j], t) for j, t in enumerate(path) if len(trie.allowed(root + path[:j])) > 1]
+            for path, _ in leaves
+        ]
+        trie.memo[key] = (leaves, steps)
+    return trie.memo[key]
+
+
 def score_distribution(trie, root: tuple, at: dict[tuple, LogProbs]) -> tuple[dict[int, float], int]:
     """({score: probability}, greedy score) below `root` from the log-probabilities at its branching nodes
     (`at`, keyed by the path below root, as branching_nodes lists them): p(score) is the product of the
     renormalised probabilities along its path; greedy takes the most probable token at every branch
     (ties: the first allowed, as an argmax)."""
-    _, leaves = score_tree(trie, root)
+    leaves, steps = score_plan(trie, root)
     normal = {node: log_softmax(lp) for node, lp in at.items()}
-    scores = {}
-    for path, value in leaves:
-        steps = [(path[:j], t) for j, t in enumerate(path) if len(trie.allowed(root + path[:j])) > 1]
-        scores[value] = math.exp(sum(normal[pre][t] for pre, t in steps))
+    scores = {value: math.exp(sum(normal[pre][t] for pre, t in st)) for (_, value), st in zip(leaves, steps)}
     walk: tuple = ()
     while not walk or walk[-1] != trie.eos:
         allowed = trie.allowed(root + walk)

@@ -4,17 +4,22 @@
   a generation that hits `max_new_tokens` first is reported as ``no_eos``).
 - ``constrained``: greedy generation restricted at every step to the task's answer language (an
   ``AnswerTrie`` of the token ids of every well-formed answer + EOS), so only answers the task spec
-  accepts can come out, with or without fine-tuning.
+  accepts can come out, with or without fine-tuning. The LM head runs over the trie's tokens only
+  (~120 of a 128k-262k vocabulary), every row is masked at once, and the forced tokens after a choice
+  are fed in the same call.
 - ``score``: no generation for the label. One batched forward pass over prompt + the answer's fixed
   start (``label : ``) gives the distribution over the tokens where the labels diverge; a label's
   probability is the product of its tokens' probabilities renormalised over the trie's allowed
   tokens at each node (multi-token labels scored as full continuations: one cached step per node
-  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0"). For a label that has a score,
+  where labels share a token, e.g. Llama 3's "Ġ" before "1" and "0", fed with the prefill through a 4D
+  tree attention mask where the attention takes one). For a label that has a score,
   the exact distribution over its scores comes from the same KV cache: Llama 3 writes every score
   0..100 as one token after ``score : ``, so it is one softmax over 101 token ids at one position (no
   extra step); a one-digit-per-token tokenizer (Gemma 2, the tiny one) needs the logits at the ten
-  nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call per depth
-  of the tree (two calls per batch; each node in its own copy of the rows). The score written is the expected
+  nodes of the digit tree where a score can go on ("1".."9", "10"), fed in one cached call with a 4D
+  tree attention mask (each node sees the row and its own ancestors only; where the attention cannot
+  take such a mask, one call per depth, each node in its own copy of the rows). Every call's LM head
+  runs over the trie's tokens only (head_logits). The score written is the expected
   value by default (greedy decoding collapses a graded quantity onto its mode), the greedy one is kept beside
   it. The answer string is written by the task spec, so it is well-formed by construction.
 
@@ -22,6 +27,10 @@
   ids, ~3/4 of a prompt for the bundled templates): its KV cache is computed once and every batch
   prefills only the rest of its prompts on top of it (pads sit between the shared prefix and each
   row's own tokens, masked; positions continue from the prefix), as vLLM / SGLang prefix caching do.
+
+Both generation modes run one cached greedy loop (generate): the shared prefix prefilled once, finished
+rows dropped from the cache, no per-row logits processors (transformers' generate only for a model
+whose generation config sets one).
 
 This module runs the model (torch, the KV cache); what turns its logits into answers (label and score
 distributions, the greedy score, parsing a generation) is labeltune.answers, shared with the vLLM engine.
@@ -102,6 +111,79 @@ def last_position(input_ids):
     return torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
 
 
+# model_type of the families whose logits are the decoder's last hidden state times the output layer's
+# weight (Gemma 2 / 3 then soft-capped): their LM head can run over some token ids only (head_logits)
+HEAD_FAMILIES = ("llama", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2", "qwen3")
+
+
+def restricted_head(model):
+    """(decoder, output weight, soft cap or None) of a model whose logits are ``decoder(...)``'s last hidden
+    state @ weight.T (then ``tanh(x / cap) * cap`` where the config sets ``final_logit_softcapping``);
+    None for any other model (its full forward is used), and where the output layer is not a plain linear
+    layer (a PEFT wrapper around a trained head: a LoRA run before merging)."""
+    import torch
+
+    if hasattr(model, "get_base_model"):  # PEFT: LoRA lives in the base's layers (disable_adapter works)
+        if getattr(model.active_peft_config, "is_prompt_learning", False):
+            return None  # prompt tuning changes the inputs the base sees
+        model = model.get_base_model()
+    head, body = getattr(model, "lm_head", None), getattr(model, "model", None)
+    if (
+        getattr(model.config, "model_type", None) not in HEAD_FAMILIES
+        or type(head) is not torch.nn.Linear  # not a quantised (bitsandbytes) or wrapped one
+        or head.bias is not None
+        or body is None
+    ):
+        return None
+    return body, head.weight, getattr(model.config, "final_logit_softcapping", None)
+
+
+class Columns:
+    """The token ids an LM head is run over (sorted ascending, so an argmax over them breaks ties as a
+    full-vocabulary argmax does) and each one's column in its logits."""
+
+    def __init__(self, ids):
+        import torch
+
+        self.ids = sorted(set(ids))
+        self.at = {t: j for j, t in enumerate(self.ids)}
+        self.index = torch.tensor(self.ids, dtype=torch.long)
+
+    def of(self, ids) -> list[int]:
+        return [self.at[t] for t in ids]
+
+
+def trie_columns(trie: AnswerTrie) -> Columns:
+    """Every token the answer trie allows anywhere (EOS included): all score and constrained modes read."""
+    return Columns({t for kids in trie.children.values() for t in kids} | {trie.eos})
+
+
+def head_logits(model, input_ids, columns: Columns | None, keep: list[int] | None = None, **kwargs):
+    """(float CPU logits after the last column of `input_ids` (`keep`: after each of those columns, one
+    more dimension) over `columns`' token ids (None: the whole vocabulary), the cache). Where
+    restricted_head applies, the LM head is one product of the hidden states with the rows of the output
+    weight of those ids only: at a 128k-262k vocabulary the full head costs more than the rest of a
+    decoding step of a 100M-300M model."""
+    import torch
+
+    at = last_position(input_ids) if keep is None else torch.tensor(keep, device=input_ids.device)
+    fast = restricted_head(model) if columns is not None else None
+    if fast is None:
+        out = model(input_ids=input_ids, logits_to_keep=at, **kwargs)
+        logits = out.logits[:, -1] if keep is None else out.logits
+        if columns is not None:
+            logits = logits[..., columns.index.to(logits.device)]
+        return logits.float().cpu(), out.past_key_values
+    body, weight, cap = fast
+    out = body(input_ids=input_ids, **kwargs)
+    hidden = out.last_hidden_state[:, at]
+    hidden = hidden[:, -1] if keep is None else hidden
+    logits = hidden @ weight[columns.index.to(weight.device)].T
+    if cap is not None:
+        logits = (logits / cap).tanh() * cap
+    return logits.float().cpu(), out.past_key_values
+
+
 def shared_prefix(model, prompt_ids: list[list[int]], device) -> tuple[int, object]:
     """(length, batch-1 KV cache) of the prompts' common prefix; (0, None) when it is shorter than
     MIN_SHARED_PREFIX."""
@@ -146,6 +228,138 @@ def prefill_inputs(rows: list[list[int]], shared_len: int, shared_cache, pad: in
     return own, attention, positions, cache
 
 
+def _drop_rows(cache, keep: list[int], alive: list[int], device):
+    """Keep only the rows of `keep` (batch rows, a subset of `alive`: the rows in the cache, in cache order)
+    in the cache; returns the index over the old cache rows, or None where nothing is dropped or the cache
+    cannot drop rows (then they stay, fed nothing)."""
+    import torch
+
+    if len(keep) == len(alive) or not hasattr(cache, "batch_select_indices"):
+        return None
+    at = {row: k for k, row in enumerate(alive)}
+    select = torch.tensor([at[row] for row in keep], dtype=torch.long)
+    cache.batch_select_indices(select.to(device))
+    return select
+
+
+def _greedy_loop(model, pad: int, picker, logits, cache, attention, last_pos) -> None:
+    """The loop both generation modes share, over one prefilled batch (`logits`: after each row's prompt):
+    ``picker.pick(rows, logits)`` (rows in cache order, their logits over ``picker.columns``) returns the
+    tokens each row feeds next ({} or [] for a row that is done); finished rows are dropped from the cache
+    (where it can) before every later call, and each call runs the LM head over ``picker.columns`` only."""
+    device = next(model.parameters()).device
+    alive, mask, positions = list(range(attention.shape[0])), attention, last_pos
+    while True:
+        chunks = picker.pick(alive, logits)
+        keep = [row for row in alive if chunks.get(row)]
+        if not keep:
+            return
+        select = _drop_rows(cache, keep, alive, device)
+        if select is not None:
+            mask, positions, alive = mask[select], positions[select], keep
+        logits, cache, mask, positions = _multi_step(
+            model, pad, [chunks.get(row, []) for row in alive], mask, positions, cache, picker.columns
+        )
+
+
+class _FreeGreedy:
+    """generate mode: the most probable token of the whole vocabulary, one per call, until EOS or
+    `max_new_tokens` (then not finished)."""
+
+    columns = None  # the full LM head
+
+    def __init__(self, n: int, eos: int, max_new_tokens: int):
+        self.eos, self.max_new_tokens = eos, max_new_tokens
+        self.new: list[list[int]] = [[] for _ in range(n)]
+        self.finished = [False] * n
+
+    def pick(self, rows: list[int], logits) -> dict[int, list[int]]:
+        out = {}
+        for row, token in zip(rows, logits.argmax(-1).tolist()):
+            if self.finished[row] or len(self.new[row]) >= self.max_new_tokens:
+                continue
+            if token == self.eos:
+                self.finished[row] = True
+                continue
+            self.new[row].append(token)
+            if len(self.new[row]) < self.max_new_tokens:
+                out[row] = [token]
+        return out
+
+
+class _TrieGreedy:
+    """constrained mode: at each row's trie node the most probable allowed token, the LM head run over the
+    trie's tokens only (trie_columns) and every row masked at once, then the forced tokens after it (nodes
+    with one allowed token) fed in the same call; done at EOS. Starts after ``trie.shared`` (prefilled
+    with the prompt); where every label is one token, keeps the logits of the label tokens there."""
+
+    def __init__(self, trie: AnswerTrie, n: int):
+        self.trie, self.columns = trie, trie_columns(trie)
+        self.branch = one_token_labels(trie)
+        self.nodes = [trie.shared] * n
+        self.label_logits: list[list[float] | None] = [None] * n
+        self._masks: dict[tuple, object] = {}
+
+    def _allowed(self, node: tuple):
+        import torch
+
+        if node not in self._masks:
+            mask = torch.zeros(len(self.columns.ids), dtype=torch.bool)
+            mask[self.columns.of(self.trie.allowed(node))] = True
+            self._masks[node] = mask
+        return self._masks[node]
+
+    def pick(self, rows: list[int], logits) -> dict[int, list[int]]:
+        import torch
+
+        trie = self.trie
+        todo = [k for k, row in enumerate(rows) if self.nodes[row][-1:] != (trie.eos,)]
+        if not todo:
+            return {}
+        allowed = torch.stack([self._allowed(self.nodes[rows[k]]) for k in todo])
+        best = logits[todo].masked_fill(~allowed, float("-inf")).argmax(-1).tolist()
+        out = {}
+        for k, j in zip(todo, best):
+            row, node = rows[k], self.nodes[rows[k]]
+            if node == trie.shared and self.branch is not None:
+                self.label_logits[row] = logits[k, self.columns.of(self.branch)].tolist()
+            chunk = [self.columns.ids[j]]
+            while chunk[-1] != trie.eos and len(nxt := trie.allowed(node + tuple(chunk))) == 1:
+                chunk.append(nxt[0])
+            self.nodes[row] = node + tuple(chunk)
+            if chunk[-1] != trie.eos:
+                out[row] = chunk
+        return out
+
+
+# generation_config fields that change greedy decoding: generate() falls back to transformers' generate
+# (which applies them) where the model's generation config sets any of them
+_GREEDY_CHANGERS = (
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "min_length",
+    "min_new_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "sequence_bias",
+    "encoder_repetition_penalty",
+    "exponential_decay_length_penalty",
+)
+
+
+def plain_greedy(model) -> bool:
+    """Whether greedy decoding of `model` is the argmax of its logits at each step: its generation config
+    sets no logits processor (repetition penalty, suppressed tokens, a minimum length, ...)."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return True
+    default = type(config)()
+    return all(getattr(config, k, None) == getattr(default, k, None) for k in _GREEDY_CHANGERS)
+
+
 def generate(
     model,
     tokenizer,
@@ -154,7 +368,53 @@ def generate(
     batch_size: int = 16,
     trie: AnswerTrie | None = None,
 ) -> list[Generation]:
-    """Greedy generation in input order; with a trie, constrained to the task's answers."""
+    """Greedy generation in input order; with a trie, constrained to the task's answers.
+
+    Each batch is prefilled after the prompts' shared prefix (as score mode does; with a trie, the
+    answer's fixed start ``trie.shared`` is prefilled with the prompt), then one cached call per step,
+    finished rows dropped from the cache. Free generation takes the argmax of the full LM head once per
+    step; constrained generation runs the LM head over the trie's tokens only, masks every row's
+    disallowed ones at once and feeds the forced tokens after a choice in the same call (the greedy
+    answer is the same: a forced token is the only one allowed). A model whose generation config sets
+    a logits processor (repetition penalty, ...) goes through transformers' generate."""
+    import torch
+
+    if not plain_greedy(model):
+        return _hf_generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, trie)
+    device = next(model.parameters()).device
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    results: list[Generation | None] = [None] * len(prompt_ids)
+    start = list(trie.shared) if trie is not None else []
+    with torch.inference_mode():
+        shared_len, shared_cache = shared_prefix(model, prompt_ids, device)
+        for index in length_batches(prompt_ids, batch_size):
+            n = len(index)
+            picker = _TrieGreedy(trie, n) if trie is not None else _FreeGreedy(n, eos, max_new_tokens)
+            rows = [prompt_ids[i] + start for i in index]
+            logits, cache, attention, last_pos = _prefill(
+                model, rows, shared_len, shared_cache, pad, picker.columns
+            )
+            _greedy_loop(model, pad, picker, logits, cache, attention, last_pos)
+            for row, i in enumerate(index):
+                if trie is None:
+                    new, finished, probs = picker.new[row], picker.finished[row], None
+                else:
+                    new, finished = list(picker.nodes[row][:-1]), True  # the trie's answers all end at EOS
+                    at = picker.label_logits[row]
+                    probs = at and first_token_label_probs(trie, dict(zip(picker.branch, at)))
+                results[i] = Generation(tokenizer.decode(new, skip_special_tokens=False), finished, probs)
+    return results  # type: ignore[return-value]
+
+
+def _hf_generate(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    trie: AnswerTrie | None = None,
+) -> list[Generation]:
+    """generate() through transformers' generate (its logits processors applied), one batch at a time."""
     import torch
 
     device = next(model.parameters()).device
@@ -195,45 +455,46 @@ def generate(
     return results  # type: ignore[return-value]
 
 
-def _multi_step(model, pad: int, chunks: list[list[int]], mask, positions, cache):
+def _multi_step(model, pad: int, chunks: list[list[int]], mask, positions, cache, columns: Columns | None):
     """Feed each row its own list of tokens (left-padded, pads masked, so every row's last token is in the
     last column and only that column goes through the LM head) in one cached call; returns the logits
-    after each row's last token, the cache, the grown mask and the rows' last positions."""
+    after each row's last token over `columns` (head_logits), the cache, the grown mask and the rows' last
+    positions."""
     import torch
 
     device = next(model.parameters()).device
     tokens, real = pad_ids(chunks, pad, left=True)
     mask = torch.cat([mask, real], dim=1)
-    tokens = tokens.to(device)
-    out = model(
-        input_ids=tokens,
+    logits, cache = head_logits(
+        model,
+        tokens.to(device),
+        columns,
         attention_mask=mask.to(device),
         position_ids=(positions.view(-1, 1) + real.cumsum(-1)).to(device),
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=last_position(tokens),
     )
-    return out.logits[:, -1].float().cpu(), out.past_key_values, mask, positions + real.sum(-1)
+    return logits, cache, mask, positions + real.sum(-1)
 
 
-def _prefill(model, rows: list[list[int]], shared_len: int, shared_cache, pad: int):
+def _prefill(model, rows: list[list[int]], shared_len: int, shared_cache, pad: int, columns: Columns | None):
     """(1) One forward over each row (prompt + the answer's fixed start) after the shared prefix's cache:
-    (logits after the last token, cache, attention mask, each row's last position)."""
+    (logits after the last token over `columns`, cache, attention mask, each row's last position)."""
     device = next(model.parameters()).device
     own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
-    own = own.to(device)
-    out = model(
-        input_ids=own,
+    logits, cache = head_logits(
+        model,
+        own.to(device),
+        columns,
         attention_mask=attention.to(device),
         position_ids=positions.to(device),
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=last_position(own),
     )
-    return out.logits[:, -1, :].float().cpu(), out.past_key_values, attention, attention.sum(-1) - 1
+    return logits, cache, attention, attention.sum(-1) - 1
 
 
-def _tree_steps(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache):
+def _tree_steps(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache, columns: Columns):
     """One cached step per prefix of a token tree (shorter first; every prefix's ancestors among them),
     every row feeding the prefix's last token, visible only to the columns of its own ancestors through
     the mask: (logits after each prefix, the cache, the column of each fed prefix, the mask over every
@@ -241,35 +502,86 @@ def _tree_steps(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cac
     import torch
 
     n, base_len = base_mask.shape
-    logits_at, slots, columns = {}, {}, base_mask
+    logits_at, slots, grown = {}, {}, base_mask
     for prefix in prefixes:
-        visible = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
+        visible = torch.zeros((n, grown.shape[1] - base_len), dtype=torch.long)
         for anc, col in slots.items():
             if prefix[: len(anc)] == anc:
                 visible[:, col - base_len] = 1
         before = torch.cat([base_mask, visible], dim=1)
         logits_at[prefix], cache, mask, _ = _multi_step(
-            model, pad, [[prefix[-1]]] * n, before, base_pos + len(prefix) - 1, cache
+            model, pad, [[prefix[-1]]] * n, before, base_pos + len(prefix) - 1, cache, columns
         )
-        slots[prefix] = columns.shape[1]
-        columns = mask
-    return logits_at, cache, slots, columns
+        slots[prefix] = grown.shape[1]
+        grown = mask
+    return logits_at, cache, slots, grown
 
 
-def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, last_pos):
+def _label_nodes(model, pad: int, trie: AnswerTrie, logits, cache, attention, last_pos, columns: Columns):
     """(2) One cached step per internal node of the label trie (where labels share a token), each visible
     only to its descendants through the mask: (logits at every node, the cache, the column of each fed
     node, the mask over every column)."""
     internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
-    logits_at, cache, slots, columns = _tree_steps(model, pad, internal, attention, last_pos, cache)
+    logits_at, cache, slots, fed = _tree_steps(model, pad, internal, attention, last_pos, cache, columns)
     logits_at[()] = logits
-    return logits_at, cache, slots, columns
+    return logits_at, cache, slots, fed
 
 
-def _label_probs(trie: AnswerTrie, logits_at: dict) -> list[dict[str, float]]:
+def _prefill_label_nodes(
+    model, pad: int, trie: AnswerTrie, rows: list[list[int]], shared_len: int, shared_cache, columns: Columns
+):
+    """(1) + (2) in one call where the attention takes a 4D mask (tree_in_one_call; else _prefill, then
+    _label_nodes): each row's own tokens (prompt + the answer's fixed start, left-padded, after the shared
+    prefix's cache), then the token of every internal node of the label trie, each at its depth's position
+    and visible to the row's tokens and its own ancestors only (tree attention). Returns (logits at every
+    label node, cache, the prefill's attention mask, each row's last position, the column of each fed
+    node, the mask over every column)."""
+    import torch
+
+    internal = sorted({p[:k] for p in trie.label_path.values() for k in range(1, len(p))}, key=len)
+    own, attention, positions, cache = prefill_inputs(rows, shared_len, shared_cache, pad)
+    n, w = own.shape
+    total, q = attention.shape[1], len(internal)
+    if not internal or not tree_in_one_call(model, total + q):
+        logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad, columns)
+        logits_at, cache, slots, fed = _label_nodes(
+            model, pad, trie, logits, cache, attention, last_pos, columns
+        )
+        return logits_at, cache, attention, last_pos, slots, fed
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    last_pos = attention.sum(-1) - 1
+    causal = torch.tril(torch.ones((w, w), dtype=torch.long)).unsqueeze(0) * attention[:, None, shared_len:]
+    own_rows = torch.cat(
+        [torch.ones((n, w, shared_len), dtype=torch.long), causal, torch.zeros((n, w, q), dtype=torch.long)],
+        dim=2,
+    )
+    tree = torch.tensor([[int(b == a[: len(b)]) for b in internal] for a in internal], dtype=torch.long)
+    node_rows = torch.cat([attention.unsqueeze(1).expand(n, q, total), tree.expand(n, q, q)], dim=2)
+    visible = torch.cat([own_rows, node_rows], dim=1)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(visible == 0, torch.finfo(dtype).min)
+    depth = torch.tensor([len(p) for p in internal])
+    tokens = torch.cat([own, torch.tensor([[p[-1] for p in internal]] * n, dtype=own.dtype)], dim=1)
+    logits, cache = head_logits(
+        model,
+        tokens.to(device),
+        columns,
+        keep=list(range(w - 1, w + q)),
+        attention_mask=mask.unsqueeze(1).to(device),
+        position_ids=torch.cat([positions, last_pos.view(-1, 1) + depth.view(1, -1)], dim=1).to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits_at = {(): logits[:, 0], **{p: logits[:, 1 + j] for j, p in enumerate(internal)}}
+    slots = {p: total + j for j, p in enumerate(internal)}
+    fed = torch.cat([attention, torch.ones((n, q), dtype=torch.long)], dim=1)
+    return logits_at, cache, attention, last_pos, slots, fed
+
+
+def _label_probs(trie: AnswerTrie, logits_at: dict, columns: Columns) -> list[dict[str, float]]:
     """Every row's label distribution (answers.label_distribution) from the logits at the label nodes."""
     allowed = {node: trie.allowed(trie.shared + node) for node in label_nodes(trie)}
-    rows = {node: logits_at[node][:, ids].tolist() for node, ids in allowed.items()}
+    rows = {node: logits_at[node][:, columns.of(ids)].tolist() for node, ids in allowed.items()}
     n = next(iter(logits_at.values())).shape[0]
     return [
         label_distribution(trie, {node: dict(zip(ids, rows[node][r])) for node, ids in allowed.items()})
@@ -278,7 +590,16 @@ def _label_probs(trie: AnswerTrie, logits_at: dict) -> list[dict[str, float]]:
 
 
 def _to_score(
-    model, pad: int, trie: AnswerTrie, chosen: list[str], cache, slots: dict, attention, columns, last_pos
+    model,
+    pad: int,
+    trie: AnswerTrie,
+    chosen: list[str],
+    cache,
+    slots: dict,
+    attention,
+    fed_mask,
+    last_pos,
+    columns: Columns,
 ):
     """(3) The chosen label's remaining tokens and the fixed run after them (``\nscore : ``) fed in one
     cached call per step, up to the answer's next branching node (where its score starts) or EOS. Rows
@@ -293,7 +614,7 @@ def _to_score(
     fed = [max((len(p) for p in slots if trie.label_path[c][: len(p)] == p), default=0) for c in chosen]
     node = [trie.shared + trie.label_path[c][:f] for c, f in zip(chosen, fed)]
     queue = [list(trie.label_path[c][f:]) for c, f in zip(chosen, fed)]
-    keep = torch.zeros((n, columns.shape[1] - base_len), dtype=torch.long)
+    keep = torch.zeros((n, fed_mask.shape[1] - base_len), dtype=torch.long)
     for row, c in enumerate(chosen):  # each row sees the label-node columns of its own label only
         for anc, col in slots.items():
             if trie.label_path[c][: len(anc)] == anc:
@@ -329,14 +650,16 @@ def _to_score(
         if not any(chunks[row] for row in alive):
             return node, at_branch, cache, mask, positions, alive
         logits, cache, mask, positions = _multi_step(
-            model, pad, [chunks[row] for row in alive], mask, positions, cache
+            model, pad, [chunks[row] for row in alive], mask, positions, cache, columns
         )
         for k, row in enumerate(alive):
             if state[row] == "waiting":
                 at_branch[row], state[row] = logits[k], "branch"
 
 
-def _tree_levels(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache) -> dict:
+def _tree_levels(
+    model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache, columns: Columns
+) -> dict:
     """The logits after every prefix of a token tree (every prefix's ancestors among them), one cached
     call per depth: each node of a depth gets its own copy of its parent's rows (the cache's rows
     selected, with repeats), so siblings never see each other and all of them run in one call.
@@ -356,11 +679,49 @@ def _tree_levels(model, pad: int, prefixes: list[tuple], base_mask, base_pos, ca
         cache.batch_select_indices(select.to(device))
         mask, positions = mask[select], positions[select]
         logits, cache, mask, positions = _multi_step(
-            model, pad, [[node[-1]] for node in nodes for _ in range(n)], mask, positions, cache
+            model, pad, [[node[-1]] for node in nodes for _ in range(n)], mask, positions, cache, columns
         )
         rows_of = {node: list(range(j * n, (j + 1) * n)) for j, node in enumerate(nodes)}
         logits_at.update({node: logits[j * n : (j + 1) * n] for j, node in enumerate(nodes)})
     return logits_at
+
+
+def tree_in_one_call(model, kv_length: int) -> bool:
+    """Whether a token tree can be fed in one call with a custom 4D attention mask (_tree_flat): attention
+    that takes a 4D additive mask as given (sdpa, eager), and no sliding window shorter than the cache."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager") and (
+        window is None or kv_length < window
+    )
+
+
+def _tree_flat(model, pad: int, prefixes: list[tuple], base_mask, base_pos, cache, columns: Columns) -> dict:
+    """The logits after every prefix of a token tree (every prefix's ancestors among them) in one cached
+    call: every row feeds the last token of every prefix, each at its depth's position and visible, through
+    a 4D attention mask, to the row's cache and its own ancestors only (tree attention, as speculative
+    decoders verify token trees); no copy of the cache per node as in _tree_levels. Returns prefix -> the
+    logits of the `n` rows. The cache is consumed."""
+    import torch
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    n, q = base_mask.shape[0], len(prefixes)
+    tree = torch.tensor([[int(b == a[: len(b)]) for b in prefixes] for a in prefixes], dtype=torch.long)
+    visible = torch.cat([base_mask.unsqueeze(1).expand(n, q, -1), tree.expand(n, q, q)], dim=2)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(visible == 0, torch.finfo(dtype).min)
+    depth = torch.tensor([len(p) for p in prefixes])
+    logits, _ = head_logits(
+        model,
+        torch.tensor([[p[-1] for p in prefixes]] * n, device=device),
+        columns,
+        keep=list(range(q)),
+        attention_mask=mask.unsqueeze(1).to(device),
+        position_ids=(base_pos.view(-1, 1) + depth.view(1, -1)).to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return {p: logits[:, j] for j, p in enumerate(prefixes)}
 
 
 def _score_dists(
@@ -373,6 +734,7 @@ def _score_dists(
     mask,
     positions,
     alive: list[int],
+    columns: Columns,
 ) -> dict[int, tuple[dict[int, float], int]]:
     """(4) The exact distribution of each branching row's score under the answer trie: every node of the
     score tree where the answer branches gets its logits (none for Llama 3, which writes every score
@@ -381,26 +743,34 @@ def _score_dists(
     probabilities along its path; the greedy score takes the most probable token at each node, as
     generation would write it.
     Returns row -> ({score: probability}, greedy score)."""
+    import torch
+
     rows = [row for row in alive if row in at_branch]
     if not rows:
         return {}
-    trees = {node[row]: score_tree(trie, node[row]) for row in rows}
+    trees = {root: score_tree(trie, root) for root in {node[row] for row in rows}}  # one per label
     feed = sorted({p for prefixes, _ in trees.values() for p in prefixes}, key=lambda p: (len(p), p))
-    if feed and hasattr(cache, "batch_select_indices"):  # one call per depth of the tree (two for digits)
-        logits_at = _tree_levels(model, pad, feed, mask, positions, cache)
+    if feed and tree_in_one_call(model, mask.shape[1] + len(feed)):  # the whole tree in one call
+        logits_at = _tree_flat(model, pad, feed, mask, positions, cache, columns)
+    elif feed and hasattr(cache, "batch_select_indices"):  # one call per depth of the tree
+        logits_at = _tree_levels(model, pad, feed, mask, positions, cache, columns)
     else:  # one call per node
-        logits_at = _tree_steps(model, pad, feed, mask, positions, cache)[0] if feed else {}
+        logits_at = _tree_steps(model, pad, feed, mask, positions, cache, columns)[0] if feed else {}
     out = {}
-    asked = {root: branching_nodes(trie, root) for root in trees}
-    for row in rows:  # the logits at the row's branching nodes, as log p of their allowed tokens
-        root, k = node[row], alive.index(row)  # k: the row's place in the cache
-        at = {}
-        for path in asked[root]:
+    place = {row: k for k, row in enumerate(alive)}  # each row's place in the cache
+    for root in trees:  # the logits at each branching node, as log p of its allowed tokens, for all rows
+        mine = [row for row in rows if node[row] == root]
+        at: list[dict] = [{} for _ in mine]
+        for path in branching_nodes(trie, root):
             ids = trie.allowed(root + path)
-            at[path] = dict(
-                zip(ids, (at_branch[row] if not path else logits_at[path][k])[ids].double().tolist())
-            )
-        out[row] = score_distribution(trie, root, at)
+            if not path:
+                values = torch.stack([at_branch[row] for row in mine])[:, columns.of(ids)]
+            else:
+                values = logits_at[path][[place[row] for row in mine]][:, columns.of(ids)]
+            for row_at, row_values in zip(at, values.double().tolist()):
+                row_at[path] = dict(zip(ids, row_values))
+        for row, row_at in zip(mine, at):
+            out[row] = score_distribution(trie, root, row_at)
     return out
 
 
@@ -434,15 +804,15 @@ def score_decode(
     answers: list = [None] * n
     scores: list = [None] * n
     by_pair = {pair: ids for ids, pair in trie.answers.items()}
+    columns = trie_columns(trie)  # every call's LM head runs over the answers' tokens only
     with torch.inference_mode():
         shared_len, shared_cache = shared_prefix(model, prompt_ids, next(model.parameters()).device)
         for index in length_batches(prompt_ids, batch_size):
             rows = [prompt_ids[i] + list(trie.shared) for i in index]
-            logits, cache, attention, last_pos = _prefill(model, rows, shared_len, shared_cache, pad)
-            logits_at, cache, slots, columns = _label_nodes(
-                model, pad, trie, logits, cache, attention, last_pos
+            logits_at, cache, attention, last_pos, slots, fed_mask = _prefill_label_nodes(
+                model, pad, trie, rows, shared_len, shared_cache, columns
             )
-            batch_dists = _label_probs(trie, logits_at)
+            batch_dists = _label_probs(trie, logits_at, columns)
             chosen = [
                 labels[i]
                 if labels is not None and labels[i] is not None
@@ -450,9 +820,11 @@ def score_decode(
                 for i, d in zip(index, batch_dists)
             ]
             nodes, at_branch, cache, mask, positions, alive = _to_score(
-                model, pad, trie, chosen, cache, slots, attention, columns, last_pos
+                model, pad, trie, chosen, cache, slots, attention, fed_mask, last_pos, columns
             )
-            score_of = _score_dists(model, pad, trie, nodes, at_branch, cache, mask, positions, alive)
+            score_of = _score_dists(
+                model, pad, trie, nodes, at_branch, cache, mask, positions, alive, columns
+            )
             for row, (i, dist, node) in enumerate(zip(index, batch_dists, nodes)):
                 dists[i] = dist
                 if row in score_of:

@@ -145,6 +145,7 @@ class AnswerTrie:
         self.children: dict[tuple, list[int]] = {}
         self.labels_under: dict[tuple, set[str]] = {}
         self.answers: dict[tuple, tuple[str, int | None]] = {}  # token ids (+ EOS) -> (label, score)
+        self.memo: dict = {}  # tables derived from the trie, made once (answers.score_plan)
         for label, score in task.answer_pairs():
             ids = tuple(encode_completion(tokenizer, task.render_answer(label, score)))
             self.answers[ids] = (label, score)

@@ -2,6 +2,13 @@
 
     make bench                                   # = python scripts/bench.py --run runs/demo
     python scripts/bench.py --run runs/demo --rows 2000 --naive-rows 200 --rss-rows 2000,200000
+    python scripts/bench.py --model 140m --rows 200 --naive-rows 0 --rss-rows '' --threads 1 --engines hf
+
+--model tiny|140m|gemma3-270m makes (once) and reuses a run under runs/bench/ instead of --run: tiny = the
+tiny preset trained as `make demo` trains it; 140m = a random-init Llama-shaped model of 136M parameters
+(768 wide, 6 layers, tied 128k-token embedding) with the real Llama 3.1 tokenizer (../shared/tokenizers),
+trained 2 steps; gemma3-270m = the real Gemma 3 270M preset (262k vocabulary) trained 2 steps. The
+random-init models' labels mean nothing; their speed is what real models of their shape get.
 
 Texts: real SNS-style posts from ../shared/data (japanese-toxic-dataset, WRIME sample), repeated to
 --rows; data/sample.csv where ../shared is absent. Methods, all on the same prompts:
@@ -20,6 +27,8 @@ method alike instead of whichever happened to run in it. The process raises glib
 first (labeltune.decode.tune_cpu_allocator, what `predict` does on CPU), so every method runs under
 the same allocator.
 Then peak RSS of `labeltune label --mode score` on files of --rss-rows rows (separate processes).
+The engine table (--engines) gives each engine's modes in process and, with --whole-command, the same
+as one `labeltune label` command (start-up, reading and writing the CSV included).
 """
 
 from __future__ import annotations
@@ -57,6 +66,58 @@ def real_texts(n: int) -> tuple[list[str], str]:
         source.append("data/sample.csv (../shared absent)")
     texts = [t for t in texts if t.strip()]
     return [texts[i % len(texts)] for i in range(n)], " + ".join(source)
+
+
+BENCH_RUNS = ROOT / "runs" / "bench"
+LLAMA_TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "llama3.1"
+TRAIN = {  # --model -> the `labeltune train` arguments of its run (after --output)
+    "tiny": ["--model", "tiny", "--data", "data/sample.csv"],
+    "140m": ["--model", str(BENCH_RUNS / "base-140m"), "--data", "data/sample.csv", "--max-steps", "2"]
+    + ["--batch-size", "2", "--grad-accum", "1"],
+    "gemma3-270m": ["--model", "gemma3-270m", "--data", "data/sample.csv", "--max-steps", "2"]
+    + ["--batch-size", "2", "--grad-accum", "1"],
+}
+
+
+def build_140m(out: Path) -> None:
+    """A random-init Llama-shaped base of 136M parameters with the real Llama 3.1 tokenizer (128k tokens)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if not (LLAMA_TOKENIZER / "tokenizer.json").is_file():
+        sys.exit(f"--model 140m needs the Llama 3.1 tokenizer in {LLAMA_TOKENIZER} (../shared); it is absent")
+    tokenizer = AutoTokenizer.from_pretrained(LLAMA_TOKENIZER)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def bench_run(model: str) -> str:
+    """The run of --model under runs/bench/ (made on first use: a few minutes of training on a CPU)."""
+    out = BENCH_RUNS / model
+    if (out / "adapter").is_dir():
+        return str(out)
+    if model == "140m" and not (BENCH_RUNS / "base-140m" / "config.json").is_file():
+        build_140m(BENCH_RUNS / "base-140m")
+    print(f"making {out} (once): labeltune train {' '.join(TRAIN[model])}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", "train", *TRAIN[model], "--output", str(out)],
+        cwd=ROOT,
+        check=True,
+    )
+    return str(out)
 
 
 def timed(fn) -> float:
@@ -111,15 +172,28 @@ def naive(model, prompter, texts):
             parse(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True), prompter.task)
 
 
+def write_posts(source: Path, texts: list[str], rows: int) -> None:
+    with open(source, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        for i in range(rows):
+            writer.writerow([i, texts[i % len(texts)]])
+
+
+def labeltune_command(argv: list[str]) -> None:
+    """One `labeltune ...` process (this interpreter), failing loudly."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "labeltune.cli", *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    if proc.returncode:
+        sys.exit(f"labeltune {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+
+
 def peak_rss_label(run: str, texts: list[str], rows: int, mode: str) -> float:
     """Peak RSS (MiB) of a `labeltune label` process over a file of `rows` rows."""
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "in.csv", Path(tmp) / "out.csv"
-        with open(source, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "text"])
-            for i in range(rows):
-                writer.writerow([i, texts[i % len(texts)]])
+        write_posts(source, texts, rows)
         code = (
             "import resource, sys; from labeltune.cli import run; rc = run(sys.argv[1:]); "
             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
@@ -161,9 +235,8 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
     from labeltune.decode import common_prefix_length, predict
 
     tokenizer = prompter.tokenizer
-    naive_texts = texts[:: max(1, args.rows // args.naive_rows)][
-        : args.naive_rows
-    ]  # spread over the whole set
+    every = max(1, args.rows // max(args.naive_rows, 1))
+    naive_texts = texts[::every][: args.naive_rows]  # spread over the whole set
     malformed: dict[str, float] = {}
 
     def label(mode):
@@ -171,7 +244,7 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
         malformed[mode] = sum(not p.ok for p in preds) / len(preds)
 
     methods = {
-        "naive": lambda: naive(model, prompter, naive_texts),
+        **({"naive": lambda: naive(model, prompter, naive_texts)} if naive_texts else {}),
         **{mode: lambda m=mode: label(m) for mode in ("generate", "constrained", "score")},
         "prefill": lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=False),
         "prefill-shared": lambda: prefill(model, tokenizer, prompt_ids, args.batch_size, shared=True),
@@ -192,14 +265,22 @@ def method_table(model, prompter, texts, prompt_ids, args) -> None:
     for k in methods:
         note = f" (timed on {len(naive_texts)} rows)" if k == "naive" else ""
         bad = f"{malformed[k]:.1%}" if k in malformed else "-"
+        x_naive = f"{rate[k] / rate['naive']:.1f}" if "naive" in rate else "-"
         print(
-            f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.0f}' for r in rounds[k])} | "
-            f"{rate[k] / rate['naive']:.1f} | {rate[k] / rate['prefill']:.2f} | "
+            f"| {k}{note} | {rate[k]:.1f} | {' / '.join(f'{r:.1f}' for r in rounds[k])} | "
+            f"{x_naive} | {rate[k] / rate['prefill']:.2f} | "
             f"{rate[k] / rate['prefill-shared']:.2f} | {bad} |"
         )
+
+    def within(a: str, b: str) -> str:
+        return " / ".join(f"{x / y:.2f}" for x, y in zip(rounds[a], rounds[b]))
+
     print(f"\nconstrained / batched generate: {rate['constrained'] / rate['generate']:.2f}")
-    by_round = [s / n for s, n in zip(rounds["score"], rounds["naive"])]
-    print(f"score / naive within each round: {' / '.join(f'{r:.1f}' for r in by_round)}")
+    print(f"constrained / score within each round: {within('constrained', 'score')}")
+    print(f"generate / score within each round: {within('generate', 'score')}")
+    print(f"score / prefill-shared within each round: {within('score', 'prefill-shared')}")
+    if "naive" in rounds:
+        print(f"score / naive within each round: {within('score', 'naive')}")
 
 
 def threads_under_load(model, prompter, texts, args) -> None:
@@ -260,7 +341,7 @@ def engine_table(args, run, texts) -> None:
         malformed[key] = sum(not p.ok for p in preds) / len(preds)
 
     for name, engine in engines.items():
-        modes = ("generate", "constrained", "score") if name == "vllm" else ("score", "constrained")
+        modes = ("score", "constrained", "generate")
         for mode in modes:
             methods[f"{name} {mode}"] = lambda e=engine, m=mode, k=f"{name} {mode}": label(e, m, k)
     if "ray" in names:
@@ -283,14 +364,34 @@ def engine_table(args, run, texts) -> None:
 
         methods["ray 2x hf score (job)"] = ray_job
     rounds = {k: [] for k in methods}
-    for _ in range(args.repeats):
-        for k, fn in methods.items():
-            rounds[k].append(len(texts) / timed(fn))
-    print("\n| engine | start-up s | posts/s (best round) | all rounds | malformed |\n|---|---|---|---|---|")
+    whole = (
+        {k: [] for k in methods if k.split()[0] in ("hf", "hf-bf16", "vllm")} if args.whole_command else {}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "in.csv"
+        write_posts(source, texts, len(texts))
+        for _ in range(args.repeats):
+            for k, fn in methods.items():
+                rounds[k].append(len(texts) / timed(fn))
+            for k in whole:  # the same as one command: start-up, CSV in and out included
+                name, mode = k.split()
+                engine, dtype = ("hf", "bf16") if name == "hf-bf16" else (name, "auto")
+                extra = ["--batch-size", str(args.batch_size)] if engine == "hf" else []
+                extra += ["--threads", str(args.threads)] if args.threads and engine == "hf" else []
+                command = ["label", "--run", str(run.dir), "--input", str(source), "--output"]
+                command += [str(Path(tmp) / "out.csv"), "--overwrite", "--mode", mode, "--engine", engine]
+                command += ["--dtype", dtype, "--progress", "false", *extra]
+                whole[k].append(len(texts) / timed(lambda c=command: labeltune_command(c)))
+    print(
+        "\n| engine | start-up s | posts/s in process (best round) | all rounds | whole command posts/s "
+        "(best round) | all rounds | malformed |\n|---|---|---|---|---|---|---|"
+    )
     for k, values in rounds.items():
         up = f"{startup[k.split()[0]]:.1f}"
+        w = whole.get(k)
+        cmd = f"{max(w):.1f} | {' / '.join(f'{v:.1f}' for v in w)}" if w else "- | -"
         print(
-            f"| {k} | {up} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} | "
+            f"| {k} | {up} | {max(values):.1f} | {' / '.join(f'{v:.1f}' for v in values)} | {cmd} | "
             f"{malformed[k]:.1%} |"
         )
 
@@ -298,8 +399,24 @@ def engine_table(args, run, texts) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default="runs/demo", help="trained run (make demo makes runs/demo)")
+    parser.add_argument(
+        "--model",
+        choices=sorted(TRAIN),
+        default=None,
+        help="bench a run of this model under runs/bench/ (made on first use) instead of --run",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads, here and in --whole-command (None: default)"
+    )
+    parser.add_argument(
+        "--whole-command",
+        action="store_true",
+        help="engine table: also time each engine's modes as one `labeltune label` command",
+    )
     parser.add_argument("--rows", type=int, default=2000, help="texts for the throughput table")
-    parser.add_argument("--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop")
+    parser.add_argument(
+        "--naive-rows", type=int, default=200, help="rows timed for the naive per-row loop (0 skips it)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
     parser.add_argument(
         "--repeats",
@@ -327,6 +444,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+
+    if args.model:
+        args.run = bench_run(args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from labeltune.decode import tune_cpu_allocator
     from labeltune.run import open_run

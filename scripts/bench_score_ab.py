@@ -1,7 +1,8 @@
-"""score mode of an earlier commit's decode.py against the current one, on the same model and posts,
-rounds interleaved in one process (prints a table; no assertions).
+"""Decode modes of an earlier commit's decode.py against the current one, on the same model and posts,
+rounds interleaved in one process (prints a table and how many answers agree; no assertions).
 
     python scripts/bench_score_ab.py --run runs/demo --before fa0f910
+    python scripts/bench_score_ab.py --run runs/demo --before fe0b471 --modes score,constrained,generate
 
 The earlier decode.py is read with `git show <commit>:labeltune/decode.py` and loaded beside the current
 one; both use the current rest of labeltune (the earlier file must still import against it).
@@ -29,7 +30,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--modes", default="score", help="comma-separated decode modes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's default)")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
 
     from bench import real_texts
 
@@ -51,23 +55,45 @@ def main() -> None:
         sys.modules["decode_before"] = before
         spec.loader.exec_module(before)
     now.tune_cpu_allocator()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, prompter = open_run(args.run).load(merge=True)
     texts, origin = real_texts(args.rows)
     names = {f"{args.before} (before)": before, "now": now}
-    rounds = {k: [] for k in names}
+    keys = [(mode, name) for mode in modes for name in names]
+    rounds = {k: [] for k in keys}
     out = {}
     for _ in range(args.repeats):
-        for name, module in names.items():
+        for mode, name in keys:
             started = time.perf_counter()
-            out[name] = module.predict(model, prompter, texts, batch_size=args.batch_size, mode="score")
-            rounds[name].append(len(texts) / (time.perf_counter() - started))
+            out[mode, name] = names[name].predict(
+                model, prompter, texts, batch_size=args.batch_size, mode=mode
+            )
+            rounds[mode, name].append(len(texts) / (time.perf_counter() - started))
     print(f"{args.rows} posts from {origin}; batch {args.batch_size}; run {args.run}\n")
-    print("| score mode | posts/s (best round) | all rounds |\n|---|---|---|")
-    for name, values in rounds.items():
-        print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
-    a, b = out.values()
-    same = sum((x.label, x.score, x.score_greedy) == (y.label, y.score, y.score_greedy) for x, y in zip(a, b))
-    print(f"\nsame label, score and greedy score: {same} of {len(a)}")
+    print("| mode | decode.py | posts/s (best round) | all rounds | now / before |\n|---|---|---|---|---|")
+    for mode, name in keys:
+        values = rounds[mode, name]
+        ratio = max(values) / max(rounds[mode, f"{args.before} (before)"])
+        every = " / ".join(f"{v:.1f}" for v in values)
+        print(f"| {mode} | {name} | {max(values):.1f} | {every} | {ratio:.2f} |")
+    print()
+    for mode in modes:
+        a, b = (out[mode, name] for name in names)
+        same = sum(
+            (x.label, x.score, x.score_greedy, x.ok, x.raw) == (y.label, y.score, y.score_greedy, y.ok, y.raw)
+            for x, y in zip(a, b)
+        )
+        gap = max(
+            (abs(x.probs[k] - y.probs[k]) for x, y in zip(a, b) if x.probs and y.probs for k in x.probs),
+            default=0.0,
+        )
+        print(
+            f"{mode}: same label, score, greedy score, ok and answer text: {same} of {len(a)}; "
+            f"largest label-probability difference {gap:.1e}"
+        )
 
 
 if __name__ == "__main__":

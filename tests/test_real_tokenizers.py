@@ -162,19 +162,25 @@ def test_answer_trie_is_the_task_language(family, task_name):
             prefix += (t,)
 
 
+@pytest.mark.parametrize("one_call", [True, False])
 @pytest.mark.parametrize("family", ["llama3.1", "gemma2"])
 @pytest.mark.parametrize("task_name", ["sentiment_toxicity", "posneg"])
-def test_score_decode_matches_brute_force(family, task_name):
+def test_score_decode_matches_brute_force(family, task_name, one_call, monkeypatch):
     """The cached score decoder (one prefill, masked slots for shared label tokens) gives the same label
     probabilities and answers as full forward passes over prompt + every label prefix, on a small
-    random model with the real tokenizer (whose labels share a leading space token)."""
+    random model with the real tokenizer (whose labels share a leading space token), with the label
+    trie's internal nodes fed with the prefill through a 4D tree mask (one_call) or one call per node."""
     import math
 
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    from labeltune import decode
     from labeltune.decode import common_prefix_length, score_decode
     from labeltune.features import AnswerTrie
+
+    if not one_call:
+        monkeypatch.setattr(decode, "tree_in_one_call", lambda model, kv_length: False)
 
     tokenizer = _tokenizer(family)
     task = load_task(task_name)
@@ -271,7 +277,7 @@ def test_score_distribution_matches_brute_force(family, monkeypatch):
     monkeypatch.setattr(
         decode,
         "_label_probs",
-        lambda trie, logits_at: [
+        lambda trie, logits_at, columns: [
             {lab: float(lab == "-1") for lab in trie.label_path} for _ in next(iter(logits_at.values()))
         ],
     )
