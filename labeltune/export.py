@@ -22,7 +22,7 @@ from pathlib import Path
 
 from labeltune import gemma3
 from labeltune.card import made_from_gemma, model_card
-from labeltune.hub import cache_link, in_cache
+from labeltune.hub import foreign_link, in_cache
 from labeltune.merge import Nf4, base_files, files_sha256, merge_lora, needs_for_files, needs_for_params
 from labeltune.models import (
     bnb_4bit_unavailable,
@@ -74,7 +74,7 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
         links = [
             p
             for p in (src, *(src.rglob("*") if src.is_dir() and not src.is_symlink() else ()))
-            if p.is_symlink() and not cache_link(run_dir, p)
+            if foreign_link(run_dir, p)
         ]
         if links:
             raise ValueError(
@@ -91,7 +91,7 @@ def _copy_run_files(run_dir: Path, out: Path, include_data: bool = False) -> Non
     own_task = run_dir / TASK
     shutil.copy2(
         own_task
-        if own_task.is_file() and (not own_task.is_symlink() or cache_link(run_dir, own_task))
+        if own_task.is_file() and not foreign_link(run_dir, own_task)
         else task_path(run.config.task),
         out / TASK,
     )

@@ -195,11 +195,13 @@ def cached_revision(snapshot: Path) -> tuple[str, str]:
     return "/".join(real.parent.parent.name.split("--")[1:]), real.name
 
 
-def cache_link(run_dir: Path, path: Path) -> bool:
-    """Whether `path`, a link in the run, is one the Hugging Face cache made: in a snapshot, a link to a
-    file in its own repo's blobs/ (anything else is a link a run may not hold)."""
-    if not (Path(path).is_symlink() and in_cache(run_dir)):
+def foreign_link(run_dir: Path, path: Path) -> bool:
+    """Whether `path` in the run is a link a run may not hold: any link but one the Hugging Face cache made
+    (in a snapshot, a link to a file in its own repo's blobs/)."""
+    if not Path(path).is_symlink():
         return False
+    if not in_cache(run_dir):
+        return True
     blobs = Path(run_dir).resolve().parent.parent / "blobs"
     target = Path(path).resolve()
-    return target.parent == blobs and target.is_file()
+    return not (target.parent == blobs and target.is_file())

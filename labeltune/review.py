@@ -36,7 +36,7 @@ from labeltune.review_tasks import (
     resolve,
     text_sha256,
 )
-from labeltune.run import DATA, DATA_SUMMARY, file_sha256, load_config, open_run, weights_sha256
+from labeltune.run import DATA, DATA_SUMMARY, file_sha256, load_config, open_run, split_file, weights_sha256
 from labeltune.selection import select as pick
 from labeltune.selection import uncertainty
 from labeltune.splits import normalize_text
@@ -77,7 +77,7 @@ def _split_texts(run_dir: Path, names: tuple[str, ...]) -> set[str]:
     """Normalised texts of the run's splits `names` (those it has)."""
     out = set()
     for name in names:
-        path = run_dir / DATA / f"{name}.jsonl"
+        path = run_dir / DATA / split_file(name)
         if path.is_file():
             out |= {normalize_text(str(r.get("text", ""))) for r in iter_rows(path)}
     return out

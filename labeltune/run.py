@@ -262,7 +262,7 @@ class Run:
         custom file of a run made before runs kept their own copy must lie inside the run: a shared run
         cannot point labeltune at a file elsewhere on this machine. Files of a run render sandboxed."""
         own = self.dir / TEMPLATE
-        if own.is_symlink() and not hub.cache_link(self.dir, own):
+        if hub.foreign_link(self.dir, own):
             raise RunError(
                 f"--run {self.dir}: its {TEMPLATE} is a link (to {os.readlink(own)}); a run's template must "
                 "be a file of the run: replace the link by the file if you trust it"
