@@ -14,6 +14,10 @@ import pytest
 # train's default model is gemma3-270m (a real model, minutes per step on a CPU): tests that do not name a
 # model train the random-init tiny one; test_config checks the default without this (a fresh process)
 os.environ["LABELTUNE_MODEL"] = "tiny"
+# TRL's trainers queue a usage ping (huggingface_hub.send_telemetry) whose worker thread reads the Hub
+# endpoint when it sends: tests send none, so none reaches the stand-in Hub of tests/test_hub.py or hangs on
+# a closed network (set before huggingface_hub is imported: its constants read the environment once)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "tokenizers")
 
