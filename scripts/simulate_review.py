@@ -3,13 +3,21 @@
     OMP_NUM_THREADS=1 python scripts/simulate_review.py --output runs/simulate \\
         --strategies margin,entropy,random --seeds 0,1,2 --rounds 4 --seed-size 40 --budget 40
 
-On japanese-toxic-dataset (../shared/data): a fixed dev and test split, the rest is the pool. Each
-(strategy, seed) starts from the same seeded labelled sample of the pool; each round trains a new run on
-the labels so far (labeltune.train), scores the pool and the test split (labeltune.label, --mode score),
-records test macro-F1 against labels spent, and gives the strategy's `--budget` pool rows their gold
-labels (labeltune.selection, as `labeltune review select` picks them). Writes results.csv (one row per
-strategy, seed, round), a table (table.md: mean ± std over seeds) and a plot (review_simulation.png).
-A killed simulation started again skips the rounds whose results are written.
+    # the real model, short texts: livedoor news titles, 9 topics (a process per seed, then --summary-only)
+    OMP_NUM_THREADS=1 python scripts/simulate_review.py --dataset livedoor-titles --model gemma3-270m \
+        --output runs/sim-s0 --strategies margin,random --seeds 0 --rounds 3 --seed-size 45 --budget 45
+
+On japanese-toxic-dataset (sentiment_toxicity) or the livedoor news corpus's article titles
+(livedoor_category; `--per-label` articles of each topic), both from ../shared/data: a fixed dev and test
+split, the rest is the pool. Each (strategy, seed) starts from the same seeded labelled sample of the
+pool, so the first round (no reviewed labels yet) is trained once per seed and shared by the strategies;
+each round trains a new run on the labels so far (labeltune.train), scores the pool and the test split
+(labeltune.label, --mode score), records test macro-F1 against labels spent, and gives the strategy's
+`--budget` pool rows their gold labels (labeltune.selection, as `labeltune review select` picks them).
+Writes results.csv (one row per strategy, seed, round), a table (table.md: mean ± std over seeds) and a
+plot (review_simulation.png). A killed simulation started again skips the rounds whose results are
+written; `--summary-only` redraws table and plot from results.csv (e.g. after concatenating the
+results.csv of one process per seed).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from labeltune import label as label_verb
@@ -32,17 +41,24 @@ from labeltune.data import write_jsonl
 from labeltune.metrics import classification_metrics
 from labeltune.review_tasks import read_scored
 from labeltune.selection import select, uncertainty
-from labeltune.sources import read_japanese_toxic
+from labeltune.sources import read_japanese_toxic, read_livedoor
 from labeltune.splits import split_examples
 from labeltune.task import load_task
 
-TASK = "sentiment_toxicity"
+DATASETS = {  # name: (task, default --data)
+    "japanese-toxic": ("sentiment_toxicity", "../shared/data/japanese-toxic-dataset"),
+    "livedoor-titles": ("livedoor_category", "../shared/data/livedoor-news-corpus"),
+}
 FIELDS = ("strategy", "seed", "round", "labels", "rare_labels", "macro_f1", "accuracy", "seconds")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="../shared/data/japanese-toxic-dataset", help="japanese-toxic-dataset")
+    p.add_argument("--dataset", default="japanese-toxic", choices=sorted(DATASETS))
+    p.add_argument("--data", default=None, help="the dataset's folder; default: its copy in ../shared/data")
+    p.add_argument(
+        "--per-label", type=int, default=80, help="livedoor-titles: articles sampled from each topic"
+    )
     p.add_argument("--output", default="runs/simulate", help="folder for runs, results.csv, table, plot")
     p.add_argument("--model", default="tiny", help="model preset (tiny = random init; gemma3-270m = real)")
     p.add_argument("--strategies", default="margin,entropy,random")
@@ -56,15 +72,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--max-steps", type=int, default=-1, help="training steps per round; -1 = the preset's epochs"
     )
+    p.add_argument("--epochs", type=float, default=None, help="training epochs; default: the preset's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--grad-accum", type=int, default=None, help="default: the preset's")
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's")
+    p.add_argument("--template", default=None, help="default: the task's")
     p.add_argument("--keep-runs", action="store_true", help="keep each round's run folder (disk)")
+    p.add_argument("--summary-only", action="store_true", help="only redraw table and plot from results.csv")
     p.add_argument("--plot-title", default=None)
     return p.parse_args(argv)
 
 
-def load_data(path: Path):
-    """The dataset's examples split once (seed 0): pool 60 %, dev 15 %, test 25 %."""
-    examples, _ = read_japanese_toxic(path)
-    parts = split_examples(examples, (0.6, 0.15, 0.25), seed=0)
+def load_data(args):
+    """The dataset's examples split once (seed 0): pool 60 %, dev 15 %, test 25 % (japanese-toxic); pool
+    60 %, dev 5 %, test 35 % (livedoor-titles: each article's title is the text; a small dev split, as
+    dev is only the loss that keeps the best epoch)."""
+    path = Path(args.data or DATASETS[args.dataset][1])
+    if args.dataset == "livedoor-titles":
+        articles, _ = read_livedoor(path, args.per_label, seed=0)
+        examples = [replace(ex, text=ex.meta["title"]) for ex in articles]
+        ratios = (0.6, 0.05, 0.35)
+    else:
+        examples, _ = read_japanese_toxic(path)
+        ratios = (0.6, 0.15, 0.25)
+    parts = split_examples(examples, ratios, seed=0)
     return parts["train"], parts["dev"], parts["test"]
 
 
@@ -76,6 +107,7 @@ def one_round(args, work: Path, labelled: list, dev: list, pool_test: Path, seed
     write_jsonl(dev, data / "dev.jsonl")
     write_jsonl(dev[:1], data / "test.jsonl")  # the run's own test split is unused (the pool file holds it)
     run = work / "run"
+    knobs = {"epochs", "batch_size", "grad_accum", "lr", "template"}
     train_verb.main(
         resolve(
             TrainConfig,
@@ -84,11 +116,12 @@ def one_round(args, work: Path, labelled: list, dev: list, pool_test: Path, seed
                 "model": args.model,
                 "data": str(data),
                 "output": str(run),
-                "task": TASK,
+                "task": DATASETS[args.dataset][0],
                 "seed": seed,
-                "allow_incomplete": True,  # the dataset has no positive posts
+                "allow_incomplete": True,  # japanese-toxic has no positive posts
                 "max_steps": args.max_steps,
                 "best_metric": "loss",
+                **{k: getattr(args, k) for k in knobs if getattr(args, k) is not None},
             },
         )
     )
@@ -110,7 +143,7 @@ def one_round(args, work: Path, labelled: list, dev: list, pool_test: Path, seed
 
 
 def simulate(args, strategy: str, seed: int, pool, dev, test, out: Path, done: set) -> list[dict]:
-    task = load_task(TASK)
+    task = load_task(DATASETS[args.dataset][0])
     counts = Counter(ex.label for ex in pool)
     rare = min(counts, key=counts.get)  # the pool's rarest label (toxic posts here)
     rng = random.Random(seed)
@@ -129,15 +162,26 @@ def simulate(args, strategy: str, seed: int, pool, dev, test, out: Path, done: s
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        pool_test = work / "pool_test.csv"
-        with pool_test.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "part", "index", "gold"])
-            for i, ex in enumerate(pool):
-                w.writerow([ex.text, "pool", i, ex.label])
-            for i, ex in enumerate(test):
-                w.writerow([ex.text, "test", i, ex.label])
-        scored = one_round(args, work, [pool[i] for i in labelled_ids], dev, pool_test, seed)
+        # round 0 trains on the seed sample alone, the same for every strategy: trained once per seed
+        shared = out / "rounds" / f"s{seed}-r0" / "scored.csv" if rnd == 0 else None
+        if shared is not None and shared.is_file():
+            scored = work / "scored.csv"
+            shutil.copyfile(shared, scored)
+            start -= float((shared.parent / "seconds").read_text())
+        else:
+            pool_test = work / "pool_test.csv"
+            with pool_test.open("w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["text", "part", "index", "gold"])
+                for i, ex in enumerate(pool):
+                    w.writerow([ex.text, "pool", i, ex.label])
+                for i, ex in enumerate(test):
+                    w.writerow([ex.text, "test", i, ex.label])
+            scored = one_round(args, work, [pool[i] for i in labelled_ids], dev, pool_test, seed)
+            if shared is not None:
+                shared.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(scored, shared)
+                (shared.parent / "seconds").write_text(f"{time.time() - start:.1f}")
         rows_scored = read_scored(scored, task)
         test_rows = [r for r in rows_scored if r.cells["part"] == "test"]
         m = classification_metrics(
@@ -234,8 +278,11 @@ def summarise(out: Path, title: str | None) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.output)
+    if args.summary_only:
+        summarise(out, args.plot_title)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
-    pool, dev, test = load_data(Path(args.data))
+    pool, dev, test = load_data(args)
     print(f"pool {len(pool)}, dev {len(dev)}, test {len(test)} rows", flush=True)
     results = out / "results.csv"
     done = set()
