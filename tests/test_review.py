@@ -373,3 +373,51 @@ def test_merge_into_a_given_training_file_relabels_a_post_already_there(selectio
     assert (rows[1]["label"], rows[1]["score"], rows[1]["review_source"]) == ("negative", "75", "review")
     assert rows[2]["label"] == "neutral"  # the seed's spelling of the label
     assert rows[0]["review_source"] == "seed"
+
+
+LIVEDOOR = ROOT.parent / "shared" / "data" / "livedoor-news-corpus"
+TOXIC = ROOT.parent / "shared" / "data" / "japanese-toxic-dataset"
+
+
+@pytest.mark.skipif(not LIVEDOOR.is_dir(), reason=f"needs the livedoor news corpus in {LIVEDOOR}")
+def test_simulation_on_livedoor_titles_splits_titles_of_every_topic():
+    import runpy
+
+    simulate = runpy.run_path(str(ROOT / "scripts" / "simulate_review.py"))
+    args = simulate["parse_args"](["--dataset", "livedoor-titles", "--per-label", "20"])
+    pool, dev, test = simulate["load_data"](args)
+    assert (len(pool), len(dev), len(test)) == (108, 9, 63)  # 180 titles: 60 / 5 / 35 %
+    assert {ex.label for ex in test} == set(load_task("livedoor_category").label_values)
+    assert all("\n" not in ex.text and len(ex.text) < 120 for ex in pool + dev + test)  # the title alone
+    assert not {ex.text for ex in pool} & {ex.text for ex in test}
+
+
+@pytest.mark.slow
+@pytest.mark.train
+@pytest.mark.skipif(not TOXIC.is_dir(), reason=f"needs japanese-toxic-dataset in {TOXIC}")
+def test_simulation_trains_the_first_round_once_per_seed_and_resumes(tmp_path, capsys):
+    """Two strategies share round 0 (one training for both); a second start finds every round written."""
+    import runpy
+
+    simulate = runpy.run_path(str(ROOT / "scripts" / "simulate_review.py"))
+    argv = ["--model", "tiny", "--output", str(tmp_path), "--strategies", "margin,random", "--seeds", "0"]
+    argv += ["--rounds", "2", "--seed-size", "20", "--budget", "10", "--max-steps", "2"]
+    assert simulate["main"](argv) == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").open(encoding="utf-8")))
+    assert [(r["strategy"], r["round"], r["labels"]) for r in rows] == [
+        ("margin", "0", "20"),
+        ("margin", "1", "30"),
+        ("random", "0", "20"),
+        ("random", "1", "30"),
+    ]
+    assert rows[0]["macro_f1"] == rows[2]["macro_f1"]  # the same round 0, trained once
+    trained = capsys.readouterr().out.count("trained 2 steps")
+    assert trained == 3  # round 0 once, round 1 per strategy
+    picked = [
+        json.loads((tmp_path / "rounds" / f"{s}-s0-r1" / "labelled_ids.json").read_text())
+        for s in ("margin", "random")
+    ]
+    assert all(len(ids) == len(set(ids)) == 40 for ids in picked)
+    assert simulate["main"](argv) == 0  # started again: nothing left to train
+    assert "trained" not in capsys.readouterr().out
+    assert len(list(csv.DictReader((tmp_path / "results.csv").open(encoding="utf-8")))) == 4
