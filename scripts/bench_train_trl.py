@@ -6,11 +6,12 @@
 Plain TRL is what a user writes from TRL's documentation: the base loaded with AutoModelForCausalLM, a
 prompt/completion dataset (the prompt rendered by the same template, the answer as the completion; TRL
 tokenises it, adds EOS and keeps the loss on the completion: its default for such data),
-`SFTTrainer(peft_config=LoraConfig(...))`, with TRL's defaults (gradient checkpointing on), and again with
-gradient checkpointing off (as labeltune's gemma3-270m preset trains). labeltune is
+`SFTTrainer(peft_config=LoraConfig(...))` with labeltune's settings (fp32 on a CPU without native bf16, no
+gradient checkpointing, as the gemma3-270m preset trains), and with `--trl-defaults` again with TRL's own
+defaults (bf16 autocast, gradient checkpointing). labeltune is
 `labeltune.train.main` on the same rows (its dev split: one held-out row, scored at the epoch's end).
 All: the preset's LoRA (r, alpha, target modules), batch --batch, lr, cosine schedule with 5 % warm-up,
-no dropout, --steps optimizer steps, seed 0, fp32 on the CPU. Each method runs in its own
+no dropout, --steps optimizer steps, seed 0. Each method runs in its own
 process (one model in memory at a time), methods interleaved over --rounds; the time is the trainer's
 own (model loading excluded). Tokens are those the method fed (padding excluded), so tokens/s compares
 like with like even if the two tokenised a row differently; their totals are printed. The loss of each
@@ -31,11 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-METHODS = (
-    "plain TRL SFTTrainer + PEFT",
-    "plain TRL, gradient_checkpointing=False",
-    "labeltune train",
-)
+SAME = "plain TRL SFTTrainer + PEFT, fp32, no gradient checkpointing"
+DEFAULTS = "plain TRL SFTTrainer + PEFT, TRL's defaults (bf16 autocast, gradient checkpointing)"
+LABELTUNE = "labeltune train"
 
 
 def rows_of(args) -> list[dict]:
@@ -87,8 +86,9 @@ def plain_trl(args, rows: list[dict]) -> dict:
         use_cpu=True,
         max_length=preset.max_length,
         disable_tqdm=True,
-        # TRL's default is True (SFTConfig); labeltune's gemma3-270m preset trains without it
-        **({"gradient_checkpointing": False} if "gradient_checkpointing=False" in args.child else {}),
+        # TRL's SFTConfig defaults: bf16 autocast and gradient checkpointing; labeltune's gemma3-270m preset
+        # trains in fp32 on a CPU without native bf16, without checkpointing
+        **({"gradient_checkpointing": False, "bf16": False} if args.child == SAME else {}),
     )
     lora = LoraConfig(
         r=preset.lora_r,
@@ -172,7 +172,7 @@ def labeltune_train(args, rows: list[dict]) -> dict:
 
 def child(args) -> None:
     rows = rows_of(args)
-    result = (labeltune_train if args.child == METHODS[-1] else plain_trl)(args, rows)
+    result = (labeltune_train if args.child == LABELTUNE else plain_trl)(args, rows)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -185,16 +185,22 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=None, help="default: the preset's")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--trl-defaults",
+        action="store_true",
+        help="also plain TRL with its defaults (bf16 autocast: emulated, slow, on a CPU without native bf16)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
     with tempfile.TemporaryDirectory() as tmp:
-        results: dict[str, list[dict]] = {m: [] for m in METHODS}
+        methods = [SAME, *([DEFAULTS] if args.trl_defaults else []), LABELTUNE]
+        results: dict[str, list[dict]] = {m: [] for m in methods}
         for r in range(args.rounds):
-            for method in METHODS:
-                work = Path(tmp) / f"{r}-{METHODS.index(method)}"
+            for method in methods:
+                work = Path(tmp) / f"{r}-{methods.index(method)}"
                 argv = [sys.executable, __file__, "--child", method, "--work", str(work)]
                 argv += ["--model", args.model, "--data", args.data, "--template", args.template]
                 argv += ["--steps", str(args.steps), "--batch", str(args.batch)]
@@ -205,7 +211,7 @@ def main() -> None:
                     sys.exit(f"{method} failed:\n{out.stderr[-3000:]}")
                 results[method].append(json.loads(line[-1][len("RESULT ") :]))
                 print(f"round {r + 1}, {method}: {results[method][-1]['seconds']:.1f} s", flush=True)
-    first = results[METHODS[0]][0]
+    first = results[SAME][0]
     print(
         f"\n{args.model}, {args.steps} steps of {args.batch} rows ({first['rows']} rows of {args.data}), "
         f"template {args.template}, {args.rounds} rounds interleaved\n"
@@ -220,13 +226,13 @@ def main() -> None:
         each = ", ".join(f"{x['seconds']:.1f}" for x in runs)
         print(
             f"| {method} | {runs[0]['tokens_per_epoch']} | {each} | {speeds[method]:.0f} | "
-            f"{speeds[method] / speeds[METHODS[0]]:.2f}x |"
+            f"{speeds[method] / speeds[SAME]:.2f}x |"
         )
-    print("\n| step | " + " | ".join(f"loss: {m}" for m in METHODS) + " |")
-    print("|---|" + "---|" * len(METHODS))
+    print("\n| step | " + " | ".join(f"loss: {m}" for m in methods) + " |")
+    print("|---|" + "---|" * len(methods))
     for i in range(args.steps):
         cells = []
-        for method in METHODS:
+        for method in methods:
             values = [x["losses"][i] for x in results[method] if i < len(x["losses"])]
             cells.append(" / ".join(f"{v:.4f}" for v in values))
         print(f"| {i + 1} | " + " | ".join(cells) + " |")
