@@ -331,7 +331,7 @@ def threads_under_load(model, prompter, texts, args) -> None:
         print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
 
 
-def engine_names(engines: str) -> list[str]:
+def comma_list(engines: str) -> list[str]:
     return [e.strip() for e in engines.split(",") if e.strip()]
 
 
@@ -342,7 +342,7 @@ def engine_table(args, run, texts) -> None:
     from labeltune.engine import load_engine
 
     engines, startup = {}, {}
-    names = engine_names(args.engines)
+    names = comma_list(args.engines)
     for name in (n for n in names if n in ("hf", "hf-bf16", "vllm")):
         started = time.perf_counter()
         engine, dtype = ("hf", "bf16") if name == "hf-bf16" else (name, "auto")
@@ -356,8 +356,7 @@ def engine_table(args, run, texts) -> None:
         malformed[key] = sum(not p.ok for p in preds) / len(preds)
 
     for name, engine in engines.items():
-        modes = ("score", "constrained", "generate")
-        for mode in modes:
+        for mode in args.engine_modes:
             methods[f"{name} {mode}"] = lambda e=engine, m=mode, k=f"{name} {mode}": label(e, m, k)
     if "ray" in names:
         from labeltune.ray_label import connect, predict_chunks
@@ -457,12 +456,21 @@ def main() -> None:
         help="comma-separated engines for the engine table: hf, hf-bf16, vllm (needs make env-vllm), ray "
         "(hf score mode over 2 Ray replicas on a local cluster); '' skips",
     )
+    parser.add_argument(
+        "--engine-modes",
+        default="score,constrained,generate",
+        help="comma-separated modes each engine of the engine table runs (a random-init model's generate "
+        "runs to the token limit: the slowest and least telling)",
+    )
     args = parser.parse_args()
+    args.engine_modes = comma_list(args.engine_modes)
+    if unknown := sorted(set(args.engine_modes) - {"score", "constrained", "generate"}):
+        parser.error(f"--engine-modes: unknown mode {', '.join(unknown)} (score, constrained, generate)")
 
     import torch
 
     if args.model:  # vLLM serves a merged16 export; then every engine (and table) labels with it
-        args.run = bench_run(args.model, merged="vllm" in engine_names(args.engines))
+        args.run = bench_run(args.model, merged="vllm" in comma_list(args.engines))
     if args.threads:
         torch.set_num_threads(args.threads)
 
