@@ -331,8 +331,8 @@ def threads_under_load(model, prompter, texts, args) -> None:
         print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
 
 
-def comma_list(engines: str) -> list[str]:
-    return [e.strip() for e in engines.split(",") if e.strip()]
+def comma_list(text: str) -> list[str]:
+    return [e.strip() for e in text.split(",") if e.strip()]
 
 
 def engine_table(args, run, texts) -> None:
