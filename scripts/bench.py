@@ -111,7 +111,11 @@ def bench_run(model: str, merged: bool = False) -> str:
     `merged`, its merged16 export runs/bench/<model>-merged16 (made on first use), which vLLM serves
     (it cannot serve the tiny preset's adapter: it trains lm_head in full) and the hf engine loads too,
     so every engine labels with the same weights."""
-    out = BENCH_RUNS / model
+    out, export = BENCH_RUNS / model, BENCH_RUNS / f"{model}-merged16"
+    # model.json is an export's last file (a folder without it: an interrupted export); the export alone
+    # suffices (copied from another checkout, say)
+    if merged and (export / "model.json").is_file():
+        return str(export)
     if not (out / "adapter").is_dir():
         if model == "140m" and not (BENCH_RUNS / "base-140m" / "config.json").is_file():
             build_140m(BENCH_RUNS / "base-140m")
@@ -123,11 +127,9 @@ def bench_run(model: str, merged: bool = False) -> str:
         )
     if not merged:
         return str(out)
-    export = BENCH_RUNS / f"{model}-merged16"
-    if not (export / "model.json").is_file():  # written last: a folder without it is an interrupted export
-        command = ["export", "--run", str(out), "--format", "merged16", "--output", str(export)]
-        print(f"making {export} (once): labeltune {' '.join(command)}", flush=True)
-        subprocess.run([sys.executable, "-m", "labeltune.cli", *command, "--overwrite"], cwd=ROOT, check=True)
+    command = ["export", "--run", str(out), "--format", "merged16", "--output", str(export)]
+    print(f"making {export} (once): labeltune {' '.join(command)}", flush=True)
+    subprocess.run([sys.executable, "-m", "labeltune.cli", *command, "--overwrite"], cwd=ROOT, check=True)
     return str(export)
 
 

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_model_with_vllm_benches_its_merged16_export_made_once(tiny_run_2x32, tmp_path):
     """--model with vllm among --engines: the run's merged16 export, made on first use beside the run and
-    reused after; an interrupted export (no model.json) is made again; the hf engine labels with it."""
+    reused after (without the run it came from); an interrupted export (no model.json) is made again; the hf
+    engine labels with it."""
     bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"))
     bench_run = bench["bench_run"]
     bench_run.__globals__["BENCH_RUNS"] = tmp_path  # the functions read the module's globals
@@ -35,6 +36,10 @@ def test_model_with_vllm_benches_its_merged16_export_made_once(tiny_run_2x32, tm
     (export / "model.json").unlink()  # an export killed before its last file
     assert bench_run("tiny", merged=True) == str(export)
     assert open_run(export).info.merged
+
+    shutil.rmtree(tmp_path / "tiny")  # the export alone (copied from another checkout): no training
+    assert bench_run("tiny", merged=True) == str(export)
+    assert not (tmp_path / "tiny").exists()
 
     proc = subprocess.run(
         [sys.executable, "scripts/bench.py", "--run", str(export), "--no-methods", "--engines", "hf"]
