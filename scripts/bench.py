@@ -8,7 +8,9 @@
 tiny preset trained as `make demo` trains it; 140m = a random-init Llama-shaped model of 136M parameters
 (768 wide, 6 layers, tied 128k-token embedding) with the real Llama 3.1 tokenizer (../shared/tokenizers),
 trained 2 steps; gemma3-270m = the real Gemma 3 270M preset (262k vocabulary) trained 2 steps. The
-random-init models' labels mean nothing; their speed is what real models of their shape get.
+random-init models' labels mean nothing; their speed is what real models of their shape get. With vllm
+among --engines, --model benches the run's merged16 export instead (runs/bench/<model>-merged16, made
+once): vLLM serves that, and every engine and table then labels with the same weights.
 
 Texts: real SNS-style posts from ../shared/data (japanese-toxic-dataset, WRIME sample), repeated to
 --rows; data/sample.csv where ../shared is absent. Methods, all on the same prompts:
@@ -104,20 +106,31 @@ def build_140m(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def bench_run(model: str) -> str:
-    """The run of --model under runs/bench/ (made on first use: a few minutes of training on a CPU)."""
-    out = BENCH_RUNS / model
-    if (out / "adapter").is_dir():
+def bench_run(model: str, merged: bool = False) -> str:
+    """The run of --model under runs/bench/ (made on first use: a few minutes of training on a CPU); with
+    `merged`, its merged16 export runs/bench/<model>-merged16 (made on first use), which vLLM serves
+    (it cannot serve the tiny preset's adapter: it trains lm_head in full) and the hf engine loads too,
+    so every engine labels with the same weights."""
+    out, export = BENCH_RUNS / model, BENCH_RUNS / f"{model}-merged16"
+    # model.json is an export's last file (a folder without it: an interrupted export); the export alone
+    # suffices (copied from another checkout, say)
+    if merged and (export / "model.json").is_file():
+        return str(export)
+    if not (out / "adapter").is_dir():
+        if model == "140m" and not (BENCH_RUNS / "base-140m" / "config.json").is_file():
+            build_140m(BENCH_RUNS / "base-140m")
+        print(f"making {out} (once): labeltune train {' '.join(TRAIN[model])}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "labeltune.cli", "train", *TRAIN[model], "--output", str(out)],
+            cwd=ROOT,
+            check=True,
+        )
+    if not merged:
         return str(out)
-    if model == "140m" and not (BENCH_RUNS / "base-140m" / "config.json").is_file():
-        build_140m(BENCH_RUNS / "base-140m")
-    print(f"making {out} (once): labeltune train {' '.join(TRAIN[model])}", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "labeltune.cli", "train", *TRAIN[model], "--output", str(out)],
-        cwd=ROOT,
-        check=True,
-    )
-    return str(out)
+    command = ["export", "--run", str(out), "--format", "merged16", "--output", str(export)]
+    print(f"making {export} (once): labeltune {' '.join(command)}", flush=True)
+    subprocess.run([sys.executable, "-m", "labeltune.cli", *command, "--overwrite"], cwd=ROOT, check=True)
+    return str(export)
 
 
 def timed(fn) -> float:
@@ -320,6 +333,10 @@ def threads_under_load(model, prompter, texts, args) -> None:
         print(f"| {name} | {max(values):.0f} | {' / '.join(f'{v:.0f}' for v in values)} |")
 
 
+def comma_list(text: str) -> list[str]:
+    return [e.strip() for e in text.split(",") if e.strip()]
+
+
 def engine_table(args, run, texts) -> None:
     """Each engine started once (start-up timed apart), then its modes over the same texts, interleaved over
     rounds; the Ray path labels chunks of 256 texts over 2 replicas (hf, score) and its figure is a whole
@@ -327,7 +344,7 @@ def engine_table(args, run, texts) -> None:
     from labeltune.engine import load_engine
 
     engines, startup = {}, {}
-    names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    names = comma_list(args.engines)
     for name in (n for n in names if n in ("hf", "hf-bf16", "vllm")):
         started = time.perf_counter()
         engine, dtype = ("hf", "bf16") if name == "hf-bf16" else (name, "auto")
@@ -341,8 +358,7 @@ def engine_table(args, run, texts) -> None:
         malformed[key] = sum(not p.ok for p in preds) / len(preds)
 
     for name, engine in engines.items():
-        modes = ("score", "constrained", "generate")
-        for mode in modes:
+        for mode in args.engine_modes:
             methods[f"{name} {mode}"] = lambda e=engine, m=mode, k=f"{name} {mode}": label(e, m, k)
     if "ray" in names:
         from labeltune.ray_label import connect, predict_chunks
@@ -403,7 +419,8 @@ def main() -> None:
         "--model",
         choices=sorted(TRAIN),
         default=None,
-        help="bench a run of this model under runs/bench/ (made on first use) instead of --run",
+        help="bench a run of this model under runs/bench/ (made on first use) instead of --run; with vllm "
+        "among --engines, its merged16 export (made on first use)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads, here and in --whole-command (None: default)"
@@ -441,12 +458,21 @@ def main() -> None:
         help="comma-separated engines for the engine table: hf, hf-bf16, vllm (needs make env-vllm), ray "
         "(hf score mode over 2 Ray replicas on a local cluster); '' skips",
     )
+    parser.add_argument(
+        "--engine-modes",
+        default="score,constrained,generate",
+        help="comma-separated modes each engine of the engine table runs (a random-init model's generate "
+        "runs to the token limit: the slowest and least telling)",
+    )
     args = parser.parse_args()
+    args.engine_modes = comma_list(args.engine_modes)
+    if unknown := sorted(set(args.engine_modes) - {"score", "constrained", "generate"}):
+        parser.error(f"--engine-modes: unknown mode {', '.join(unknown)} (score, constrained, generate)")
 
     import torch
 
-    if args.model:
-        args.run = bench_run(args.model)
+    if args.model:  # vLLM serves a merged16 export; then every engine (and table) labels with it
+        args.run = bench_run(args.model, merged="vllm" in comma_list(args.engines))
     if args.threads:
         torch.set_num_threads(args.threads)
 
