@@ -371,7 +371,14 @@ def load_label_engine(cfg: LabelConfig, run):
         file=sys.stderr,
         flush=True,
     )
-    return load_engine(run, cfg.engine, cfg.dtype, threads, cfg.batch_size)
+    engine = load_engine(run, cfg.engine, cfg.dtype, threads, cfg.batch_size)
+    if cfg.dtype == "auto" and getattr(engine, "precision", None) == "bf16" and not cuda_available():
+        print(
+            "label: computing in bf16, native on this CPU (AMX/AVX512-BF16); --dtype fp32 for fp32",
+            file=sys.stderr,
+            flush=True,
+        )
+    return engine
 
 
 def decode_settings(cfg: LabelConfig, run_dir: Path) -> dict:

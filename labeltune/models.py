@@ -229,6 +229,15 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
+def auto_label_precision(on_gpu: bool, native_bf16: bool, four_bit: bool) -> str | None:
+    """What ``--dtype auto`` casts a loaded run to for labelling: bf16 on a CPU that computes it natively
+    (AMX or AVX512-BF16) where the model is 16/32-bit, since bf16 labels agree with fp32's
+    (scripts/bench_bf16.py, docs/benchmark.md) and such CPUs run bf16 several times faster; None (the
+    precision the run loads in) elsewhere: fp32 on other CPUs, where bf16 is emulated and slower, the
+    run's own precision on a GPU, and a 4-bit base as it is."""
+    return "bf16" if not on_gpu and native_bf16 and not four_bit else None
+
+
 def check_dtype(dtype: str, on_gpu: bool, capability: tuple[int, int] | None = None) -> None:
     """Refuse a precision this device cannot compute well, in one line naming the alternative."""
     if dtype != "auto" and dtype not in TORCH_DTYPES:

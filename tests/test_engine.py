@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labeltune.models import check_dtype, cpu_has_native_bf16, train_precision
+from labeltune.models import auto_label_precision, check_dtype, cpu_has_native_bf16, train_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.csv"
@@ -104,9 +104,37 @@ def test_bf16_on_cpu_agrees_with_fp32(run):
     assert max(close) < 0.1
 
 
+def test_auto_labels_in_bf16_only_on_a_cpu_that_computes_it_natively():
+    assert auto_label_precision(on_gpu=False, native_bf16=True, four_bit=False) == "bf16"
+    assert auto_label_precision(on_gpu=False, native_bf16=False, four_bit=False) is None  # fp32 as loaded
+    assert (
+        auto_label_precision(on_gpu=False, native_bf16=True, four_bit=True) is None
+    )  # a 4-bit base as it is
+    assert auto_label_precision(on_gpu=True, native_bf16=True, four_bit=False) is None  # the run's own
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_engine_casts_to_bf16_by_default_where_the_cpu_has_native_bf16(run, monkeypatch, native):
+    """HfEngine with --dtype auto: bf16 weights on a CPU with AMX/AVX512-BF16 (the flag read from
+    /proc/cpuinfo is set here), fp32 elsewhere, and it says which; an explicit --dtype fp32 stays fp32."""
+    import torch
+
+    from labeltune import engine
+    from labeltune.run import open_run
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    loaded = engine.HfEngine(open_run(run))
+    expected = torch.bfloat16 if native else torch.float32
+    assert {p.dtype for p in loaded.model.parameters()} == {expected}
+    assert loaded.precision == ("bf16" if native else "fp32")
+    assert all(p.ok for p in loaded.predict(["最高の一日でした", "最悪だ"], "score"))
+    if native:
+        assert engine.HfEngine(open_run(run), dtype="fp32").precision == "fp32"
+
+
 def test_label_with_threads_and_dtype_options(run, tmp_path):
-    """--threads 1 and --dtype fp32 run through the CLI and give the default's output (fp32 is what auto
-    means on CPU); the settings are refused where they cannot apply."""
+    """--threads 1 and --dtype fp32 (bf16 on a CPU with native bf16) run through the CLI and give the
+    default's output (what auto means on this CPU); the settings are refused where they cannot apply."""
     source = tmp_path / "posts.csv"
     with open(source, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -140,7 +168,8 @@ def test_label_with_threads_and_dtype_options(run, tmp_path):
 
     default, tuned = tmp_path / "a.csv", tmp_path / "b.csv"
     assert label(default).returncode == 0
-    done = label(tuned, "--threads", "1", "--dtype", "fp32")
+    auto = "bf16" if cpu_has_native_bf16() else "fp32"  # what --dtype auto computes in on this CPU
+    done = label(tuned, "--threads", "1", "--dtype", auto)
     assert done.returncode == 0, done.stderr[-2000:]
     assert tuned.read_bytes() == default.read_bytes()
     refused = label(tmp_path / "c.csv", "--dtype", "fp16")
