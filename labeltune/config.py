@@ -233,8 +233,8 @@ class LabelConfig:
     )
     dtype: str = _f(
         "auto",
-        "compute precision: auto = the device's (fp32 on CPU, bf16/fp16 by GPU); bf16 on a CPU "
-        "with AMX/AVX512-BF16",
+        "compute precision: auto = bf16 on a CPU with native bf16 (AMX/AVX512-BF16), fp32 on other "
+        "CPUs, the run's own (bf16/fp16) on a GPU",
         DTYPES,
     )
     threads: int | None = _f(

@@ -337,6 +337,15 @@ def comma_list(text: str) -> list[str]:
     return [e.strip() for e in text.split(",") if e.strip()]
 
 
+# --engines names -> (engine, --dtype); hf is label's default (auto: bf16 on a native-bf16 CPU, else fp32)
+ENGINE_DTYPES = {
+    "hf": ("hf", "auto"),
+    "hf-fp32": ("hf", "fp32"),
+    "hf-bf16": ("hf", "bf16"),
+    "vllm": ("vllm", "auto"),
+}
+
+
 def engine_table(args, run, texts) -> None:
     """Each engine started once (start-up timed apart), then its modes over the same texts, interleaved over
     rounds; the Ray path labels chunks of 256 texts over 2 replicas (hf, score) and its figure is a whole
@@ -345,9 +354,9 @@ def engine_table(args, run, texts) -> None:
 
     engines, startup = {}, {}
     names = comma_list(args.engines)
-    for name in (n for n in names if n in ("hf", "hf-bf16", "vllm")):
+    for name in (n for n in names if n in ENGINE_DTYPES):
         started = time.perf_counter()
-        engine, dtype = ("hf", "bf16") if name == "hf-bf16" else (name, "auto")
+        engine, dtype = ENGINE_DTYPES[name]
         batch_size = args.batch_size if engine == "hf" else None  # vLLM schedules its own batches
         engines[name] = load_engine(run, engine, dtype, batch_size=batch_size)
         startup[name] = time.perf_counter() - started
@@ -380,9 +389,7 @@ def engine_table(args, run, texts) -> None:
 
         methods["ray 2x hf score (job)"] = ray_job
     rounds = {k: [] for k in methods}
-    whole = (
-        {k: [] for k in methods if k.split()[0] in ("hf", "hf-bf16", "vllm")} if args.whole_command else {}
-    )
+    whole = {k: [] for k in methods if k.split()[0] in ENGINE_DTYPES} if args.whole_command else {}
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.csv"
         write_posts(source, texts, len(texts))
@@ -391,7 +398,7 @@ def engine_table(args, run, texts) -> None:
                 rounds[k].append(len(texts) / timed(fn))
             for k in whole:  # the same as one command: start-up, CSV in and out included
                 name, mode = k.split()
-                engine, dtype = ("hf", "bf16") if name == "hf-bf16" else (name, "auto")
+                engine, dtype = ENGINE_DTYPES[name]
                 extra = ["--batch-size", str(args.batch_size)] if engine == "hf" else []
                 extra += ["--threads", str(args.threads)] if args.threads and engine == "hf" else []
                 command = ["label", "--run", str(run.dir), "--input", str(source), "--output"]
@@ -455,7 +462,8 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         default="",
-        help="comma-separated engines for the engine table: hf, hf-bf16, vllm (needs make env-vllm), ray "
+        help="comma-separated engines for the engine table: hf (label's default dtype), hf-fp32, hf-bf16, "
+        "vllm (needs make env-vllm), ray "
         "(hf score mode over 2 Ray replicas on a local cluster); '' skips",
     )
     parser.add_argument(

@@ -77,3 +77,29 @@ def test_cli_reference_is_generated_from_the_real_help():
     assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == generated, (
         "docs/cli.md is stale: run python scripts/cli_reference.py"
     )
+
+
+def test_script_flags_in_the_docs_exist():
+    """Every `scripts/<name>.py --flag` the README and docs show is in that script's --help (a copied
+    benchmark or simulation command runs)."""
+    import subprocess
+    import sys
+
+    used: dict[str, set[str]] = {}
+    for text in (README, *DOCS.values()):
+        for script, rest in re.findall(r"scripts/([a-z_0-9]+)\.py((?:[^\n`|]|\\\n)*)", text):
+            used.setdefault(script, set()).update(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest))
+    assert {"bench", "simulate_review", "bench_train_trl"} <= set(used)
+    for script, flags in sorted(used.items()):
+        flags.discard("--help")
+        if not flags or "argparse" not in (ROOT / "scripts" / f"{script}.py").read_text(encoding="utf-8"):
+            continue
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"scripts/{script}.py --help failed: {done.stderr[-500:]}"
+        for flag in flags:
+            assert flag in done.stdout, f"the docs use `scripts/{script}.py {flag}`, not in its --help"
