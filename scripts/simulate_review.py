@@ -3,9 +3,11 @@
     OMP_NUM_THREADS=1 python scripts/simulate_review.py --output runs/simulate \\
         --strategies margin,entropy,random --seeds 0,1,2 --rounds 4 --seed-size 40 --budget 40
 
-    # the real model, short texts: livedoor news titles, 9 topics (a process per seed, then --summary-only)
+    # the real model, short texts: livedoor news titles, 9 topics (README's run; it ran one process per
+    # seed, --seeds 0 and --seeds 1, their results.csv concatenated, then --summary-only)
     OMP_NUM_THREADS=1 python scripts/simulate_review.py --dataset livedoor-titles --model gemma3-270m \
-        --output runs/sim-s0 --strategies margin,random --seeds 0 --rounds 3 --seed-size 45 --budget 45
+        --template livedoor_plain --output runs/simp --strategies margin,entropy,random --seeds 0,1 \
+        --rounds 3 --seed-size 45 --budget 45 --epochs 4 --batch-size 8 --grad-accum 1
 
 On japanese-toxic-dataset (sentiment_toxicity) or the livedoor news corpus's article titles
 (livedoor_category; `--per-label` articles of each topic), both from ../shared/data: a fixed dev and test
