@@ -17,13 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from labeltune.models import (
-    TORCH_DTYPES,
-    auto_label_precision,
-    check_dtype,
-    cpu_has_native_bf16,
-    precision_of,
-)
+from labeltune.models import cast_for_labelling, check_dtype
 
 
 def choose_threads(cores: int, busy: float) -> int:
@@ -85,24 +79,8 @@ class HfEngine:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: engines are made by entry points (label, bench)
         self.model, self.prompter = run.load(merge=True)  # LoRA folded in: no adapter overhead per call
-        four_bit = getattr(self.model, "is_loaded_in_4bit", False) or getattr(
-            getattr(self.model, "base_model", None), "is_loaded_in_4bit", False
-        )
-        if dtype != "auto" and four_bit:
-            raise ValueError(
-                f"--run {run.dir} computes on a 4-bit base; --dtype {dtype} applies to 16/32-bit models "
-                "only (use --dtype auto)"
-            )
-        cast = (
-            dtype
-            if dtype != "auto"
-            else auto_label_precision(capability is not None, cpu_has_native_bf16(), four_bit)
-        )
-        if cast is not None:
-            self.model.to(getattr(torch, TORCH_DTYPES[cast]))
+        self.precision = cast_for_labelling(self.model, dtype, f"--run {run.dir}")  # bf16 where native
         self.dtype, self.batch_size = dtype, batch_size or BATCH_SIZE
-        # what it computes in, for the progress line: a 4-bit base says so, else its embeddings' dtype
-        self.precision = "4-bit" if four_bit else precision_of(self.model)
 
     def predict(
         self,

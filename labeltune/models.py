@@ -238,6 +238,28 @@ def auto_label_precision(on_gpu: bool, native_bf16: bool, four_bit: bool) -> str
     return "bf16" if not on_gpu and native_bf16 and not four_bit else None
 
 
+def cast_for_labelling(model, dtype: str = "auto", where: str = "the run") -> str:
+    """Cast a loaded run's model to the precision it labels in, and return that precision ("4-bit" for a
+    4-bit base): ``dtype`` as asked (check_dtype first; refused for a 4-bit base), or for ``auto``
+    auto_label_precision's choice. label, predict, evaluate, calibrate, compare and sweep all call it, so
+    a run labels in the precision its evaluation measured."""
+    import torch
+
+    four_bit = getattr(model, "is_loaded_in_4bit", False) or getattr(
+        getattr(model, "base_model", None), "is_loaded_in_4bit", False
+    )
+    if dtype != "auto" and four_bit:
+        raise ValueError(
+            f"{where} computes on a 4-bit base; --dtype {dtype} applies to 16/32-bit models only "
+            "(use --dtype auto)"
+        )
+    on_gpu = gpu_capability() is not None
+    cast = dtype if dtype != "auto" else auto_label_precision(on_gpu, cpu_has_native_bf16(), four_bit)
+    if cast is not None:
+        model.to(getattr(torch, TORCH_DTYPES[cast]))
+    return "4-bit" if four_bit else precision_of(model)
+
+
 def check_dtype(dtype: str, on_gpu: bool, capability: tuple[int, int] | None = None) -> None:
     """Refuse a precision this device cannot compute well, in one line naming the alternative."""
     if dtype != "auto" and dtype not in TORCH_DTYPES:

@@ -29,13 +29,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def read_data(path: Path, rows: int) -> tuple[list[str], list[str]]:
-    """Texts and gold labels of a .jsonl (a run's data split) or a .csv with `text` and `label` columns."""
+    """`rows` texts and gold labels, evenly spaced, of a .jsonl (a run's data split) or a .csv with `text` and
+    `label` columns."""
     if path.suffix == ".jsonl":
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         with path.open(encoding="utf-8", newline="") as f:
             records = list(csv.DictReader(f))
-    records = records[:rows]
+    if rows < len(records):  # evenly spaced: a split is often sorted by label
+        records = [records[i * len(records) // rows] for i in range(rows)]
     return [str(r["text"]) for r in records], [str(r["label"]) for r in records]
 
 
@@ -84,15 +86,17 @@ def main() -> None:
         f"{torch.get_num_threads()} thread(s)\n"
     )
     print(
-        "| mode | same label | label-probability gap, max / mean | score gap, max / mean | "
+        "| mode | same label | label-probability gap, max / mean | score gap (same label), max / mean | "
         "macro-F1 fp32 / bf16 | posts/s fp32 / bf16 |\n|---|---|---|---|---|---|"
     )
     for mode in modes:
         a, b = answers[mode, "fp32"], answers[mode, "bf16"]
         same = sum(x.label == y.label for x, y in zip(a, b))
         gaps = [abs(x.probs[k] - y.probs[k]) for x, y in zip(a, b) if x.probs and y.probs for k in x.probs]
-        score_gaps = [
-            abs(x.score - y.score) for x, y in zip(a, b) if x.score is not None and y.score is not None
+        score_gaps = [  # a score belongs to its label: compared where both chose the same label
+            abs(x.score - y.score)
+            for x, y in zip(a, b)
+            if x.label == y.label and x.score is not None and y.score is not None
         ]
         f1 = (
             " / ".join(

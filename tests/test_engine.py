@@ -93,7 +93,7 @@ def test_bf16_on_cpu_agrees_with_fp32(run):
 
     texts = [r["text"] for r in csv.DictReader(open(SAMPLE, encoding="utf-8", newline=""))][:200]
     opened = open_run(run)
-    fp32 = HfEngine(opened).predict(texts, "score")
+    fp32 = HfEngine(opened, dtype="fp32").predict(texts, "score")
     bf16_engine = HfEngine(opened, dtype="bf16")
     assert next(bf16_engine.model.parameters()).dtype == torch.bfloat16
     bf16 = bf16_engine.predict(texts, "score")
@@ -119,10 +119,10 @@ def test_the_engine_casts_to_bf16_by_default_where_the_cpu_has_native_bf16(run, 
     /proc/cpuinfo is set here), fp32 elsewhere, and it says which; an explicit --dtype fp32 stays fp32."""
     import torch
 
-    from labeltune import engine
+    from labeltune import engine, models
     from labeltune.run import open_run
 
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
     loaded = engine.HfEngine(open_run(run))
     expected = torch.bfloat16 if native else torch.float32
     assert {p.dtype for p in loaded.model.parameters()} == {expected}
@@ -130,6 +130,9 @@ def test_the_engine_casts_to_bf16_by_default_where_the_cpu_has_native_bf16(run, 
     assert all(p.ok for p in loaded.predict(["最高の一日でした", "最悪だ"], "score"))
     if native:
         assert engine.HfEngine(open_run(run), dtype="fp32").precision == "fp32"
+        model, _ = open_run(run).load()  # evaluate, calibrate, compare and sweep cast as label does
+        assert models.cast_for_labelling(model) == "bf16"
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_label_with_threads_and_dtype_options(run, tmp_path):
