@@ -417,6 +417,12 @@ def engine_table(args, run, texts) -> None:
             f"| {k} | {up} | {max(values):.1f} | {' / '.join(f'{v:.1f}' for v in values)} | {cmd} | "
             f"{malformed[k]:.1%} |"
         )
+    ratios = [  # each hf engine against vLLM in the same mode: round by round, as the rounds interleave
+        (k, f"vllm {k.split()[1]}") for k in rounds if k.startswith("hf") and f"vllm {k.split()[1]}" in rounds
+    ]
+    for k, v in ratios:
+        each = " / ".join(f"{a / b:.2f}" for a, b in zip(rounds[k], rounds[v]))
+        print(f"{k} / {v}: {max(rounds[k]) / max(rounds[v]):.2f}x (best rounds); by round {each}")
 
 
 def main() -> None:
