@@ -82,6 +82,7 @@ def test_cli_reference_is_generated_from_the_real_help():
 def test_script_flags_in_the_docs_exist():
     """Every `scripts/<name>.py --flag` the README and docs show is in that script's --help (a copied
     benchmark or simulation command runs)."""
+    import os
     import subprocess
     import sys
 
@@ -96,6 +97,7 @@ def test_script_flags_in_the_docs_exist():
             continue
         done = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
             capture_output=True,
             text=True,
             timeout=120,
