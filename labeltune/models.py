@@ -240,9 +240,10 @@ def auto_label_precision(on_gpu: bool, native_bf16: bool, four_bit: bool) -> str
 
 def cast_for_labelling(model, dtype: str = "auto", where: str = "the run") -> str:
     """Cast a loaded run's model to the precision it labels in, and return that precision ("4-bit" for a
-    4-bit base): ``dtype`` as asked (check_dtype first; refused for a 4-bit base), or for ``auto``
-    auto_label_precision's choice. label, predict, evaluate, calibrate, compare and sweep all call it, so
-    a run labels in the precision its evaluation measured."""
+    4-bit base): ``dtype`` as asked (which the caller has passed through check_dtype before loading;
+    refused here for a 4-bit base), or for ``auto`` auto_label_precision's choice. label, predict,
+    evaluate, calibrate, compare and sweep all call it, so a run labels in the precision its evaluation
+    measured."""
     import torch
 
     four_bit = getattr(model, "is_loaded_in_4bit", False) or getattr(
