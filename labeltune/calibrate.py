@@ -23,7 +23,6 @@ from labeltune.metrics import (
     fit_temperature,
     nll,
 )
-from labeltune.models import cast_for_labelling
 from labeltune.run import CALIBRATION, open_run, save_temperature
 
 
@@ -40,7 +39,6 @@ def main(cfg) -> dict:
     if len(examples) < 10:
         raise ValueError(f"{cfg.split} split has {len(examples)} rows; calibration needs at least 10")
     model, prompter = run.load()
-    cast_for_labelling(model)  # the precision label computes in (bf16 on a native-bf16 CPU)
     predictions = predict(
         model, prompter, [ex.text for ex in examples], batch_size=cfg.batch_size, mode="score"
     )

@@ -38,7 +38,7 @@ from labeltune.config import COMPARE_SYSTEMS, CompareConfig, TrainConfig, load_s
 from labeltune.data import Example, load_examples
 from labeltune.decode import predict
 from labeltune.metrics import calibration_metrics, macro_f1_interval, majority_baseline, system_metrics
-from labeltune.models import base_to_load, cast_for_labelling, select_4bit
+from labeltune.models import base_to_load, select_4bit
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.presets import Preset, resolve_preset, with_preset_defaults
 from labeltune.report import format_cell, md_table, plot_confusions, render_html, write_predictions
@@ -214,7 +214,6 @@ def run_generative(
         return
     run = open_run(run_dir)
     model, prompter = run.load()
-    cast_for_labelling(model)  # the precision label computes in (bf16 on a native-bf16 CPU)
     texts = [ex.text for ex in examples]
     if "zero_shot" in todo:
         with model.disable_adapter():

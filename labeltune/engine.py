@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from labeltune.models import cast_for_labelling, check_dtype
+from labeltune.models import check_dtype, loaded_precision
 
 
 def choose_threads(cores: int, busy: float) -> int:
@@ -78,8 +78,9 @@ class HfEngine:
         check_dtype(dtype, capability is not None, capability)
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: engines are made by entry points (label, bench)
-        self.model, self.prompter = run.load(merge=True)  # LoRA folded in: no adapter overhead per call
-        self.precision = cast_for_labelling(self.model, dtype, f"--run {run.dir}")  # bf16 where native
+        # LoRA folded in (no adapter overhead per call), in the precision `dtype` asks (auto: bf16 if native)
+        self.model, self.prompter = run.load(merge=True, dtype=dtype)
+        self.precision = loaded_precision(self.model)
         self.dtype, self.batch_size = dtype, batch_size or BATCH_SIZE
 
     def predict(

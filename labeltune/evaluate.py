@@ -38,7 +38,6 @@ from labeltune.metrics import (
     score_metrics,
     system_metrics,
 )
-from labeltune.models import cast_for_labelling
 from labeltune.perplexity import forgetting_check, load_general_texts
 from labeltune.report import format_table, write_predictions, write_report
 from labeltune.run import (
@@ -89,7 +88,6 @@ def main(cfg) -> dict:
     general = load_general_texts(cfg.forgetting, cfg.forgetting_limit) if cfg.forgetting else ([], "")
     temperature, biases = load_calibration(run.dir) if cfg.calibrated else (1.0, None)
     model, prompter = run.load()
-    cast_for_labelling(model)  # the precision label computes in (bf16 on a native-bf16 CPU)
     metrics = evaluation_header(cfg, run, examples, len(dropped))
     step = stage_printer()
     systems = decode_systems(

@@ -241,14 +241,12 @@ def auto_label_precision(on_gpu: bool, native_bf16: bool, four_bit: bool) -> str
 def cast_for_labelling(model, dtype: str = "auto", where: str = "the run") -> str:
     """Cast a loaded run's model to the precision it labels in, and return that precision ("4-bit" for a
     4-bit base): ``dtype`` as asked (which the caller has passed through check_dtype before loading;
-    refused here for a 4-bit base), or for ``auto`` auto_label_precision's choice. label, predict,
-    evaluate, calibrate, compare and sweep all call it, so a run labels in the precision its evaluation
-    measured."""
+    refused here for a 4-bit base), or for ``auto`` auto_label_precision's choice. Run.load calls it,
+    so every verb that decodes with a run (label, predict, evaluate, calibrate, compare, sweep, dev
+    scoring) computes in the same precision."""
     import torch
 
-    four_bit = getattr(model, "is_loaded_in_4bit", False) or getattr(
-        getattr(model, "base_model", None), "is_loaded_in_4bit", False
-    )
+    four_bit = is_4bit(model)
     if dtype != "auto" and four_bit:
         raise ValueError(
             f"{where} computes on a 4-bit base; --dtype {dtype} applies to 16/32-bit models only "
@@ -258,7 +256,20 @@ def cast_for_labelling(model, dtype: str = "auto", where: str = "the run") -> st
     cast = dtype if dtype != "auto" else auto_label_precision(on_gpu, cpu_has_native_bf16(), four_bit)
     if cast is not None:
         model.to(getattr(torch, TORCH_DTYPES[cast]))
-    return "4-bit" if four_bit else precision_of(model)
+    return loaded_precision(model)
+
+
+def is_4bit(model) -> bool:
+    """Whether a loaded model (or the PEFT model around it) computes on a bitsandbytes 4-bit base."""
+    return bool(
+        getattr(model, "is_loaded_in_4bit", False)
+        or getattr(getattr(model, "base_model", None), "is_loaded_in_4bit", False)
+    )
+
+
+def loaded_precision(model) -> str:
+    """What a loaded model computes in: "4-bit" for a 4-bit base, else its embeddings' precision."""
+    return "4-bit" if is_4bit(model) else precision_of(model)
 
 
 def check_dtype(dtype: str, on_gpu: bool, capability: tuple[int, int] | None = None) -> None:

@@ -40,6 +40,7 @@ from labeltune.data import iter_rows
 from labeltune.features import Prompter
 from labeltune.models import (
     bnb_4bit_unavailable,
+    cast_for_labelling,
     cuda_available,
     ensure_pad_token,
     load_base,
@@ -326,10 +327,13 @@ class Run:
         )
         return [label for label, n in counts.items() for _ in range(int(n))]
 
-    def load(self, merge: bool = False, adapter: Path | None = None):
-        """(model, prompter) of this run on this machine (the prompter holds the tokenizer); `adapter`: a
-        checkpoint's adapter instead of the run's."""
+    def load(self, merge: bool = False, adapter: Path | None = None, dtype: str = "auto"):
+        """(model, prompter) of this run on this machine (the prompter holds the tokenizer), in the precision
+        it labels in (models.cast_for_labelling: `dtype`; auto = bf16 on a native-bf16 CPU, else as
+        loaded), the same for every verb that decodes with it; `adapter`: a checkpoint's adapter instead of
+        the run's."""
         model, tokenizer = load_run(self.dir, merge, adapter)
+        cast_for_labelling(model, dtype, f"--run {self.dir}")
         return model, Prompter(tokenizer, self.template(), self.task, self.config.max_length)
 
 

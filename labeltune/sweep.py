@@ -33,7 +33,6 @@ from labeltune.config import EvalConfig, SweepConfig, TrainConfig, load_saved, r
 from labeltune.data import check_output_folder, load_examples
 from labeltune.decode import predict
 from labeltune.metrics import system_metrics
-from labeltune.models import cast_for_labelling
 from labeltune.presets import resolve_preset
 from labeltune.prompts import load_template
 from labeltune.report import format_cell, md_table
@@ -125,7 +124,6 @@ def dev_metrics(run_dir: Path, mode: str, batch_size: int) -> dict:
             f"{run_dir}: the dev split is empty; a sweep selects on dev (use a larger split ratio)"
         )
     model, prompter = run.load()
-    cast_for_labelling(model)  # the precision label computes in (bf16 on a native-bf16 CPU)
     predictions = predict(model, prompter, [ex.text for ex in examples], None, batch_size, mode)
     metrics = system_metrics(
         [ex.label for ex in examples],

@@ -67,7 +67,7 @@ def main() -> None:
         texts, origin = real_texts(args.rows)
         gold = None
     run = open_run(args.run)
-    fp32, prompter = run.load(merge=True)
+    fp32, prompter = run.load(merge=True, dtype="fp32")
     models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16)}
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     speed: dict[tuple[str, str], list[float]] = {(m, d): [] for m in modes for d in models}

@@ -70,7 +70,7 @@ def engine(merged):
 @pytest.fixture(scope="module")
 def hf(merged):
     """(model, prompter) of the same merged run on the hf engine."""
-    return open_run(merged).load()
+    return open_run(merged).load(dtype="fp32")  # as vLLM computes on a CPU
 
 
 @pytest.fixture(scope="module")
